@@ -1,0 +1,111 @@
+"""The ``plan`` command line: a thin layer over the engine.
+
+``plan --model M --gpus G`` (no subcommand) runs the plan search. Subcommands live one per module in
+:mod:`planner.commands`; each module defines ``NAME``, ``HELP``, ``DESCRIPTION``, ``add_arguments(parser)``
+and ``run(args) -> int``. This is the only place that turns a domain error into an exit code: one line on
+stderr, exit 2, no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from planner.errors import UserError
+
+SUBCOMMANDS: dict[str, str] = {
+    "estimate": "planner.commands.estimate",
+    "capacity": "planner.commands.capacity",
+    "configs": "planner.commands.configs",
+    "profiles": "planner.commands.profiles",
+    "trace": "planner.commands.trace",
+    "validate": "planner.commands.validate",
+    "calibrate": "planner.commands.calibrate",
+}
+SEARCH_MODULE = "planner.commands.search"
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse that reports a usage error as one line (``plan estimate: error: ...``) and exits 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _top_help() -> str:
+    lines = [
+        "usage: plan --model MODEL --gpus GPUS [search flags]   rank the training plans that fit",
+        "       plan COMMAND ...                                 see plan COMMAND --help",
+        "",
+        "commands:",
+    ]
+    for name, modname in SUBCOMMANDS.items():
+        mod = importlib.import_module(modname)
+        lines.append(f"  {name:<10} {mod.HELP}")
+    lines += [
+        "",
+        "examples:",
+        "  plan --model llama3-8b --gpus 8xA800",
+        "  plan estimate --model qwen2.5-7b --gpus 4090 --method qlora --checkpointing full",
+        "  plan profiles models",
+        "",
+        "search flags: plan --help-search",
+    ]
+    return "\n".join(lines)
+
+
+def build_parser(name: str | None) -> OneLineParser:
+    """The parser of one subcommand (``None``: the default plan search)."""
+    modname = SEARCH_MODULE if name is None else SUBCOMMANDS[name]
+    mod = importlib.import_module(modname)
+    prog = "plan" if name is None else f"plan {name}"
+    parser = OneLineParser(
+        prog=prog,
+        description=mod.DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    mod.add_arguments(parser)
+    parser.set_defaults(_run=mod.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(_top_help())
+        return 0
+    if argv[0] == "--help-search":
+        build_parser(None).print_help()
+        return 0
+    name = argv[0] if argv[0] in SUBCOMMANDS else None
+    if name is None and not argv[0].startswith("-"):
+        import difflib
+
+        close = difflib.get_close_matches(argv[0], list(SUBCOMMANDS), n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        print(f"plan: error: unknown command {argv[0]!r}{hint} (commands: {', '.join(SUBCOMMANDS)})", file=sys.stderr)
+        return 2
+    parser = build_parser(name)
+    args = parser.parse_args(argv[1:] if name else argv)
+    try:
+        return int(args._run(args) or 0)
+    except UserError as e:
+        print(f"{parser.prog}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{parser.prog}: interrupted", file=sys.stderr)
+        return 130
+
+
+def entry() -> None:
+    """Console-script entry point."""
+    try:
+        code = main()
+    except SystemExit as e:  # argparse exits
+        raise e
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    entry()

@@ -1,0 +1,171 @@
+"""Flags shared by every command: model and cluster, the Setup flags (the contract of issue 3), output.
+
+``add_setup_args(parser, search=True)`` leaves every Setup flag unset by default, so the search knows
+which dimensions the user fixed; ``search=False`` (``plan estimate``, ``trace``, ``validate``) fills the
+documented defaults of :class:`planner.setup.Setup`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any, get_args
+
+from planner.errors import CliError
+from planner.setup import Attention, Checkpointing, Loss, Method, Optimizer, Recipe, Setup
+from profiles.cluster import Cluster, parse_cluster
+from profiles.registry import get_model
+from profiles.schema import ModelProfile
+
+
+def positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
+    return v
+
+
+def positive_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not v > 0 or v != v or v == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return v
+
+
+def unit_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text!r}") from None
+    if not 0 <= v < 1:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text!r}")
+    return v
+
+
+def add_target_args(parser: argparse.ArgumentParser, gpus_required: bool = True) -> None:
+    g = parser.add_argument_group("model and hardware")
+    g.add_argument("--model", required=True, metavar="MODEL",
+                   help="model name or alias (llama3-8b, qwen2.5-7b), a config.json path, a folder holding one, "
+                        "or a hub id in the local HF cache; list: plan profiles models")
+    g.add_argument("--gpus", required=gpus_required, metavar="SPEC",
+                   help="cluster: 8xA800, 2x8xH100 (nodes x GPUs per node x GPU), 4090; list: plan profiles gpus")
+    g.add_argument("--host-ram-gib", type=positive_float, metavar="GIB",
+                   help="host RAM per node (default: the GPU profile's typical server, e.g. 1024 for 8xH100)")
+    g.add_argument("--inter-node-gb-s", type=positive_float, metavar="GB_S",
+                   help="inter-node bandwidth per node, one direction, GB/s (default: the GPU profile's, e.g. 400)")
+
+
+def add_setup_args(parser: argparse.ArgumentParser, search: bool = False) -> None:
+    """The Setup flags. With ``search=True`` every default is None (= let the search choose)."""
+    d = Setup()
+
+    def default(value: Any) -> Any:
+        return None if search else value
+
+    free = " (default: searched)" if search else ""
+    g = parser.add_argument_group("training setup" + (" (each flag fixes that dimension)" if search else ""))
+    g.add_argument("--method", choices=get_args(Method), default=default(d.method),
+                   help=f"full | lora | qlora | freeze (default: {d.method}){free}")
+    g.add_argument("--recipe", choices=get_args(Recipe), default=default(None),
+                   help="precision recipe: hf-amp | deepspeed-bf16 | bf16 | fp16-amp "
+                        "(default: deepspeed-bf16 with ZeRO, hf-amp otherwise; fp16-amp on GPUs without bf16)")
+    g.add_argument("--optimizer", choices=get_args(Optimizer), default=default(d.optimizer),
+                   help=f"optimizer (default: {d.optimizer}){free}")
+    g.add_argument("--zero", type=int, choices=[0, 1, 2, 3], default=default(None),
+                   help="DeepSpeed ZeRO stage; 0 = DDP (default: 0 on one GPU)" + free)
+    g.add_argument("--fsdp", choices=["full-shard", "shard-grad-op"], default=None,
+                   help="use PyTorch FSDP with this sharding strategy instead of ZeRO")
+    g.add_argument("--offload", choices=["none", "optimizer", "optimizer+params"], default=default(d.offload),
+                   help="offload optimizer states (ZeRO >= 1) or also parameters (ZeRO-3) to CPU RAM" + free)
+    g.add_argument("--checkpointing", choices=get_args(Checkpointing), default=default(d.checkpointing),
+                   help="activation checkpointing: none | full | selective (attention only)" + free)
+    g.add_argument("--checkpoint-every", type=positive_int, default=default(d.checkpoint_every), metavar="K",
+                   help="checkpoint every K-th block only (default 1: all blocks)")
+    g.add_argument("--attention", choices=get_args(Attention), default=default(d.attention),
+                   help=f"attention kernel: sdpa | flash | eager (default: {d.attention})")
+    g.add_argument("--loss", choices=get_args(Loss), default=default(d.loss),
+                   help="loss kernel: plain (fp32 logits) | chunked | liger (fused linear CE)" + free)
+    g.add_argument("--micro-batch", type=positive_int, default=default(d.micro_batch), metavar="N",
+                   help=f"per-GPU micro-batch (default: {d.micro_batch}){free}")
+    g.add_argument("--grad-accum", type=positive_int, default=default(d.grad_accum), metavar="N",
+                   help=f"gradient accumulation steps (default: {d.grad_accum}){free}")
+    g.add_argument("--seq", type=positive_int, default=d.seq_len, metavar="N",
+                   help=f"sequence length in tokens (default: {d.seq_len})")
+    g.add_argument("--packing", action=argparse.BooleanOptionalAction, default=default(d.packing),
+                   help="pack sequences to full length (default: on)")
+    g.add_argument("--lora-rank", type=positive_int, default=d.lora_rank, metavar="R",
+                   help=f"LoRA rank (default: {d.lora_rank}, LLaMA-Factory's)")
+    g.add_argument("--lora-alpha", type=positive_int, default=None, metavar="A",
+                   help="LoRA alpha (default: 2 x rank)")
+    g.add_argument("--lora-targets", default=d.lora_targets, metavar="LIST",
+                   help="all-linear or a comma list, e.g. q_proj,v_proj (default: all-linear)")
+    g.add_argument("--lora-dropout", type=unit_float, default=d.lora_dropout, metavar="P",
+                   help="LoRA dropout; > 0 keeps a dropped copy of each adapted input (default: 0)")
+    g.add_argument("--dora", action="store_true", help="DoRA: LoRA with magnitude vectors (peft use_dora)")
+    g.add_argument("--lora-train-embeddings", action="store_true", help="also train embed_tokens (new tokens)")
+    g.add_argument("--lora-train-lm-head", action="store_true", help="also train lm_head (new tokens)")
+    g.add_argument("--freeze-layers", type=positive_int, default=d.freeze_layers, metavar="K",
+                   help=f"freeze method: train the last K blocks (default: {d.freeze_layers})")
+    g.add_argument("--double-quant", action=argparse.BooleanOptionalAction, default=d.double_quant,
+                   help="QLoRA double quantisation of the block constants (default: on)")
+    g.add_argument("--optimizer-in-backward", action="store_true",
+                   help="step the optimizer per parameter during backward (needs --grad-accum 1)")
+    g.add_argument("--activation-offload", action="store_true",
+                   help="offload checkpointed block inputs to CPU (needs --checkpointing full)")
+    g.add_argument("--compile", action="store_true", help="torch.compile the model")
+    g.add_argument("--allow-long-seq", action="store_true",
+                   help="allow --seq beyond the model's max positions (you extend RoPE yourself)")
+
+
+def add_output_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="print JSON (integer bytes) instead of tables")
+
+
+def resolve_target(args: argparse.Namespace) -> tuple[ModelProfile, Cluster | None]:
+    model = get_model(args.model)
+    cluster = None
+    if getattr(args, "gpus", None):
+        cluster = parse_cluster(args.gpus, args.host_ram_gib, args.inter_node_gb_s)
+    return model, cluster
+
+
+def default_recipe(cluster: Cluster, zero: int, fsdp: str | None) -> str:
+    """The recipe a user gets without --recipe: fp16-amp without bf16, DeepSpeed's with ZeRO, else HF AMP."""
+    if not cluster.gpu.supports_bf16:
+        return "fp16-amp"
+    if zero and not fsdp:
+        return "deepspeed-bf16"
+    return "hf-amp"
+
+
+def setup_from_args(args: argparse.Namespace, cluster: Cluster) -> Setup:
+    """A fully resolved Setup from explicit flags (``plan estimate`` and friends)."""
+    zero = args.zero if args.zero is not None else 0
+    recipe = args.recipe or default_recipe(cluster, zero, args.fsdp)
+    fields = dict(
+        recipe=recipe, method=args.method, optimizer=args.optimizer, zero=zero, fsdp=args.fsdp,
+        offload=args.offload, checkpointing=args.checkpointing, checkpoint_every=args.checkpoint_every,
+        attention=args.attention, loss=args.loss, micro_batch=args.micro_batch, grad_accum=args.grad_accum,
+        seq_len=args.seq, packing=args.packing, lora_rank=args.lora_rank,
+        lora_alpha=args.lora_alpha or 2 * args.lora_rank, lora_targets=args.lora_targets,
+        lora_dropout=args.lora_dropout, dora=args.dora, lora_train_embeddings=args.lora_train_embeddings,
+        lora_train_lm_head=args.lora_train_lm_head, freeze_layers=args.freeze_layers,
+        double_quant=args.double_quant, optimizer_in_backward=args.optimizer_in_backward,
+        activation_offload=args.activation_offload, compile=args.compile, allow_long_seq=args.allow_long_seq,
+    )
+    try:
+        return Setup(**fields)
+    except Exception as e:  # pydantic ValidationError -> one line
+        raise CliError(f"invalid setup: {str(e).splitlines()[-1].strip()}") from None
+
+
+def print_json(obj: Any) -> None:
+    json.dump(obj, sys.stdout, indent=2)
+    sys.stdout.write("\n")

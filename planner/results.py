@@ -1,0 +1,165 @@
+"""Result types of the engine: :class:`MemoryEstimate`, :class:`SpeedEstimate`, :class:`Plan`.
+
+All sizes are integer bytes and all times float seconds; conversion to GiB happens only in reports.
+``to_json`` produces the versioned JSON contract (``schema_version`` 1) that ``plan estimate --json``,
+``plan trace --json`` and ``plan --json`` emit.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from planner.setup import Setup
+
+SCHEMA_VERSION = 1
+
+CATEGORIES: dict[str, str] = {
+    "weights_trainable": "parameters that train, in their storage dtype (this rank's shard)",
+    "weights_frozen": "frozen parameters (LoRA base, QLoRA NF4 base with its quantisation constants)",
+    "gradients": "gradients of trainable parameters (and DeepSpeed's fp32 gradient partition)",
+    "optimizer_states": "optimizer states (Adam m and v, 8-bit states, momentum, Adafactor factors)",
+    "master_weights": "fp32 master copy of bf16 weights (DeepSpeed bf16 recipe)",
+    "activations": "tensors saved for backward by the transformer blocks, and the live working set",
+    "logits_loss": "logits, their fp32 upcast, the loss and the logits gradient",
+    "temporaries": "transient tensors: autocast weight copies, QLoRA dequantised layer, optimizer-step temporaries",
+    "comm_buffers": "ZeRO / DDP buckets, ZeRO-3 / FSDP gathered parameters and prefetch",
+    "framework_overhead": "CUDA context and library workspaces (cuBLAS, NCCL), outside max_memory_allocated",
+    "allocator_margin": "caching-allocator rounding and fragmentation (reserved minus allocated)",
+}
+"""Every per-GPU category, in display order, with what it holds."""
+
+PHASES = ("after_load", "forward_peak", "backward_peak", "optimizer_peak")
+
+
+class MemoryEstimate(BaseModel):
+    """Bytes per GPU rank by category at the peak, per phase, and host RAM per node."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    model: str
+    gpu: str
+    gpus_per_node: int
+    nodes: int
+    setup: Setup
+    categories: dict[str, int] = Field(description="bytes live at the peak; sums to peak_bytes")
+    phases: dict[str, int] = Field(description="total bytes live at each phase's peak")
+    peak_phase: str
+    capacity_bytes: int
+    host_bytes: int = Field(description="host RAM per node for offloaded states, pinned buffers, the loader")
+    host_categories: dict[str, int]
+    assumptions: tuple[str, ...] = ()
+    calibration: str = "uncalibrated"
+
+    @model_validator(mode="after")
+    def _parts_sum(self) -> "MemoryEstimate":
+        if set(self.categories) != set(CATEGORIES):
+            raise ValueError(f"categories must be exactly {sorted(CATEGORIES)}")
+        if set(self.phases) != set(PHASES):
+            raise ValueError(f"phases must be exactly {PHASES}")
+        for k, v in {**self.categories, **self.phases, **self.host_categories}.items():
+            if not isinstance(v, int) or v < 0:
+                raise ValueError(f"{k} = {v!r} is not a non-negative integer byte count")
+        if self.peak_phase not in PHASES:
+            raise ValueError(f"peak_phase {self.peak_phase!r} not in {PHASES}")
+        if sum(self.categories.values()) != self.phases[self.peak_phase]:
+            raise ValueError("categories do not sum to the peak phase's total")
+        if max(self.phases.values()) != self.phases[self.peak_phase]:
+            raise ValueError("peak_phase is not the largest phase")
+        if sum(self.host_categories.values()) != self.host_bytes:
+            raise ValueError("host categories do not sum to host_bytes")
+        return self
+
+    @property
+    def peak_bytes(self) -> int:
+        return self.phases[self.peak_phase]
+
+    @property
+    def fits(self) -> bool:
+        return self.peak_bytes <= self.capacity_bytes
+
+    def to_json(self) -> dict:
+        """The ``plan estimate --json`` contract (schema_version 1)."""
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "model": self.model,
+            "cluster": {"gpu": self.gpu, "gpus_per_node": self.gpus_per_node, "nodes": self.nodes},
+            "setup": self.setup.model_dump(),
+            "per_gpu": {
+                "peak_bytes": self.peak_bytes,
+                "peak_phase": self.peak_phase,
+                "capacity_bytes": self.capacity_bytes,
+                "categories": dict(self.categories),
+                "phases": dict(self.phases),
+            },
+            "per_host": {"bytes": self.host_bytes, "categories": dict(self.host_categories)},
+            "fits": self.fits,
+            "calibration": self.calibration,
+            "assumptions": list(self.assumptions),
+        }
+
+
+class SpeedEstimate(BaseModel):
+    """Step time split into compute / communication / offload / recompute, throughput and MFU."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    step_s: float = Field(gt=0, description="one optimizer step (all micro-batches of accumulation)")
+    tokens_per_step: int = Field(gt=0, description="tokens processed per optimizer step, whole cluster")
+    breakdown_s: dict[str, float] = Field(description="compute, communication, offload, recompute (exposed time)")
+    model_flops_per_step: float = Field(gt=0, description="useful FLOPs (no recompute), whole cluster")
+    hardware_flops_per_step: float = Field(gt=0, description="FLOPs executed, recompute included")
+    peak_flops_per_gpu: float = Field(gt=0)
+    efficiency: float = Field(gt=0, le=1, description="achievable fraction of peak used for compute time")
+    world_size: int = Field(gt=0)
+    calibration: str = "uncalibrated"
+    assumptions: tuple[str, ...] = ()
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.tokens_per_step / self.step_s
+
+    @property
+    def tokens_per_s_per_gpu(self) -> float:
+        return self.tokens_per_s / self.world_size
+
+    @property
+    def mfu(self) -> float:
+        """Model FLOPs utilisation: useful FLOPs per second over the cluster's peak (PaLM, app. B)."""
+        return self.model_flops_per_step / self.step_s / (self.peak_flops_per_gpu * self.world_size)
+
+    def to_json(self) -> dict:
+        return {
+            "step_s": self.step_s,
+            "tokens_per_s": self.tokens_per_s,
+            "tokens_per_s_per_gpu": self.tokens_per_s_per_gpu,
+            "mfu": self.mfu,
+            "breakdown_s": dict(self.breakdown_s),
+            "tokens_per_step": self.tokens_per_step,
+            "model_flops_per_step": self.model_flops_per_step,
+            "efficiency": self.efficiency,
+            "calibration": self.calibration,
+            "assumptions": list(self.assumptions),
+        }
+
+
+class Plan(BaseModel):
+    """A setup with its estimates and the reasons it ranks where it does."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    rank: int
+    setup: Setup
+    memory: MemoryEstimate
+    speed: SpeedEstimate
+    headroom_bytes: int
+    reasons: tuple[str, ...] = ()
+
+    def to_json(self) -> dict:
+        return {
+            "rank": self.rank,
+            "setup": self.setup.model_dump(),
+            "memory": self.memory.to_json(),
+            "speed": self.speed.to_json(),
+            "headroom_bytes": self.headroom_bytes,
+            "reasons": list(self.reasons),
+        }

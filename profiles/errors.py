@@ -1,0 +1,34 @@
+"""User-facing errors raised by profile lookup and parsing.
+
+Every error here carries a one-line message that names the bad value, what would be valid and, for names,
+the closest matches. The CLI is the only place that turns them into an exit code (2).
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+
+class ProfileError(ValueError):
+    """Bad user input about a model, GPU or cluster: one line, safe to print as-is."""
+
+
+def did_you_mean(name: str, candidates: Iterable[str], n: int = 3) -> list[str]:
+    """Closest candidate names to ``name`` (case-insensitive), best first."""
+    cands = list(dict.fromkeys(candidates))
+    lowered = {c.lower(): c for c in cands}
+    matches = difflib.get_close_matches(name.lower(), list(lowered), n=n, cutoff=0.5)
+    out = [lowered[m] for m in matches]
+    if not out:
+        # substring fallback: "llama3" -> every llama3 alias
+        sub = [c for c in cands if name.lower() in c.lower()]
+        out = sub[:n]
+    return out
+
+
+def unknown_name_message(kind: str, name: str, candidates: Iterable[str], list_cmd: str) -> str:
+    """``unknown model 'x'; did you mean 'a', 'b'? (list all: plan profiles models)``."""
+    close = did_you_mean(name, candidates)
+    hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+    return f"unknown {kind} {name!r}{hint} (list all: {list_cmd})"

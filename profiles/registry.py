@@ -1,0 +1,109 @@
+"""Load, validate and look up the shipped model and GPU profiles, and resolve ``--model`` arguments.
+
+Lookup is case-insensitive over names and aliases, with separators folded (``llama3-8b``,
+``Llama-3-8B``, ``meta-llama/Meta-Llama-3-8B`` all resolve). An unknown name raises :class:`ProfileError`
+with the closest matches. ``--model`` may also be a path to a ``config.json``, a folder holding one, or a
+hub id whose config sits in the local Hugging Face cache (see :mod:`profiles.hf_config`).
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from pathlib import Path
+
+import yaml
+from pydantic import ValidationError
+
+from profiles.errors import ProfileError, unknown_name_message
+from profiles.schema import GpuProfile, ModelProfile
+
+PROFILES_DIR = Path(__file__).resolve().parent
+MODELS_DIR = PROFILES_DIR / "models"
+GPUS_DIR = PROFILES_DIR / "gpus"
+
+
+def fold(name: str) -> str:
+    """Normalise a name for lookup: lower case, no separators (``Llama-3.1_8B`` -> ``llama318b``)."""
+    return re.sub(r"[\s_\-\.×]+", "", name.strip().lower())
+
+
+def _load_dir(directory: Path, cls: type) -> list:
+    out = []
+    for path in sorted(directory.glob("*.yaml")):
+        with path.open(encoding="utf-8") as f:
+            data = yaml.safe_load(f)
+        try:
+            out.append(cls.model_validate(data))
+        except ValidationError as e:  # a broken shipped profile is a bug: say which file
+            raise RuntimeError(f"invalid profile {path}: {e}") from e
+    return out
+
+
+@functools.cache
+def all_models() -> tuple[ModelProfile, ...]:
+    """Every shipped model profile, validated, in file-name order."""
+    return tuple(_load_dir(MODELS_DIR, ModelProfile))
+
+
+@functools.cache
+def all_gpus() -> tuple[GpuProfile, ...]:
+    """Every shipped GPU profile, validated, in file-name order."""
+    return tuple(_load_dir(GPUS_DIR, GpuProfile))
+
+
+def _index(items: tuple, kind: str) -> dict[str, object]:
+    idx: dict[str, object] = {}
+    for it in items:
+        keys = [it.name, *it.aliases]
+        if getattr(it, "hf_id", None):
+            keys += [it.hf_id, it.hf_id.split("/")[-1]]
+        for k in keys:
+            f = fold(k)
+            prev = idx.get(f)
+            if prev is not None and prev is not it:
+                raise RuntimeError(f"{kind} alias {k!r} names both {prev.name} and {it.name}")
+            idx[f] = it
+    return idx
+
+
+@functools.cache
+def _model_index() -> dict[str, ModelProfile]:
+    return _index(all_models(), "model")  # type: ignore[return-value]
+
+
+@functools.cache
+def _gpu_index() -> dict[str, GpuProfile]:
+    return _index(all_gpus(), "GPU")  # type: ignore[return-value]
+
+
+def model_names() -> list[str]:
+    return [m.name for m in all_models()] + [a for m in all_models() for a in m.aliases]
+
+
+def gpu_names() -> list[str]:
+    return [g.name for g in all_gpus()] + [a for g in all_gpus() for a in g.aliases]
+
+
+def get_gpu(name: str) -> GpuProfile:
+    """A shipped GPU by name or alias (``A800``, ``h100``, ``4090``); :class:`ProfileError` if unknown."""
+    g = _gpu_index().get(fold(name))
+    if g is None:
+        raise ProfileError(unknown_name_message("GPU", name, gpu_names(), "plan profiles gpus"))
+    return g
+
+
+def get_model(name: str) -> ModelProfile:
+    """Resolve ``--model``: a shipped name or alias, a ``config.json`` path or folder, or a cached hub id."""
+    m = _model_index().get(fold(name))
+    if m is not None:
+        return m
+    from profiles.hf_config import find_config, profile_from_config_file
+
+    path = find_config(name)
+    if path is not None:
+        return profile_from_config_file(path)
+    raise ProfileError(
+        unknown_name_message("model", name, model_names(), "plan profiles models")
+        + "; or pass a config.json path, a folder holding one, or a hub id in the local HF cache"
+    )

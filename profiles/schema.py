@@ -1,0 +1,186 @@
+"""Validated data types for model architectures and GPUs.
+
+Profiles are plain data: one YAML file per model in ``profiles/models/`` and one per GPU in
+``profiles/gpus/``, each validated by these frozen pydantic models (``extra="forbid"``, a required source).
+Derived quantities (parameter counts, linear-layer shapes) live in :mod:`profiles.params`, computed in one
+place. Units are in the field names: ``_mib`` is 2**20 bytes, ``_gb_s`` is 10**9 bytes per second,
+``_tflops`` is 10**12 floating-point operations per second.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+MlpKind = Literal["gated-silu", "gated-gelu", "gelu", "relu"]
+"""``gated-*``: three matrices (gate, up, down) as in SwiGLU / GeGLU; ``gelu`` / ``relu``: two (up, down)."""
+
+NormKind = Literal["rmsnorm", "layernorm", "layernorm-nonparametric"]
+"""``layernorm-nonparametric`` (OLMo-1B) has no weight and no bias."""
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class MoE(_Frozen):
+    """Mixture-of-experts fields, named after the Hugging Face config keys they come from."""
+
+    num_experts: int = Field(gt=0, description="routed experts per MoE layer (num_local_experts / n_routed_experts)")
+    experts_per_token: int = Field(gt=0, description="top-k routing (num_experts_per_tok)")
+    expert_intermediate_size: int = Field(gt=0, description="MLP width of one routed expert (moe_intermediate_size)")
+    shared_experts: int = Field(0, ge=0, description="always-active shared experts (n_shared_experts)")
+    shared_expert_intermediate_size: int = Field(
+        0, ge=0, description="total width of the shared-expert MLP (DeepSeek: n_shared_experts x moe_intermediate_size)"
+    )
+    shared_expert_gate: bool = Field(False, description="Qwen2-MoE style sigmoid gate h->1 on the shared expert")
+    dense_layers: int = Field(0, ge=0, description="leading layers with a dense MLP (first_k_dense_replace)")
+    router_bias: bool = False
+
+    @model_validator(mode="after")
+    def _check(self) -> "MoE":
+        if self.experts_per_token > self.num_experts:
+            raise ValueError(f"experts_per_token {self.experts_per_token} > num_experts {self.num_experts}")
+        if self.shared_experts and not self.shared_expert_intermediate_size:
+            raise ValueError("shared_experts > 0 needs shared_expert_intermediate_size")
+        return self
+
+
+class MLA(_Frozen):
+    """Multi-head latent attention (DeepSeek-V2/V3), named after the Hugging Face config keys."""
+
+    q_lora_rank: int | None = Field(None, description="None: q_proj is a plain h -> heads*(nope+rope) matrix")
+    kv_lora_rank: int = Field(gt=0)
+    qk_rope_head_dim: int = Field(gt=0)
+    qk_nope_head_dim: int = Field(gt=0)
+    v_head_dim: int = Field(gt=0)
+
+
+class ModelProfile(_Frozen):
+    """One model architecture, with the numbers from its own ``config.json`` and where they came from."""
+
+    name: str = Field(description="canonical display name, e.g. 'Llama-3.1-8B'")
+    source: str = Field(min_length=8, description="URL of the config.json (or a verbatim copy) the numbers come from")
+    hf_id: str | None = Field(None, description="Hugging Face hub id, e.g. 'meta-llama/Llama-3.1-8B'")
+    aliases: tuple[str, ...] = ()
+    model_type: str = Field(description="the config's model_type (what transformers dispatches on)")
+    hidden_size: int = Field(gt=0)
+    intermediate_size: int = Field(gt=0, description="dense MLP width (for MoE models: the dense layers' width)")
+    num_layers: int = Field(gt=0)
+    num_heads: int = Field(gt=0)
+    num_kv_heads: int = Field(gt=0)
+    head_dim: int = Field(gt=0)
+    vocab_size: int = Field(gt=0)
+    tie_embeddings: bool
+    max_positions: int = Field(gt=0)
+    mlp_kind: MlpKind = "gated-silu"
+    norm_kind: NormKind = "rmsnorm"
+    norms_per_layer: int = Field(2, ge=0, description="Gemma-2 has 4 (pre/post attention, pre/post MLP)")
+    final_norm: bool = True
+    qkv_bias: bool = False
+    o_bias: bool = False
+    mlp_bias: bool = False
+    qk_norm: bool = Field(False, description="per-head RMSNorm on q and k (Qwen3), weight of size head_dim each")
+    fused_qkv: bool = Field(False, description="one qkv matrix in the checkpoint (ChatGLM, InternLM2)")
+    fused_gate_up: bool = Field(False, description="one gate_up matrix in the checkpoint (ChatGLM / GLM)")
+    sliding_window: int | None = None
+    attn_logit_softcap: float | None = None
+    final_logit_softcap: float | None = None
+    moe: MoE | None = None
+    mla: MLA | None = None
+    dtype: Literal["bfloat16", "float16", "float32"] = Field("bfloat16", description="the checkpoint's torch_dtype")
+    transformers_buildable: bool = Field(
+        True, description="False where transformers has no native class for model_type (remote code only)"
+    )
+    not_buildable_reason: str | None = None
+    notes: str = ""
+    unverified: tuple[str, ...] = Field((), description="fields no primary source confirmed")
+
+    @model_validator(mode="after")
+    def _check_heads(self) -> "ModelProfile":
+        if self.num_heads % self.num_kv_heads:
+            raise ValueError(
+                f"num_kv_heads {self.num_kv_heads} does not divide num_heads {self.num_heads}"
+            )
+        if self.moe is not None and self.moe.dense_layers > self.num_layers:
+            raise ValueError("moe.dense_layers exceeds num_layers")
+        if not self.transformers_buildable and not self.not_buildable_reason:
+            raise ValueError("transformers_buildable: false needs not_buildable_reason")
+        return self
+
+    @property
+    def q_width(self) -> int:
+        """Width of the query projection output (heads x head_dim; MLA: heads x (nope + rope))."""
+        if self.mla:
+            return self.num_heads * (self.mla.qk_nope_head_dim + self.mla.qk_rope_head_dim)
+        return self.num_heads * self.head_dim
+
+    @property
+    def kv_width(self) -> int:
+        """Width of the key (= value) projection output: kv_heads x head_dim (GQA/MQA shrink it)."""
+        return self.num_kv_heads * self.head_dim
+
+    @property
+    def is_moe(self) -> bool:
+        return self.moe is not None
+
+    @property
+    def gated(self) -> bool:
+        return self.mlp_kind.startswith("gated")
+
+
+class GpuProfile(_Frozen):
+    """One accelerator. Every number has an entry in ``sources``; figures no primary source confirmed are
+    listed in ``unverified``. TFLOPS are dense (no 2:4 sparsity); None means the precision is unsupported."""
+
+    name: str
+    aliases: tuple[str, ...] = ()
+    vendor: Literal["nvidia", "amd", "huawei"]
+    memory_mib: int = Field(gt=0, description="total memory as the driver reports it (nvidia-smi MiB)")
+    memory_marketing_gb: int = Field(gt=0, description="the datasheet figure, for display only")
+    hbm_bandwidth_gb_s: float = Field(gt=0)
+    bf16_tflops: float | None = Field(None, description="dense tensor-core BF16 with FP32 accumulate")
+    fp16_tflops: float | None = Field(None, description="dense tensor-core FP16 (FP32 accumulate where it differs)")
+    fp8_tflops: float | None = None
+    tf32_tflops: float | None = None
+    interconnect: Literal["nvlink", "pcie", "xgmi", "hccs"]
+    intra_node_bandwidth_gb_s: float = Field(
+        gt=0, description="GPU-to-GPU bandwidth per GPU, one direction (NVLink/xGMI/HCCS, or PCIe for PCIe cards)"
+    )
+    pcie_gen: int = Field(ge=3, le=6)
+    pcie_bandwidth_gb_s: float = Field(gt=0, description="host link, one direction, effective x16")
+    typical_gpus_per_node: int = Field(8, gt=0)
+    inter_node_bandwidth_gb_s: float = Field(
+        gt=0, description="default inter-node bandwidth per node, one direction (overridable by a flag)"
+    )
+    host_ram_gib_per_node: int = Field(gt=0, description="default host RAM per node (overridable by a flag)")
+    tdp_w: int | None = None
+    default_mfu: float = Field(
+        gt=0, lt=1, description="achievable model-FLOPs utilisation used until calibration data exists"
+    )
+    sources: dict[str, str] = Field(min_length=1, description="field -> where the number comes from")
+    unverified: tuple[str, ...] = ()
+    notes: str = ""
+
+    @model_validator(mode="after")
+    def _check(self) -> "GpuProfile":
+        if self.bf16_tflops is None and self.fp16_tflops is None:
+            raise ValueError("a GPU needs bf16_tflops or fp16_tflops")
+        numeric = [k for k, v in self.model_dump().items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
+        missing = [k for k in numeric if k not in self.sources and k not in ("typical_gpus_per_node",)]
+        if missing:
+            raise ValueError(f"no source for {', '.join(sorted(missing))}")
+        return self
+
+    @property
+    def memory_bytes(self) -> int:
+        return self.memory_mib * 2**20
+
+    @property
+    def supports_bf16(self) -> bool:
+        return self.bf16_tflops is not None
+
+    @property
+    def supports_fp8(self) -> bool:
+        return self.fp8_tflops is not None
