@@ -115,6 +115,19 @@ class Setup(BaseModel):
             return f"FSDP {self.fsdp}"
         return "DDP" if self.zero == 0 else f"ZeRO-{self.zero}"
 
+    def compact(self) -> str:
+        """A table-width label: ``full ZeRO-3 ckpt 2x8 adamw``."""
+        parts = [self.method + (f" r{self.lora_rank}" if self.trains_adapters else ""), self.sharding_label]
+        if self.offload != "none":
+            parts.append("off:" + ("opt" if self.offload == "optimizer" else "opt+par"))
+        if self.checkpointing != "none":
+            parts.append("ckpt" if self.checkpointing == "full" else "sel-ckpt")
+        parts.append(f"{self.micro_batch}x{self.grad_accum}")
+        parts.append(self.optimizer)
+        if self.loss != "plain":
+            parts.append(self.loss)
+        return " ".join(parts)
+
     def short(self) -> str:
         """A one-line label: ``full · ZeRO-3 · ckpt full · mb 2 x ga 8 · adamw``."""
         parts = [self.method + (f" r{self.lora_rank}" if self.trains_adapters else ""), self.sharding_label]

@@ -19,6 +19,7 @@ from profiles.errors import ProfileError, unknown_name_message
 from profiles.schema import GpuProfile, ModelProfile
 
 PROFILES_DIR = Path(__file__).resolve().parent
+_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml when present: 10x faster
 MODELS_DIR = PROFILES_DIR / "models"
 GPUS_DIR = PROFILES_DIR / "gpus"
 
@@ -32,7 +33,7 @@ def _load_dir(directory: Path, cls: type) -> list:
     out = []
     for path in sorted(directory.glob("*.yaml")):
         with path.open(encoding="utf-8") as f:
-            data = yaml.safe_load(f)
+            data = yaml.load(f, Loader=_Loader)
         try:
             out.append(cls.model_validate(data))
         except ValidationError as e:  # a broken shipped profile is a bug: say which file

@@ -1,0 +1,215 @@
+"""Activation memory: the tensors each transformer block saves for backward, derived per architecture.
+
+The generalised model (docs/memory.md, eq. A1-A9) is an *inventory* of saved tensors, following the
+autograd rules of the Hugging Face implementations (``modeling_llama.py`` and relatives): a linear layer
+saves its input only when its weight trains; an elementwise op saves what its backward needs; RMSNorm
+upcasts to fp32; SDPA / FlashAttention save q, k, v, the output and a log-sum-exp per row and head; eager
+attention materialises fp32 softmax probabilities and their bf16 copy (6 bytes per score; 8 with Gemma-2's
+logit soft-capping); a gated MLP saves gate, activation, up and their product. Bytes are per token and per
+layer, multiplied by ``micro_batch x seq_len`` by the caller. Terms that scale with ``seq_len`` per token
+(eager scores) are returned separately.
+
+It errs low where kernels keep workspaces we do not see (cuBLAS, FlashAttention), and for MoE routing
+(index and permutation buffers are modelled coarsely, eq. A7). The seed formula of Korthikanti et al. is
+kept as :func:`korthikanti_layer_bytes` for comparison only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from planner.dtypes import RecipeBytes
+from planner.setup import Setup
+from profiles.schema import ModelProfile
+
+
+def korthikanti_layer_bytes(seq_len: int, micro_batch: int, hidden: int, heads: int) -> int:
+    """Seed formula, per layer: ``s*b*h*(34 + 5*a*s/h)`` bytes (Korthikanti et al. 2022, arXiv:2205.05198,
+    Table 2, "no parallelism" row; docs/memory.md eq. A0).
+
+    Assumes a GPT block: 16-bit activations, a GeLU MLP of width 4h, dropout masks after attention and MLP,
+    and materialised attention scores (the ``5as/h`` term). It does not hold for SwiGLU MLPs of other widths,
+    GQA, fp32 RMSNorm, FlashAttention / SDPA, or models without dropout: use :func:`layer_activation_bytes`.
+    It errs high for FlashAttention (no s^2 term) and low for SwiGLU models with F > 4h.
+    """
+    s, b, h, a = seq_len, micro_batch, hidden, heads
+    return s * b * h * 34 + 5 * a * s * s * b
+
+
+@dataclass(frozen=True)
+class LayerInventory:
+    """Saved bytes of one block: ``per_token`` (x tokens) plus ``per_token_per_seq`` (x tokens x seq_len).
+
+    ``items`` names every tensor counted, for the breakdown and the docs; ``transient_per_token`` is the
+    largest short-lived working set inside the block (not saved, freed within the block).
+    """
+
+    per_token: int
+    per_token_per_seq: int
+    transient_per_token: int
+    items: dict[str, int] = field(default_factory=dict)
+
+    def bytes(self, tokens: int, seq_len: int) -> int:
+        return self.per_token * tokens + self.per_token_per_seq * tokens * seq_len
+
+
+def _norm_saved(h: int, rb: RecipeBytes, weight_trains: bool) -> dict[str, int]:
+    """RMSNorm in fp32 (eq. A2): ``x.float()`` (4h, saved by pow and mul), ``rsqrt`` (4 B per token), and
+    ``y.to(dtype)`` (residual-dtype h) saved by ``weight * y`` only when the weight trains."""
+    out = {"norm_input_fp32": 4 * h, "norm_rsqrt": 4}
+    if weight_trains:
+        out["norm_normalised"] = rb.residual * h
+    return out
+
+
+def layer_inventory(model: ModelProfile, setup: Setup, rb: RecipeBytes, trains_layer: bool) -> LayerInventory:
+    """Saved tensors of one (average) block under ``setup``.
+
+    ``trains_layer``: the block's own weights train (full fine-tuning, or a trainable block of the freeze
+    method). LoRA / QLoRA blocks do not train their base weights but save adapter inputs (eq. A5).
+    """
+    h, c, res = model.hidden_size, rb.compute, rb.residual
+    lora = setup.trains_adapters
+    targets: set[str] = set()
+    if lora:
+        from planner.setup import lora_target_names
+
+        targets = set(lora_target_names(setup, model))
+    items: dict[str, int] = {}
+    per_seq = 0
+
+    def add(name: str, nbytes: int) -> None:
+        items[name] = items.get(name, 0) + nbytes
+
+    # ---- the two (or four) norms, eq. A2
+    n_norms = max(model.norms_per_layer, 2)
+    for i in range(n_norms):
+        for k, v in _norm_saved(h, rb, trains_layer).items():
+            add(k, v)
+    if model.norms_per_layer > 2:  # Gemma-2: post-norm outputs feed the residual add; nothing extra saved
+        pass
+
+    def linear_input(name: str, in_features: int, shared_key: str) -> None:
+        """Eq. A3 / A5: what a linear layer saves for its own backward."""
+        if trains_layer:
+            # under autocast the fp32 input is cast to the compute dtype once per consumer group
+            items.setdefault(f"input:{shared_key}", c * in_features)
+        if lora and name in targets:
+            if rb.adapter != c or rb.autocast:
+                # peft casts the input to the adapter dtype; autocast casts it back: a private copy per adapter
+                add(f"lora_input:{name}", c * in_features)
+            else:
+                items.setdefault(f"input:{shared_key}", c * in_features)
+            if setup.lora_dropout > 0:
+                add(f"lora_dropout:{name}", rb.adapter * in_features + in_features)  # output + bool mask
+            add(f"lora_a_out:{name}", rb.adapter * setup.lora_rank)
+            if setup.dora:
+                add(f"dora:{name}", 2 * c * _out_features(model, name))
+
+    # ---- attention, eq. A3-A4
+    if model.mla is None:
+        for nm in ("q_proj", "k_proj", "v_proj") if not model.fused_qkv else ("qkv_proj",):
+            linear_input(nm, h, "attn_in")
+        qw, kvw = model.q_width, model.kv_width
+        if model.qk_norm:  # Qwen3: per-head RMSNorm on q and k, in fp32, before RoPE
+            add("qk_norm", 4 * (qw + kvw) + rb.residual * (qw + kvw) * int(trains_layer) + 4 * 2 * model.num_heads)
+        if setup.attention == "eager":
+            rep = model.num_heads // model.num_kv_heads
+            add("q_rot", c * qw)
+            add("k_expanded", c * kvw * (rep if rep > 1 else 1))
+            add("v_expanded", c * kvw * (rep if rep > 1 else 1))
+            score_bytes = 8 if model.attn_logit_softcap else 6  # fp32 softmax out + its bf16 copy (+ tanh out)
+            per_seq += score_bytes * model.num_heads
+            add("attn_out", c * qw)
+        else:
+            add("q_rot", c * qw)
+            add("k_rot", c * kvw)
+            add("v", c * kvw)
+            add("attn_out", c * qw)
+            add("softmax_lse", 4 * model.num_heads)
+        linear_input("o_proj", qw, "o_in")
+        o_in_features = qw
+    else:
+        a = model.mla
+        nr = a.qk_nope_head_dim + a.qk_rope_head_dim
+        if a.q_lora_rank is None:
+            linear_input("q_proj", h, "attn_in")
+        else:
+            linear_input("q_a_proj", h, "attn_in")
+            add("q_a_norm", 4 * a.q_lora_rank + c * a.q_lora_rank)
+            linear_input("q_b_proj", a.q_lora_rank, "q_b_in")
+        linear_input("kv_a_proj_with_mqa", h, "attn_in")
+        add("kv_a_norm", 4 * a.kv_lora_rank + c * a.kv_lora_rank)
+        linear_input("kv_b_proj", a.kv_lora_rank, "kv_b_in")
+        add("q_rot", c * model.num_heads * nr)
+        add("k_full", c * model.num_heads * nr)
+        add("v", c * model.num_heads * nr)  # HF pads v to the qk head dim for SDPA / flash
+        add("attn_out", c * model.num_heads * nr)
+        add("softmax_lse", 4 * model.num_heads)
+        if setup.attention == "eager":
+            per_seq += 6 * model.num_heads
+        linear_input("o_proj", model.num_heads * a.v_head_dim, "o_in")
+        o_in_features = model.num_heads * a.v_head_dim
+
+    # ---- MLP, eq. A6 (dense) / A7 (MoE)
+    def mlp(width: int, prefix: str, copies: float) -> None:
+        names = ("gate_proj", "up_proj") if not model.fused_gate_up else ("gate_up_proj",)
+        if not model.gated:
+            names = ("up_proj",)
+        for nm in names:
+            linear_input(nm, h, prefix + "mlp_in")
+        if model.gated:
+            add(prefix + "gate_out", int(c * width * copies))
+            add(prefix + "act_out", int(c * width * copies))
+            add(prefix + "up_out", int(c * width * copies))
+        else:
+            add(prefix + "up_out", int(c * width * copies))
+        linear_input("down_proj", width, prefix + "down_in")
+        if (trains_layer or (lora and "down_proj" in targets)) and copies != 1:
+            # the shared-key bookkeeping above stored one copy; scale to the routed copies
+            key = f"input:{prefix}down_in"
+            if key in items:
+                items[key] = int(items[key] * copies)
+
+    transient = 0
+    if model.moe is None:
+        mlp(model.intermediate_size, "", 1)
+        transient = c * model.intermediate_size
+    else:
+        e = model.moe
+        moe_frac = (model.num_layers - e.dense_layers) / model.num_layers
+        dense_frac = 1 - moe_frac
+        if dense_frac:
+            before = dict(items)
+            mlp(model.intermediate_size, "dense_", 1)
+            for k in items:
+                if k not in before:
+                    items[k] = int(items[k] * dense_frac)
+        before = dict(items)
+        add("router_logits", (c + 4) * e.num_experts)  # logits + fp32 softmax (saved)
+        add("routed_inputs", c * h * e.experts_per_token)  # tokens gathered per expert
+        mlp(e.expert_intermediate_size, "expert_", e.experts_per_token)
+        add("routed_outputs", c * h * e.experts_per_token)  # expert outputs scaled by routing weights
+        if e.shared_experts:
+            mlp(e.shared_expert_intermediate_size, "shared_", 1)
+        for k in items:
+            if k not in before:
+                items[k] = int(items[k] * moe_frac)
+        transient = c * max(model.intermediate_size * dense_frac, e.expert_intermediate_size * e.experts_per_token)
+
+    per_token = sum(items.values())
+    return LayerInventory(per_token, per_seq, transient, items)
+
+
+def _out_features(model: ModelProfile, name: str) -> int:
+    from profiles.params import linear_layers
+
+    for x in linear_layers(model):
+        if x.name.split(".")[-1] == name:
+            return x.out_features
+    return model.hidden_size
+
+
+def checkpointed_layer_bytes_per_token(rb: RecipeBytes, hidden: int) -> int:
+    """Eq. A8: a fully checkpointed block keeps only its input (residual dtype x h per token)."""
+    return rb.residual * hidden

@@ -1,0 +1,59 @@
+"""``plan estimate``: every byte and second of one explicit setup."""
+
+from __future__ import annotations
+
+import argparse
+
+from planner.commands.common import (
+    add_output_args,
+    add_setup_args,
+    add_target_args,
+    print_json,
+    resolve_target,
+    setup_from_args,
+)
+from planner.errors import CliError
+
+NAME = "estimate"
+HELP = "every byte and second of one explicit setup"
+DESCRIPTION = """Estimate one explicit setup: memory per GPU by category and phase, host RAM, speed.
+Unset flags take the trainers' defaults (see each flag).
+
+examples:
+  plan estimate --model llama3-8b --gpus 8xA800 --zero 3 --checkpointing full --micro-batch 4
+  plan estimate --model qwen2.5-7b --gpus 4090 --method qlora --checkpointing full
+  plan estimate --model Qwen/Qwen2.5-7B --gpus 1xh100 --method lora --lora-targets q_proj,v_proj --json
+"""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_target_args(parser)
+    add_setup_args(parser, search=False)
+    parser.add_argument("--efficiency", type=float, metavar="F",
+                        help="override the achievable fraction of peak FLOPS (default: calibrated, else the GPU's)")
+    add_output_args(parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from planner.calibration_io import calibration_for
+    from planner.memory import estimate_memory
+    from planner.report import render_estimate
+    from planner.speed import estimate_speed
+
+    if args.efficiency is not None and not 0 < args.efficiency <= 1:
+        raise CliError(f"--efficiency {args.efficiency} is outside (0, 1]")
+    model, cluster = resolve_target(args)
+    setup = setup_from_args(args, cluster)
+    cal = calibration_for(cluster.gpu.name, setup.recipe)
+    est = estimate_memory(model, cluster, setup, cal)
+    label = getattr(cal, "label", None) or "uncalibrated"
+    speed = estimate_speed(model, cluster, setup, efficiency=args.efficiency or getattr(cal, "mfu", None), calibration_label=label)
+    if args.json:
+        out = est.to_json()
+        out["speed"] = speed.to_json()
+        print_json(out)
+    else:
+        render_estimate(Console(), est, speed)
+    return 0

@@ -1,0 +1,156 @@
+"""``plan --model M --gpus G``: rank the training plans that fit, fastest first, and explain them."""
+
+from __future__ import annotations
+
+import argparse
+
+from planner.commands.common import (
+    add_output_args,
+    add_setup_args,
+    add_target_args,
+    positive_float,
+    positive_int,
+    print_json,
+    resolve_target,
+)
+from planner.errors import CliError
+
+NAME = None
+HELP = "rank the training plans that fit"
+DESCRIPTION = """Rank the training plans that fit the cluster, fastest first, each with its memory breakdown,
+its speed, and why it beat the others. Every setup flag you pass fixes that dimension; the rest are searched.
+
+examples:
+  plan --model llama3-8b --gpus 8xA800
+  plan --model qwen2.5-7b --gpus 4090 --seq 4096
+  plan --model llama3-70b --gpus 2x8xH100 --method lora --json
+  plan --model llama3-8b --gpus 8xA800 --dataset-tokens 2e9 --epochs 3 --price-per-gpu-hour 2.1
+"""
+
+SEARCHED = ("method", "recipe", "optimizer", "zero", "offload", "checkpointing", "loss", "micro_batch", "grad_accum", "packing")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_target_args(parser)
+    add_setup_args(parser, search=True)
+    g = parser.add_argument_group("search")
+    g.add_argument("--global-batch", type=positive_int, metavar="N",
+                   help="sequences per optimizer step, all GPUs (default: 64, rounded to a multiple of the GPU count)")
+    g.add_argument("--headroom", type=float, default=0.10, metavar="F",
+                   help="fraction of GPU memory kept free, in (0, 0.9) (default: 0.10)")
+    g.add_argument("--objective", default="throughput", metavar="OBJ",
+                   help="rank by throughput (tokens/s), cost (per token) or memory (lowest peak) (default: throughput)")
+    g.add_argument("--top", type=positive_int, default=5, metavar="N", help="plans to show (default: 5)")
+    g.add_argument("--explain", action="store_true", help="also list every rejected candidate with its reason")
+    g.add_argument("--efficiency", type=float, metavar="F",
+                   help="override the achievable fraction of peak FLOPS (default: calibrated, else the GPU's default)")
+    t = parser.add_argument_group("training time and cost")
+    t.add_argument("--dataset-tokens", type=positive_float, metavar="N", help="tokens in the dataset, e.g. 2e9")
+    t.add_argument("--samples", type=positive_float, metavar="N", help="samples in the dataset (with --avg-tokens)")
+    t.add_argument("--avg-tokens", type=positive_float, metavar="N", help="average tokens per sample")
+    t.add_argument("--epochs", type=positive_float, default=1.0, metavar="N", help="epochs (default: 1)")
+    t.add_argument("--price-per-gpu-hour", type=float, metavar="USD", help="price of one GPU-hour, for the cost")
+    add_output_args(parser)
+
+
+def fixed_from_args(args: argparse.Namespace) -> dict:
+    """The Setup fields the user fixed on the command line."""
+    fixed: dict = {"seq_len": args.seq}
+    for name in SEARCHED:
+        v = getattr(args, name, None)
+        if v is not None:
+            fixed[name] = v
+    if args.fsdp:
+        fixed["fsdp"] = args.fsdp
+        fixed.setdefault("zero", 0)
+    for name in ("lora_rank", "lora_targets", "lora_dropout", "freeze_layers", "double_quant", "attention", "checkpoint_every"):
+        v = getattr(args, name, None)
+        if v is not None:
+            fixed[name] = v
+    fixed["lora_alpha"] = args.lora_alpha or 2 * args.lora_rank
+    for flag in ("dora", "lora_train_embeddings", "lora_train_lm_head", "optimizer_in_backward",
+                 "activation_offload", "compile", "allow_long_seq"):
+        if getattr(args, flag, False):
+            fixed[flag] = True
+    if args.activation_offload:
+        fixed.setdefault("checkpointing", "full")
+    if args.optimizer_in_backward:
+        fixed.setdefault("grad_accum", 1)
+    return fixed
+
+
+def dataset_tokens(args: argparse.Namespace) -> float | None:
+    if args.dataset_tokens:
+        return args.dataset_tokens
+    if args.samples or args.avg_tokens:
+        if not (args.samples and args.avg_tokens):
+            raise CliError("--samples needs --avg-tokens (and the other way round), or pass --dataset-tokens")
+        return args.samples * args.avg_tokens
+    return None
+
+
+def run(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from planner.calibration_io import calibration_for
+    from planner.report import render_search
+    from planner.search import SearchError, SearchRequest, search
+    from planner.speed import train_time
+
+    if args.price_per_gpu_hour is not None and args.price_per_gpu_hour < 0:
+        raise CliError(f"--price-per-gpu-hour {args.price_per_gpu_hour} is negative; give a price >= 0")
+    if args.objective not in ("throughput", "cost", "memory"):
+        import difflib
+
+        close = difflib.get_close_matches(args.objective, ["throughput", "cost", "memory"], n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise CliError(f"unknown --objective {args.objective!r}{hint} (valid: throughput, cost, memory)")
+    if not 0 < args.headroom < 0.9:
+        raise CliError(f"--headroom {args.headroom} is outside (0, 0.9); e.g. --headroom 0.1 keeps 10 % free")
+    if args.efficiency is not None and not 0 < args.efficiency <= 1:
+        raise CliError(f"--efficiency {args.efficiency} is outside (0, 1]")
+    model, cluster = resolve_target(args)
+    tokens = dataset_tokens(args)
+    cal = calibration_for(cluster.gpu.name, args.recipe)
+    req = SearchRequest(
+        fixed=fixed_from_args(args), global_batch=args.global_batch, headroom=args.headroom,
+        objective=args.objective, top=args.top, price_per_gpu_hour=args.price_per_gpu_hour,
+        calibration=cal, efficiency=args.efficiency,
+    )
+    try:
+        result = search(model, cluster, req)
+    except SearchError as e:
+        raise CliError(str(e)) from None
+
+    def tt(speed):  # noqa: ANN001, ANN202
+        if tokens is None:
+            return None
+        return train_time(speed, tokens, args.epochs, args.price_per_gpu_hour)
+
+    if args.json:
+        out = {
+            "schema_version": 1,
+            "model": model.name,
+            "cluster": {"gpu": cluster.gpu.name, "gpus_per_node": cluster.gpus_per_node, "nodes": cluster.nodes},
+            "global_batch": result.global_batch,
+            "headroom": args.headroom,
+            "objective": args.objective,
+            "plans": [],
+            "rejected": len(result.rejected),
+            "notes": result.notes,
+            "suggestions": result.suggestions,
+        }
+        for p in result.plans:
+            d = p.to_json()
+            t = tt(p.speed)
+            if t is not None:
+                d["train_time"] = t.to_json()
+            out["plans"].append(d)
+        if args.explain:
+            out["rejected_candidates"] = [
+                {"setup": r.setup.model_dump(), "reason": r.reason, "peak_bytes": r.peak_bytes} for r in result.rejected
+            ]
+        print_json(out)
+    else:
+        render_search(Console(), result, explain=args.explain, train_time=(lambda sp: tt(sp)) if tokens else None)
+    return 0 if result.plans else 1

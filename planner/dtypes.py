@@ -1,0 +1,69 @@
+"""Byte sizes the precision recipes imply, decided in one place (docs/memory.md, eq. M1).
+
+For each recipe: what dtype stores the weights that train, the frozen weights, the gradients, the optimizer
+states, whether an fp32 master copy exists, what dtype activations are computed in and what dtype the
+residual stream (the layers' inputs and outputs) has.
+
+Sources: HF Trainer AMP (``torch.autocast`` over fp32 weights); DeepSpeed's bf16/fp16 optimizers keep an
+fp32 master and an fp32 gradient partition (``deepspeed/runtime/zero/stage_1_and_2.py``, the comment in
+``estimate_zero2_model_states_mem_needs``: "18 = 2_grads_16bit + 4_grads_32bit + 4_params_32bit +
+8_optimizer_states_32bit"); torchtune's pure bf16 (``docs/source/tutorials/memory_optimizations.rst``).
+LoRA / QLoRA / freeze under AMP: the frozen base is loaded in the compute dtype (LLaMA-Factory, peft
+examples) while trainable parameters stay fp32 (peft ``autocast_adapter_dtype=True``; LLaMA-Factory
+upcasts trainable parameters to fp32 unless ``pure_bf16``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from planner.setup import Setup
+
+
+@dataclass(frozen=True)
+class RecipeBytes:
+    """Bytes per element for each kind of tensor under one recipe and method."""
+
+    trainable_weight: int
+    frozen_weight: int
+    grad16: int
+    """low-precision gradient (the autograd .grad for bf16/fp16 weights); 0 when grads are fp32"""
+    grad32: int
+    """fp32 gradient (AMP .grad of fp32 weights, or DeepSpeed's fp32 gradient partition)"""
+    master: int
+    """fp32 master copy (DeepSpeed bf16/fp16 optimizers)"""
+    state: int
+    """one optimizer state element (Adam m or v): fp32 = 4, pure bf16 = 2"""
+    compute: int
+    """activation dtype: bf16/fp16 = 2"""
+    residual: int
+    """dtype of the residual stream between layers (fp32 when full-model weights are fp32 under AMP)"""
+    autocast: bool
+    """True when torch.autocast casts fp32 weights per use (a cached low-precision copy per weight)"""
+    adapter: int
+    """dtype of LoRA adapter weights"""
+
+
+def recipe_bytes(setup: Setup) -> RecipeBytes:
+    """Resolve the byte sizes of ``setup.recipe`` for ``setup.method`` (eq. M1)."""
+    r = setup.recipe
+    deepspeed = setup.zero > 0
+    if r == "bf16":
+        return RecipeBytes(2, 2, 2, 0, 0, 2, 2, 2, False, 2, )
+    if r == "deepspeed-bf16" or (r == "fp16-amp" and deepspeed):
+        # DeepSpeed casts the whole module to bf16/fp16 (engine: module.bfloat16()), adapters included.
+        return RecipeBytes(2, 2, 2, 4, 4, 4, 2, 2, False, 2)
+    # hf-amp / fp16-amp without DeepSpeed: fp32 trainable weights under autocast
+    full_model_fp32 = setup.method == "full"
+    return RecipeBytes(
+        trainable_weight=4,
+        frozen_weight=4 if full_model_fp32 else 2,
+        grad16=0,
+        grad32=4,
+        master=0,
+        state=4,
+        compute=2,
+        residual=4 if full_model_fp32 else 2,
+        autocast=True,
+        adapter=4,
+    )

@@ -1,0 +1,617 @@
+"""The memory engine: every byte of one fine-tuning step, per GPU rank and per host (docs/memory.md).
+
+Pure functions, no I/O, no torch. :func:`estimate_memory` assembles a :class:`MemoryEstimate` from one
+function per term:
+
+* :func:`trainable_counts` - which parameters train (full, freeze, LoRA / DoRA / QLoRA adapters), eq. M2
+* :func:`quantized_frozen_bytes` - NF4 storage with block constants and double quantisation, eq. M3
+* :func:`optimizer_state_bytes_per_param` / :func:`adafactor_state_elements` - eq. M4
+* :func:`model_states` - weights, gradients, master copy and optimizer states under DDP / ZeRO-1/2/3 /
+  FSDP and CPU offload, following DeepSpeed's own accounting, eq. M5
+* :func:`zero_paper_model_state_bytes` - the ZeRO paper's 16-byte rule, kept for comparison, eq. M6
+* :mod:`planner.activations` - saved tensors per block, eq. A1-A9
+* :func:`logits_loss_bytes` - logits, fp32 upcast, log-softmax, gradient; chunked and fused losses, eq. L1-L3
+* :func:`comm_buffer_bytes` - DDP buckets, ZeRO buckets, ZeRO-3 / FSDP gathered parameters, eq. C1-C4
+* :func:`framework_overhead_bytes` / allocator margin - eq. F1-F2 (replaced by calibration data)
+* :func:`host_bytes` - host RAM per node, eq. H1
+
+The phases are the start of a steady-state step (``after_load``: optimizer states exist), the end of the
+forward, the peak inside backward and the optimizer step; each phase's categories add up to its total.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from planner.activations import LayerInventory, checkpointed_layer_bytes_per_token, layer_inventory
+from planner.dtypes import RecipeBytes, recipe_bytes
+from planner.results import CATEGORIES, MemoryEstimate
+from planner.setup import Setup, lora_target_names, validate_setup
+from profiles.cluster import Cluster
+from profiles.params import largest_layer_params, layer_params, linear_layers, param_counts
+from profiles.schema import ModelProfile
+
+GiB = 2**30
+MiB = 2**20
+
+# ---- constants, each with its source ------------------------------------------------------------------
+NF4_BITS = 4
+"""NF4 stores 4 bits per weight (Dettmers et al. 2023, arXiv:2305.14314, sec. 3)."""
+NF4_BLOCK = 64
+"""Weights per fp32 absmax constant (QLoRA paper sec. 3, "blocksize 64")."""
+DQ_BLOCK = 256
+"""Double quantisation: 8-bit constants quantised in blocks of 256 with one fp32 constant each (ibid.)."""
+BNB_8BIT_BLOCK = 2048
+"""bitsandbytes 8-bit optimizers: one fp32 absmax per 2048-element block (Dettmers et al. 2022,
+arXiv:2110.02861, sec. 2: blockwise quantisation, block size 2048)."""
+DS_ADDITIONAL_BUFFER_FACTOR = 1.5
+"""Host-side buffer factor DeepSpeed's own estimators apply to offloaded states
+(``estimate_zero2_model_states_mem_needs(additional_buffer_factor=1.5)``, deepspeed 0.19.8)."""
+CUDA_CONTEXT_BYTES = 1 * GiB
+"""Default per-process CUDA context + cuBLAS/cuDNN workspaces before calibration: 'hundreds of MiB to over
+1 GiB per process' (shared/reference/accounting.md). Errs high on recent drivers with lazy loading."""
+NCCL_BYTES = 512 * MiB
+"""Default NCCL communicator buffers per process when world size > 1 [assumption, replaced by calibration]."""
+ALLOCATOR_MARGIN = 0.05
+"""Default reserved-over-allocated margin of the caching allocator (5 %) [assumption until calibrated]."""
+HOST_PROCESS_BYTES = 4 * GiB
+"""Host RSS of one training process (Python, torch, CUDA user-space libraries) [assumption]."""
+LOSS_CHUNKS = 8
+"""torchtune CEWithChunkedOutputLoss default ``num_output_chunks=8``."""
+
+
+@dataclass(frozen=True)
+class TrainableCounts:
+    """Parameter counts by role (eq. M2). ``frozen`` excludes parameters that train."""
+
+    trainable: int
+    """all trainable parameters (full weights, or adapters + trained embeddings / head)"""
+    trainable_base: int
+    """base-model parameters that train (full / freeze / LoRA-trained embeddings and head)"""
+    adapter: int
+    frozen: int
+    frozen_linear: int
+    """frozen parameters inside linear layers (what QLoRA quantises)"""
+    trainable_linear: int
+    """trainable parameters that sit in linear layers (what autocast casts per use)"""
+
+
+def lora_adapter_params(model: ModelProfile, setup: Setup) -> int:
+    """LoRA adapter parameters: ``r * (in + out)`` per adapted linear (Hu et al. 2021, arXiv:2106.09685,
+    sec. 4), plus DoRA's magnitude vector of ``out`` per adapted linear (Liu et al. 2024, arXiv:2402.09353).
+    Routed MoE experts are not ``nn.Linear`` in transformers >= 5 (3-D tensors), so ``all-linear`` skips them.
+    Golden: rank 8 on a 4096 x 11008 matrix gives 8 * (4096 + 11008) = 120,832."""
+    targets = set(lora_target_names(setup, model))
+    total = 0
+    for x in linear_layers(model):
+        if x.name.startswith("experts.") or x.name.split(".")[-1] not in targets:
+            continue
+        if x.name in ("gate", "shared_expert_gate"):
+            continue
+        per = setup.lora_rank * (x.in_features + x.out_features) + (x.out_features if setup.dora else 0)
+        total += per * x.count
+    return total
+
+
+def trainable_counts(model: ModelProfile, setup: Setup) -> TrainableCounts:
+    """Which parameters train under ``setup.method`` (eq. M2)."""
+    pc = param_counts(model)
+    lin_total = sum(x.params for x in linear_layers(model))
+    head = model.vocab_size * model.hidden_size
+    if setup.method == "full":
+        lin = lin_total + (0 if model.tie_embeddings else head)
+        return TrainableCounts(pc.total, pc.total, 0, 0, 0, lin)
+    if setup.method == "freeze":
+        k = setup.freeze_layers
+        train = layer_params(model) * k
+        lin_train = lin_total * k // model.num_layers
+        return TrainableCounts(train, train, 0, pc.total - train, lin_total - lin_train, lin_train)
+    adapter = lora_adapter_params(model, setup)
+    extra = 0
+    if setup.lora_train_embeddings:
+        extra += head  # peft modules_to_save: a trainable copy; the original stays frozen
+    if setup.lora_train_lm_head:
+        extra += head
+    return TrainableCounts(adapter + extra, extra, adapter, pc.total, lin_total, adapter)
+
+
+def quantized_frozen_bytes(frozen_linear: int, double_quant: bool) -> int:
+    """NF4 storage of the frozen linear weights (eq. M3; Dettmers et al. 2023, sec. 3 "Double Quantization").
+
+    0.5 B per weight plus one fp32 absmax per 64 weights (0.5 bits/param); with double quantisation the
+    constants are 8-bit with one fp32 constant per 256 blocks (8/64 + 32/(64*256) = 0.127 bits/param).
+    Exact for the storage bitsandbytes allocates, up to per-tensor rounding of the last block (errs low by
+    at most one block per tensor).
+    """
+    weights = frozen_linear * NF4_BITS // 8
+    blocks = -(-frozen_linear // NF4_BLOCK)
+    if double_quant:
+        consts = blocks + 4 * -(-blocks // DQ_BLOCK)
+    else:
+        consts = 4 * blocks
+    return weights + consts
+
+
+def adafactor_state_elements(model: ModelProfile, setup: Setup, counts: TrainableCounts) -> int:
+    """Adafactor's factored second moment (Shazeer & Stern 2018, arXiv:1804.04235, alg. 4): a row and a
+    column vector per matrix, a full vector for 1-D parameters; no first moment (HF default beta1=None)."""
+    if setup.method in ("lora", "qlora"):
+        targets = set(lora_target_names(setup, model))
+        n = 0
+        for x in linear_layers(model):
+            if x.name.startswith("experts.") or x.name.split(".")[-1] not in targets:
+                continue
+            r = setup.lora_rank
+            n += x.count * ((r + x.in_features) + (x.out_features + r))
+        if setup.lora_train_embeddings:
+            n += model.vocab_size + model.hidden_size
+        if setup.lora_train_lm_head:
+            n += model.vocab_size + model.hidden_size
+        return n
+    factored = sum(x.count * (x.in_features + x.out_features) for x in linear_layers(model))
+    factored += 2 * (model.vocab_size + model.hidden_size) if not model.tie_embeddings else model.vocab_size + model.hidden_size
+    vectors = param_counts(model).norms
+    n = factored + vectors
+    if setup.method == "freeze":
+        n = n * setup.freeze_layers // model.num_layers
+    return n
+
+
+def optimizer_state_bytes_per_param(setup: Setup, rb: RecipeBytes) -> float:
+    """Bytes of optimizer state per trainable parameter (eq. M4). Adafactor is handled by shape instead.
+
+    AdamW: two states (m, v) at the recipe's state dtype (Loshchilov & Hutter 2019). 8-bit AdamW: two uint8
+    states plus one fp32 absmax per 2048 values each (bitsandbytes). SGD with momentum: one state.
+    """
+    if setup.optimizer == "adamw":
+        return 2 * rb.state
+    if setup.optimizer in ("adamw-8bit", "paged-adamw-8bit"):
+        return 2 * (1 + 4 / BNB_8BIT_BLOCK)
+    if setup.optimizer == "sgd-momentum":
+        return rb.state
+    return 0.0
+
+
+@dataclass(frozen=True)
+class ModelStates:
+    """Per-GPU model-state bytes and what sits on the host instead (eq. M5)."""
+
+    weights_trainable: int
+    weights_frozen: int
+    gradients: int
+    optimizer_states: int
+    master_weights: int
+    host_optimizer: int
+    host_params: int
+    optimizer_step_temp: int
+    gradients_step_only: int = 0
+    """gradient bytes that exist only during the optimizer step (ZeRO-3's fp32 gradient partition)"""
+
+
+def _shard(n: float, sharded: bool, world: int) -> int:
+    return int(n // world) if sharded else int(n)
+
+
+def model_states(model: ModelProfile, cluster: Cluster, setup: Setup, rb: RecipeBytes, counts: TrainableCounts) -> ModelStates:
+    """Weights, gradients, master weights and optimizer states per GPU under the sharding (eq. M5).
+
+    DeepSpeed stages follow DeepSpeed's own accounting (``estimate_zero2_model_states_mem_needs``: 2 B of
+    16-bit params + 18 B/N = 2 16-bit grads + 4 fp32 grads + 4 fp32 master + 8 Adam, for ZeRO-2).
+    ZeRO-3 (``stage3.py``) keeps 16-bit param and gradient partitions, fp32 master and Adam (16 B/N) and
+    makes the fp32 gradient partition only for the step (+4 B/N): DeepSpeed's estimator's 18 B/N lies
+    between the two (documented difference, tested). ZeRO-1 keeps the full 16-bit gradients
+    (2 B) and shards the rest; ZeRO-0 with DeepSpeed's bf16 optimizer keeps all 20 B. FSDP full-shard
+    shards weights, gradients and states; shard-grad-op shards gradients and states (its gathered weights
+    are counted in comm buffers, eq. C4). DDP replicates everything. Optimizer offload moves fp32 grads,
+    master and states to the host; parameter offload also the 16-bit weights (ZeRO-3 only).
+    """
+    N = cluster.world_size
+    z, fsdp = setup.zero, setup.fsdp
+    deepspeed = z > 0
+    step_only = 0
+    shard_w = z == 3 or fsdp == "full-shard"
+    shard_g = z >= 2 or fsdp is not None
+    shard_o = z >= 1 or fsdp is not None
+    P_t = counts.trainable
+    off_opt = setup.offload in ("optimizer", "optimizer+params")
+    off_par = setup.offload == "optimizer+params"
+
+    # weights
+    if setup.method == "qlora":
+        non_linear_frozen = counts.frozen - counts.frozen_linear
+        frozen_b = quantized_frozen_bytes(counts.frozen_linear, setup.double_quant) + non_linear_frozen * rb.compute
+    else:
+        frozen_b = counts.frozen * rb.frozen_weight
+    trainable_b = counts.trainable_base * rb.trainable_weight + counts.adapter * (
+        rb.adapter if setup.trains_adapters else rb.trainable_weight
+    )
+    if off_par:
+        host_params = _shard(trainable_b + frozen_b, True, N)
+        trainable_b = frozen_b = 0
+    else:
+        host_params = 0
+        trainable_b, frozen_b = _shard(trainable_b, shard_w, N), _shard(frozen_b, shard_w, N)
+
+    # optimizer states
+    if setup.optimizer == "adafactor":
+        opt = adafactor_state_elements(model, setup, counts) * 4
+    else:
+        opt = optimizer_state_bytes_per_param(setup, rb) * P_t
+    master = rb.master * P_t
+    grad32 = rb.grad32 * P_t
+    grad16 = rb.grad16 * P_t
+    if deepspeed:
+        g_gpu = _shard(grad16, shard_g, N)
+        host_opt = 0
+        if off_opt:
+            host_opt = _shard(opt + master + grad32, True, N)
+            opt = master = 0
+            g_gpu = 0 if z >= 2 else g_gpu
+        else:
+            opt, master = _shard(opt, True, N), _shard(master, True, N)
+            if z == 3:
+                # stage3.py keeps 16-bit gradient partitions and converts one sub-group to fp32 at the step
+                step_only = _shard(grad32, True, N)
+            else:
+                g_gpu += _shard(grad32, True, N)
+    else:
+        host_opt = 0
+        g = grad32 + grad16
+        g_gpu = _shard(g, shard_g, N)
+        if off_opt:  # FSDP CPUOffload(offload_params) moves params+grads+states; we count states+grads
+            host_opt = _shard(opt + g, True, N)
+            opt, g_gpu = 0, 0
+        else:
+            opt = _shard(opt, shard_o, N)
+    if setup.optimizer_in_backward:
+        # gradients are freed right after each parameter's update: at most the largest tensor's gradient
+        g_gpu = min(g_gpu, (rb.grad32 + rb.grad16) * largest_layer_params(model))
+    step_temp = 0
+    if setup.optimizer == "adafactor":
+        # transformers' Adafactor steps one tensor at a time, building an fp32 update of its size
+        step_temp = 3 * 4 * min(largest_layer_params(model), max(P_t, 1))
+    return ModelStates(
+        trainable_b, frozen_b, int(g_gpu), int(opt), int(master), int(host_opt), int(host_params), step_temp, int(step_only)
+    )
+
+
+def zero_paper_model_state_bytes(params: int, world: int, stage: int) -> int:
+    """The ZeRO paper's 16-byte rule per GPU (Rajbhandari et al. 2020, arXiv:1910.02054, sec. 3 and fig. 1):
+    2 B fp16 weights + 2 B fp16 grads + 12 B fp32 master, m, v (K = 12); stage 1 shards the 12, stage 2 also
+    the grads, stage 3 everything (eq. M6). Kept for comparison with the folklore; the engine uses the
+    recipe's real accounting (:func:`model_states`)."""
+    P, N = params, world
+    if stage == 0:
+        return 16 * P
+    if stage == 1:
+        return 4 * P + 12 * P // N
+    if stage == 2:
+        return 2 * P + 14 * P // N
+    return 16 * P // N
+
+
+@dataclass(frozen=True)
+class LogitsBytes:
+    """Logits and loss bytes at the three moments that matter (eq. L1-L3)."""
+
+    forward_peak: int
+    saved: int
+    backward_peak: int
+
+
+def logits_loss_bytes(model: ModelProfile, setup: Setup, rb: RecipeBytes, tokens: int) -> LogitsBytes:
+    """Logits, fp32 upcast and loss (eq. L1-L3).
+
+    plain (L1): HF ``ForCausalLMLoss`` upcasts the bf16 logits (c*V per token) to fp32 (4V) and
+    ``cross_entropy`` saves its fp32 log-softmax (4V); the trainer drops the outputs before backward, so
+    4V stays saved; backward holds that, the incoming fp32 gradient and the outgoing one (12V) at its peak.
+    Gemma-2's final soft-capping (``tanh``) adds a saved bf16 copy and an fp32 one (+6V, approximate).
+    chunked (L2): torchtune's ``CEWithChunkedOutputLoss`` keeps all bf16 chunks (c*V) but upcasts one of 8
+    chunks at a time; each chunk's log-softmax stays saved (4V in total).
+    liger (L3): fused linear cross-entropy (Liger Kernel) never materialises full logits: one chunk of about
+    h logits per token (fp32 + bf16), and the gradient of the hidden states (c*h) computed in the forward.
+    """
+    V, h, c, T = model.vocab_size, model.hidden_size, rb.compute, tokens
+    cap = 6 * V if model.final_logit_softcap else 0
+    if setup.loss == "plain":
+        return LogitsBytes(T * (c * V + 4 * V + 4 * V + cap), T * (4 * V + cap), T * (12 * V + cap))
+    if setup.loss == "chunked":
+        chunk = -(-T // LOSS_CHUNKS)
+        fwd = T * c * V + chunk * 4 * V + T * 4 * V + T * cap
+        bwd = T * 4 * V + chunk * (4 * V + 4 * V + c * V) + T * cap
+        return LogitsBytes(fwd, T * (4 * V + cap), bwd)
+    # liger
+    fwd = T * (4 * h + c * h + c * h)
+    return LogitsBytes(fwd, T * c * h, T * c * h + T * 6 * h)
+
+
+@dataclass(frozen=True)
+class ActivationBytes:
+    """Activation bytes at the end of forward and the extra working set in backward (eq. A1, A8, A9)."""
+
+    saved: int
+    forward_transient: int
+    backward_transient: int
+    inventory: LayerInventory
+    trainable_layers: int
+    checkpointed_layers: int
+
+
+def activation_bytes(model: ModelProfile, setup: Setup, rb: RecipeBytes) -> ActivationBytes:
+    """Saved activations of all blocks plus the per-block working sets (eq. A1).
+
+    Blocks below the first trainable one save nothing under the freeze method (no gradient flows there).
+    Full checkpointing every k-th block keeps only those blocks' inputs (eq. A8) and recomputes one block
+    at a time in backward; selective checkpointing drops the attention core (the eager s^2 terms; with
+    SDPA / flash it keeps almost everything). Activation offload keeps two block inputs on the GPU.
+    """
+    T = setup.micro_batch * setup.seq_len
+    s = setup.seq_len
+    L = model.num_layers
+    trains_layer = setup.method in ("full", "freeze")
+    inv = layer_inventory(model, setup, rb, trains_layer)
+    active_layers = setup.freeze_layers if setup.method == "freeze" else L
+    layer_full = inv.bytes(T, s)
+    if setup.checkpointing == "full":
+        ck = -(-active_layers // setup.checkpoint_every)  # blocks 0, k, 2k, ... are checkpointed
+        kept = checkpointed_layer_bytes_per_token(rb, model.hidden_size) * T
+        if setup.activation_offload:
+            saved = min(ck, 2) * kept + (active_layers - ck) * layer_full
+        else:
+            saved = ck * kept + (active_layers - ck) * layer_full
+        bwd_extra = layer_full  # one block recomputed at a time
+    elif setup.checkpointing == "selective":
+        ck = 0
+        scores = inv.per_token_per_seq * T * s
+        saved = active_layers * (layer_full - scores)
+        bwd_extra = scores
+    else:
+        ck = 0
+        saved = active_layers * layer_full
+        bwd_extra = 0
+    # final norm before the LM head (fp32 input + normalised output) and the token ids / labels
+    head_side = T * (4 * model.hidden_size + rb.compute * model.hidden_size) + T * 3 * 8
+    saved += head_side
+    # the working set while a block runs forward: its largest intermediate, and in backward the gradients
+    # of the MLP intermediates (grad of the product, then of activation and up), eq. A9
+    fwd_transient = inv.transient_per_token * T * 2
+    bwd_transient = bwd_extra + inv.transient_per_token * T * 3 + rb.compute * model.hidden_size * T * 2
+    return ActivationBytes(int(saved), int(fwd_transient), int(bwd_transient), inv, active_layers, ck)
+
+
+def zero_bucket_elements(model: ModelProfile) -> dict[str, int]:
+    """ZeRO bucket sizes the HF integration fills for ``"auto"`` (``transformers/integrations/deepspeed.py``):
+    ``reduce_bucket_size = h*h``, ``stage3_prefetch_bucket_size = 0.9*h*h``,
+    ``stage3_param_persistence_threshold = 10*h``. Shared by the engine and the config emitter."""
+    h = model.hidden_size
+    return {
+        "reduce_bucket_size": h * h,
+        "stage3_prefetch_bucket_size": int(0.9 * h * h),
+        "stage3_param_persistence_threshold": 10 * h,
+        "allgather_bucket_size": h * h,
+    }
+
+
+@dataclass(frozen=True)
+class CommBytes:
+    persistent: int
+    forward: int
+    backward: int
+    optimizer: int
+
+
+def comm_buffer_bytes(model: ModelProfile, cluster: Cluster, setup: Setup, rb: RecipeBytes, counts: TrainableCounts) -> CommBytes:
+    """Communication and gather buffers per GPU (eq. C1-C4).
+
+    C1 DDP (world > 1): the reducer's flat buckets hold a second copy of every gradient
+    (``gradient_as_bucket_view=False``, the PyTorch and HF Trainer default); errs high if views are on.
+    C2 ZeRO-1/2: two reduce buckets (``overlap_comm``) of ``reduce_bucket_size`` 16-bit elements and, at the
+    step, an all-gather bucket of updated 16-bit parameters.
+    C3 ZeRO-3: the gathered largest module and its 16-bit gradient (DeepSpeed's estimator counts
+    ``4 * largest_layer_params``), plus the prefetch bucket (0.9 h^2) and the reduce buckets.
+    C4 FSDP: full-shard gathers one block and prefetches the next (2 blocks of 16-bit params), keeps the
+    root unit (embeddings, LM head) unsharded through the step, and unshards a block's gradients in
+    backward; shard-grad-op keeps all 16-bit params gathered from forward to backward.
+    """
+    N = cluster.world_size
+    c = rb.compute
+    if N == 1 and setup.zero < 3 and setup.fsdp is None:
+        return CommBytes(0, 0, 0, 0)
+    b = zero_bucket_elements(model)
+    if setup.fsdp is None and setup.zero == 0:
+        g = (rb.grad32 + rb.grad16) * counts.trainable
+        return CommBytes(g, 0, 0, 0)
+    if setup.zero in (1, 2):
+        buckets = 2 * b["reduce_bucket_size"] * c
+        return CommBytes(buckets, 0, 0, b["allgather_bucket_size"] * c)
+    if setup.zero == 3:
+        largest = largest_layer_params(model)
+        buckets = 2 * b["reduce_bucket_size"] * c
+        prefetch = b["stage3_prefetch_bucket_size"] * c
+        gathered_fwd = largest * c + prefetch
+        # params + their 16-bit gradient (the gradient only exists when the base weights train)
+        gathered_bwd = (2 if setup.method in ("full", "freeze") else 1) * largest * c + prefetch
+        return CommBytes(buckets, gathered_fwd, gathered_bwd, 0)
+    block = layer_params(model) * c
+    root = model.vocab_size * model.hidden_size * c * (1 if model.tie_embeddings else 2)
+    if setup.fsdp == "full-shard":
+        return CommBytes(0, root + 2 * block, root + 2 * block + block, 0)
+    full = param_counts(model).total * c
+    return CommBytes(0, full, full + block, 0)
+
+
+def framework_overhead_bytes(cluster: Cluster, calibration: object | None = None) -> int:
+    """CUDA context, library workspaces and NCCL buffers per process (eq. F1). Outside
+    ``max_memory_allocated``; replaced by the calibrated fixed overhead when calibration data exists."""
+    fixed = getattr(calibration, "fixed_overhead_bytes", None)
+    if fixed is not None:
+        return int(fixed)
+    return CUDA_CONTEXT_BYTES + (NCCL_BYTES if cluster.world_size > 1 else 0)
+
+
+def allocator_margin_bytes(allocated_peak: int, calibration: object | None = None) -> int:
+    """Caching-allocator rounding and fragmentation (eq. F2): ``(factor - 1) * allocated``, the factor being
+    the calibrated ``max_memory_reserved / max_memory_allocated`` or 1.05 by default."""
+    factor = getattr(calibration, "allocator_factor", None)
+    margin = (factor - 1) if factor is not None else ALLOCATOR_MARGIN
+    return int(max(margin, 0) * allocated_peak)
+
+
+def host_bytes(
+    model: ModelProfile, cluster: Cluster, setup: Setup, rb: RecipeBytes, ms: ModelStates
+) -> dict[str, int]:
+    """Host RAM per node (eq. H1): offloaded optimizer states (fp32 master, grads, Adam) and parameters of
+    every rank on the node, DeepSpeed's pinned/temporary buffer factor on top, offloaded activations, and
+    each process's own footprint."""
+    g = cluster.gpus_per_node
+    T = setup.micro_batch * setup.seq_len
+    offloaded = (ms.host_optimizer + ms.host_params) * g
+    act = 0
+    if setup.activation_offload:
+        act = model.num_layers * rb.residual * model.hidden_size * T * g
+    return {
+        "offloaded_optimizer": ms.host_optimizer * g,
+        "offloaded_params": ms.host_params * g,
+        "pinned_buffers": int(offloaded * (DS_ADDITIONAL_BUFFER_FACTOR - 1)),
+        "offloaded_activations": act,
+        "processes": HOST_PROCESS_BYTES * g,
+    }
+
+
+def estimate_memory(
+    model: ModelProfile, cluster: Cluster, setup: Setup, calibration: object | None = None
+) -> MemoryEstimate:
+    """Every byte of one steady-state training step on one GPU rank, by category and phase, and the host."""
+    validate_setup(setup, model, cluster)
+    rb = recipe_bytes(setup)
+    counts = trainable_counts(model, setup)
+    ms = model_states(model, cluster, setup, rb, counts)
+    acts = activation_bytes(model, setup, rb)
+    T = setup.micro_batch * setup.seq_len
+    lg = logits_loss_bytes(model, setup, rb, T)
+    cb = comm_buffer_bytes(model, cluster, setup, rb, counts)
+
+    # temporaries: autocast's cached low-precision copies of fp32 trainable linear weights (alive from the
+    # cast in forward until backward has used them), QLoRA's dequantised layer, adafactor's step buffers
+    autocast_copies = rb.compute * counts.trainable_linear if rb.autocast else 0
+    autocast_copies = autocast_copies // (cluster.world_size if setup.fsdp == "full-shard" else 1)
+    biggest_linear = max((x.weight_params for x in linear_layers(model)), default=0)
+    dequant = rb.compute * biggest_linear if setup.method == "qlora" else 0
+    dora_tmp = rb.adapter * biggest_linear if setup.dora else 0
+    ckpt = setup.checkpointing == "full"
+
+    gpu_grads = ms.gradients
+    # Gradients are allocated during backward and freed by zero_grad(set_to_none=True) after the step,
+    # except DeepSpeed's persistent partitions and when accumulating over micro-batches.
+    persistent_grads = gpu_grads if (setup.zero > 0 or setup.grad_accum > 1) else 0
+
+    base = {
+        "weights_trainable": ms.weights_trainable,
+        "weights_frozen": ms.weights_frozen,
+        "gradients": persistent_grads,
+        "optimizer_states": ms.optimizer_states,
+        "master_weights": ms.master_weights,
+        "activations": 0,
+        "logits_loss": 0,
+        "temporaries": 0,
+        "comm_buffers": cb.persistent,
+    }
+    after_load = dict(base)
+    fwd = dict(base)
+    fwd["activations"] = acts.saved + acts.forward_transient
+    fwd["logits_loss"] = lg.forward_peak
+    fwd["temporaries"] = autocast_copies + dequant + dora_tmp
+    fwd["comm_buffers"] = cb.persistent + cb.forward
+
+    # backward: the larger of (a) the loss backward with every activation still saved and (b) the end of
+    # backward with every gradient allocated and one block's working set (eq. A9)
+    bwd_a = dict(base)
+    bwd_a["activations"] = acts.saved
+    bwd_a["logits_loss"] = lg.backward_peak
+    bwd_a["temporaries"] = (0 if ckpt else autocast_copies) + dequant + dora_tmp
+    bwd_a["comm_buffers"] = cb.persistent + cb.backward
+    head_grad = 0
+    if setup.method == "full" and not setup.zero and setup.fsdp is None:
+        head_grad = (rb.grad32 + rb.grad16) * model.vocab_size * model.hidden_size
+    bwd_a["gradients"] = max(persistent_grads, min(head_grad, gpu_grads))
+    bwd_b = dict(base)
+    bwd_b["gradients"] = gpu_grads
+    bwd_b["activations"] = acts.backward_transient
+    bwd_b["temporaries"] = dequant + dora_tmp + (rb.compute * biggest_linear if rb.autocast else 0)
+    bwd_b["comm_buffers"] = cb.persistent + cb.backward
+    bwd = bwd_a if sum(bwd_a.values()) >= sum(bwd_b.values()) else bwd_b
+
+    opt = dict(base)
+    opt["gradients"] = gpu_grads + ms.gradients_step_only
+    opt["temporaries"] = ms.optimizer_step_temp
+    opt["comm_buffers"] = cb.persistent + cb.optimizer
+
+    phases_alloc = {"after_load": after_load, "forward_peak": fwd, "backward_peak": bwd, "optimizer_peak": opt}
+    overhead = framework_overhead_bytes(cluster, calibration)
+    phases: dict[str, dict[str, int]] = {}
+    for name, cats in phases_alloc.items():
+        allocated = sum(cats.values())
+        full = dict(cats)
+        full["framework_overhead"] = overhead
+        full["allocator_margin"] = allocator_margin_bytes(allocated, calibration)
+        phases[name] = {k: int(full[k]) for k in CATEGORIES}
+    totals = {k: sum(v.values()) for k, v in phases.items()}
+    peak_phase = max(totals, key=lambda k: (totals[k], k == "backward_peak"))
+
+    host = host_bytes(model, cluster, setup, rb, ms)
+    calib = getattr(calibration, "label", None) or "uncalibrated"
+    assumptions = _assumptions(model, cluster, setup, rb, counts, acts)
+    return MemoryEstimate(
+        model=model.name,
+        gpu=cluster.gpu.name,
+        gpus_per_node=cluster.gpus_per_node,
+        nodes=cluster.nodes,
+        setup=setup,
+        categories=phases[peak_phase],
+        phases=totals,
+        peak_phase=peak_phase,
+        capacity_bytes=cluster.gpu.memory_bytes,
+        host_bytes=sum(host.values()),
+        host_categories=host,
+        assumptions=tuple(assumptions),
+        calibration=calib,
+    )
+
+
+def allocated_bytes(est: MemoryEstimate) -> int:
+    """The peak as ``torch.cuda.max_memory_allocated`` would show it: the total less framework overhead and
+    allocator margin (what the trace and validation runs compare against)."""
+    return est.peak_bytes - est.categories["framework_overhead"] - est.categories["allocator_margin"]
+
+
+def _assumptions(
+    model: ModelProfile, cluster: Cluster, setup: Setup, rb: RecipeBytes, counts: TrainableCounts, acts: ActivationBytes
+) -> list[str]:
+    from planner.setup import RECIPES
+
+    out = [
+        f"recipe {setup.recipe}: {RECIPES[setup.recipe]}",
+        f"trainable parameters: {counts.trainable:,} of {param_counts(model).total:,}",
+        f"activations: generalised per-block inventory (docs/memory.md eq. A1), {acts.trainable_layers} blocks "
+        f"saving, {acts.checkpointed_layers} checkpointed",
+        "steady state: optimizer states exist from the start of the step (step >= 2)",
+    ]
+    if setup.optimizer == "adamw":
+        out.append("AdamW fused implementation (HF Trainer adamw_torch_fused, DeepSpeed FusedAdam): no step temporaries")
+    if setup.method == "qlora":
+        out.append(
+            "QLoRA: NF4 frozen linears + " + ("double-quantised" if setup.double_quant else "fp32")
+            + " block constants; embeddings, norms and LM head in the compute dtype; one dequantised layer transient"
+        )
+    if cluster.world_size > 1 and setup.zero == 0 and setup.fsdp is None:
+        out.append("DDP gradient buckets are a second gradient copy (gradient_as_bucket_view=False)")
+    if setup.zero:
+        out.append("ZeRO bucket sizes as the HF integration fills 'auto': reduce h^2, prefetch 0.9 h^2")
+    if not setup.packing:
+        out.append("padding: every micro-batch padded to --seq (worst case)")
+    if model.is_moe:
+        out.append("MoE routing buffers modelled coarsely (eq. A7): least accurate term")
+    out.append(
+        "framework overhead and allocator margin are defaults until calibrated (plan calibrate)"
+    )
+    return out

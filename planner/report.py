@@ -1,0 +1,166 @@
+"""Rendering: rich tables for the terminal. Formats what the engine computed; never recomputes.
+
+GiB means 2**30 bytes everywhere here; conversions happen only in this layer.
+"""
+
+from __future__ import annotations
+
+from rich.console import Console, Group
+from rich.panel import Panel
+from rich.table import Table
+from rich.text import Text
+
+from planner.results import CATEGORIES, PHASES, MemoryEstimate, Plan, SpeedEstimate
+
+GIB = 2**30
+
+
+def gib(b: float) -> str:
+    return f"{b / GIB:,.2f}"
+
+
+def _bar(frac: float, width: int = 24) -> str:
+    n = max(0, min(width, round(frac * width)))
+    return "█" * n + "·" * (width - n)
+
+
+def memory_table(est: MemoryEstimate, title: str | None = None) -> Table:
+    """Per-GPU bytes by category at the peak, with a bar each, then the phases and the host."""
+    peak = est.peak_bytes
+    t = Table(title=title, title_justify="left", show_edge=False, pad_edge=False)
+    t.add_column("per GPU at the peak", style="bold")
+    t.add_column("GiB", justify="right")
+    t.add_column("share", justify="right")
+    t.add_column("", no_wrap=True)
+    for k in CATEGORIES:
+        v = est.categories[k]
+        if v == 0:
+            continue
+        t.add_row(k.replace("_", " "), gib(v), f"{v / peak:5.1%}", _bar(v / peak))
+    style = "green" if est.fits else "red"
+    t.add_row(
+        Text("peak (" + est.peak_phase.replace("_", " ") + ")", style=style),
+        Text(gib(peak), style=style),
+        Text(f"{peak / est.capacity_bytes:5.1%}", style=style),
+        Text(f"of {gib(est.capacity_bytes)} GiB on {est.gpu}", style=style),
+        end_section=True,
+    )
+    for ph in PHASES:
+        t.add_row(Text(ph.replace("_", " "), style="dim"), Text(gib(est.phases[ph]), style="dim"), "", "")
+    return t
+
+
+def host_table(est: MemoryEstimate) -> Table:
+    t = Table(show_edge=False, pad_edge=False)
+    t.add_column("host RAM per node", style="bold")
+    t.add_column("GiB", justify="right")
+    for k, v in est.host_categories.items():
+        if v:
+            t.add_row(k.replace("_", " "), gib(v))
+    t.add_row(Text("total", style="bold"), Text(gib(est.host_bytes), style="bold"))
+    return t
+
+
+def speed_table(sp: SpeedEstimate) -> Table:
+    t = Table(show_edge=False, pad_edge=False)
+    t.add_column("speed", style="bold")
+    t.add_column("value", justify="right")
+    t.add_row("step time", f"{sp.step_s:,.3f} s")
+    for k, v in sp.breakdown_s.items():
+        t.add_row(f"  {k}", f"{v:,.3f} s")
+    t.add_row("tokens/s (cluster)", f"{sp.tokens_per_s:,.0f}")
+    t.add_row("tokens/s per GPU", f"{sp.tokens_per_s_per_gpu:,.0f}")
+    t.add_row("MFU", f"{sp.mfu:.1%}")
+    t.add_row("efficiency used", f"{sp.efficiency:.0%} of peak ({sp.calibration})")
+    return t
+
+
+def render_estimate(console: Console, est: MemoryEstimate, speed: SpeedEstimate | None) -> None:
+    s = est.setup
+    head = (
+        f"[bold]{est.model}[/] on [bold]{est.nodes}x{est.gpus_per_node}x{est.gpu}[/]"
+        if est.nodes > 1
+        else f"[bold]{est.model}[/] on [bold]{est.gpus_per_node}x{est.gpu}[/]"
+    )
+    console.print(head + f"  ·  {s.short()}  ·  seq {s.seq_len}")
+    console.print(f"recipe [bold]{s.recipe}[/]  ·  {est.calibration}")
+    console.print(memory_table(est))
+    console.print()
+    console.print(host_table(est))
+    if speed is not None:
+        console.print()
+        console.print(speed_table(speed))
+    verdict = "[green]fits[/]" if est.fits else "[red]does not fit[/]"
+    console.print(f"\n{verdict}: peak {gib(est.peak_bytes)} GiB of {gib(est.capacity_bytes)} GiB per GPU")
+    console.print("[dim]assumptions:[/]")
+    for a in est.assumptions:
+        console.print(f"[dim]  - {a}[/]")
+
+
+def plans_table(plans: list[Plan]) -> Table:
+    t = Table(show_edge=False, pad_edge=False, header_style="bold")
+    t.add_column("#", justify="right")
+    t.add_column("plan: method, sharding, offload, ckpt, micro x accum, optimizer", no_wrap=True)
+    t.add_column("peak GiB", justify="right")
+    t.add_column("tokens/s", justify="right")
+    t.add_column("MFU", justify="right")
+    for p in plans:
+        t.add_row(
+            str(p.rank),
+            p.setup.compact(),
+            gib(p.memory.peak_bytes),
+            f"{p.speed.tokens_per_s:,.0f}",
+            f"{p.speed.mfu:.0%}",
+        )
+    return t
+
+
+def breakdown_row_table(plans: list[Plan]) -> Table:
+    """GiB per category for each plan side by side."""
+    t = Table(show_edge=False, pad_edge=False, header_style="bold", title="memory per GPU at the peak (GiB)", title_justify="left")
+    t.add_column("category")
+    for p in plans:
+        t.add_column(f"#{p.rank}", justify="right")
+    for k in CATEGORIES:
+        vals = [p.memory.categories[k] for p in plans]
+        if not any(vals):
+            continue
+        t.add_row(k.replace("_", " "), *[gib(v) for v in vals])
+    return t
+
+
+def render_search(console: Console, result, explain: bool = False, train_time=None) -> None:  # noqa: ANN001
+    m, c = result.model, result.cluster
+    console.print(f"[bold]{m.name}[/] on [bold]{c.label()}[/] ({gib(c.gpu.memory_bytes)} GiB each)")
+    for n in result.notes:
+        console.print(f"[dim]{n}[/]")
+    if not result.plans:
+        console.print("\n[red bold]no plan fits[/]")
+        for s in result.suggestions:
+            console.print(f"  - {s}")
+    else:
+        console.print()
+        console.print(plans_table(result.plans))
+        console.print()
+        console.print(breakdown_row_table(result.plans))
+        for p in result.plans:
+            body = [f"[bold]{p.setup.short()}[/]  recipe {p.setup.recipe}"]
+            body += [f"• {r}" for r in p.reasons]
+            if train_time is not None:
+                tt = train_time(p.speed)
+                if tt is not None:
+                    body.append(f"• {tt}")
+            console.print(Panel("\n".join(body), title=f"plan {p.rank}", title_align="left", expand=False))
+    if explain and result.rejected:
+        t = Table(title="rejected candidates", title_justify="left", show_edge=False, pad_edge=False)
+        t.add_column("setup")
+        t.add_column("reason")
+        for r in result.rejected:
+            t.add_row(r.setup.short(), r.reason)
+        console.print(t)
+    elif result.rejected:
+        console.print(f"[dim]{len(result.rejected)} candidates did not fit (--explain lists them)[/]")
+
+
+def render_group(*items) -> Group:  # noqa: ANN002
+    return Group(*items)

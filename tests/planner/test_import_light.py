@@ -1,0 +1,28 @@
+"""The planner answers without torch: importing it (and running the main job) loads no heavy package."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+HEAVY = ["torch", "transformers", "deepspeed", "accelerate", "peft", "pandas", "matplotlib"]
+
+
+def _loaded_after(code: str) -> list[str]:
+    probe = code + "\nimport sys, json\nprint(json.dumps(sorted(m for m in %r if m in sys.modules)))" % (HEAVY,)
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_import_planner_does_not_import_torch():
+    assert _loaded_after("import planner, planner.memory, planner.speed, planner.search, planner.setup") == []
+
+
+def test_main_job_does_not_import_torch():
+    code = (
+        "import io, contextlib\nfrom planner.cli import main\n"
+        "buf = io.StringIO()\n"
+        "with contextlib.redirect_stdout(buf):\n    main(['--model', 'llama3-8b', '--gpus', '8xA800', '--json'])\n"
+    )
+    assert _loaded_after(code) == []
