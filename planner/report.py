@@ -75,7 +75,9 @@ def speed_table(sp: SpeedEstimate) -> Table:
     return t
 
 
-def render_estimate(console: Console, est: MemoryEstimate, speed: SpeedEstimate | None) -> None:
+def render_estimate(
+    console: Console, est: MemoryEstimate, speed: SpeedEstimate | None, host_capacity_bytes: int | None = None
+) -> None:
     s = est.setup
     head = (
         f"[bold]{est.model}[/] on [bold]{est.nodes}x{est.gpus_per_node}x{est.gpu}[/]"
@@ -92,6 +94,11 @@ def render_estimate(console: Console, est: MemoryEstimate, speed: SpeedEstimate 
         console.print(speed_table(speed))
     verdict = "[green]fits[/]" if est.fits else "[red]does not fit[/]"
     console.print(f"\n{verdict}: peak {gib(est.peak_bytes)} GiB of {gib(est.capacity_bytes)} GiB per GPU")
+    if host_capacity_bytes is not None and est.host_bytes > host_capacity_bytes:
+        console.print(
+            f"[red]host RAM short[/]: needs {gib(est.host_bytes)} GiB per node, the node has "
+            f"{gib(host_capacity_bytes)} GiB (--host-ram-gib)"
+        )
     console.print("[dim]assumptions:[/]")
     for a in est.assumptions:
         console.print(f"[dim]  - {a}[/]")

@@ -247,6 +247,17 @@ def search(model: ModelProfile, cluster: Cluster, request: SearchRequest, with_s
                     )
                 )
                 break  # larger micro-batches need more memory
+            if mem.host_bytes > cluster.host_ram_bytes_per_node:
+                rejected.append(
+                    Rejection(
+                        setup,
+                        f"needs {_gib(mem.host_bytes)} host RAM per node > {_gib(cluster.host_ram_bytes_per_node)} "
+                        "(--host-ram-gib)",
+                        mem.peak_bytes,
+                        speed.tokens_per_s,
+                    )
+                )
+                continue
             plan = Plan(rank=0, setup=setup, memory=mem, speed=speed, headroom_bytes=usable - mem.peak_bytes)
             fits.append((_score(speed, mem, request.objective), plan))
     if considered == 0 and first_error:
@@ -323,9 +334,17 @@ def explain(plan: Plan, index: int, ranked: list[Plan], rejected: list[Rejection
 def suggest(model: ModelProfile, cluster: Cluster, request: SearchRequest, rejected: list[Rejection], usable: int) -> list[str]:
     """When nothing fits: the closest candidate and what would change that, with numbers."""
     out: list[str] = []
-    if rejected:
-        closest = min(rejected, key=lambda r: r.peak_bytes or 1 << 62)
-        out.append(f"closest: {closest.setup.short()} needs {_gib(closest.peak_bytes or 0)} per GPU, {_gib((closest.peak_bytes or 0) - usable)} over")
+    gpu_short = [r for r in rejected if "host RAM" not in r.reason]
+    host_short = [r for r in rejected if "host RAM" in r.reason]
+    if gpu_short:
+        closest = min(gpu_short, key=lambda r: r.peak_bytes or 1 << 62)
+        out.append(
+            f"closest on GPU memory: {closest.setup.short()} needs {_gib(closest.peak_bytes or 0)} per GPU, "
+            f"{_gib((closest.peak_bytes or 0) - usable)} over the usable {_gib(usable)}"
+        )
+    if host_short:
+        best = max(host_short, key=lambda r: r.tokens_per_s or 0)
+        out.append(f"fits the GPUs but not host RAM: {best.setup.short()} {best.reason}")
     f = request.fixed
     base = SearchRequest(**{**request.__dict__, "top": 1})
     # more GPUs of the same kind

@@ -53,7 +53,9 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         out = est.to_json()
         out["speed"] = speed.to_json()
+        out["per_host"]["capacity_bytes"] = cluster.host_ram_bytes_per_node
+        out["per_host"]["fits"] = est.host_bytes <= cluster.host_ram_bytes_per_node
         print_json(out)
     else:
-        render_estimate(Console(), est, speed)
+        render_estimate(Console(), est, speed, cluster.host_ram_bytes_per_node)
     return 0
