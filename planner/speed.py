@@ -18,6 +18,8 @@ bandwidths are bytes per second. Conversion to TFLOPS / GB/s happens only in the
 
 from __future__ import annotations
 
+import functools
+
 import math
 from dataclasses import dataclass
 from typing import Literal
@@ -308,6 +310,17 @@ def flops_per_token(model: ModelProfile, setup: Setup) -> FlopsBreakdown:
     checkpointing re-runs the forward of each checkpointed block (not the LM head); selective re-runs the
     attention core only.
     """
+    # FLOPs per token depend only on these fields: memoise on them (the search evaluates hundreds of setups)
+    key = setup.model_copy(
+        update={"micro_batch": 1, "grad_accum": 1, "zero": 0, "fsdp": None, "offload": "none", "optimizer": "adamw",
+                "recipe": "bf16", "loss": "plain", "packing": True, "compile": False}
+    )
+    return _flops_per_token(model, key)
+
+
+@functools.lru_cache(maxsize=512)
+def _flops_per_token(model: ModelProfile, setup: Setup) -> FlopsBreakdown:
+
     attn, dense, moe, dense_blocks = _block_linears(model)
     targets = _adapted(setup, model)
     s = setup.seq_len
