@@ -65,6 +65,14 @@ def make_cluster(
     )
 
 
+def _is_gpu(name: str) -> bool:
+    try:
+        get_gpu(name)
+    except ProfileError:
+        return False
+    return True
+
+
 def parse_cluster(spec: str, host_ram_gib: float | None = None, inter_node_gb_s: float | None = None) -> Cluster:
     """Parse a cluster spec. A bare GPU name (``4090``, ``h100``) means one GPU.
 
@@ -81,10 +89,12 @@ def parse_cluster(spec: str, host_ram_gib: float | None = None, inter_node_gb_s:
     except ProfileError:
         pass
     m = _SPEC.match(s)
-    if not m or re.search(r"[x×*]\s*$", s, re.I) or re.match(r"^\s*[x×*]", s, re.I):
+    # a trailing "x" is a dangling separator ("8x", "8xA800x") unless it ends a GPU name ("8xMI300X")
+    dangling = re.search(r"[x×*]\s*$", s, re.I) is not None and not (m is not None and _is_gpu(m.group(3)))
+    if not m or dangling or re.match(r"^\s*[x×*]", s, re.I):
         raise ProfileError(f"malformed GPU spec {raw!r}; {_FORMAT}")
     a, b, name = m.groups()
-    if name.isdigit() and a is None:
+    if name.isdigit() and not _is_gpu(name):  # "123", "8x8": a count with no GPU ("8x4090" is fine)
         raise ProfileError(f"malformed GPU spec {raw!r}; {_FORMAT}")
     if a is not None and b is not None:
         nodes, per_node = int(a), int(b)

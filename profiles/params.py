@@ -10,6 +10,7 @@ norm and an untied LM head. ``tests/profiles/test_params_meta.py`` checks every 
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 from profiles.schema import ModelProfile
@@ -149,16 +150,20 @@ def mlp_layers(m: ModelProfile) -> list[LinearLayer]:
     return out
 
 
-def linear_layers(m: ModelProfile) -> list[LinearLayer]:
+@functools.lru_cache(maxsize=256)
+def linear_layers(m: ModelProfile) -> tuple[LinearLayer, ...]:
     """Every linear layer of the transformer blocks (not the LM head), with counts: what LoRA can target."""
-    return attention_layers(m) + mlp_layers(m)
+    return tuple(attention_layers(m) + mlp_layers(m))
 
 
+@functools.lru_cache(maxsize=256)
 def norm_params(m: ModelProfile) -> int:
     """All norm weights: per-layer norms, Qwen3's q/k norms, MLA's latent norms, the final norm."""
     per_layer = m.norms_per_layer * _norm_params(m, m.hidden_size)
-    if m.qk_norm:
+    if m.qk_norm and m.qk_norm_scope == "head":
         per_layer += 2 * _norm_params(m, m.head_dim)
+    elif m.qk_norm:  # OLMo-2: q_norm over heads x head_dim, k_norm over kv_heads x head_dim
+        per_layer += _norm_params(m, m.q_width) + _norm_params(m, m.kv_width)
     if m.mla is not None:
         per_layer += _norm_params(m, m.mla.kv_lora_rank)
         if m.mla.q_lora_rank is not None:
@@ -167,6 +172,7 @@ def norm_params(m: ModelProfile) -> int:
     return per_layer * m.num_layers + final
 
 
+@functools.lru_cache(maxsize=256)
 def param_counts(m: ModelProfile) -> ParamCounts:
     """Exact parameter counts by group, total and active (what one token passes through)."""
     emb = m.vocab_size * m.hidden_size
@@ -181,6 +187,7 @@ def param_counts(m: ModelProfile) -> ParamCounts:
     return ParamCounts(emb, attn, mlp, moe, norms, head, active=total - inactive)
 
 
+@functools.lru_cache(maxsize=256)
 def largest_layer_params(m: ModelProfile) -> int:
     """Parameters of the largest single module, the unit ZeRO-3 gathers at once.
 
@@ -201,6 +208,7 @@ def largest_layer_params(m: ModelProfile) -> int:
     return max(cands)
 
 
+@functools.lru_cache(maxsize=256)
 def layer_params(m: ModelProfile) -> int:
     """Parameters of one transformer block on average (all blocks, without embeddings / head / final norm)."""
     c = param_counts(m)

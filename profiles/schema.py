@@ -82,6 +82,12 @@ class ModelProfile(_Frozen):
     o_bias: bool = False
     mlp_bias: bool = False
     qk_norm: bool = Field(False, description="per-head RMSNorm on q and k (Qwen3), weight of size head_dim each")
+    qk_norm_scope: Literal["head", "projection"] = Field(
+        "head",
+        description="'head': one q and one k norm weight of size head_dim shared by all heads (Qwen3); "
+        "'projection': weights over the whole q and k projection widths, heads x head_dim and "
+        "kv_heads x head_dim (OLMo-2, transformers/models/olmo2/modeling_olmo2.py)",
+    )
     fused_qkv: bool = Field(False, description="one qkv matrix in the checkpoint (ChatGLM, InternLM2)")
     fused_gate_up: bool = Field(False, description="one gate_up matrix in the checkpoint (ChatGLM / GLM)")
     sliding_window: int | None = None
