@@ -104,6 +104,12 @@ def get_model(name: str) -> ModelProfile:
     path = find_config(name)
     if path is not None:
         return profile_from_config_file(path)
+    looks_like_path = name.endswith(".json") or name.startswith((".", "/", "~")) or Path(name).expanduser().exists()
+    if looks_like_path:
+        p = Path(name).expanduser()
+        if not p.exists():
+            raise ProfileError(f"no such file or folder {name!r} (give a config.json path, a folder holding one, or a model name)")
+        raise ProfileError(f"no config.json in {name!r} (give a config.json path, a folder holding one, or a model name)")
     raise ProfileError(
         unknown_name_message("model", name, model_names(), "plan profiles models")
         + "; or pass a config.json path, a folder holding one, or a hub id in the local HF cache"

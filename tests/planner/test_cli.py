@@ -118,3 +118,22 @@ def test_plan_help_documents_every_setup_flag(capsys):
 def test_python_dash_m_planner():
     r = subprocess.run([sys.executable, "-m", "planner", "profiles", "gpus", "--json"], capture_output=True, text=True)
     assert r.returncode == 0 and len(json.loads(r.stdout)["gpus"]) >= 22
+
+
+def test_missing_config_path(capsys):
+    code, _, err = run(["estimate", "--model", "./nope/config.json", "--gpus", "h100"], capsys)
+    assert code == 2 and err.startswith("plan estimate: error: no such file or folder './nope/config.json'")
+
+
+def test_config_json_model(tmp_path, capsys):
+    """--model accepts a config.json path and a folder holding one (HF keys, read without transformers)."""
+    cfg = {
+        "model_type": "qwen2", "hidden_size": 896, "intermediate_size": 4864, "num_hidden_layers": 24,
+        "num_attention_heads": 14, "num_key_value_heads": 2, "vocab_size": 151936, "tie_word_embeddings": True,
+        "max_position_embeddings": 32768, "rms_norm_eps": 1e-6, "torch_dtype": "bfloat16",
+    }
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    for arg in (str(tmp_path / "config.json"), str(tmp_path)):
+        code, out, _ = run(["profiles", "show", arg, "--json"], capsys)
+        assert code == 0
+        assert json.loads(out)["params"]["total"] == 494_032_768  # Qwen2.5-0.5B, models.md "computed"
