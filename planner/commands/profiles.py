@@ -61,7 +61,9 @@ def run(args: argparse.Namespace) -> int:
             raise CliError("plan profiles show needs a NAME, e.g. plan profiles show llama3-8b")
         try:
             obj, kind = get_model(args.name), "model"
-        except ProfileError:
+        except ProfileError as e:
+            if not str(e).startswith("unknown model"):
+                raise  # a config.json that exists but is broken: its own message
             try:
                 obj, kind = get_gpu(args.name), "gpu"
             except ProfileError:

@@ -130,7 +130,7 @@ def test_config_json_model(tmp_path, capsys):
     cfg = {
         "model_type": "qwen2", "hidden_size": 896, "intermediate_size": 4864, "num_hidden_layers": 24,
         "num_attention_heads": 14, "num_key_value_heads": 2, "vocab_size": 151936, "tie_word_embeddings": True,
-        "max_position_embeddings": 32768, "rms_norm_eps": 1e-6, "torch_dtype": "bfloat16",
+        "max_position_embeddings": 32768, "rms_norm_eps": 1e-6, "torch_dtype": "bfloat16", "hidden_act": "silu",
     }
     (tmp_path / "config.json").write_text(json.dumps(cfg))
     for arg in (str(tmp_path / "config.json"), str(tmp_path)):
