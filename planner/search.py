@@ -170,13 +170,18 @@ def complexity(s: Setup) -> float:
 
 def _score(speed: SpeedEstimate, mem: MemoryEstimate, objective: str) -> tuple:
     """Sort key, best first. Throughput (and cost, which on a fixed cluster is proportional to 1 / tokens/s)
-    ranks by tokens/s in 1 % buckets, then simpler plans, then lower peak; memory ranks by peak."""
-    import math
-
+    ranks by tokens/s in 1 % buckets, then simpler plans, then larger micro-batches (fewer accumulation
+    steps), then lower peak; memory ranks by peak."""
     if objective == "memory":
         return (mem.peak_bytes, -speed.tokens_per_s)
-    bucket = math.floor(math.log(speed.tokens_per_s) / math.log(1.01))
-    return (-bucket, complexity(mem.setup), mem.peak_bytes)
+    return (-speed_bucket(speed.tokens_per_s), complexity(mem.setup), -mem.setup.micro_batch, mem.peak_bytes)
+
+
+def speed_bucket(tokens_per_s: float) -> int:
+    """Throughputs within 1 % of each other are ties: the speed model is not that precise."""
+    import math
+
+    return math.floor(math.log(max(tokens_per_s, 1e-9)) / math.log(1.01))
 
 
 def search(model: ModelProfile, cluster: Cluster, request: SearchRequest, with_suggestions: bool = True) -> SearchResult:
@@ -318,7 +323,11 @@ def explain(plan: Plan, index: int, ranked: list[Plan], rejected: list[Rejection
         out.append(f"optimizer {s.optimizer}: smaller states than fp32 AdamW")
     if s.loss == "liger":
         out.append("Liger fused linear cross-entropy: logits never materialised")
-    faster = [r for r in rejected if r.tokens_per_s and r.tokens_per_s > sp.tokens_per_s and r.peak_bytes]
+    faster = [
+        r for r in rejected
+        if r.tokens_per_s and speed_bucket(r.tokens_per_s) > speed_bucket(sp.tokens_per_s) and r.peak_bytes
+        and "host RAM" not in r.reason
+    ]
     if faster and index == 0:
         best = max(faster, key=lambda r: r.tokens_per_s or 0)
         out.append(
@@ -327,7 +336,11 @@ def explain(plan: Plan, index: int, ranked: list[Plan], rejected: list[Rejection
         )
     if index > 0:
         prev = ranked[index - 1]
-        out.append(f"{prev.speed.tokens_per_s / sp.tokens_per_s:.2f}x slower than plan {index}")
+        ratio = prev.speed.tokens_per_s / sp.tokens_per_s
+        if speed_bucket(prev.speed.tokens_per_s) == speed_bucket(sp.tokens_per_s):
+            out.append(f"as fast as plan {index} (within 1 %); ranked lower as it needs more machinery or memory")
+        else:
+            out.append(f"{ratio:.2f}x slower than plan {index}")
     return out
 
 
