@@ -1,0 +1,189 @@
+"""``plan configs``: write a plan's trainer configs, launch.sh and PLAN.md into a folder."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+from pathlib import Path
+
+from planner.commands.common import (
+    add_setup_args,
+    add_target_args,
+    positive_int,
+    print_json,
+)
+from planner.errors import CliError
+
+NAME = "configs"
+HELP = "write DeepSpeed / accelerate / LLaMA-Factory / torchtune configs and launch.sh for a plan"
+TRAINER_CHOICES = ("hf-deepspeed", "hf-fsdp", "hf-ddp", "llamafactory", "torchtune", "all")
+DESCRIPTION = """Write ready-to-run trainer configs for a plan into a folder: DeepSpeed JSON (explicit and the
+HF-integration "auto" flavour), accelerate config + TrainingArguments, LLaMA-Factory YAML, torchtune YAML
+(where torchtune can express the plan), launch.sh and PLAN.md (the plan in words) with plan.json.
+
+The plan is the top one of a search (same flags as `plan`), the N-th with --pick N, or a plan.json written by
+an earlier run (--plan). A trainer that cannot run the plan as planned is skipped with the reason in PLAN.md;
+asking for only that trainer is an error.
+
+trainers: hf-deepspeed | hf-fsdp | hf-ddp (the HF Trainer under accelerate with that sharding),
+          llamafactory, torchtune, all (the HF backend matching the plan, LLaMA-Factory and torchtune)
+
+examples:
+  plan configs --model llama3-8b --gpus 8xA800 --method full --trainer all --out runs/llama3-8b
+  plan configs --model qwen2.5-7b --gpus 4090 --method qlora --trainer llamafactory --out runs/qwen-qlora
+  plan configs --model llama3-70b --gpus 2x8xH100 --pick 2 --trainer hf-deepspeed --out runs/70b
+  plan configs --plan runs/llama3-8b/plan.json --trainer torchtune --out runs/llama3-8b-tt --force
+"""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_target_args(parser, gpus_required=False)
+    for action in parser._actions:  # --plan supplies the model and the cluster
+        if action.dest == "model":
+            action.required = False
+    add_setup_args(parser, search=True)
+    g = parser.add_argument_group("which plan")
+    which = g.add_mutually_exclusive_group()
+    which.add_argument("--pick", type=positive_int, default=1, metavar="N",
+                       help="take the N-th ranked plan of the search (default: 1, the best)")
+    which.add_argument("--plan", metavar="PLAN_JSON",
+                       help="a plan.json from an earlier `plan configs`, `plan --json` output (its first plan) or "
+                            "`plan estimate --json` output; re-estimated with this tuneplan")
+    g.add_argument("--global-batch", type=positive_int, metavar="N",
+                   help="sequences per optimizer step, all GPUs (default: 64, rounded to a multiple of the GPU count)")
+    g.add_argument("--headroom", type=float, default=0.10, metavar="F",
+                   help="fraction of GPU memory the search keeps free, in (0, 0.9) (default: 0.10)")
+    o = parser.add_argument_group("output")
+    o.add_argument("--trainer", choices=TRAINER_CHOICES, default="all", help="which trainer's configs (default: all)")
+    o.add_argument("--out", required=True, metavar="DIR", help="folder to write (refused if it exists and is not empty)")
+    o.add_argument("--force", action="store_true", help="replace a non-empty --out folder")
+    o.add_argument("--json", action="store_true", help="print what was written as JSON")
+
+
+def _from_search(args: argparse.Namespace):  # noqa: ANN202
+    from planner.calibration_io import calibration_for
+    from planner.commands.common import resolve_target
+    from planner.commands.search import fixed_from_args
+    from planner.search import SearchError, SearchRequest, search
+
+    if not args.model or not args.gpus:
+        raise CliError("--model and --gpus are required (or pass --plan plan.json)")
+    if not 0 < args.headroom < 0.9:
+        raise CliError(f"--headroom {args.headroom} is outside (0, 0.9); e.g. --headroom 0.1 keeps 10 % free")
+    model, cluster = resolve_target(args)
+    request = SearchRequest(
+        fixed=fixed_from_args(args), global_batch=args.global_batch, headroom=args.headroom,
+        top=max(args.pick, 5), calibration=calibration_for(cluster.gpu.name, args.recipe),
+    )
+    try:
+        result = search(model, cluster, request)
+    except SearchError as e:
+        raise CliError(str(e)) from None
+    if not result.plans:
+        hint = f"; {result.suggestions[0]}" if result.suggestions else ""
+        raise CliError(f"no plan fits {model.name} on {cluster.label()}{hint} (see: plan --model ... --gpus ... --explain)")
+    if args.pick > len(result.plans):
+        n = len(result.plans)
+        raise CliError(f"--pick {args.pick}: the search ranked only {n} plan(s); use --pick 1..{n}")
+    return model, cluster, result.plans[args.pick - 1]
+
+
+def load_plan_json(args: argparse.Namespace):  # noqa: ANN202
+    """Model, cluster and Plan from a plan JSON (one plan as ``plan configs`` writes it, ``plan --json`` output
+    whose first plan is taken, or ``plan estimate --json`` output, the same forms ``plan validate --plan``
+    reads). The setup is taken as written and re-estimated with this tuneplan (the file's numbers may come from
+    another version); the search's reasons are kept."""
+    from pydantic import ValidationError
+
+    from planner.calibration_io import calibration_for
+    from planner.emit.common import gib
+    from planner.memory import estimate_memory
+    from planner.results import Plan
+    from planner.setup import Setup
+    from planner.speed import estimate_speed
+    from profiles.cluster import make_cluster
+    from profiles.registry import get_gpu, get_model
+
+    path = Path(args.plan)
+    try:
+        d = json.loads(path.read_text(encoding="utf-8"))
+        if isinstance(d, dict) and isinstance(d.get("plans"), list):
+            if not d["plans"]:
+                raise CliError(f"--plan {path} holds no plans (nothing fitted)")
+            d = d["plans"][0]
+        mem = d["memory"] if isinstance(d.get("memory"), dict) else d  # plan estimate --json: the estimate itself
+        name, cl = mem["model"], mem["cluster"]
+        setup = Setup(**(d.get("setup") or mem["setup"]))
+        old_peak = int(mem["per_gpu"]["peak_bytes"])
+    except FileNotFoundError:
+        raise CliError(f"--plan {path}: no such file") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CliError(f"--plan {path} is not JSON ({e})") from None
+    except (KeyError, TypeError, AttributeError):
+        raise CliError(f"--plan {path} is not a plan (expected plan configs' plan.json, plan --json or plan "
+                       "estimate --json output)") from None
+    except ValidationError as e:
+        raise CliError(f"--plan {path}: invalid setup: {str(e).splitlines()[-1].strip()}") from None
+    model = get_model(name)
+    if args.model and get_model(args.model).name != model.name:
+        raise CliError(f"--model {args.model} differs from the plan's model {model.name}; drop --model")
+    cluster = make_cluster(get_gpu(cl["gpu"]), cl["gpus_per_node"], cl["nodes"], args.host_ram_gib, args.inter_node_gb_s)
+    if args.gpus:
+        from profiles.cluster import parse_cluster
+
+        asked = parse_cluster(args.gpus)
+        if (asked.gpu.name, asked.gpus_per_node, asked.nodes) != (cluster.gpu.name, cluster.gpus_per_node, cluster.nodes):
+            raise CliError(f"--gpus {args.gpus} differs from the plan's cluster {cluster.label()}; drop --gpus")
+    cal = calibration_for(cluster.gpu.name, setup.recipe)
+    memory = estimate_memory(model, cluster, setup, cal)
+    speed = estimate_speed(model, cluster, setup, calibration_label=getattr(cal, "label", None) or "uncalibrated")
+    reasons = list(d.get("reasons", []))
+    if "headroom_bytes" in d:
+        usable = old_peak + int(d["headroom_bytes"])  # what the search allowed per GPU
+    else:
+        usable = memory.capacity_bytes
+        reasons.append("not ranked by a search (from plan estimate --json); headroom is capacity minus peak")
+    if memory.peak_bytes != old_peak:
+        reasons.append(f"re-estimated by this tuneplan: peak {gib(memory.peak_bytes)} per GPU "
+                       f"(the plan.json said {gib(old_peak)})")
+    plan = Plan(rank=int(d.get("rank", 1)), setup=setup, memory=memory, speed=speed,
+                headroom_bytes=usable - memory.peak_bytes, reasons=tuple(reasons))
+    return model, cluster, plan
+
+
+def run(args: argparse.Namespace) -> int:
+    from planner.emit import NotExpressible, Target, build_files, trainers_for
+    from planner.emit.writer import write_files
+
+    if args.plan:
+        model, cluster, plan = load_plan_json(args)
+    else:
+        model, cluster, plan = _from_search(args)
+    # the command line, for PLAN.md's "Regenerate" (the CLI does not hand argv to commands; read it when it is ours)
+    argv = getattr(args, "_argv", None) or (sys.argv[1:] if sys.argv[1:2] == ["configs"] else None)
+    command = "plan " + " ".join(shlex.quote(a) for a in argv) if argv else ""
+    target = Target(plan, model, cluster, command=command)
+    try:
+        bundle = build_files(target, trainers_for(target, args.trainer))
+    except NotExpressible as e:
+        raise CliError(str(e)) from None
+    written = write_files(bundle.files, args.out, force=args.force)
+    if args.json:
+        print_json({
+            "out": str(Path(args.out)),
+            "plan": plan.to_json(),
+            "files": [str(p) for p in written],
+            "trainers": [e.trainer for e in bundle.emitted],
+            "not_expressible": {r.trainer: r.reason for r in bundle.refused},
+        })
+        return 0
+    out = sys.stdout
+    out.write(f"plan {plan.rank}: {model.name} on {cluster.label()}: {plan.setup.short()}\n")
+    out.write(f"wrote {len(written)} files to {args.out}: {', '.join(p.name for p in written)}\n")
+    for r in bundle.refused:
+        out.write(f"skipped {r.trainer}: {r.reason}\n")
+    modes = [m for e in bundle.emitted for m in e.launch]
+    out.write(f"next: read {Path(args.out) / 'PLAN.md'}, then bash {Path(args.out) / 'launch.sh'} [{'|'.join(modes)}]\n")
+    return 0

@@ -1,0 +1,80 @@
+"""Ready-to-run trainer configs from a plan (``plan configs``).
+
+Pure generators: each module turns a :class:`~planner.emit.common.Target` (plan + model + cluster) into dicts
+and text; only :mod:`planner.emit.writer` touches the file system. :func:`build_files` assembles everything one
+``plan configs`` run writes:
+
+* :mod:`~planner.emit.deepspeed` - DeepSpeed JSON, explicit and HF-integration (``"auto"``) flavours
+* :mod:`~planner.emit.accelerate` - accelerate config, TrainingArguments, model / LoRA settings (HF Trainer)
+* :mod:`~planner.emit.llamafactory` - LLaMA-Factory YAML
+* :mod:`~planner.emit.torchtune` - torchtune YAML (where torchtune can express the plan)
+* :mod:`~planner.emit.launch` - ``launch.sh``
+* :mod:`~planner.emit.plan_md` - ``PLAN.md`` and ``plan.json``
+
+A trainer that cannot run the plan as planned raises :class:`~planner.emit.common.NotExpressible`; with
+several trainers requested, :func:`build_files` records the reason in PLAN.md instead of a file.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from planner.emit import accelerate, launch, llamafactory, plan_md, torchtune
+from planner.emit.common import TRAINERS, Emitted, NotExpressible, Target
+
+__all__ = ["TRAINERS", "Bundle", "NotExpressible", "Target", "build_files", "emit_trainer", "trainers_for"]
+
+
+def emit_trainer(t: Target, trainer: str) -> Emitted:
+    """One trainer's files; :class:`NotExpressible` when it cannot run the plan."""
+    if trainer in accelerate.TRAINER_OF:
+        return accelerate.emit(t, trainer)
+    if trainer == "llamafactory":
+        return llamafactory.emit(t)
+    if trainer == "torchtune":
+        return torchtune.emit(t)
+    raise ValueError(f"unknown trainer {trainer!r}; valid: {', '.join(TRAINERS)}")
+
+
+def trainers_for(t: Target, choice: str) -> list[str]:
+    """``all`` -> the HF backend matching the plan, LLaMA-Factory and torchtune; otherwise the one named."""
+    if choice == "all":
+        return [accelerate.trainer_for(t.setup), "llamafactory", "torchtune"]
+    return [choice]
+
+
+@dataclass(frozen=True)
+class Bundle:
+    files: dict[str, str]
+    emitted: list[Emitted]
+    refused: list[NotExpressible]
+
+
+def build_files(t: Target, trainers: list[str]) -> Bundle:
+    """Every file for ``trainers``; raises :class:`NotExpressible` only if none of them can run the plan."""
+    emitted: list[Emitted] = []
+    refused: list[NotExpressible] = []
+    for name in trainers:
+        try:
+            emitted.append(emit_trainer(t, name))
+        except NotExpressible as e:
+            refused.append(e)
+    if not emitted:
+        if len(refused) == 1:
+            raise refused[0]
+        raise NotExpressible(", ".join(r.trainer for r in refused), "; ".join(r.reason for r in refused))
+    files: dict[str, str] = {}
+    for e in emitted:
+        for rel, text in e.files.items():
+            if rel in files and files[rel] != text:  # a shared file (ds_config_hf.json) must be identical
+                raise AssertionError(f"two trainers wrote different {rel}")
+            files[rel] = text
+    modes: dict[str, list[str]] = {}
+    for e in emitted:
+        modes.update(e.launch)
+    files[launch.FILENAME] = launch.launch_script(t, modes, needs_script={"hf", "deepspeed"})
+    files[plan_md.JSON_FILENAME] = plan_md.plan_json(t)
+    first = (plan_md.FILENAME, plan_md.JSON_FILENAME, launch.FILENAME)
+    order = [*first, *sorted(k for k in files if k not in first)]
+    files[plan_md.FILENAME] = plan_md.plan_markdown(t, emitted, refused, order)
+    return Bundle({k: files[k] for k in order}, emitted, refused)

@@ -1,0 +1,61 @@
+"""``launch.sh``: check the plan, then start the chosen trainer with the exact command.
+
+``bash launch.sh [MODE]`` runs one of the emitted trainers (the first one by default). It first runs
+``plan validate --plan plan.json`` (skip with ``SKIP_VALIDATE=1``). On a multi-node cluster it needs the usual
+variables on every node: ``NNODES``, ``NODE_RANK``, ``MASTER_ADDR``, ``MASTER_PORT``.
+"""
+
+from __future__ import annotations
+
+import shlex
+
+from planner.emit.common import Target, comment_block, header_lines
+
+FILENAME = "launch.sh"
+MASTER_PORT = 29500
+
+
+def launch_script(t: Target, modes: dict[str, list[str]], needs_script: set[str]) -> str:
+    """``modes`` maps a launch mode (``hf``, ``deepspeed``, ``llamafactory``, ``torchtune``) to its command lines,
+    in order of preference; ``needs_script`` names the modes that run the user's ``$TRAIN_SCRIPT``."""
+    if not modes:
+        raise ValueError("launch_script needs at least one launch mode")
+    names = list(modes)
+    default = names[0]
+    lines = ["#!/usr/bin/env bash"]
+    head = header_lines(t, "Launch script", f"bash launch.sh [{'|'.join(names)}]   (default: {default})")
+    lines.append(comment_block(head).rstrip("\n"))
+    lines += [
+        "set -euo pipefail",
+        'cd "$(dirname "$0")"',
+        "",
+        "# 1. Check the plan before spending GPU time (plan validate runs a few real steps and compares).",
+        'if [[ "${SKIP_VALIDATE:-0}" != 1 ]]; then plan validate --plan plan.json; fi',
+        "",
+    ]
+    if t.multi_node:
+        lines += [
+            f"# 2. Multi-node: {t.cluster.nodes} nodes x {t.cluster.gpus_per_node} GPUs. Run this script on every node.",
+            f'NNODES="${{NNODES:-{t.cluster.nodes}}}"',
+            'NODE_RANK="${NODE_RANK:?set NODE_RANK: 0 on the master node, 1..NNODES-1 on the others}"',
+            'MASTER_ADDR="${MASTER_ADDR:?set MASTER_ADDR to the address of the NODE_RANK 0 node}"',
+            f'MASTER_PORT="${{MASTER_PORT:-{MASTER_PORT}}}"',
+            f'if [[ "$NNODES" != {t.cluster.nodes} ]]; then',
+            f'  echo "the plan is for {t.cluster.nodes} nodes, NNODES=$NNODES" >&2; exit 2',
+            "fi",
+            "",
+        ]
+    lines.append(f'MODE="${{1:-{default}}}"')
+    lines.append('case "$MODE" in')
+    for name, cmds in modes.items():
+        lines.append(f"  {name})")
+        if name in needs_script:
+            lines.append(
+                '    TRAIN_SCRIPT="${TRAIN_SCRIPT:?set TRAIN_SCRIPT to your training script (see PLAN.md)}"'
+            )
+        lines += [f"    {c}" for c in cmds]
+        lines.append("    ;;")
+    lines.append("  *)")
+    lines.append(f"    echo {shlex.quote('unknown mode: use one of ' + ', '.join(names))} >&2; exit 2 ;;")
+    lines.append("esac")
+    return "\n".join(lines) + "\n"

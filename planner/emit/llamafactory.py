@@ -1,0 +1,239 @@
+"""LLaMA-Factory ``llamafactory-cli train`` YAML for a plan.
+
+Keys are checked against the argument dataclasses of LLaMA-Factory 0.9.5 (``tests/planner/data/
+llamafactory_keys_0.9.5.json``; its TrainingArguments fields come from the installed transformers). Behaviour
+this file relies on, from that version's source:
+
+* ``hparams/parser.py``: DeepSpeed needs a distributed launch (``FORCE_TORCHRUN=1``); ``pure_bf16`` is refused
+  with ZeRO-3; LoRA under DDP sets ``ddp_find_unused_parameters: false`` itself.
+* ``data/collator.py``: ``neat_packing`` (packing without cross-attention between packed samples) keeps its
+  cost only with FlashAttention-2 (``block_diag_attn`` otherwise builds a 4-D ``b x 1 x s x s`` mask) and asserts
+  micro-batch 1 there; we ask for it only in that case and use plain ``packing`` otherwise.
+* ``model/model_utils/checkpointing.py``: gradient checkpointing is on unless
+  ``disable_gradient_checkpointing``; ``use_unsloth_gc`` keeps each checkpointed block input in CPU RAM
+  (activation offload, no unsloth install needed).
+* ``launcher.py``: reads ``NNODES``, ``NODE_RANK``, ``NPROC_PER_NODE``, ``MASTER_ADDR``, ``MASTER_PORT``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from planner.emit import accelerate as acc
+from planner.emit import deepspeed as ds
+from planner.emit.common import (
+    EPOCHS,
+    LR_SCHEDULER,
+    MAX_GRAD_NORM,
+    SGD_MOMENTUM,
+    WARMUP_FRACTION,
+    Emitted,
+    NotExpressible,
+    Target,
+    half_dtype,
+    header_lines,
+    learning_rate,
+)
+from planner.emit.yamltext import dump
+from planner.setup import lora_target_names
+from profiles.schema import ModelProfile
+
+LLAMAFACTORY_VERSION = "0.9.5"
+FILENAME = "llamafactory.yaml"
+ACCELERATE_FILE = "llamafactory_accelerate.yaml"
+
+FLASH_ATTN: dict[str, str] = {"flash": "fa2", "sdpa": "sdpa", "eager": "disabled"}
+"""Setup attention -> ``flash_attn`` (``extras/constants.py`` ``AttentionFunction``)."""
+
+TEMPLATES: dict[str, str] = {
+    "qwen2": "qwen",
+    "qwen2_moe": "qwen",
+    "qwen3": "qwen3",
+    "qwen3_moe": "qwen3",
+    "gemma": "gemma",
+    "gemma2": "gemma2",
+    "gemma3": "gemma3",
+    "mistral": "mistral",
+    "mixtral": "mistral",
+    "deepseek_v2": "deepseek",
+    "deepseek_v3": "deepseek3",
+    "glm": "glm4",
+    "glm4": "glm4",
+    "chatglm": "glm4",
+    "internlm2": "intern2",
+    "olmo": "olmo",
+    "olmo2": "olmo",
+    "phi3": "phi",
+}
+"""model_type -> chat template registered in LLaMA-Factory's ``data/template.py`` (Llama is decided below)."""
+
+
+def template_for(model: ModelProfile) -> str:
+    """The chat template for the model family; ``default`` when LLaMA-Factory has none for it."""
+    if model.model_type == "llama":
+        if model.name.lower().startswith("yi"):
+            return "yi"
+        if model.vocab_size >= 128_000:
+            return "llama3"  # Llama 3 / 3.1 / 3.2 / 3.3: 128,256-token tiktoken vocabulary
+        return "llama2"
+    return TEMPLATES.get(model.model_type, "default")
+
+
+def check(t: Target) -> None:
+    s = t.setup
+    trainer = "llamafactory"
+    if s.optimizer_in_backward:
+        raise NotExpressible(trainer, "LLaMA-Factory has no optimizer-in-backward; use --trainer torchtune")
+    if acc.backend_of(s) == "deepspeed":
+        ds.check(t, trainer)  # also refuses pure bf16 under ZeRO, which LLaMA-Factory's parser refuses at ZeRO-3
+
+
+def llamafactory_config(t: Target) -> dict[str, Any]:
+    """The YAML as a dict, in LLaMA-Factory's section order (model, method, dataset, output, train)."""
+    check(t)
+    s = t.setup
+    cfg: dict[str, Any] = {"model_name_or_path": t.hf_id}
+    if not t.model.transformers_buildable:
+        cfg["trust_remote_code"] = True
+    cfg["flash_attn"] = FLASH_ATTN[s.attention]
+    if s.loss in ("liger", "chunked"):
+        cfg["enable_liger_kernel"] = True
+    if s.method == "qlora":
+        cfg.update(quantization_bit=4, quantization_method="bnb", quantization_type="nf4", double_quantization=s.double_quant)
+    if s.checkpointing == "none":
+        cfg["disable_gradient_checkpointing"] = True
+    elif s.activation_offload:
+        cfg["use_unsloth_gc"] = True
+
+    cfg.update(stage="sft", do_train=True, finetuning_type={"qlora": "lora"}.get(s.method, s.method))
+    if s.trains_adapters:
+        all_linear = s.lora_targets.strip() in ("all-linear", "all")
+        cfg.update(
+            lora_rank=s.lora_rank,
+            lora_alpha=s.lora_alpha,
+            lora_dropout=s.lora_dropout,
+            lora_target="all" if all_linear else ",".join(lora_target_names(s, t.model)),
+        )
+        if s.dora:
+            cfg["use_dora"] = True
+        extra = [n for n, on in (("embed_tokens", s.lora_train_embeddings), ("lm_head", s.lora_train_lm_head)) if on]
+        if extra:
+            cfg["additional_target"] = ",".join(extra)
+    if s.method == "freeze":
+        cfg.update(freeze_trainable_layers=s.freeze_layers, freeze_trainable_modules="all")
+    if s.recipe == "bf16":
+        cfg["pure_bf16"] = True
+    if acc.backend_of(s) == "deepspeed":
+        cfg["deepspeed"] = ds.HF_FILENAME
+
+    neat = s.packing and s.attention == "flash" and s.micro_batch == 1
+    cfg.update(
+        dataset="alpaca_en_demo",
+        dataset_dir="data",
+        template=template_for(t.model),
+        cutoff_len=s.seq_len,
+        packing=s.packing,
+    )
+    if neat:
+        cfg["neat_packing"] = True
+    cfg["preprocessing_num_workers"] = 16
+
+    cfg.update(output_dir=f"saves/{t.slug}/sft", logging_steps=10, save_steps=500, plot_loss=True, report_to="none")
+
+    cfg.update(
+        per_device_train_batch_size=s.micro_batch,
+        gradient_accumulation_steps=s.grad_accum,
+        learning_rate=learning_rate(s),
+        num_train_epochs=EPOCHS,
+        lr_scheduler_type=LR_SCHEDULER,
+        warmup_steps=WARMUP_FRACTION,
+        max_grad_norm=MAX_GRAD_NORM,
+        optim=acc.HF_OPTIM[s.optimizer],
+    )
+    if s.optimizer == "sgd-momentum":
+        cfg["optim_args"] = f"momentum={SGD_MOMENTUM}"
+    if s.recipe != "bf16":
+        cfg[half_dtype(s)] = True
+    if s.compile:
+        cfg["torch_compile"] = True
+    return cfg
+
+
+SECTIONS = {
+    "model_name_or_path": "## model",
+    "stage": "## method",
+    "dataset": "## dataset (replace with yours: dataset_dir holds dataset_info.json; alpaca_en_demo ships in "
+    "LLaMA-Factory's data/)",
+    "output_dir": "## output",
+    "per_device_train_batch_size": "## train",
+}
+
+COMMENTS = {
+    "flash_attn": "attention kernel the plan assumed",
+    "enable_liger_kernel": "fused linear cross-entropy: logits never materialised",
+    "quantization_bit": "QLoRA: 4-bit NF4 base (bitsandbytes)",
+    "double_quantization": "quantise the block constants too (~0.37 bit/param less)",
+    "disable_gradient_checkpointing": "the plan keeps every activation (LLaMA-Factory checkpoints by default)",
+    "use_unsloth_gc": "checkpointing with block inputs offloaded to CPU RAM (the plan's activation offload)",
+    "lora_rank": "higher trains more and needs more memory",
+    "lora_alpha": "scale = alpha / rank",
+    "pure_bf16": "bf16 weights, gradients and optimizer states, no fp32 master (the plan's recipe)",
+    "deepspeed": "ZeRO config (HF-integration flavour, auto values filled from this file)",
+    "cutoff_len": "the plan's sequence length",
+    "packing": "pack samples to full length: every micro-batch holds cutoff_len tokens",
+    "neat_packing": "packing without attention across samples (FlashAttention-2, micro-batch 1)",
+    "per_device_train_batch_size": "the plan's micro-batch",
+    "gradient_accumulation_steps": "global batch = micro-batch x accumulation x GPUs",
+    "warmup_steps": "a float < 1 is a fraction of the steps (transformers >= 5)",
+}
+
+
+def notes(t: Target) -> list[str]:
+    s = t.setup
+    out = []
+    if s.checkpointing == "selective" or s.checkpoint_every > 1:
+        out.append("LLaMA-Factory checkpoints every block (no selective or every-k mode): less memory than "
+                   "planned, more recompute")
+    if s.loss == "chunked":
+        out.append("LLaMA-Factory has no chunked cross-entropy; enable_liger_kernel's fused linear cross-entropy "
+                   "stands in (less memory than planned)")
+    if s.packing and not (s.attention == "flash" and s.micro_batch == 1):
+        out.append("LLaMA-Factory: plain packing (samples in one sequence attend to each other); neat_packing "
+                   "needs FlashAttention-2 and micro-batch 1 to avoid a b x 1 x s x s mask")
+    if s.fsdp is not None and s.offload == "optimizer":
+        out.append("FSDP offloads parameters, gradients and optimizer states together (fsdp_offload_params)")
+    return out
+
+
+def emit(t: Target) -> Emitted:
+    cfg = llamafactory_config(t)
+    s = t.setup
+    files: dict[str, str] = {}
+    if acc.backend_of(s) == "deepspeed":
+        files[ds.HF_FILENAME] = ds.render(ds.deepspeed_config(t, "hf"))
+    if s.fsdp is not None:
+        # LLaMA-Factory enables gradient checkpointing itself, so FSDP's own stays off
+        files[ACCELERATE_FILE] = dump(
+            acc.accelerate_config(t, fsdp_checkpointing=False),
+            comments=acc.accelerate_comments(t),
+            header=header_lines(t, "accelerate FSDP config for LLaMA-Factory", "bash launch.sh llamafactory"),
+        )
+    files[FILENAME] = dump(
+        cfg,
+        comments=COMMENTS,
+        sections=SECTIONS,
+        header=header_lines(t, f"LLaMA-Factory {LLAMAFACTORY_VERSION} training config", "bash launch.sh llamafactory"),
+    )
+    return Emitted("llamafactory", files, {"llamafactory": launch_lines(t)}, tuple(notes(t)))
+
+
+def launch_lines(t: Target) -> list[str]:
+    s = t.setup
+    if s.fsdp is not None:
+        return [f"{acc.accelerate_launch(t, ACCELERATE_FILE)} -m llamafactory.launcher {FILENAME}"]
+    if t.world_size == 1 and acc.backend_of(s) != "deepspeed":
+        return [f"llamafactory-cli train {FILENAME}"]
+    env = f"FORCE_TORCHRUN=1 NPROC_PER_NODE={t.cluster.gpus_per_node}"
+    if t.multi_node:
+        env += ' NNODES="$NNODES" NODE_RANK="$NODE_RANK" MASTER_ADDR="$MASTER_ADDR" MASTER_PORT="$MASTER_PORT"'
+    return [f"{env} llamafactory-cli train {FILENAME}"]
