@@ -168,6 +168,11 @@ def validate_setup(setup: Setup, model: ModelProfile, cluster: Cluster) -> None:
         )
     if setup.recipe == "deepspeed-bf16" and setup.fsdp is not None:
         raise SetupError("recipe 'deepspeed-bf16' is DeepSpeed's; with --fsdp use --recipe hf-amp or bf16")
+    if setup.zero > 0 and setup.recipe in ("hf-amp", "bf16"):
+        raise SetupError(
+            f"recipe {setup.recipe!r} is not what DeepSpeed runs under ZeRO-{setup.zero} (it keeps an fp32 master); "
+            "use --recipe deepspeed-bf16 (or fp16-amp on GPUs without bf16)"
+        )
     if setup.fsdp is not None and setup.zero != 0:
         raise SetupError(f"choose ZeRO or FSDP, not both (got --zero {setup.zero} and --fsdp {setup.fsdp})")
     if setup.offload == "optimizer+params" and not (setup.zero == 3 or setup.fsdp == "full-shard"):

@@ -137,3 +137,8 @@ def test_config_json_model(tmp_path, capsys):
         code, out, _ = run(["profiles", "show", arg, "--json"], capsys)
         assert code == 0
         assert json.loads(out)["params"]["total"] == 494_032_768  # Qwen2.5-0.5B, models.md "computed"
+
+
+def test_zero_needs_the_deepspeed_recipe(capsys):
+    code, _, err = run(["estimate", "--model", "llama3-8b", "--gpus", "8xA800", "--zero", "2", "--recipe", "hf-amp"], capsys)
+    assert code == 2 and err.startswith("plan estimate: error: recipe 'hf-amp' is not what DeepSpeed runs under ZeRO-2")
