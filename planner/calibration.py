@@ -1,0 +1,120 @@
+"""Calibration data: the terms an analytic model cannot know, fitted from real runs on one GPU kind.
+
+``plan calibrate`` (:mod:`validation.calibrate`) fits, per GPU kind and precision recipe, from the
+``measurements.jsonl`` that ``plan validate`` writes:
+
+* ``fixed_overhead_bytes``: what a training process holds on the GPU outside PyTorch's caching allocator
+  (CUDA context, cuBLAS / cuDNN workspaces, NCCL buffers): driver-reported used memory minus
+  ``torch.cuda.max_memory_reserved``. The engine's ``framework_overhead`` category (memory eq. F1).
+* ``allocator_factor``: ``max_memory_reserved / max_memory_allocated``, the caching allocator's rounding and
+  fragmentation. The engine's ``allocator_margin`` is ``(allocator_factor - 1) x allocated`` (eq. F2).
+* ``mfu``: the achieved efficiency of the speed model, i.e. the ``efficiency`` argument of
+  :func:`planner.speed.estimate_speed` (fraction of the dense peak that compute achieves, eq. S8) that
+  reproduces the measured step times. None when no run had a speed estimate to fit against.
+
+Each value comes with the runs it was fitted from and its leave-one-out (hold-out) error, so a reader can see
+whether it generalises. Files live in ``profiles/calibration/<gpu-slug>__<recipe>.json``.
+
+This module is pure data plus one reader: the engine receives a :class:`Calibration` object and never
+reads files itself (``planner.calibration_io`` and the CLI do the reading).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from profiles.errors import ProfileError
+
+SCHEMA_VERSION = 1
+CALIBRATION_DIR = Path(__file__).resolve().parent.parent / "profiles" / "calibration"
+"""Where shipped calibration files live (``profiles/calibration/``)."""
+
+
+class CalibrationError(ProfileError):
+    """A calibration file that cannot be read or does not validate (one line, safe to print)."""
+
+
+class HoldoutError(BaseModel):
+    """Leave-one-out error of one fitted term: each run predicted from a fit on all the others."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    quantity: str = Field(description="what was predicted, e.g. 'device used bytes'")
+    n: int = Field(ge=0, description="runs predicted (0 when fewer than two runs were available)")
+    mean_abs_rel: float | None = Field(None, description="mean |predicted - measured| / measured")
+    max_abs_rel: float | None = Field(None, description="largest |predicted - measured| / measured")
+
+
+class Calibration(BaseModel):
+    """Fitted per-GPU, per-recipe terms with their provenance and hold-out error."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    schema_version: int = SCHEMA_VERSION
+    gpu: str = Field(description="GPU profile name the runs were measured on, e.g. 'H100-SXM'")
+    recipe: str = Field(description="precision recipe (planner.setup.RECIPES)")
+    fixed_overhead_bytes: int = Field(ge=0, description="per-process bytes outside the caching allocator")
+    allocator_factor: float = Field(ge=1.0, description="max_memory_reserved / max_memory_allocated")
+    mfu: float | None = Field(None, gt=0, le=1, description="fitted efficiency for planner.speed (eq. S8)")
+    n_runs: int = Field(gt=0)
+    runs: tuple[str, ...] = Field(min_length=1, description="'<measurements file>#<run id>' of every run used")
+    holdout_error: dict[str, HoldoutError] = Field(
+        default_factory=dict, description="term -> leave-one-out error (fixed_overhead, allocator_factor, mfu, peak)"
+    )
+    devices: tuple[str, ...] = Field((), description="device names as torch reported them")
+    versions: dict[str, str] = Field(default_factory=dict, description="software versions of the runs (first run)")
+    method: str = Field(
+        "median of per-run values; hold-out: leave-one-out",
+        description="how the values were fitted",
+    )
+    fitted_at: str = ""
+    notes: tuple[str, ...] = ()
+
+    @property
+    def label(self) -> str:
+        """What estimates print: ``calibrated from N runs on H100``."""
+        return calibration_label(self)
+
+
+def calibration_label(cal: Calibration | None) -> str:
+    """``'calibrated from N runs on <GPU>'``, or ``'uncalibrated'`` when there is no calibration."""
+    if cal is None:
+        return "uncalibrated"
+    return f"calibrated from {cal.n_runs} run{'s' if cal.n_runs != 1 else ''} on {cal.gpu}"
+
+
+def gpu_slug(gpu_name: str) -> str:
+    """File-name form of a GPU name: lower case, runs of other characters become '-' (``H100-SXM`` ->
+    ``h100-sxm``, ``RTX 4090`` -> ``rtx-4090``)."""
+    slug = re.sub(r"[^a-z0-9]+", "-", gpu_name.strip().lower()).strip("-")
+    if not slug:
+        raise CalibrationError(f"cannot make a file name from GPU name {gpu_name!r}")
+    return slug
+
+
+def calibration_filename(gpu_name: str, recipe: str) -> str:
+    """``<gpu-slug>__<recipe>.json``."""
+    return f"{gpu_slug(gpu_name)}__{recipe}.json"
+
+
+def load_calibration(gpu_name: str, recipe: str, directory: str | Path | None = None) -> Calibration | None:
+    """The calibration for ``gpu_name`` and ``recipe`` from ``directory`` (default ``profiles/calibration``),
+    or None when no file exists. A file that exists but does not validate raises :class:`CalibrationError`."""
+    base = Path(directory) if directory is not None else CALIBRATION_DIR
+    path = base / calibration_filename(gpu_name, recipe)
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as e:
+        raise CalibrationError(f"cannot read calibration file {path}: {e}; rerun plan calibrate") from None
+    try:
+        return Calibration.model_validate(data)
+    except ValidationError as e:
+        first = str(e).splitlines()
+        msg = " ".join(x.strip() for x in first[1:3]) if len(first) > 2 else str(e)
+        raise CalibrationError(f"invalid calibration file {path}: {msg}; rerun plan calibrate") from None

@@ -1,0 +1,114 @@
+"""``plan calibrate``: fit per-GPU, per-recipe correction terms from ``plan validate`` measurements."""
+
+from __future__ import annotations
+
+import argparse
+
+from planner.errors import CliError
+
+NAME = "calibrate"
+HELP = "fit fixed overhead, allocator factor and efficiency per GPU and recipe from validation runs"
+DESCRIPTION = """Fit, per GPU kind and precision recipe, the terms an analytic model cannot know, from the
+measurements.jsonl that plan validate wrote:
+  fixed overhead    CUDA context and library workspaces: driver-used minus max_memory_reserved
+  allocator factor  max_memory_reserved / max_memory_allocated
+  efficiency (mfu)  the speed model's efficiency that reproduces the measured step times
+Each value is the median over the runs; each run is then predicted from a fit on all the others
+(leave-one-out) and the hold-out error is printed and stored. Writes <gpu>__<recipe>.json into --out with the
+runs it came from; plan and plan estimate then say "calibrated from N runs on <GPU>". CPU runs, runs that
+did not finish and runs on devices that match no GPU profile are skipped (listed with --verbose).
+
+examples:
+  plan calibrate runs/h100
+  plan calibrate runs/h100 runs/h100-more --out profiles/calibration
+  plan calibrate runs/h100/measurements.jsonl --recipe hf-amp --dry-run
+"""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("dirs", nargs="+", metavar="DIR",
+                        help="validation output folders (or their measurements.jsonl files)")
+    parser.add_argument("--out", default=None, metavar="DIR",
+                        help="where calibration files go (default: profiles/calibration, which plan reads)")
+    parser.add_argument("--gpu", metavar="NAME",
+                        help="GPU profile the runs were measured on, when the device name does not resolve to one")
+    parser.add_argument("--recipe", metavar="RECIPE", help="fit only this precision recipe")
+    parser.add_argument("--dry-run", action="store_true", help="fit and print, write nothing")
+    parser.add_argument("--verbose", action="store_true", help="list the skipped records and per-run values")
+    parser.add_argument("--json", action="store_true", help="print the calibrations as JSON")
+
+
+def _pct(x: float | None) -> str:
+    return "n/a" if x is None else f"{x * 100:.1f} %"
+
+
+def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from planner.calibration import CALIBRATION_DIR, calibration_filename
+    from planner.commands.common import print_json
+
+    gpu = None
+    if args.gpu:
+        from profiles.registry import get_gpu
+
+        gpu = get_gpu(args.gpu).name
+    if args.recipe:
+        from planner.setup import RECIPES
+
+        if args.recipe not in RECIPES:
+            raise CliError(f"unknown recipe {args.recipe!r}; valid: {', '.join(RECIPES)}")
+    for d in args.dirs:
+        p = Path(d)
+        if not p.exists():
+            raise CliError(f"{d} does not exist; pass the --out folder of plan validate")
+    from validation.calibrate import fit, write
+
+    results, skipped = fit(args.dirs, gpu=gpu, recipe=args.recipe)
+    out_dir = Path(args.out) if args.out else CALIBRATION_DIR
+    if not args.dry_run:
+        for r in results:
+            write(r, out_dir)
+    if args.json:
+        print_json({"calibrations": [r.calibration.model_dump(mode="json") for r in results],
+                    "files": [str(r.path) for r in results if r.path], "skipped": skipped})
+        return 0 if results else 1
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(soft_wrap=True)
+    if not results:
+        console.print(f"no usable runs in {', '.join(args.dirs)} ({len(skipped)} record(s) skipped); calibration "
+                      "needs finished CUDA runs (see --verbose)")
+        if args.verbose:
+            for s in skipped:
+                console.print(f"  skipped {s}", highlight=False)
+        return 1
+    t = Table(title="calibration (hold-out: leave-one-out mean / max relative error)")
+    for col in ("GPU", "recipe", "runs", "fixed overhead", "allocator factor", "efficiency", "hold-out reserved",
+                "hold-out device used", "hold-out tokens/s", "hold-out peak (engine)"):
+        t.add_column(col, justify="right" if col not in ("GPU", "recipe") else "left")
+    for r in results:
+        c = r.calibration
+        def he(k: str, h: dict = c.holdout_error) -> str:
+            x = h.get(k)
+            return "n/a" if x is None or x.n == 0 else f"{_pct(x.mean_abs_rel)} / {_pct(x.max_abs_rel)}"
+
+        t.add_row(c.gpu, c.recipe, str(c.n_runs), f"{c.fixed_overhead_bytes / 2**20:,.0f} MiB",
+                  f"{c.allocator_factor:.3f}", "n/a" if c.mfu is None else f"{c.mfu:.3f}", he("allocator_factor"),
+                  he("fixed_overhead"), he("mfu"), he("peak_total"))
+    console.print(t)
+    for r in results:
+        path = r.path or out_dir / calibration_filename(r.gpu, r.recipe)
+        console.print(f"{'would write' if args.dry_run else 'wrote'} {path}: {r.calibration.label}", highlight=False)
+        for n in r.calibration.notes:
+            console.print(f"  note: {n}", highlight=False)
+        if args.verbose:
+            for pr in r.per_run:
+                console.print(f"  {pr}", highlight=False)
+    if skipped:
+        console.print(f"{len(skipped)} record(s) skipped" + (":" if args.verbose else " (--verbose lists them)"))
+        if args.verbose:
+            for s in skipped:
+                console.print(f"  {s}", highlight=False)
+    return 0

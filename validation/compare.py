@@ -1,0 +1,182 @@
+"""Estimate versus measurement: which numbers are compared with which, computed once for the report and
+for calibration.
+
+The estimate comes from :func:`planner.memory.estimate_memory` and :func:`planner.speed.estimate_speed`
+(uncalibrated, for the plan's cluster). Three comparisons:
+
+* **Peaks**: the estimate's allocated peak (total less framework overhead and allocator margin,
+  :func:`planner.memory.allocated_bytes`) against ``max_memory_allocated`` (CPU: the profiler's peak live
+  tensor bytes); the estimate less overhead against ``max_memory_reserved``; the whole estimate against the
+  driver's used memory (CUDA).
+* **Phases**: the estimate's ``after_load`` / ``forward_peak`` / ``backward_peak`` / ``optimizer_peak`` (less
+  overhead and margin) against the measured steady-state phase peaks.
+* **Categories** (:data:`GROUPS`): the engine's categories and torch.profiler's memory categories do not
+  map one to one, so both are summed into groups that do: weights, gradients, optimizer states (with the
+  fp32 master copy), activations (with logits and loss, which the profiler counts as activations),
+  temporaries (with communication buffers and what the profiler could not categorise), and the CUDA-only
+  framework overhead (driver-used minus reserved) and allocator margin (reserved minus allocated).
+  Model-state groups also have an exact measured value from the tensor inventory.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from validation.measurement import ESTIMATE_PHASE, Measurement
+
+GROUPS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "weights": (("weights_trainable", "weights_frozen"), ("PARAMETER",)),
+    "gradients": (("gradients",), ("GRADIENT",)),
+    "optimizer_states": (("optimizer_states", "master_weights"), ("OPTIMIZER_STATE",)),
+    "activations": (("activations", "logits_loss"), ("ACTIVATION", "AUTOGRAD_DETAIL", "INPUT")),
+    "temporaries": (("temporaries", "comm_buffers"), ("TEMPORARY", "UNKNOWN")),
+    "framework_overhead": (("framework_overhead",), ()),
+    "allocator_margin": (("allocator_margin",), ()),
+}
+"""group -> (engine categories summed, profiler categories summed)."""
+
+INVENTORY_GROUPS = {"weights": ("weights_trainable", "weights_frozen", "buffers"), "gradients": ("gradients",),
+                    "optimizer_states": ("optimizer_states", "master_weights")}
+
+
+def estimates(model: Any, cluster: Any, setup: Any, padding_efficiency: float = 1.0) -> tuple[dict | None, dict | None, str | None]:
+    """(MemoryEstimate JSON, SpeedEstimate JSON, why missing) for the plan, uncalibrated."""
+    try:
+        from planner.memory import estimate_memory
+    except ImportError as e:
+        return None, None, f"planner.memory unavailable ({e})"
+    try:
+        mem = estimate_memory(model, cluster, setup).to_json()
+    except ValueError as e:
+        return None, None, f"no memory estimate: {e}"
+    try:
+        from planner.speed import estimate_speed
+
+        speed = estimate_speed(model, cluster, setup, padding_efficiency=padding_efficiency).to_json()
+    except ImportError as e:
+        return mem, None, f"planner.speed unavailable ({e})"
+    except ValueError as e:
+        return mem, None, f"no speed estimate: {e}"
+    return mem, speed, None
+
+
+def est_allocated(est: dict) -> int:
+    """The estimate's peak as max_memory_allocated would show it (total less overhead and margin)."""
+    g = est["per_gpu"]
+    return g["peak_bytes"] - g["categories"]["framework_overhead"] - g["categories"]["allocator_margin"]
+
+
+def est_phase_allocated(est: dict, phase: str) -> int:
+    """An estimate phase's total less overhead and margin. The margin is proportional to each phase's
+    allocated bytes (eq. F2) and the overhead constant, so the peak phase's ratio is applied."""
+    g = est["per_gpu"]
+    c = g["categories"]
+    total = g["phases"][phase]
+    overhead = c["framework_overhead"]
+    peak_alloc = g["peak_bytes"] - overhead - c["allocator_margin"]
+    factor = (g["peak_bytes"] - overhead) / peak_alloc if peak_alloc > 0 else 1.0
+    return int(round((total - overhead) / factor))
+
+
+@dataclass(frozen=True)
+class Row:
+    """One compared quantity: estimate, measurement, and the relative error (estimate / measured - 1)."""
+
+    name: str
+    estimated: int | float | None
+    measured: int | float | None
+    source: str = ""
+
+    @property
+    def rel_error(self) -> float | None:
+        if self.estimated is None or self.measured in (None, 0):
+            return None
+        return self.estimated / self.measured - 1  # type: ignore[operator]
+
+
+def peak_rows(m: Measurement) -> list[Row]:
+    est = m.estimate
+    rows = []
+    e_alloc = est_allocated(est) if est else None
+    if m.device == "cuda":
+        rows.append(Row("peak allocated", e_alloc, m.peak_allocated_bytes, "max_memory_allocated"))
+        e_res = None
+        if est:
+            e_res = est["per_gpu"]["peak_bytes"] - est["per_gpu"]["categories"]["framework_overhead"]
+        rows.append(Row("peak reserved", e_res, m.peak_reserved_bytes, "max_memory_reserved"))
+        rows.append(Row("device used", est["per_gpu"]["peak_bytes"] if est else None, m.device_used_bytes,
+                        "driver (NVML / mem_get_info)"))
+    else:
+        rows.append(Row("peak tensors", e_alloc, m.peak_tensor_bytes, "torch.profiler live tensor bytes"))
+    return rows
+
+
+def phase_rows(m: Measurement) -> list[Row]:
+    """The estimate's phases (steady state) against the measured ones. The estimate's ``after_load`` is the
+    start of a steady-state step (optimizer states exist), i.e. what is live at the end of an optimizer step."""
+    est = m.estimate
+    rows = []
+    for measured, est_phase in ESTIMATE_PHASE.items():
+        if measured == "after_load":
+            pm = m.phases.get("optimizer_step") or m.phases.get("first_optimizer_step")
+            value = pm.tensor_bytes if pm else None
+            name = "step start (vs after_load)"
+        else:
+            pm = m.phases.get(measured)
+            value = pm.peak_tensor_bytes if pm else None
+            name = f"{measured} peak (vs {est_phase})"
+        rows.append(Row(name, est_phase_allocated(est, est_phase) if est else None, value, pm.source if pm else ""))
+    return rows
+
+
+def measured_groups(m: Measurement) -> dict[str, tuple[int | None, str]]:
+    """group -> (measured bytes at the peak, where it came from)."""
+    out: dict[str, tuple[int | None, str]] = {}
+    cats = m.profiled.categories_at_peak if m.profiled else None
+    for g, (_, prof_cats) in GROUPS.items():
+        if prof_cats and cats is not None:
+            out[g] = (sum(int(cats.get(c, 0)) for c in prof_cats), f"profiler, step {m.profiled.step} peak")  # type: ignore[union-attr]
+        elif g in INVENTORY_GROUPS and m.inventory:
+            out[g] = (sum(m.inventory.get(k, 0) for k in INVENTORY_GROUPS[g]), "tensor inventory")
+        else:
+            out[g] = (None, "")
+    ss = m.phases.get("steady_state")
+    if m.device == "cuda" and m.device_used_bytes is not None and ss is not None and ss.reserved_bytes is not None:
+        out["framework_overhead"] = (m.device_used_bytes - ss.reserved_bytes, "driver used - reserved")
+    if m.peak_reserved_bytes is not None and m.peak_allocated_bytes is not None:
+        out["allocator_margin"] = (m.peak_reserved_bytes - m.peak_allocated_bytes, "peak reserved - peak allocated")
+    return out
+
+
+def category_rows(m: Measurement) -> list[Row]:
+    est = m.estimate
+    meas = measured_groups(m)
+    rows = []
+    for g, (est_cats, _) in GROUPS.items():
+        e = sum(est["per_gpu"]["categories"][c] for c in est_cats) if est else None
+        v, src = meas[g]
+        rows.append(Row(g, e, v, src))
+    return rows
+
+
+def inventory_rows(m: Measurement) -> list[Row]:
+    """Model states: the estimate's categories against the exact tensor inventory."""
+    est = m.estimate
+    rows = []
+    for cat in ("weights_trainable", "weights_frozen", "gradients", "optimizer_states", "master_weights"):
+        e = est["per_gpu"]["categories"][cat] if est else None
+        v = m.inventory.get(cat) if m.inventory else None
+        if cat == "weights_frozen" and v is not None:
+            v += m.inventory.get("buffers", 0)
+        rows.append(Row(cat, e, v, "tensor inventory"))
+    return rows
+
+
+def speed_row(m: Measurement) -> Row:
+    """Measured tokens/s (processed, padding included, as the estimate counts them at packing) against the
+    estimate per GPU. A CPU run is not compared with a GPU plan's speed."""
+    if m.device == "cpu":
+        return Row("tokens/s per GPU", None, m.tokens_per_s, "CPU run: not comparable with the GPU estimate")
+    e = m.speed_estimate["tokens_per_s_per_gpu"] if m.speed_estimate else None
+    return Row("tokens/s per GPU", e, m.tokens_per_s, f"median of {len(m.step_times_s)} timed steps")
