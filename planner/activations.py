@@ -48,9 +48,21 @@ class LayerInventory:
     per_token_per_seq: int
     transient_per_token: int
     items: dict[str, int] = field(default_factory=dict)
+    backward_per_token_per_seq: int = 0
+    """eager attention's backward working set per score: the probabilities' gradient (bf16) and the
+    softmax backward's fp32 gradient, for the one block in backward (eq. A9)"""
 
     def bytes(self, tokens: int, seq_len: int) -> int:
         return self.per_token * tokens + self.per_token_per_seq * tokens * seq_len
+
+
+def effective_attention(model: ModelProfile, setup: Setup) -> str:
+    """The attention kernel a real run uses: transformers refuses SDPA for models with attention logit
+    soft-capping (Gemma-2) and runs eager attention instead (shared/reference/tracing.md); FlashAttention-2
+    supports soft-capping."""
+    if model.attn_logit_softcap and setup.attention == "sdpa":
+        return "eager"
+    return setup.attention
 
 
 def _norm_saved(h: int, rb: RecipeBytes, weight_trains: bool) -> dict[str, int]:
@@ -113,7 +125,7 @@ def layer_inventory(model: ModelProfile, setup: Setup, rb: RecipeBytes, trains_l
         qw, kvw = model.q_width, model.kv_width
         if model.qk_norm:  # Qwen3: per-head RMSNorm on q and k, in fp32, before RoPE
             add("qk_norm", 4 * (qw + kvw) + rb.residual * (qw + kvw) * int(trains_layer) + 4 * 2 * model.num_heads)
-        if setup.attention == "eager":
+        if effective_attention(model, setup) == "eager":
             rep = model.num_heads // model.num_kv_heads
             add("q_rot", c * qw)
             add("k_expanded", c * kvw * (rep if rep > 1 else 1))
@@ -198,7 +210,7 @@ def layer_inventory(model: ModelProfile, setup: Setup, rb: RecipeBytes, trains_l
         transient = c * max(model.intermediate_size * dense_frac, e.expert_intermediate_size * e.experts_per_token)
 
     per_token = sum(items.values())
-    return LayerInventory(per_token, per_seq, transient, items)
+    return LayerInventory(per_token, per_seq, transient, items, backward_per_token_per_seq=per_seq)
 
 
 def _out_features(model: ModelProfile, name: str) -> int:

@@ -99,7 +99,7 @@ def trainable_counts(model: ModelProfile, setup: Setup) -> TrainableCounts:
     lin_total = sum(x.params for x in linear_layers(model))
     head = model.vocab_size * model.hidden_size
     if setup.method == "full":
-        lin = lin_total + (0 if model.tie_embeddings else head)
+        lin = lin_total + head  # a tied embedding is still cast per use as the LM head's weight
         return TrainableCounts(pc.total, pc.total, 0, 0, 0, lin)
     if setup.method == "freeze":
         k = setup.freeze_layers
@@ -305,21 +305,24 @@ def logits_loss_bytes(model: ModelProfile, setup: Setup, rb: RecipeBytes, tokens
     plain (L1): HF ``ForCausalLMLoss`` upcasts the bf16 logits (c*V per token) to fp32 (4V) and
     ``cross_entropy`` saves its fp32 log-softmax (4V); the trainer drops the outputs before backward, so
     4V stays saved; backward holds that, the incoming fp32 gradient and the outgoing one (12V) at its peak.
-    Gemma-2's final soft-capping (``tanh``) adds a saved bf16 copy and an fp32 one (+6V, approximate).
+    Gemma-2's final soft-capping (``tanh``) keeps its bf16 output saved (+2V in every phase; the trace shows
+    12V at the forward peak and 14V in backward, docs/accuracy.md).
     chunked (L2): torchtune's ``CEWithChunkedOutputLoss`` keeps all bf16 chunks (c*V) but upcasts one of 8
     chunks at a time; each chunk's log-softmax stays saved (4V in total).
     liger (L3): fused linear cross-entropy (Liger Kernel) never materialises full logits: one chunk of about
     h logits per token (fp32 + bf16), and the gradient of the hidden states (c*h) computed in the forward.
     """
     V, h, c, T = model.vocab_size, model.hidden_size, rb.compute, tokens
-    cap = 6 * V if model.final_logit_softcap else 0
+    # Gemma-2 final soft-capping: tanh saves its bf16 output (2V); the divide is transient in forward
+    cap_saved = 2 * V if model.final_logit_softcap else 0
+    cap = cap_saved
     if setup.loss == "plain":
-        return LogitsBytes(T * (c * V + 4 * V + 4 * V + cap), T * (4 * V + cap), T * (12 * V + cap))
+        return LogitsBytes(T * (c * V + 4 * V + 4 * V + cap), T * (4 * V + cap_saved), T * (12 * V + cap_saved))
     if setup.loss == "chunked":
         chunk = -(-T // LOSS_CHUNKS)
         fwd = T * c * V + chunk * 4 * V + T * 4 * V + T * cap
         bwd = T * 4 * V + chunk * (4 * V + 4 * V + c * V) + T * cap
-        return LogitsBytes(fwd, T * (4 * V + cap), bwd)
+        return LogitsBytes(fwd, T * (4 * V + cap_saved), bwd)
     # liger
     fwd = T * (4 * h + c * h + c * h)
     return LogitsBytes(fwd, T * c * h, T * c * h + T * 6 * h)
@@ -375,7 +378,12 @@ def activation_bytes(model: ModelProfile, setup: Setup, rb: RecipeBytes) -> Acti
     # the working set while a block runs forward: its largest intermediate, and in backward the gradients
     # of the MLP intermediates (grad of the product, then of activation and up), eq. A9
     fwd_transient = inv.transient_per_token * T * 2
-    bwd_transient = bwd_extra + inv.transient_per_token * T * 3 + rb.compute * model.hidden_size * T * 2
+    bwd_transient = (
+        bwd_extra
+        + inv.transient_per_token * T * 3
+        + rb.compute * model.hidden_size * T * 2
+        + inv.backward_per_token_per_seq * T * s
+    )
     return ActivationBytes(int(saved), int(fwd_transient), int(bwd_transient), inv, active_layers, ck)
 
 
@@ -504,6 +512,9 @@ def estimate_memory(
     # Gradients are allocated during backward and freed by zero_grad(set_to_none=True) after the step,
     # except DeepSpeed's persistent partitions and when accumulating over micro-batches.
     persistent_grads = gpu_grads if (setup.zero > 0 or setup.grad_accum > 1) else 0
+    if setup.zero == 0 and not persistent_grads and rb.master:
+        # DeepSpeed's stage-0 bf16 optimizer allocates its fp32 gradient buffers at initialisation
+        persistent_grads = rb.grad32 * counts.trainable
 
     base = {
         "weights_trainable": ms.weights_trainable,
@@ -533,13 +544,17 @@ def estimate_memory(
     head_grad = 0
     if setup.method == "full" and not setup.zero and setup.fsdp is None:
         head_grad = (rb.grad32 + rb.grad16) * model.vocab_size * model.hidden_size
-    bwd_a["gradients"] = max(persistent_grads, min(head_grad, gpu_grads))
+    # the loss backward runs before the LM head's gradient exists
+    bwd_c = dict(bwd_a)  # the top block's backward: every activation still saved, plus its working set
+    bwd_c["activations"] = acts.saved + acts.backward_transient
+    bwd_c["logits_loss"] = 0
+    bwd_c["gradients"] = max(persistent_grads, min(head_grad, gpu_grads))
     bwd_b = dict(base)
     bwd_b["gradients"] = gpu_grads
     bwd_b["activations"] = acts.backward_transient
     bwd_b["temporaries"] = dequant + dora_tmp + (rb.compute * biggest_linear if rb.autocast else 0)
     bwd_b["comm_buffers"] = cb.persistent + cb.backward
-    bwd = bwd_a if sum(bwd_a.values()) >= sum(bwd_b.values()) else bwd_b
+    bwd = max((bwd_a, bwd_c, bwd_b), key=lambda d: sum(d.values()))
 
     opt = dict(base)
     opt["gradients"] = gpu_grads + ms.gradients_step_only
@@ -609,6 +624,10 @@ def _assumptions(
         out.append("ZeRO bucket sizes as the HF integration fills 'auto': reduce h^2, prefetch 0.9 h^2")
     if not setup.packing:
         out.append("padding: every micro-batch padded to --seq (worst case)")
+    from planner.activations import effective_attention
+
+    if effective_attention(model, setup) != setup.attention:
+        out.append(f"{model.name}: transformers runs eager attention instead of {setup.attention} (logit soft-capping)")
     if model.is_moe:
         out.append("MoE routing buffers modelled coarsely (eq. A7): least accurate term")
     out.append(

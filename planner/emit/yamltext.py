@@ -15,11 +15,9 @@ import yaml
 def scalar(value: Any) -> str:
     """One scalar or a flat list in YAML flow style, as PyYAML would quote it."""
     text = yaml.safe_dump(value, default_flow_style=True, width=10**9, allow_unicode=True, sort_keys=False)
-    text = text.strip()
+    text = text.rstrip("\n")  # only newlines: str.strip() would eat unicode spaces inside a plain scalar
     if text.endswith("\n..."):
         text = text[: -len("\n...")]
-    elif text.endswith("..."):
-        text = text[:-3].rstrip()
     return text
 
 
