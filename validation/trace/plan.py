@@ -1,0 +1,275 @@
+"""What the trace will run for a :class:`~planner.setup.Setup`, decided before torch is imported.
+
+A setup names things a CPU trace can run exactly (the transformers model code, peft's LoRA/DoRA, torch's
+optimizers, transformers' activation checkpointing) and things it cannot (bitsandbytes' NF4 and 8-bit CUDA
+kernels, FlashAttention-2, Liger's Triton kernels, DeepSpeed's fused CUDA Adam, torch.compile). For each of the
+latter this module picks the closest traceable substitute and records it as a :class:`Substitution`, so the
+report says what was traced instead, never silently.
+
+The byte-accounting choices follow ``planner.dtypes`` (the engine's recipe table) so the two can be diffed:
+HF AMP keeps trainable weights, their gradients and Adam states in fp32 under ``torch.autocast``; LoRA /
+freeze under AMP keep the frozen base in the compute dtype; DeepSpeed's recipe (``deepspeed-bf16``, or
+``fp16-amp`` with ZeRO) casts the module to 16 bit and keeps an fp32 master copy, fp32 Adam states and an fp32
+gradient partition; ``bf16`` is pure bf16 (torchtune).
+
+Sharding (ZeRO / FSDP) is applied by dividing the traced bytes of each model-state kind by the world size
+according to :func:`shard_divisors`; activations are traced as one rank computes them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from planner.setup import Setup
+from profiles.cluster import Cluster
+from profiles.schema import ModelProfile
+
+AdamImpl = Literal["fused", "foreach", "for-loop"]
+ADAM_IMPLS: dict[str, str] = {
+    "fused": "torch.optim.AdamW(fused=True): one fused kernel, no temporaries (HF Trainer default adamw_torch_fused)",
+    "foreach": "torch.optim.AdamW(foreach=True): multi-tensor ops that materialise temporaries for every parameter",
+    "for-loop": "torch.optim.AdamW(foreach=False, fused=False): per-parameter ops, one parameter's temporaries",
+}
+
+PHASE_OF = {"after_load": "after_load", "forward": "forward_peak", "backward": "backward_peak",
+            "optimizer": "optimizer_peak"}
+"""Tracker phase -> MemoryEstimate phase."""
+
+KINDS: dict[str, str] = {
+    "weights_trainable": "weights_trainable",
+    "weights_frozen": "weights_frozen",
+    "buffers": "weights_frozen",
+    "gradients": "gradients",
+    "grad_fp32": "gradients",
+    "optimizer_states": "optimizer_states",
+    "master_weights": "master_weights",
+    "activations": "activations",
+    "logits_loss": "logits_loss",
+    "autocast_copy": "temporaries",
+    "optimizer_temp": "temporaries",
+    "offloaded_activations": "activations",
+}
+"""Tracker tag -> MemoryEstimate category. ``buffers`` (RoPE inverse frequencies) count as frozen weights;
+``grad_fp32`` is DeepSpeed's fp32 gradient partition; ``autocast_copy`` the 16-bit copies autocast makes of fp32
+weights; ``optimizer_temp`` everything the optimizer step allocates besides its states."""
+
+
+@dataclass(frozen=True)
+class Substitution:
+    """A part of the setup the trace cannot run, and what it ran instead."""
+
+    wanted: str
+    traced: str
+    why: str
+
+    def line(self) -> str:
+        return f"not traceable: {self.wanted} -> traced {self.traced} ({self.why})"
+
+
+@dataclass(frozen=True)
+class TracePlan:
+    """Everything :func:`validation.trace.trace_memory` needs, as plain data (no torch)."""
+
+    method: Literal["full", "lora", "freeze"]
+    qlora: bool
+    """QLoRA requested: LoRA is traced over a 16-bit base (bitsandbytes' NF4 kernels cannot run under fake tensors)"""
+    attention: Literal["sdpa", "eager"]
+    loss: Literal["plain", "chunked"]
+    optimizer: Literal["adamw", "sgd", "sgd-momentum", "adafactor"]
+    adam_impl: AdamImpl
+    eight_bit_states: bool
+    """8-bit AdamW requested: emulated with uint8 states and fp32 block constants (no bitsandbytes kernels)"""
+    weight_dtype: str
+    """dtype the model is built in (the frozen / 16-bit weights)"""
+    trainable_dtype: str
+    """dtype of trainable weights (fp32 under HF AMP)"""
+    autocast_dtype: str | None
+    deepspeed: bool
+    """emulate DeepSpeed's mixed-precision optimizer: fp32 master copy, fp32 gradients, fp32 states"""
+    ds_persistent_fp32_grads: bool
+    """DeepSpeed's ``BF16_Optimizer`` (bf16 without ZeRO): a persistent full-size fp32 gradient buffer; with
+    ZeRO the fp32 gradient partition exists only inside the optimizer step"""
+    loss_scale: bool
+    """fp16: scale the loss and unscale the gradients in place (GradScaler / DeepSpeed dynamic loss scale)"""
+    world_size: int
+    divisors: dict[str, int]
+    """tracker tag -> divisor of its bytes on this rank (0: not on the GPU at all)"""
+    host_divisors: dict[str, int]
+    """tracker tag -> divisor of its bytes in host RAM per rank (offload); absent: not on the host"""
+    micro_steps: int
+    """micro-batches traced per optimizer step: min(grad_accum, 2), the second shows accumulation"""
+    optimizer_in_backward: bool = False
+    """torchtune's optimizer-in-backward: each parameter steps as its gradient lands, then frees it"""
+    substitutions: tuple[Substitution, ...] = ()
+    assumptions: tuple[str, ...] = field(default_factory=tuple)
+
+
+def shard_divisors(setup: Setup, world_size: int) -> tuple[dict[str, int], dict[str, int]]:
+    """Per tracker tag: by how much ZeRO / FSDP divide its bytes on one rank, and which go to host RAM.
+
+    Rules (ZeRO paper, Rajbhandari et al. 2020, sec. 5; DeepSpeed ``stage_1_and_2.py`` / ``stage3.py``; PyTorch
+    FSDP ``ShardingStrategy``): ZeRO-1 partitions optimizer states, the fp32 master copy and the fp32 gradient
+    partition; ZeRO-2 also the 16-bit gradients; ZeRO-3 also the parameters (frozen ones too). FSDP
+    ``shard-grad-op`` is ZeRO-2, ``full-shard`` is ZeRO-3. The optimizer step runs on the shard only, so its
+    temporaries divide like its states. ``--offload optimizer`` moves states, master, fp32 gradients and the
+    step's temporaries to host RAM (DeepSpeed runs CPU Adam there); ``optimizer+params`` also the parameters.
+    """
+    n = max(1, world_size)
+    stage = {"shard-grad-op": 2, "full-shard": 3}[setup.fsdp] if setup.fsdp else setup.zero
+    d = {k: 1 for k in KINDS}
+    if stage >= 1:
+        for k in ("optimizer_states", "master_weights", "grad_fp32", "optimizer_temp"):
+            d[k] = n
+    if stage >= 2:
+        d["gradients"] = n
+    if stage >= 3:
+        d["weights_trainable"] = d["weights_frozen"] = n
+    host: dict[str, int] = {"offloaded_activations": 1}
+    d["offloaded_activations"] = 0  # saved block inputs under --activation-offload live in host RAM
+    moved = []
+    if setup.offload in ("optimizer", "optimizer+params"):
+        moved += ["optimizer_states", "master_weights", "grad_fp32", "optimizer_temp"]
+    if setup.offload == "optimizer+params":
+        moved += ["weights_trainable", "weights_frozen"]
+    for k in moved:
+        host[k] = d[k]
+        d[k] = 0
+    return d, host
+
+
+def plan_trace(model: ModelProfile, cluster: Cluster, setup: Setup, adam_impl: AdamImpl = "fused") -> TracePlan:
+    """Decide dtypes, kernels and substitutes for tracing ``setup`` on ``model``; never imports torch."""
+    subs: list[Substitution] = []
+    notes: list[str] = []
+
+    attention: Literal["sdpa", "eager"] = "eager" if setup.attention == "eager" else "sdpa"
+    if setup.attention == "flash" and model.attn_logit_softcap is None:
+        subs.append(Substitution(
+            "FlashAttention-2", "SDPA (torch's flash kernel on CPU)",
+            "a CUDA kernel; SDPA's flash path keeps the same q, k, v, output and one log-sum-exp per row"))
+    if model.attn_logit_softcap is not None and attention == "sdpa":
+        attention = "eager"
+        if setup.attention == "flash":
+            why = (f"FlashAttention-2 supports {model.name}'s attention soft-capping but not on a CPU, and "
+                   "transformers refuses SDPA for it: errs high by the eager s^2 scores")
+        else:
+            why = (f"transformers refuses SDPA for {model.name} (attention soft-capping is implemented in eager "
+                   "attention only), so a real run uses eager too")
+        subs.append(Substitution(f"{setup.attention} attention", "eager attention", why))
+
+    loss: Literal["plain", "chunked"] = "chunked" if setup.loss in ("chunked", "liger") else "plain"
+    if setup.loss == "liger":
+        subs.append(Substitution(
+            "Liger fused linear cross-entropy", "chunked cross-entropy (8 chunks, torchtune style)",
+            "Triton kernels; Liger also never keeps a logits chunk for backward, so this errs high"))
+
+    method = setup.method
+    qlora = method == "qlora"
+    if qlora:
+        method = "lora"
+        subs.append(Substitution(
+            "QLoRA (bitsandbytes NF4 base)", "LoRA over a 16-bit base",
+            "bitsandbytes quantises and dequantises with CUDA kernels; weights_frozen is the 16-bit size, "
+            "not NF4's ~0.53 B/param, and the per-layer dequantised copy is absent"))
+
+    optimizer = setup.optimizer
+    eight_bit = optimizer in ("adamw-8bit", "paged-adamw-8bit")
+    if eight_bit:
+        subs.append(Substitution(
+            f"bitsandbytes {optimizer}", "AdamW states emulated as uint8 m and v plus fp32 block constants",
+            "bitsandbytes' 8-bit update is a CUDA kernel; the states are sized as bitsandbytes allocates them"
+            + ("; paged states are counted as resident on the GPU" if optimizer.startswith("paged") else "")))
+        optimizer = "adamw"
+    opt: Literal["adamw", "sgd", "sgd-momentum", "adafactor"] = optimizer  # type: ignore[assignment]
+
+    half = "float16" if setup.recipe == "fp16-amp" else "bfloat16"
+    deepspeed = setup.recipe == "deepspeed-bf16" or (setup.recipe == "fp16-amp" and setup.zero > 0)
+    if deepspeed:
+        weight, trainable, autocast = half, half, None
+        if opt == "adamw" and not eight_bit:
+            subs.append(Substitution(
+                "DeepSpeed FusedAdam (CUDA)", f"torch AdamW {adam_impl} over fp32 master weights",
+                "same fp32 states; DeepSpeed's multi-tensor kernel keeps no per-parameter temporaries, like fused"))
+        if setup.zero == 0:
+            notes.append(
+                "DeepSpeed bf16 without ZeRO emulated as deepspeed/runtime/bf16_optimizer.py (BF16_Optimizer, "
+                "chosen by engine._do_optimizer_sanity_check for bf16 with fp32 gradient accumulation): 16-bit "
+                "weights and gradients, a persistent full-size fp32 gradient buffer, fp32 master weights and Adam "
+                "states partitioned over the data-parallel ranks")
+        else:
+            notes.append(
+                "DeepSpeed ZeRO mixed precision emulated as deepspeed/runtime/zero/stage_1_and_2.py: 16-bit weights "
+                "and gradients, fp32 master weights and optimizer states created with the optimizer, the fp32 "
+                "gradient partition built from the 16-bit gradients in step() and released after it")
+    elif setup.recipe == "bf16":
+        weight, trainable, autocast = "bfloat16", "bfloat16", None
+    else:  # hf-amp / fp16-amp without DeepSpeed
+        trainable = "float32"
+        weight = "float32" if method == "full" else half
+        autocast = half
+    if setup.recipe == "fp16-amp":
+        notes.append("fp16 loss scaling emulated: the loss is multiplied and the gradients unscaled in place "
+                     "(GradScaler's inf check reads tensor values, which fake tensors do not have)")
+    if opt == "adamw" and not deepspeed and not eight_bit:
+        notes.append(f"optimizer implementation: {ADAM_IMPLS[adam_impl]}")
+
+    in_backward = setup.optimizer_in_backward
+    if in_backward and deepspeed:
+        in_backward = False
+        subs.append(Substitution("--optimizer-in-backward under DeepSpeed's optimizer", "one optimizer step per step",
+                                 "a torchtune feature; DeepSpeed steps its fp32 master once per step"))
+    if setup.compile:
+        subs.append(Substitution("torch.compile", "eager execution",
+                                 "compiled graphs fuse and reorder kernels; the trace runs the eager model code"))
+    if setup.packing is False:
+        notes.append("padding traced as full-length sequences (the worst case of an unpacked batch)")
+
+    n = cluster.world_size
+    divisors, host = shard_divisors(setup, n)
+    if deepspeed and setup.zero == 0:  # BF16_Optimizer partitions the fp32 master and states (ZeRO-1 style)
+        for k in ("optimizer_states", "master_weights", "optimizer_temp"):
+            divisors[k] = n
+    if setup.zero or setup.fsdp:
+        notes.append(
+            f"one rank's share under {setup.sharding_label} over {n} GPUs: traced model-state bytes divided by {n} "
+            "per the stage rules; activations traced as one rank computes them; "
+            "gather and reduce buffers (comm_buffers) are not traced")
+    if setup.offload != "none":
+        notes.append(f"--offload {setup.offload}: the offloaded tensors are counted in host RAM, not on the GPU")
+
+    notes += [
+        "traced on the CPU under torch FakeTensorMode (no GPU): exact bytes of every tensor the model code, "
+        "autograd and the optimizer create; kernel-internal workspaces (cuBLAS, flash-attention backward "
+        "accumulators) are not visible",
+        "framework_overhead and allocator_margin are 0: a trace sees tensors, not the CUDA context or the caching "
+        "allocator",
+        "sizes are exact tensor bytes without the CUDA allocator's 512-byte rounding",
+        "use_cache=False as LLaMA-Factory sets it for training (the HF Trainer alone keeps the config's "
+        "use_cache=True, whose KV cache adds each layer's K/V to the forward peak with eager attention)",
+    ]
+    if setup.grad_accum > 1:
+        notes.append(f"grad_accum {setup.grad_accum}: two micro-batches traced per step (the second shows "
+                     "gradient accumulation); more repeat the second")
+    return TracePlan(
+        method=method,  # type: ignore[arg-type]
+        qlora=qlora,
+        attention=attention,
+        loss=loss,
+        optimizer=opt,
+        adam_impl=adam_impl,
+        eight_bit_states=eight_bit,
+        weight_dtype=weight,
+        trainable_dtype=trainable,
+        autocast_dtype=autocast,
+        deepspeed=deepspeed,
+        ds_persistent_fp32_grads=deepspeed and setup.zero == 0,
+        loss_scale=setup.recipe == "fp16-amp",
+        world_size=n,
+        divisors=divisors,
+        host_divisors=host,
+        micro_steps=min(setup.grad_accum, 2),
+        optimizer_in_backward=in_backward,
+        substitutions=tuple(subs),
+        assumptions=tuple(notes),
+    )
