@@ -65,12 +65,13 @@ def effective_attention(model: ModelProfile, setup: Setup) -> str:
     return setup.attention
 
 
-def _norm_saved(h: int, rb: RecipeBytes, weight_trains: bool) -> dict[str, int]:
+def _norm_saved(h: int, rb: RecipeBytes, weight_trains: bool, fp32_output: bool = False) -> dict[str, int]:
     """RMSNorm in fp32 (eq. A2): ``x.float()`` (4h, saved by pow and mul), ``rsqrt`` (4 B per token), and
-    ``y.to(dtype)`` (residual-dtype h) saved by ``weight * y`` only when the weight trains."""
+    ``y.to(dtype)`` (residual-dtype h) saved by ``weight * y`` only when the weight trains. Gemma's RMSNorm
+    multiplies in fp32 (``output * (1.0 + weight.float())``), so it saves the normalised tensor as fp32."""
     out = {"norm_input_fp32": 4 * h, "norm_rsqrt": 4}
     if weight_trains:
-        out["norm_normalised"] = rb.residual * h
+        out["norm_normalised"] = (4 if fp32_output else rb.residual) * h
     return out
 
 
@@ -96,7 +97,7 @@ def layer_inventory(model: ModelProfile, setup: Setup, rb: RecipeBytes, trains_l
     # ---- the two (or four) norms, eq. A2
     n_norms = max(model.norms_per_layer, 2)
     for i in range(n_norms):
-        for k, v in _norm_saved(h, rb, trains_layer).items():
+        for k, v in _norm_saved(h, rb, trains_layer, model.model_type.startswith("gemma")).items():
             add(k, v)
     if model.norms_per_layer > 2:  # Gemma-2: post-norm outputs feed the residual add; nothing extra saved
         pass
@@ -104,9 +105,12 @@ def layer_inventory(model: ModelProfile, setup: Setup, rb: RecipeBytes, trains_l
     def linear_input(name: str, in_features: int, shared_key: str) -> None:
         """Eq. A3 / A5: what a linear layer saves for its own backward."""
         if trains_layer:
-            # under autocast the fp32 input is cast to the compute dtype once per consumer group
-            items.setdefault(f"input:{shared_key}", c * in_features)
-        if lora and name in targets:
+            if rb.autocast and rb.residual == 4 and shared_key.endswith(("attn_in", "mlp_in")):
+                # a norm's fp32 output: autocast casts it to bf16 separately for every consumer (q, k, v; gate, up)
+                add(f"input:{shared_key}:{name}", c * in_features)
+            else:
+                items.setdefault(f"input:{shared_key}", c * in_features)
+        if lora and name in targets and not shared_key.startswith("expert_"):
             if rb.adapter != c or rb.autocast:
                 # peft casts the input to the adapter dtype; autocast casts it back: a private copy per adapter
                 add(f"lora_input:{name}", c * in_features)
@@ -114,7 +118,7 @@ def layer_inventory(model: ModelProfile, setup: Setup, rb: RecipeBytes, trains_l
                 items.setdefault(f"input:{shared_key}", c * in_features)
             if setup.lora_dropout > 0:
                 add(f"lora_dropout:{name}", rb.adapter * in_features + in_features)  # output + bool mask
-            add(f"lora_a_out:{name}", rb.adapter * setup.lora_rank)
+            add(f"lora_a_out:{name}", (c if rb.autocast else rb.adapter) * setup.lora_rank)
             if setup.dora:
                 add(f"dora:{name}", 2 * c * _out_features(model, name))
 
@@ -132,14 +136,19 @@ def layer_inventory(model: ModelProfile, setup: Setup, rb: RecipeBytes, trains_l
             add("v_expanded", c * kvw * (rep if rep > 1 else 1))
             score_bytes = 8 if model.attn_logit_softcap else 6  # fp32 softmax out + its bf16 copy (+ tanh out)
             per_seq += score_bytes * model.num_heads
-            add("attn_out", c * qw)
+            # the matmul output is not saved; o_proj saves its contiguous copy (below)
+            linear_input("o_proj", qw, "o_in")
         else:
+            # beyond the sliding window transformers builds a mask and repeats K/V for SDPA: expanded copies
+            windowed = model.sliding_window is not None and setup.seq_len > model.sliding_window
+            kv_saved = qw if windowed else kvw
             add("q_rot", c * qw)
-            add("k_rot", c * kvw)
-            add("v", c * kvw)
-            add("attn_out", c * qw)
+            add("k_rot", c * kv_saved)
+            add("v", c * kv_saved)
+            add("attn_out", c * qw)  # saved by SDPA's backward; o_proj's input is a view of it
             add("softmax_lse", 4 * model.num_heads)
-        linear_input("o_proj", qw, "o_in")
+            linear_input("o_proj", qw, "o_in")
+            items.pop("input:o_in", None)
         o_in_features = qw
     else:
         a = model.mla
@@ -198,10 +207,19 @@ def layer_inventory(model: ModelProfile, setup: Setup, rb: RecipeBytes, trains_l
                 if k not in before:
                     items[k] = int(items[k] * dense_frac)
         before = dict(items)
-        add("router_logits", (c + 4) * e.num_experts)  # logits + fp32 softmax (saved)
-        add("routed_inputs", c * h * e.experts_per_token)  # tokens gathered per expert
-        mlp(e.expert_intermediate_size, "expert_", e.experts_per_token)
-        add("routed_outputs", c * h * e.experts_per_token)  # expert outputs scaled by routing weights
+        k = e.experts_per_token
+        add("router_softmax", 4 * e.num_experts)  # fp32 routing probabilities (saved)
+        add("routing_indices", 4 * 8 * k)  # int64 index tensors of the token -> expert dispatch
+        if trains_layer:
+            add("router_logits", c * e.num_experts)
+            add("routed_inputs", c * h * k)  # tokens gathered per expert, saved by the trained expert matmuls
+            mlp(e.expert_intermediate_size, "expert_", k)
+        else:
+            # frozen experts (LoRA never adapts them): gate_up output (gate for the activation, up for the
+            # product) and the activation output; the inputs and the product are not saved
+            add("expert_gate_up_out", 2 * c * e.expert_intermediate_size * k)
+            add("expert_act_out", c * e.expert_intermediate_size * k)
+        add("routed_outputs", c * h * k)  # expert outputs, kept by the routing-weight multiply
         if e.shared_experts:
             mlp(e.shared_expert_intermediate_size, "shared_", 1)
         for k in items:
@@ -210,7 +228,10 @@ def layer_inventory(model: ModelProfile, setup: Setup, rb: RecipeBytes, trains_l
         transient = c * max(model.intermediate_size * dense_frac, e.expert_intermediate_size * e.experts_per_token)
 
     per_token = sum(items.values())
-    return LayerInventory(per_token, per_seq, transient, items, backward_per_token_per_seq=per_seq)
+    # eager backward: the probabilities' bf16 gradient and the softmax backward's fp32 gradient while the bf16
+    # probabilities are released: 5 bytes per score beyond the saved ones (traced, docs/accuracy.md)
+    bwd_seq = 5 * model.num_heads if per_seq else 0
+    return LayerInventory(per_token, per_seq, transient, items, backward_per_token_per_seq=bwd_seq)
 
 
 def _out_features(model: ModelProfile, name: str) -> int:

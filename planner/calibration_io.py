@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 
+@functools.lru_cache(maxsize=64)
 def calibration_for(gpu_name: str, recipe: str | None) -> Any:
     """The calibration object written by ``plan calibrate`` for this GPU and recipe, or None."""
     try:

@@ -41,9 +41,10 @@ NF4_BLOCK = 64
 """Weights per fp32 absmax constant (QLoRA paper sec. 3, "blocksize 64")."""
 DQ_BLOCK = 256
 """Double quantisation: 8-bit constants quantised in blocks of 256 with one fp32 constant each (ibid.)."""
-BNB_8BIT_BLOCK = 2048
-"""bitsandbytes 8-bit optimizers: one fp32 absmax per 2048-element block (Dettmers et al. 2022,
-arXiv:2110.02861, sec. 2: blockwise quantisation, block size 2048)."""
+BNB_8BIT_BLOCK = 256
+"""bitsandbytes 8-bit optimizers allocate one fp32 absmax per 256 state values
+(``bitsandbytes/optim/optimizer.py``, ``Optimizer8bit.init_state``: ``blocks = n // 256``); the paper
+(Dettmers et al. 2022, arXiv:2110.02861, sec. 2) describes blocks of 2048."""
 DS_ADDITIONAL_BUFFER_FACTOR = 1.5
 """Host-side buffer factor DeepSpeed's own estimators apply to offloaded states
 (``estimate_zero2_model_states_mem_needs(additional_buffer_factor=1.5)``, deepspeed 0.19.8)."""
@@ -161,7 +162,7 @@ def optimizer_state_bytes_per_param(setup: Setup, rb: RecipeBytes) -> float:
     """Bytes of optimizer state per trainable parameter (eq. M4). Adafactor is handled by shape instead.
 
     AdamW: two states (m, v) at the recipe's state dtype (Loshchilov & Hutter 2019). 8-bit AdamW: two uint8
-    states plus one fp32 absmax per 2048 values each (bitsandbytes). SGD with momentum: one state.
+    states plus one fp32 absmax per 256 values each (bitsandbytes ``Optimizer8bit.init_state``). SGD with momentum: one state.
     """
     if setup.optimizer == "adamw":
         return 2 * rb.state
@@ -197,9 +198,11 @@ def model_states(model: ModelProfile, cluster: Cluster, setup: Setup, rb: Recipe
 
     DeepSpeed stages follow DeepSpeed's own accounting (``estimate_zero2_model_states_mem_needs``: 2 B of
     16-bit params + 18 B/N = 2 16-bit grads + 4 fp32 grads + 4 fp32 master + 8 Adam, for ZeRO-2).
-    ZeRO-3 (``stage3.py``) keeps 16-bit param and gradient partitions, fp32 master and Adam (16 B/N) and
-    makes the fp32 gradient partition only for the step (+4 B/N): DeepSpeed's estimator's 18 B/N lies
-    between the two (documented difference, tested). ZeRO-1 keeps the full 16-bit gradients
+    The fp32 gradient partition exists only during the optimizer step (``single_partition_of_fp32_groups[i]
+    .grad`` is built in ``step()`` and set to None after it), so DeepSpeed's static count equals ours at the
+    optimizer peak. ZeRO-3 (``stage3.py``) keeps 16-bit param and gradient partitions, fp32 master and Adam
+    (16 B/N) and converts a sub-group's gradients to fp32 at the step (+4 B/N): DeepSpeed's estimator's 18 B/N
+    lies between the two (documented difference, tested). ZeRO-1 keeps the full 16-bit gradients
     (2 B) and shards the rest; ZeRO-0 with DeepSpeed's bf16 optimizer keeps all 20 B. FSDP full-shard
     shards weights, gradients and states; shard-grad-op shards gradients and states (its gathered weights
     are counted in comm buffers, eq. C4). DDP replicates everything. Optimizer offload moves fp32 grads,
@@ -249,11 +252,9 @@ def model_states(model: ModelProfile, cluster: Cluster, setup: Setup, rb: Recipe
             g_gpu = 0 if z >= 2 else g_gpu
         else:
             opt, master = _shard(opt, True, N), _shard(master, True, N)
-            if z == 3:
-                # stage3.py keeps 16-bit gradient partitions and converts one sub-group to fp32 at the step
-                step_only = _shard(grad32, True, N)
-            else:
-                g_gpu += _shard(grad32, True, N)
+            # stage_1_and_2.py / stage3.py keep 16-bit gradient partitions through backward and build the
+            # fp32 gradient partition only for the optimizer step (set to None after it)
+            step_only = _shard(grad32, True, N)
     else:
         host_opt = 0
         g = grad32 + grad16
@@ -378,6 +379,8 @@ def activation_bytes(model: ModelProfile, setup: Setup, rb: RecipeBytes) -> Acti
     # the working set while a block runs forward: its largest intermediate, and in backward the gradients
     # of the MLP intermediates (grad of the product, then of activation and up), eq. A9
     fwd_transient = inv.transient_per_token * T * 2
+    if setup.checkpointing == "full":
+        fwd_transient += layer_full  # the block running forward holds all its intermediates until it exits
     bwd_transient = (
         bwd_extra
         + inv.transient_per_token * T * 3
@@ -385,6 +388,14 @@ def activation_bytes(model: ModelProfile, setup: Setup, rb: RecipeBytes) -> Acti
         + inv.backward_per_token_per_seq * T * s
     )
     return ActivationBytes(int(saved), int(fwd_transient), int(bwd_transient), inv, active_layers, ck)
+
+
+def forward_peak_parts(acts: ActivationBytes, lg: LogitsBytes) -> tuple[int, int]:
+    """(activations, logits_loss) at the forward peak: every block's saved tensors plus the larger of the
+    last block's working set and the logits peak, which are never live together (eq. A9, L1)."""
+    if acts.forward_transient > lg.forward_peak:
+        return acts.saved + acts.forward_transient, 0
+    return acts.saved, lg.forward_peak
 
 
 def zero_bucket_elements(model: ModelProfile) -> dict[str, int]:
@@ -529,8 +540,7 @@ def estimate_memory(
     }
     after_load = dict(base)
     fwd = dict(base)
-    fwd["activations"] = acts.saved + acts.forward_transient
-    fwd["logits_loss"] = lg.forward_peak
+    fwd["activations"], fwd["logits_loss"] = forward_peak_parts(acts, lg)
     fwd["temporaries"] = autocast_copies + dequant + dora_tmp
     fwd["comm_buffers"] = cb.persistent + cb.forward
 

@@ -43,6 +43,7 @@ class SearchRequest:
     top: int = 5
     price_per_gpu_hour: float | None = None
     calibration: Any = None
+    """a Calibration, or a function recipe -> Calibration | None (the CLI passes the file lookup)"""
     efficiency: float | None = None
 
 
@@ -236,10 +237,11 @@ def search(model: ModelProfile, cluster: Cluster, request: SearchRequest, with_s
                 first_error = first_error or str(e).splitlines()[-1]
                 break
             considered += 1
-            mem = estimate_memory(model, cluster, setup, request.calibration)
+            cal = request.calibration(setup.recipe) if callable(request.calibration) else request.calibration
+            mem = estimate_memory(model, cluster, setup, cal)
             speed = estimate_speed(
-                model, cluster, setup, efficiency=request.efficiency,
-                calibration_label=getattr(request.calibration, "label", None) or "uncalibrated",
+                model, cluster, setup, efficiency=request.efficiency or getattr(cal, "mfu", None),
+                calibration_label=getattr(cal, "label", None) or "uncalibrated",
             )
             if mem.peak_bytes > usable:
                 rejected.append(

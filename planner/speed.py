@@ -26,6 +26,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from planner.activations import effective_attention
 from planner.dtypes import recipe_bytes
 from planner.memory import quantized_frozen_bytes, trainable_counts
 from planner.results import SpeedEstimate
@@ -324,7 +325,7 @@ def _flops_per_token(model: ModelProfile, setup: Setup) -> FlopsBreakdown:
     attn, dense, moe, dense_blocks = _block_linears(model)
     targets = _adapted(setup, model)
     s = setup.seq_len
-    eager = setup.attention == "eager"
+    eager = effective_attention(model, setup) == "eager"  # Gemma-2: transformers runs eager for sdpa
     core_model = attention_core_flops(model, s, causal_full_square=False)
     core_hw = attention_core_flops(model, s, causal_full_square=eager)
     core_bwd_factor_hw = 2.0 if eager else FLASH_BACKWARD_FACTOR
@@ -783,7 +784,7 @@ def _assumptions(
         f"efficiency {eff:.2f} of dense {prec} peak {peak_flops(gpu, setup) / 1e12:g} TFLOPS ({src}; S8)",
         "FLOPs from the architecture: 2*in*out per matmul per token, MoE top-k experts, LM head 2hV (S1-S3)",
         "attention: causal, useful keys s/2 per query"
-        + (", eager computes the full s x s square (hardware FLOPs)" if setup.attention == "eager" else
+        + (", eager computes the full s x s square (hardware FLOPs)" if effective_attention(model, setup) == "eager" else
            f", {setup.attention} skips masked tiles; backward {FLASH_BACKWARD_FACTOR}x forward (S2, S4)"),
         "backward: 2x forward for trained weights, 1x for frozen weights above the first trained block (S4)",
     ]

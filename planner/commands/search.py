@@ -111,7 +111,9 @@ def run(args: argparse.Namespace) -> int:
         raise CliError(f"--efficiency {args.efficiency} is outside (0, 1]")
     model, cluster = resolve_target(args)
     tokens = dataset_tokens(args)
-    cal = calibration_for(cluster.gpu.name, args.recipe)
+    def cal(recipe: str):  # noqa: ANN202
+        return calibration_for(cluster.gpu.name, recipe)
+
     req = SearchRequest(
         fixed=fixed_from_args(args), global_batch=args.global_batch, headroom=args.headroom,
         objective=args.objective, top=args.top, price_per_gpu_hour=args.price_per_gpu_hour,

@@ -148,12 +148,12 @@ def compare(case: str, model: ModelProfile, cluster: Cluster, setup: Setup, **tr
 def engine_forward_activations(model: ModelProfile, setup: Setup) -> int:
     """The engine's forward-phase ``activations + logits_loss`` (as ``estimate_memory`` assembles them)."""
     from planner.dtypes import recipe_bytes
-    from planner.memory import activation_bytes, logits_loss_bytes
+    from planner.memory import activation_bytes, forward_peak_parts, logits_loss_bytes
 
     rb = recipe_bytes(setup)
     acts = activation_bytes(model, setup, rb)
     lg = logits_loss_bytes(model, setup, rb, setup.micro_batch * setup.seq_len)
-    return acts.saved + acts.forward_transient + lg.forward_peak
+    return sum(forward_peak_parts(acts, lg))
 
 
 @dataclass(frozen=True)
