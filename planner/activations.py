@@ -48,6 +48,10 @@ class LayerInventory:
     per_token_per_seq: int
     transient_per_token: int
     items: dict[str, int] = field(default_factory=dict)
+    forward_per_token_per_seq: int = 0
+    """eager attention's forward working set per score beyond what is saved: the masked bf16 scores and the
+    fp32 softmax output coexist with its bf16 copy (traced: 3.05 B/score on Llama-3.1-8B, 2.7 on Qwen2.5-7B
+    at s = 8192; we use 3)"""
     backward_per_token_per_seq: int = 0
     """eager attention's backward working set per score: the probabilities' gradient (bf16) and the
     softmax backward's fp32 gradient, for the one block in backward (eq. A9)"""
@@ -231,7 +235,10 @@ def layer_inventory(model: ModelProfile, setup: Setup, rb: RecipeBytes, trains_l
     # eager backward: the probabilities' bf16 gradient and the softmax backward's fp32 gradient while the bf16
     # probabilities are released: 5 bytes per score beyond the saved ones (traced, docs/accuracy.md)
     bwd_seq = 5 * model.num_heads if per_seq else 0
-    return LayerInventory(per_token, per_seq, transient, items, backward_per_token_per_seq=bwd_seq)
+    fwd_seq = 3 * model.num_heads if per_seq else 0
+    return LayerInventory(
+        per_token, per_seq, transient, items, forward_per_token_per_seq=fwd_seq, backward_per_token_per_seq=bwd_seq
+    )
 
 
 def _out_features(model: ModelProfile, name: str) -> int:

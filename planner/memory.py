@@ -378,7 +378,7 @@ def activation_bytes(model: ModelProfile, setup: Setup, rb: RecipeBytes) -> Acti
     saved += head_side
     # the working set while a block runs forward: its largest intermediate, and in backward the gradients
     # of the MLP intermediates (grad of the product, then of activation and up), eq. A9
-    fwd_transient = inv.transient_per_token * T * 2
+    fwd_transient = max(inv.transient_per_token * T * 2, inv.forward_per_token_per_seq * T * s)
     if setup.checkpointing == "full":
         fwd_transient += layer_full  # the block running forward holds all its intermediates until it exits
     bwd_transient = (
