@@ -51,12 +51,6 @@ def _table(results) -> str:  # type: ignore[no-untyped-def]
                      for c in results)
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="engine not yet within the bound (measured 2026-11-28, torch 2.13 / transformers 5.24): total median "
-    "1.57 %, max 9.15 % (qwen2.5-0.5b LoRA bf16 eager ckpt); activation share median 7.25 %, max 9.11 % "
-    "(llama-3.1-8b DeepSpeed ZeRO-2 ckpt); see docs/accuracy.md. Remove this mark once the engine meets it.",
-)
 def test_engine_within_bound_of_trace():
     results = []
     for name, gpus, kw in CASES:
