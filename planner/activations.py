@@ -85,7 +85,7 @@ def layer_inventory(model: ModelProfile, setup: Setup, rb: RecipeBytes, trains_l
     ``trains_layer``: the block's own weights train (full fine-tuning, or a trainable block of the freeze
     method). LoRA / QLoRA blocks do not train their base weights but save adapter inputs (eq. A5).
     """
-    h, c, res = model.hidden_size, rb.compute, rb.residual
+    h, c = model.hidden_size, rb.compute
     lora = setup.trains_adapters
     targets: set[str] = set()
     if lora:
@@ -103,8 +103,6 @@ def layer_inventory(model: ModelProfile, setup: Setup, rb: RecipeBytes, trains_l
     for i in range(n_norms):
         for k, v in _norm_saved(h, rb, trains_layer, model.model_type.startswith("gemma")).items():
             add(k, v)
-    if model.norms_per_layer > 2:  # Gemma-2: post-norm outputs feed the residual add; nothing extra saved
-        pass
 
     def linear_input(name: str, in_features: int, shared_key: str) -> None:
         """Eq. A3 / A5: what a linear layer saves for its own backward."""
@@ -153,7 +151,6 @@ def layer_inventory(model: ModelProfile, setup: Setup, rb: RecipeBytes, trains_l
             add("softmax_lse", 4 * model.num_heads)
             linear_input("o_proj", qw, "o_in")
             items.pop("input:o_in", None)
-        o_in_features = qw
     else:
         a = model.mla
         nr = a.qk_nope_head_dim + a.qk_rope_head_dim
@@ -174,7 +171,6 @@ def layer_inventory(model: ModelProfile, setup: Setup, rb: RecipeBytes, trains_l
         if setup.attention == "eager":
             per_seq += 6 * model.num_heads
         linear_input("o_proj", model.num_heads * a.v_head_dim, "o_in")
-        o_in_features = model.num_heads * a.v_head_dim
 
     # ---- MLP, eq. A6 (dense) / A7 (MoE)
     def mlp(width: int, prefix: str, copies: float) -> None:

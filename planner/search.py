@@ -197,6 +197,13 @@ def search(model: ModelProfile, cluster: Cluster, request: SearchRequest, with_s
     world = cluster.world_size
     gb = request.global_batch or default_global_batch(world)
     f = request.fixed
+    if f.get("fsdp") and f.get("zero"):
+        raise SearchError(f"choose ZeRO or FSDP, not both (got --zero {f['zero']} and --fsdp {f['fsdp']})")
+    if f.get("method", "lora") in ("lora", "qlora"):
+        # an explicit but wrong --lora-targets is an error even though full fine-tuning plans would not use it
+        from planner.setup import lora_target_names
+
+        lora_target_names(Setup(method="lora", lora_targets=f.get("lora_targets", "all-linear")), model)
     if gb % world:
         raise SearchError(
             f"global batch {gb} is not divisible by the data-parallel size {world}; "

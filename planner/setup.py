@@ -162,6 +162,8 @@ def lora_target_names(setup: Setup, model: ModelProfile) -> list[str]:
 def validate_setup(setup: Setup, model: ModelProfile, cluster: Cluster) -> None:
     """Reject impossible combinations with one clear line each (raises :class:`SetupError`)."""
     gpu = cluster.gpu
+    if setup.fsdp is not None and setup.zero != 0:
+        raise SetupError(f"choose ZeRO or FSDP, not both (got --zero {setup.zero} and --fsdp {setup.fsdp})")
     if setup.recipe in ("deepspeed-bf16", "bf16", "hf-amp") and not gpu.supports_bf16:
         raise SetupError(
             f"recipe {setup.recipe!r} needs bf16, which {gpu.name} lacks; use --recipe fp16-amp"
@@ -173,8 +175,6 @@ def validate_setup(setup: Setup, model: ModelProfile, cluster: Cluster) -> None:
             f"recipe {setup.recipe!r} is not what DeepSpeed runs under ZeRO-{setup.zero} (it keeps an fp32 master); "
             "use --recipe deepspeed-bf16 (or fp16-amp on GPUs without bf16)"
         )
-    if setup.fsdp is not None and setup.zero != 0:
-        raise SetupError(f"choose ZeRO or FSDP, not both (got --zero {setup.zero} and --fsdp {setup.fsdp})")
     if setup.offload == "optimizer+params" and not (setup.zero == 3 or setup.fsdp == "full-shard"):
         raise SetupError(
             "parameter offload needs ZeRO-3 (or FSDP full-shard); got "

@@ -20,7 +20,6 @@ DeepSpeed's with ZeRO, HF AMP otherwise, fp16 AMP on GPUs without bf16; LoRA alp
 from __future__ import annotations
 
 import itertools
-import json
 import re
 from pathlib import Path
 from typing import Any, Literal
@@ -221,26 +220,11 @@ def expand_grid(grid: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def read_plan_file(path: str | Path) -> dict[str, Any]:
-    """Model, cluster and setup from a plan JSON: ``plan --json`` output (the first plan), one plan of it,
-    or ``plan estimate --json`` output. Returns ``{'model', 'cluster', 'setup'}``."""
-    try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except OSError as e:
-        raise CliError(f"cannot read plan file {path}: {e.strerror or e}") from None
-    except json.JSONDecodeError as e:
-        raise CliError(f"plan file {path} is not JSON: {e.msg} at line {e.lineno}") from None
-    if isinstance(data, dict) and isinstance(data.get("plans"), list):
-        if not data["plans"]:
-            raise CliError(f"plan file {path} holds no plans (nothing fitted); pick a setup with --model/--gpus")
-        data = data["plans"][0]
-    mem = data.get("memory") if isinstance(data, dict) and isinstance(data.get("memory"), dict) else data
-    try:
-        return {"model": mem["model"], "cluster": dict(mem["cluster"]), "setup": dict(data.get("setup") or mem["setup"])}
-    except (KeyError, TypeError):
-        raise CliError(
-            f"plan file {path} is not a plan: expected the JSON of plan --json or plan estimate --json "
-            "(keys model, cluster, setup)"
-        ) from None
+    """Model, cluster and setup of a plan JSON (:func:`planner.plan_file.read_plan_file`, the one reader)."""
+    from planner.plan_file import read_plan_file as read
+
+    pf = read(path)
+    return {"model": pf.model, "cluster": pf.cluster, "setup": pf.setup}
 
 
 def cluster_from_json(c: dict[str, Any]) -> Cluster:

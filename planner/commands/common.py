@@ -169,3 +169,27 @@ def setup_from_args(args: argparse.Namespace, cluster: Cluster) -> Setup:
 def print_json(obj: Any) -> None:
     json.dump(obj, sys.stdout, indent=2)
     sys.stdout.write("\n")
+
+
+def add_search_args(g: argparse._ArgumentGroup) -> None:
+    """--global-batch and --headroom, shared by ``plan`` and ``plan configs`` (so their rankings agree)."""
+    g.add_argument("--global-batch", type=positive_int, metavar="N",
+                   help="sequences per optimizer step, all GPUs (default: 64, rounded to a multiple of the GPU count)")
+    g.add_argument("--headroom", type=float, default=0.10, metavar="F",
+                   help="fraction of GPU memory kept free, in (0, 0.9) (default: 0.10)")
+
+
+def search_request(args: argparse.Namespace, cluster: Cluster, **kw: Any):  # noqa: ANN201
+    """The SearchRequest the flags describe, with per-recipe calibration data (``plan`` and ``plan configs``)."""
+    from planner.calibration_io import calibration_for
+    from planner.commands.search import fixed_from_args
+    from planner.search import SearchRequest
+
+    if not 0 < args.headroom < 0.9:
+        raise CliError(f"--headroom {args.headroom} is outside (0, 0.9); e.g. --headroom 0.1 keeps 10 % free")
+
+    def calibration(recipe: str):  # noqa: ANN202
+        return calibration_for(cluster.gpu.name, recipe)
+
+    return SearchRequest(fixed=fixed_from_args(args), global_batch=args.global_batch, headroom=args.headroom,
+                         calibration=calibration, **kw)

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import json
 import shlex
 import sys
 from pathlib import Path
 
 from planner.commands.common import (
+    add_search_args,
     add_setup_args,
     add_target_args,
     positive_int,
@@ -51,10 +51,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     which.add_argument("--plan", metavar="PLAN_JSON",
                        help="a plan.json from an earlier `plan configs`, `plan --json` output (its first plan) or "
                             "`plan estimate --json` output; re-estimated with this tuneplan")
-    g.add_argument("--global-batch", type=positive_int, metavar="N",
-                   help="sequences per optimizer step, all GPUs (default: 64, rounded to a multiple of the GPU count)")
-    g.add_argument("--headroom", type=float, default=0.10, metavar="F",
-                   help="fraction of GPU memory the search keeps free, in (0, 0.9) (default: 0.10)")
+    add_search_args(g)
     o = parser.add_argument_group("output")
     o.add_argument("--trainer", choices=TRAINER_CHOICES, default="all", help="which trainer's configs (default: all)")
     o.add_argument("--out", required=True, metavar="DIR", help="folder to write (refused if it exists and is not empty)")
@@ -63,20 +60,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _from_search(args: argparse.Namespace):  # noqa: ANN202
-    from planner.calibration_io import calibration_for
-    from planner.commands.common import resolve_target
-    from planner.commands.search import fixed_from_args
-    from planner.search import SearchError, SearchRequest, search
+    from planner.commands.common import resolve_target, search_request
+    from planner.search import SearchError, search
 
     if not args.model or not args.gpus:
         raise CliError("--model and --gpus are required (or pass --plan plan.json)")
-    if not 0 < args.headroom < 0.9:
-        raise CliError(f"--headroom {args.headroom} is outside (0, 0.9); e.g. --headroom 0.1 keeps 10 % free")
     model, cluster = resolve_target(args)
-    request = SearchRequest(
-        fixed=fixed_from_args(args), global_batch=args.global_batch, headroom=args.headroom,
-        top=max(args.pick, 5), calibration=calibration_for(cluster.gpu.name, args.recipe),
-    )
+    request = search_request(args, cluster, top=max(args.pick, 5))
     try:
         result = search(model, cluster, request)
     except SearchError as e:
@@ -106,26 +96,15 @@ def load_plan_json(args: argparse.Namespace):  # noqa: ANN202
     from profiles.cluster import make_cluster
     from profiles.registry import get_gpu, get_model
 
-    path = Path(args.plan)
+    from planner.plan_file import read_plan_file
+
+    pf = read_plan_file(args.plan)
+    d, name, cl = pf.plan, pf.model, pf.cluster
     try:
-        d = json.loads(path.read_text(encoding="utf-8"))
-        if isinstance(d, dict) and isinstance(d.get("plans"), list):
-            if not d["plans"]:
-                raise CliError(f"--plan {path} holds no plans (nothing fitted)")
-            d = d["plans"][0]
-        mem = d["memory"] if isinstance(d.get("memory"), dict) else d  # plan estimate --json: the estimate itself
-        name, cl = mem["model"], mem["cluster"]
-        setup = Setup(**(d.get("setup") or mem["setup"]))
-        old_peak = int(mem["per_gpu"]["peak_bytes"])
-    except FileNotFoundError:
-        raise CliError(f"--plan {path}: no such file") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CliError(f"--plan {path} is not JSON ({e})") from None
-    except (KeyError, TypeError, AttributeError):
-        raise CliError(f"--plan {path} is not a plan (expected plan configs' plan.json, plan --json or plan "
-                       "estimate --json output)") from None
+        setup = Setup(**pf.setup)
     except ValidationError as e:
-        raise CliError(f"--plan {path}: invalid setup: {str(e).splitlines()[-1].strip()}") from None
+        raise CliError(f"--plan {args.plan}: invalid setup: {str(e).splitlines()[-1].strip()}") from None
+    old_peak = pf.peak_bytes if pf.peak_bytes is not None else 0
     model = get_model(name)
     if args.model and get_model(args.model).name != model.name:
         raise CliError(f"--model {args.model} differs from the plan's model {model.name}; drop --model")

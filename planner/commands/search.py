@@ -6,12 +6,14 @@ import argparse
 
 from planner.commands.common import (
     add_output_args,
+    add_search_args,
     add_setup_args,
     add_target_args,
     positive_float,
     positive_int,
     print_json,
     resolve_target,
+    search_request,
 )
 from planner.errors import CliError
 
@@ -34,10 +36,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_target_args(parser)
     add_setup_args(parser, search=True)
     g = parser.add_argument_group("search")
-    g.add_argument("--global-batch", type=positive_int, metavar="N",
-                   help="sequences per optimizer step, all GPUs (default: 64, rounded to a multiple of the GPU count)")
-    g.add_argument("--headroom", type=float, default=0.10, metavar="F",
-                   help="fraction of GPU memory kept free, in (0, 0.9) (default: 0.10)")
+    add_search_args(g)
     g.add_argument("--objective", default="throughput", metavar="OBJ",
                    help="rank by throughput (tokens/s), cost (per token) or memory (lowest peak) (default: throughput)")
     g.add_argument("--top", type=positive_int, default=5, metavar="N", help="plans to show (default: 5)")
@@ -92,9 +91,8 @@ def dataset_tokens(args: argparse.Namespace) -> float | None:
 def run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from planner.calibration_io import calibration_for
     from planner.report import render_search
-    from planner.search import SearchError, SearchRequest, search
+    from planner.search import SearchError, search
     from planner.speed import train_time
 
     if args.price_per_gpu_hour is not None and args.price_per_gpu_hour < 0:
@@ -105,19 +103,13 @@ def run(args: argparse.Namespace) -> int:
         close = difflib.get_close_matches(args.objective, ["throughput", "cost", "memory"], n=1)
         hint = f"; did you mean {close[0]!r}?" if close else ""
         raise CliError(f"unknown --objective {args.objective!r}{hint} (valid: throughput, cost, memory)")
-    if not 0 < args.headroom < 0.9:
-        raise CliError(f"--headroom {args.headroom} is outside (0, 0.9); e.g. --headroom 0.1 keeps 10 % free")
     if args.efficiency is not None and not 0 < args.efficiency <= 1:
         raise CliError(f"--efficiency {args.efficiency} is outside (0, 1]")
     model, cluster = resolve_target(args)
     tokens = dataset_tokens(args)
-    def cal(recipe: str):  # noqa: ANN202
-        return calibration_for(cluster.gpu.name, recipe)
-
-    req = SearchRequest(
-        fixed=fixed_from_args(args), global_batch=args.global_batch, headroom=args.headroom,
-        objective=args.objective, top=args.top, price_per_gpu_hour=args.price_per_gpu_hour,
-        calibration=cal, efficiency=args.efficiency,
+    req = search_request(
+        args, cluster, objective=args.objective, top=args.top, price_per_gpu_hour=args.price_per_gpu_hour,
+        efficiency=args.efficiency,
     )
     try:
         result = search(model, cluster, req)

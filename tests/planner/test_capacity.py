@@ -8,7 +8,7 @@ import json
 import pytest
 
 from planner import capacity as C
-from planner.cli import main
+from tests.helpers import run
 from planner.search import SearchRequest, search
 from profiles.cluster import make_cluster, parse_cluster
 from profiles.registry import get_gpu, get_model
@@ -16,13 +16,6 @@ from profiles.registry import get_gpu, get_model
 GIB = 2**30
 
 
-def run(argv: list[str], capsys) -> tuple[int, str, str]:
-    try:
-        code = main(argv)
-    except SystemExit as e:  # argparse exits
-        code = e.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 # ---- properties of the answers -----------------------------------------------------------------------------

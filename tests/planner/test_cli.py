@@ -9,16 +9,9 @@ import sys
 
 import pytest
 
-from planner.cli import main
+from tests.helpers import run
 
 
-def run(argv: list[str], capsys) -> tuple[int, str, str]:
-    try:
-        code = main(argv)
-    except SystemExit as e:  # argparse exits
-        code = e.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 BAD = [
@@ -52,6 +45,12 @@ BAD = [
      "plan estimate: error: argument --zero: invalid choice: 5"),
     (["estimate", "--model", "llama3-8b", "--gpus", "h100", "--method", "qlora", "--lora-targets", "q_proj,foo"],
      "plan estimate: error: LoRA target foo is not a linear layer of Llama-3-8B"),
+    (["--model", "llama3-8b", "--gpus", "8xA800", "--lora-targets", "foo"],
+     "plan: error: LoRA target foo is not a linear layer of Llama-3-8B"),
+    (["--model", "llama3-8b", "--gpus", "8xA800", "--fsdp", "shard-grad-op", "--zero", "3"],
+     "plan: error: choose ZeRO or FSDP, not both (got --zero 3 and --fsdp shard-grad-op)"),
+    (["estimate", "--model", "llama3-8b", "--gpus", "8xA800", "--fsdp", "full-shard", "--zero", "2"],
+     "plan estimate: error: choose ZeRO or FSDP, not both (got --zero 2 and --fsdp full-shard)"),
     (["estimat", "--model", "x"], "plan: error: unknown command 'estimat'; did you mean 'estimate'?"),
 ]
 
