@@ -37,15 +37,13 @@ from typing import Any, Callable, Sequence
 
 from planner.memory import estimate_memory
 from planner.results import Plan
-from planner.search import SearchError, SearchRequest, SearchResult, default_global_batch, search
+from planner.search import MAX_MICRO_BATCH, SearchError, SearchRequest, SearchResult, default_global_batch, search
 from planner.setup import SetupError
 from profiles.cluster import Cluster, make_cluster
 from profiles.schema import GpuProfile, ModelProfile
 
 SEQ_STEP = 256
 """Granularity of the longest-sequence answer, in tokens."""
-MAX_MICRO_BATCH = 64
-"""Largest micro-batch we look for (the search's own ceiling, :data:`planner.search.MAX_MICRO_BATCH`)."""
 MAX_NODES = 64
 """Largest cluster the fewest-GPUs question tries: 64 nodes."""
 DEFAULT_SEQ = 2048

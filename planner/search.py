@@ -29,7 +29,11 @@ DEFAULT_GLOBAL_BATCH = 64
 """Default global batch in sequences: LLaMA-Factory's example SFT configs use 1-2 per device x 8 accumulation
 on 8 GPUs (64-128 sequences); we take 64 (rounded up to a multiple of the data-parallel size)."""
 MAX_MICRO_BATCH = 64
+"""Search bound on the micro-batch (a search limit, not a hardware fact; larger values rarely speed anything up
+and fit only tiny models)."""
 DEFAULT_HEADROOM = 0.10
+"""Fraction of GPU memory kept free by default (issue 5: "default 10 % of GPU memory"), for what the engine cannot
+see: fragmentation beyond the allocator margin, kernel workspaces, data-loader pinned buffers."""
 
 
 @dataclass(frozen=True)

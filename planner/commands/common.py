@@ -69,33 +69,37 @@ def add_setup_args(parser: argparse.ArgumentParser, search: bool = False) -> Non
     def default(value: Any) -> Any:
         return None if search else value
 
-    free = " (default: searched)" if search else ""
+    def dflt(value: Any) -> str:
+        return " (default: searched)" if search else f" (default: {value})"
+
     g = parser.add_argument_group("training setup" + (" (each flag fixes that dimension)" if search else ""))
     g.add_argument("--method", choices=get_args(Method), default=default(d.method),
-                   help=f"full | lora | qlora | freeze (default: {d.method}){free}")
+                   help=f"full | lora | qlora | freeze {dflt(d.method)}")
     g.add_argument("--recipe", choices=get_args(Recipe), default=default(None),
                    help="precision recipe: hf-amp | deepspeed-bf16 | bf16 | fp16-amp "
-                        "(default: deepspeed-bf16 with ZeRO, hf-amp otherwise; fp16-amp on GPUs without bf16)")
+                        + ("(default: searched: deepspeed-bf16 under ZeRO, hf-amp or bf16 otherwise; "
+                           "fp16-amp on GPUs without bf16)" if search else
+                           "(default: deepspeed-bf16 with ZeRO, hf-amp otherwise; fp16-amp on GPUs without bf16)"))
     g.add_argument("--optimizer", choices=get_args(Optimizer), default=default(d.optimizer),
-                   help=f"optimizer (default: {d.optimizer}){free}")
+                   help=f"optimizer {dflt(d.optimizer)}")
     g.add_argument("--zero", type=int, choices=[0, 1, 2, 3], default=default(None),
-                   help="DeepSpeed ZeRO stage; 0 = DDP (default: 0 on one GPU)" + free)
+                   help="DeepSpeed ZeRO stage; 0 = DDP" + dflt(0))
     g.add_argument("--fsdp", choices=["full-shard", "shard-grad-op"], default=None,
                    help="use PyTorch FSDP with this sharding strategy instead of ZeRO")
     g.add_argument("--offload", choices=["none", "optimizer", "optimizer+params"], default=default(d.offload),
-                   help="offload optimizer states (ZeRO >= 1) or also parameters (ZeRO-3) to CPU RAM" + free)
+                   help="offload optimizer states (ZeRO >= 1) or also parameters (ZeRO-3) to CPU RAM" + dflt(d.offload))
     g.add_argument("--checkpointing", choices=get_args(Checkpointing), default=default(d.checkpointing),
-                   help="activation checkpointing: none | full | selective (attention only)" + free)
+                   help="activation checkpointing: none | full | selective (attention only)" + dflt(d.checkpointing))
     g.add_argument("--checkpoint-every", type=positive_int, default=default(d.checkpoint_every), metavar="K",
                    help="checkpoint every K-th block only (default 1: all blocks)")
     g.add_argument("--attention", choices=get_args(Attention), default=default(d.attention),
                    help=f"attention kernel: sdpa | flash | eager (default: {d.attention})")
     g.add_argument("--loss", choices=get_args(Loss), default=default(d.loss),
-                   help="loss kernel: plain (fp32 logits) | chunked | liger (fused linear CE)" + free)
+                   help="loss kernel: plain (fp32 logits) | chunked | liger (fused linear CE)" + dflt(d.loss))
     g.add_argument("--micro-batch", type=positive_int, default=default(d.micro_batch), metavar="N",
-                   help=f"per-GPU micro-batch (default: {d.micro_batch}){free}")
+                   help=f"per-GPU micro-batch {dflt(d.micro_batch)}")
     g.add_argument("--grad-accum", type=positive_int, default=default(d.grad_accum), metavar="N",
-                   help=f"gradient accumulation steps (default: {d.grad_accum}){free}")
+                   help=f"gradient accumulation steps {dflt(d.grad_accum)}")
     g.add_argument("--seq", type=positive_int, default=d.seq_len, metavar="N",
                    help=f"sequence length in tokens (default: {d.seq_len})")
     g.add_argument("--packing", action=argparse.BooleanOptionalAction, default=default(d.packing),
