@@ -1,6 +1,6 @@
 """Accuracy of the memory engine against the trace, over a matrix of real models and setups.
 
-For each case, ``planner.memory.estimate_memory`` and ``validation.trace.trace_memory`` (the real
+For each case, ``planner.engine.memory.estimate_memory`` and ``validation.trace.trace_memory`` (the real
 transformers model code under FakeTensorMode, two steps) run on the same model, cluster and setup; the
 engine's allocated peak (its peak less framework overhead, allocator margin and the untraced comm buffers)
 is compared with the traced peak, in total, for the activation share and per category. Target (issue 4):
@@ -32,8 +32,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from planner.results import CATEGORIES  # noqa: E402
-from planner.setup import Setup  # noqa: E402
+from planner.engine.results import CATEGORIES  # noqa: E402
+from planner.engine.setup import Setup  # noqa: E402
 from profiles.cluster import parse_cluster  # noqa: E402
 from profiles.registry import get_model  # noqa: E402
 
@@ -143,7 +143,7 @@ def header(command: str, versions: dict[str, str], state: str) -> str:
         f"_{state}_\n\n"
         f"Generated {_dt.date.today().isoformat()} by `{command}` on {platform.machine()} "
         f"({platform.python_implementation()} {platform.python_version()}; {v}).\n\n"
-        "Each case runs `planner.memory.estimate_memory` and `validation.trace.trace_memory` (the transformers "
+        "Each case runs `planner.engine.memory.estimate_memory` and `validation.trace.trace_memory` (the transformers "
         "model code on fake tensors, two training steps, see docs/trace.md) on the same model, GPUs and setup. "
         "*Traced* is the largest live tensor total of any phase; *estimated* is the engine's peak less "
         "`framework_overhead`, `allocator_margin` and `comm_buffers` (none of which a single-process trace "
@@ -196,7 +196,7 @@ def finish(path: Path, command: str, versions: dict[str, str], results: list[dic
         out.append(
             "\n## One block's saved activations: trace vs engine\n\n"
             "Traced as the difference between 1 and 2 blocks at s = 256 and 512 (bytes per token, and per token "
-            "per position for the s^2 terms of eager attention), against `planner.activations.layer_inventory`."
+            "per position for the s^2 terms of eager attention), against `planner.engine.activations.layer_inventory`."
             "\n\n| case | traced B/token | engine B/token | error % | traced B/token/pos | engine B/token/pos |\n"
             "|---|---:|---:|---:|---:|---:|\n")
         for case, fit in layer_fits:

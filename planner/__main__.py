@@ -1,5 +1,5 @@
 """``python -m planner`` is the same as the ``plan`` command."""
 
-from planner.cli import entry
+from planner.app.cli import entry
 
 entry()

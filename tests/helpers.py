@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from planner.cli import main
+from planner.app.cli import main
 
 
 def run(argv: list[str], capsys) -> tuple[int, str, str]:

@@ -3,7 +3,7 @@
 * The model comes from its config (``profiles.hf_config.to_hf_config``) with random weights, created directly
   on the device in the dtype the recipe stores it in (no download, no CPU copy); ``--weights DIR`` loads a
   local checkpoint instead.
-* Dtypes follow :func:`planner.dtypes.recipe_bytes`, the engine's own recipe table, so the run and the
+* Dtypes follow :func:`planner.engine.dtypes.recipe_bytes`, the engine's own recipe table, so the run and the
   estimate count the same bytes: HF AMP keeps trainable weights fp32 under ``torch.autocast``, the frozen base
   of LoRA / QLoRA / freeze in the compute dtype; ``bf16`` is pure bf16; ``deepspeed-bf16`` runs the real
   DeepSpeed engine (fp32 master and gradient partition inside DeepSpeed's optimizer).
@@ -31,8 +31,8 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from planner.dtypes import recipe_bytes
-from planner.setup import Setup, lora_target_names
+from planner.engine.dtypes import recipe_bytes
+from planner.engine.setup import Setup, lora_target_names
 from validation.spec import RunSpec
 
 SELECTIVE = "tuneplan_selective"
@@ -46,7 +46,7 @@ def _has(module: str) -> bool:
 
 
 def uses_deepspeed(setup: Setup) -> bool:
-    """DeepSpeed runs the step when the recipe is DeepSpeed's or a ZeRO stage is set (as planner.dtypes)."""
+    """DeepSpeed runs the step when the recipe is DeepSpeed's or a ZeRO stage is set (as planner.engine.dtypes)."""
     return setup.recipe == "deepspeed-bf16" or setup.zero > 0
 
 

@@ -1,17 +1,17 @@
-"""Fit :class:`planner.calibration.Calibration` from validation measurements, per GPU kind and recipe.
+"""Fit :class:`planner.engine.calibration.Calibration` from validation measurements, per GPU kind and recipe.
 
 For every finished CUDA run (status ``ok``) of one GPU kind and precision recipe:
 
 * allocator factor ``f_i = max_memory_reserved / max_memory_allocated``;
 * fixed overhead ``o_i = driver-used - reserved`` at the end of the steady state (the driver's view minus what
   PyTorch's caching allocator holds: CUDA context, cuBLAS / cuDNN workspaces, NCCL buffers);
-* efficiency ``e_i``: the ``efficiency`` for which :func:`planner.speed.estimate_speed`, on the device's GPU
+* efficiency ``e_i``: the ``efficiency`` for which :func:`planner.engine.speed.estimate_speed`, on the device's GPU
   profile, gives the measured step time (bisection; step time falls monotonically as efficiency rises).
 
 Each fitted value is the median over the runs (robust to one odd run). Generalisation is checked by leave-one-
 out: each run is predicted from a fit on all the others, and the mean and largest relative errors are
 reported for reserved bytes, driver-used bytes, tokens/s and, through the whole engine
-(:func:`planner.memory.estimate_memory` with the held-out calibration), the total per-GPU peak against the
+(:func:`planner.engine.memory.estimate_memory` with the held-out calibration), the total per-GPU peak against the
 driver's figure. Runs on the CPU, runs that did not finish, and runs whose device matches no GPU profile are
 skipped with the reason.
 """
@@ -24,7 +24,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from planner.calibration import Calibration, HoldoutError, calibration_filename
+from planner.engine.calibration import Calibration, HoldoutError, calibration_filename
 from validation.measurement import Measurement, atomic_write_text, measurements_path, read_measurements
 
 EFFICIENCY_BOUNDS = (1e-4, 1.0)
@@ -103,7 +103,7 @@ def _loo(values: list[float], predict: Callable[[int, float], float], actual: li
 
 
 def _engine_inputs(s: Sample):  # type: ignore[no-untyped-def]
-    from planner.setup import Setup
+    from planner.engine.setup import Setup
     from profiles.cluster import make_cluster
     from profiles.registry import get_gpu
     from profiles.schema import ModelProfile
@@ -120,7 +120,7 @@ def achieved_efficiency(s: Sample) -> float | None:
     if not s.step_s:
         return None
     try:
-        from planner.speed import estimate_speed
+        from planner.engine.speed import estimate_speed
 
         model, cluster, setup = _engine_inputs(s)
 
@@ -144,7 +144,7 @@ def achieved_efficiency(s: Sample) -> float | None:
 
 
 def _predicted_step(s: Sample, e: float) -> float:
-    from planner.speed import estimate_speed
+    from planner.engine.speed import estimate_speed
 
     model, cluster, setup = _engine_inputs(s)
     return estimate_speed(model, cluster, setup, efficiency=e).step_s
@@ -210,7 +210,7 @@ def _holdout_peak(samples: list[Sample], base: dict) -> HoldoutError | None:
     if len(usable) < 2:
         return None
     try:
-        from planner.memory import estimate_memory
+        from planner.engine.memory import estimate_memory
     except ImportError:
         return None
     errs = []

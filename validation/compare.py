@@ -1,11 +1,11 @@
 """Estimate versus measurement: which numbers are compared with which, computed once for the report and
 for calibration.
 
-The estimate comes from :func:`planner.memory.estimate_memory` and :func:`planner.speed.estimate_speed`
+The estimate comes from :func:`planner.engine.memory.estimate_memory` and :func:`planner.engine.speed.estimate_speed`
 (uncalibrated, for the plan's cluster). Three comparisons:
 
 * **Peaks**: the estimate's allocated peak (total less framework overhead and allocator margin,
-  :func:`planner.memory.allocated_bytes`) against ``max_memory_allocated`` (CPU: the profiler's peak live
+  :func:`planner.engine.memory.allocated_bytes`) against ``max_memory_allocated`` (CPU: the profiler's peak live
   tensor bytes); the estimate less overhead against ``max_memory_reserved``; the whole estimate against the
   driver's used memory (CUDA).
 * **Phases**: the estimate's ``after_load`` / ``forward_peak`` / ``backward_peak`` / ``optimizer_peak`` (less
@@ -43,19 +43,19 @@ INVENTORY_GROUPS = {"weights": ("weights_trainable", "weights_frozen", "buffers"
 def estimates(model: Any, cluster: Any, setup: Any, padding_efficiency: float = 1.0) -> tuple[dict | None, dict | None, str | None]:
     """(MemoryEstimate JSON, SpeedEstimate JSON, why missing) for the plan, uncalibrated."""
     try:
-        from planner.memory import estimate_memory
+        from planner.engine.memory import estimate_memory
     except ImportError as e:
-        return None, None, f"planner.memory unavailable ({e})"
+        return None, None, f"planner.engine.memory unavailable ({e})"
     try:
         mem = estimate_memory(model, cluster, setup).to_json()
     except ValueError as e:
         return None, None, f"no memory estimate: {e}"
     try:
-        from planner.speed import estimate_speed
+        from planner.engine.speed import estimate_speed
 
         speed = estimate_speed(model, cluster, setup, padding_efficiency=padding_efficiency).to_json()
     except ImportError as e:
-        return mem, None, f"planner.speed unavailable ({e})"
+        return mem, None, f"planner.engine.speed unavailable ({e})"
     except ValueError as e:
         return mem, None, f"no speed estimate: {e}"
     return mem, speed, None

@@ -19,7 +19,7 @@ from typing import Iterator
 
 import torch
 
-from planner.errors import CliError
+from planner.app.errors import CliError
 from validation.spec import RunSpec
 
 IGNORE = -100

@@ -26,7 +26,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from planner.errors import CliError
+from planner.app.errors import CliError
 from validation.build import fallback_deepspeed_config, uses_deepspeed
 from validation.measurement import Measurement, atomic_write_text
 from validation.spec import RunSpec
@@ -41,9 +41,9 @@ def deepspeed_config(spec: RunSpec) -> tuple[dict[str, Any], str]:
     try:
         from planner.emit.common import Target
         from planner.emit.deepspeed import deepspeed_config as emit_config
-        from planner.memory import estimate_memory
-        from planner.results import Plan
-        from planner.speed import estimate_speed
+        from planner.engine.memory import estimate_memory
+        from planner.engine.results import Plan
+        from planner.engine.speed import estimate_speed
     except ImportError:
         return fallback_deepspeed_config(spec), "validation.build.fallback_deepspeed_config (planner.emit absent)"
     m, c, s = spec.model, spec.cluster, spec.setup

@@ -70,7 +70,7 @@ def _table(rows: list[Row], fmt=fmt_bytes, what: str = "quantity") -> list[str]:
 
 
 def _setup_short(m: Measurement) -> str:
-    from planner.setup import Setup
+    from planner.engine.setup import Setup
 
     try:
         return Setup.model_validate(m.setup).short() + f" · seq {m.setup.get('seq_len')} · {m.setup.get('recipe')}"

@@ -12,7 +12,7 @@ A matrix file is YAML, either a plain list of runs or a mapping::
 
 Run keys: ``label``, ``model`` (a name, a config.json path, or a ModelProfile YAML file), ``gpus``, ``steps``,
 ``warmup``, ``device``, ``weights``, ``dataset``, ``timeline``, ``snapshot``, ``profile_step``, ``seed``,
-``host_ram_gib``, ``inter_node_gb_s``; every other key is a :class:`~planner.setup.Setup` field (``seq`` is
+``host_ram_gib``, ``inter_node_gb_s``; every other key is a :class:`~planner.engine.setup.Setup` field (``seq`` is
 accepted for ``seq_len``). Unset Setup fields take the same defaults as ``plan estimate`` (the recipe:
 DeepSpeed's with ZeRO, HF AMP otherwise, fp16 AMP on GPUs without bf16; LoRA alpha: 2 x rank).
 """
@@ -27,8 +27,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from planner.errors import CliError
-from planner.setup import Setup, validate_setup
+from planner.app.errors import CliError
+from planner.engine.setup import Setup, validate_setup
 from profiles.cluster import Cluster, make_cluster, parse_cluster
 from profiles.schema import ModelProfile
 
@@ -104,7 +104,7 @@ def resolve_model(arg: str, base: Path | None = None) -> ModelProfile:
 
 
 def default_recipe(cluster: Cluster, zero: int, fsdp: str | None) -> str:
-    from planner.commands.common import default_recipe as _default
+    from planner.app.commands.common import default_recipe as _default
 
     return _default(cluster, zero, fsdp)
 
@@ -134,7 +134,7 @@ def cluster_from(gpus: str, host_ram_gib: float | None = None, inter_node_gb_s: 
 
 
 def check(spec: RunSpec) -> RunSpec:
-    """Reject impossible setups (:func:`planner.setup.validate_setup`) before anything runs."""
+    """Reject impossible setups (:func:`planner.engine.setup.validate_setup`) before anything runs."""
     validate_setup(spec.setup, spec.model, spec.cluster)
     return spec
 
@@ -220,8 +220,8 @@ def expand_grid(grid: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def read_plan_file(path: str | Path) -> dict[str, Any]:
-    """Model, cluster and setup of a plan JSON (:func:`planner.plan_file.read_plan_file`, the one reader)."""
-    from planner.plan_file import read_plan_file as read
+    """Model, cluster and setup of a plan JSON (:func:`planner.app.plan_file.read_plan_file`, the one reader)."""
+    from planner.app.plan_file import read_plan_file as read
 
     pf = read(path)
     return {"model": pf.model, "cluster": pf.cluster, "setup": pf.setup}

@@ -1,7 +1,7 @@
 """Ready-to-run trainer configs from a plan (``plan configs``).
 
 Pure generators: each module turns a :class:`~planner.emit.common.Target` (plan + model + cluster) into dicts
-and text; only :mod:`planner.emit.writer` touches the file system. :func:`build_files` assembles everything one
+and text; only :mod:`planner.fileio` touches the file system. :func:`build_files` assembles everything one
 ``plan configs`` run writes:
 
 * :mod:`~planner.emit.deepspeed` - DeepSpeed JSON, explicit and HF-integration (``"auto"``) flavours

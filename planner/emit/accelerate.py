@@ -32,7 +32,7 @@ from planner.emit.common import (
     learning_rate,
 )
 from planner.emit.yamltext import dump
-from planner.setup import Setup, lora_target_names
+from planner.engine.setup import Setup, lora_target_names
 
 Backend = Literal["deepspeed", "fsdp", "ddp"]
 TRAINER_OF: dict[str, Backend] = {"hf-deepspeed": "deepspeed", "hf-fsdp": "fsdp", "hf-ddp": "ddp"}
@@ -198,7 +198,7 @@ def model_settings(t: Target) -> dict[str, Any]:
     """``from_pretrained`` keyword arguments and ``peft.LoraConfig`` arguments."""
     s = t.setup
     half = {"bf16": "bfloat16", "fp16": "float16"}[half_dtype(s)]
-    # HF AMP keeps fp32 weights that train and autocasts (planner.dtypes, recipe hf-amp / fp16-amp); LoRA bases
+    # HF AMP keeps fp32 weights that train and autocasts (planner.engine.dtypes, recipe hf-amp / fp16-amp); LoRA bases
     # and pure bf16 load in the 16-bit dtype; DeepSpeed casts to 16-bit itself.
     fp32 = s.method == "full" and s.recipe in ("hf-amp", "fp16-amp")
     kwargs: dict[str, Any] = {"dtype": "float32" if fp32 else half, "attn_implementation": HF_ATTENTION[s.attention]}

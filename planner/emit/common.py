@@ -11,8 +11,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Literal
 
-from planner.results import Plan
-from planner.setup import Setup
+from planner.engine.results import Plan
+from planner.engine.setup import Setup
 from profiles.cluster import Cluster
 from profiles.schema import ModelProfile
 

@@ -9,7 +9,7 @@
   eps, weight_decay}``, ``fp16.enabled``, ``bf16.enabled``; ``trainer_config_finalize``:
   ``zero_optimization.reduce_bucket_size`` = h*h and, at stage 3, ``stage3_prefetch_bucket_size`` = 0.9*h*h and
   ``stage3_param_persistence_threshold`` = 10*h). The explicit flavour writes the same numbers, taken from
-  :func:`planner.memory.zero_bucket_elements`, the function the memory engine counts the buffers with.
+  :func:`planner.engine.memory.zero_bucket_elements`, the function the memory engine counts the buffers with.
 
 Explicit values where DeepSpeed's docs and code disagree (docs ``docs/_pages/config-json.md`` against
 ``deepspeed/runtime/zero/config.py`` of deepspeed 0.19.8):
@@ -45,7 +45,7 @@ from planner.emit.common import (
     header_lines,
     learning_rate,
 )
-from planner.memory import zero_bucket_elements
+from planner.engine.memory import zero_bucket_elements
 
 Flavour = Literal["explicit", "hf"]
 DEEPSPEED_VERSION = "0.19.8"

@@ -35,7 +35,7 @@ from planner.emit.common import (
     learning_rate,
 )
 from planner.emit.yamltext import dump
-from planner.setup import lora_target_names
+from planner.engine.setup import lora_target_names
 from profiles.schema import ModelProfile
 
 LLAMAFACTORY_VERSION = "0.9.5"

@@ -6,8 +6,8 @@ import json
 
 from planner.emit import deepspeed as ds
 from planner.emit.common import GIB, TRAINERS, Emitted, NotExpressible, Target, gib, header_lines
-from planner.results import CATEGORIES, PHASES
-from planner.setup import ATTENTION, CHECKPOINTING, LOSSES, METHODS, OPTIMIZERS, RECIPES
+from planner.engine.results import CATEGORIES, PHASES
+from planner.engine.setup import ATTENTION, CHECKPOINTING, LOSSES, METHODS, OPTIMIZERS, RECIPES
 
 FILENAME = "PLAN.md"
 JSON_FILENAME = "plan.json"

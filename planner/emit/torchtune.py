@@ -30,7 +30,7 @@ from planner.emit.common import (
     learning_rate,
 )
 from planner.emit.yamltext import dump
-from planner.setup import lora_target_names
+from planner.engine.setup import lora_target_names
 
 TORCHTUNE_VERSION = "0.6.1"
 FILENAME = "torchtune.yaml"

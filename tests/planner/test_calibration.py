@@ -1,4 +1,4 @@
-"""Calibration: the data type and its reader (planner.calibration), and the fit from measurements
+"""Calibration: the data type and its reader (planner.engine.calibration), and the fit from measurements
 (validation.calibrate, ``plan calibrate``) on synthetic runs whose true terms are known."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import random
 
 import pytest
 
-from planner.calibration import (
+from planner.engine.calibration import (
     Calibration,
     CalibrationError,
     HoldoutError,
@@ -66,9 +66,9 @@ def test_load_round_trip_missing_and_broken(tmp_path):
 
 
 def test_engine_uses_the_calibration():
-    from planner.memory import estimate_memory
-    from planner.setup import Setup
-    from planner.speed import estimate_speed
+    from planner.engine.memory import estimate_memory
+    from planner.engine.setup import Setup
+    from planner.engine.speed import estimate_speed
     from profiles.cluster import parse_cluster
     from profiles.registry import get_model
 
@@ -93,9 +93,9 @@ SETUPS = [
 
 def synthetic_runs(noise: float = 0.0, seed: int = 0):
     """Measurements as a GPU would record them, generated from known overhead, factor and efficiency."""
-    from planner.memory import allocated_bytes, estimate_memory
-    from planner.setup import Setup
-    from planner.speed import estimate_speed
+    from planner.engine.memory import allocated_bytes, estimate_memory
+    from planner.engine.setup import Setup
+    from planner.engine.speed import estimate_speed
     from profiles.cluster import parse_cluster
     from profiles.registry import get_model
     from validation.measurement import Measurement, PhaseMemory
@@ -168,8 +168,8 @@ def test_fit_with_noise_reports_honest_holdout_error(tmp_path):
 
 
 def test_cli_writes_the_file_that_plan_reads(tmp_path, capsys):
-    from planner.calibration_io import calibration_for  # the lead's reader goes through load_calibration
-    from planner.cli import main
+    from planner.app.calibration_io import calibration_for  # the lead's reader goes through load_calibration
+    from planner.app.cli import main
 
     runs = synthetic_runs()
     d = write_runs(tmp_path, runs)
@@ -190,7 +190,7 @@ def test_cli_writes_the_file_that_plan_reads(tmp_path, capsys):
 
 
 def test_cli_with_nothing_usable(tmp_path, capsys):
-    from planner.cli import main
+    from planner.app.cli import main
 
     run = synthetic_runs()[0].model_copy(update={"device": "cpu", "device_gpu": None})
     d = write_runs(tmp_path, [run])

@@ -1,4 +1,4 @@
-"""Capacity (planner.capacity and ``plan capacity``): the answers are consistent with the search they come
+"""Capacity (planner.search.capacity and ``plan capacity``): the answers are consistent with the search they come
 from, grow the right way with the hardware and the method, and the command keeps its contracts."""
 
 from __future__ import annotations
@@ -7,9 +7,9 @@ import json
 
 import pytest
 
-from planner import capacity as C
+from planner.search import capacity as C
 from tests.helpers import run
-from planner.search import SearchRequest, search
+from planner.search.rank import SearchRequest, search
 from profiles.cluster import make_cluster, parse_cluster
 from profiles.registry import get_gpu, get_model
 

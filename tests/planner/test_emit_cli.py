@@ -9,7 +9,7 @@ import json
 import pytest
 import yaml
 
-from planner.cli import main
+from planner.app.cli import main
 from tests.planner.data.emit_cases import check_llamafactory_keys as check_keys_and_values
 from tests.planner.data.emit_cases import parse_with_deepspeed
 

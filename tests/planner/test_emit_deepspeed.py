@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 
 from planner.emit import NotExpressible, deepspeed as ds
 from planner.emit import accelerate as acc
-from planner.memory import zero_bucket_elements
+from planner.engine.memory import zero_bucket_elements
 from tests.planner.data.emit_cases import CASES, expressible, parse_with_deepspeed, random_targets, target
 
 deepspeed = pytest.importorskip("deepspeed")

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from planner.emit import build_files, trainers_for
-from planner.emit.writer import write_files
+from planner.fileio import write_files
 from tests.planner.data.emit_cases import CASES, target
 
 BASH = shutil.which("bash")

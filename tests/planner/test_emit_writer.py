@@ -9,8 +9,8 @@ import stat
 
 import pytest
 
-from planner.emit.writer import write_files
-from planner.errors import CliError
+from planner.fileio import write_files
+from planner.app.errors import CliError
 
 FILES = {"PLAN.md": "# plan\n", "launch.sh": "#!/usr/bin/env bash\n", "sub/ds.json": "{}\n"}
 

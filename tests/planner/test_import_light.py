@@ -16,12 +16,12 @@ def _loaded_after(code: str) -> list[str]:
 
 
 def test_import_planner_does_not_import_torch():
-    assert _loaded_after("import planner, planner.memory, planner.speed, planner.search, planner.setup") == []
+    assert _loaded_after("import planner, planner.engine.memory, planner.engine.speed, planner.search.rank, planner.engine.setup") == []
 
 
 def test_main_job_does_not_import_torch():
     code = (
-        "import io, contextlib\nfrom planner.cli import main\n"
+        "import io, contextlib\nfrom planner.app.cli import main\n"
         "buf = io.StringIO()\n"
         "with contextlib.redirect_stdout(buf):\n    main(['--model', 'llama3-8b', '--gpus', '8xA800', '--json'])\n"
     )

@@ -8,9 +8,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from planner.activations import korthikanti_layer_bytes
-from planner.dtypes import recipe_bytes
-from planner.memory import (
+from planner.engine.activations import korthikanti_layer_bytes
+from planner.engine.dtypes import recipe_bytes
+from planner.engine.memory import (
     allocated_bytes,
     estimate_memory,
     lora_adapter_params,
@@ -19,8 +19,8 @@ from planner.memory import (
     trainable_counts,
     zero_paper_model_state_bytes,
 )
-from planner.results import CATEGORIES
-from planner.setup import Setup, SetupError
+from planner.engine.results import CATEGORIES
+from planner.engine.setup import Setup, SetupError
 from profiles.cluster import make_cluster, parse_cluster
 from profiles.params import largest_layer_params, linear_layers, param_counts
 from profiles.registry import get_gpu, get_model

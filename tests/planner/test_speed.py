@@ -1,4 +1,4 @@
-"""Tests of the speed model (planner/speed.py, derivations in docs/speed.md).
+"""Tests of the speed model (planner/engine/speed.py, derivations in docs/speed.md).
 
 Model shapes come from shared/reference/models.md (the models' own config.json files); GPU figures from
 shared/reference/hardware.md. The fixtures are built here so the tests do not depend on the shipped YAML
@@ -15,8 +15,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from planner.setup import Setup, SetupError
-from planner.speed import (
+from planner.engine.setup import Setup, SetupError
+from planner.engine.speed import (
     FLASH_BACKWARD_FACTOR,
     HOST_OPTIMIZER_BANDWIDTH_BYTES_PER_S,
     PARTS,
@@ -271,7 +271,7 @@ def test_moe_counts_routed_experts_only():
     expert_fwd = 2 * 3 * 256 * 384  # gate, up, down of one expert
     assert topk4.forward["moe"] - base.forward["moe"] == 4 * 2 * expert_fwd
     assert base.forward["mlp"] == 0
-    # LoRA does not adapt routed experts (3-D tensors in transformers >= 5, planner.memory's rule): only attention
+    # LoRA does not adapt routed experts (3-D tensors in transformers >= 5, planner.engine.memory's rule): only attention
     lora = flops_per_token(MOE, Setup(seq_len=512, method="lora", lora_rank=8))
     assert lora.forward["lora"] == 4 * 8 * 2 * ((256 + 256) + 2 * (256 + 128) + (256 + 256))
 
@@ -446,7 +446,7 @@ def test_train_time():
 
 
 def test_import_does_not_load_torch():
-    code = "import sys, planner.speed; print('torch' in sys.modules)"
+    code = "import sys, planner.engine.speed; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 

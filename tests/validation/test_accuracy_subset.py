@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 
-from planner.setup import Setup
+from planner.engine.setup import Setup
 from profiles.cluster import parse_cluster
 from profiles.registry import get_model
 

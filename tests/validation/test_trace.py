@@ -11,8 +11,8 @@ import sys
 
 import pytest
 
-from planner.results import CATEGORIES, PHASES
-from planner.setup import Setup
+from planner.engine.results import CATEGORIES, PHASES
+from planner.engine.setup import Setup
 from profiles.cluster import parse_cluster
 from profiles.registry import get_model
 from validation.trace import TraceUnavailable, plan_trace, require_torch
@@ -153,7 +153,7 @@ def _model_states(est) -> int:
 
 def test_json_has_the_estimate_shape():
     r = trace_memory(tiny(), ONE, setup())
-    from planner.memory import estimate_memory
+    from planner.engine.memory import estimate_memory
 
     engine = estimate_memory(tiny(), ONE, setup()).to_json()
     out = r.to_json()
@@ -281,7 +281,7 @@ def tiny_config(tmp_path):
 
 
 def test_cli_json(tiny_config, capsys):
-    from planner.cli import main
+    from planner.app.cli import main
 
     assert main(["trace", "--model", tiny_config, "--gpus", "A800", "--seq", "64", "--recipe", "bf16",
                  "--json"]) == 0
@@ -291,7 +291,7 @@ def test_cli_json(tiny_config, capsys):
 
 
 def test_cli_table(tiny_config, capsys):
-    from planner.cli import main
+    from planner.app.cli import main
 
     assert main(["trace", "--model", tiny_config, "--gpus", "A800", "--seq", "64", "--detail"]) == 0
     out = capsys.readouterr().out
@@ -301,7 +301,7 @@ def test_cli_table(tiny_config, capsys):
 def test_cli_without_torch_says_how_to_install(tiny_config, capsys, monkeypatch):
     import importlib.util
 
-    from planner.cli import main
+    from planner.app.cli import main
 
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "torch" else real(name, *a))
@@ -313,6 +313,6 @@ def test_cli_without_torch_says_how_to_install(tiny_config, capsys, monkeypatch)
 
 
 def test_command_module_does_not_import_torch():
-    code = "import sys, planner.commands.trace, validation.trace; print('torch' in sys.modules)"
+    code = "import sys, planner.app.commands.trace, validation.trace; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from planner.cli import main
+from planner.app.cli import main
 from validation.faults import INTERRUPT_ENV, OOM_ENV
 from validation.measurement import read_measurements
 from validation.runner import run_one

@@ -15,7 +15,7 @@ SCRIPT = ROOT / "validation" / "gpu" / "run_h100.sh"
 
 
 def test_h100_matrix_is_valid_and_every_run_fits():
-    from planner.memory import estimate_memory
+    from planner.engine.memory import estimate_memory
     from validation.spec import load_matrix
 
     specs = load_matrix(ROOT / "validation" / "gpu" / "matrix_h100.yaml")

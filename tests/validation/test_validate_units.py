@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from planner.errors import CliError
+from planner.app.errors import CliError
 from validation.measurement import (
     MEASUREMENTS_FILE,
     Measurement,
@@ -97,8 +97,8 @@ def test_matrix_errors_are_one_line(tmp_path, text, message):
 
 
 def test_plan_files_of_every_shape(tmp_path):
-    from planner.memory import estimate_memory
-    from planner.setup import Setup
+    from planner.engine.memory import estimate_memory
+    from planner.engine.setup import Setup
     from profiles.cluster import parse_cluster
     from profiles.registry import get_model
 
@@ -161,7 +161,7 @@ def test_deepspeed_config_comes_from_the_emitter(tmp_path):
 
 
 def test_dry_run_prints_the_launch_command(capsys, tmp_path):
-    from planner.cli import main
+    from planner.app.cli import main
 
     code = main(["validate", "--model", "qwen2.5-0.5b", "--gpus", "8xH100", "--zero", "3", "--seq", "512", "--device", "cuda",
                  "--dry-run", "--out", str(tmp_path)])
@@ -171,7 +171,7 @@ def test_dry_run_prints_the_launch_command(capsys, tmp_path):
 
 
 def test_validate_bad_input_is_one_line(capsys, tmp_path):
-    from planner.cli import main
+    from planner.app.cli import main
 
     assert main(["validate", "--gpus", "H100", "--out", str(tmp_path)]) == 2
     assert "give --plan FILE, --matrix FILE, or --model MODEL with --gpus SPEC" in capsys.readouterr().err
@@ -214,7 +214,7 @@ def test_not_runnable_reasons():
 
 
 def test_validate_a_plan_file_dry_run(tmp_path, capsys):
-    from planner.cli import main
+    from planner.app.cli import main
 
     assert main(["estimate", "--model", "qwen2.5-0.5b", "--gpus", "H100", "--method", "lora", "--seq", "256",
                  "--checkpointing", "full", "--json"]) == 0

@@ -3,7 +3,7 @@
 ``trace_memory(model, cluster, setup)`` builds the transformers model of a profile on fake tensors (no
 weights, no download), applies the setup (precision recipe, LoRA / DoRA / freeze, activation checkpointing,
 attention kernel, loss, optimizer, ZeRO / FSDP share), runs two training steps and counts every live tensor
-storage. The result is a :class:`~planner.results.MemoryEstimate` of traced bytes (``plan trace``), the
+storage. The result is a :class:`~planner.engine.results.MemoryEstimate` of traced bytes (``plan trace``), the
 yardstick the analytic engine is tested against (``benchmarks/accuracy_vs_trace.py``). See docs/trace.md.
 
 This package imports torch only when a trace runs; :class:`TraceUnavailable` says how to install it.
@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Callable
 from validation.trace.plan import ADAM_IMPLS, AdamImpl, Substitution, TracePlan, plan_trace
 
 if TYPE_CHECKING:
-    from planner.setup import Setup
+    from planner.engine.setup import Setup
     from profiles.cluster import Cluster
     from profiles.schema import ModelProfile
     from validation.trace.result import TraceResult
@@ -59,10 +59,10 @@ def trace_memory(
     ``adam_impl`` picks torch's AdamW implementation (the HF Trainer default ``adamw_torch_fused`` is
     ``fused``; ``foreach`` is torch's default on CUDA when no name is given). ``num_layers`` traces a model
     with fewer blocks (for very large MoE models); the result says so. ``progress(label, done, total)`` is
-    called as blocks run forward and backward. Raises :class:`~planner.setup.SetupError` for setups the
+    called as blocks run forward and backward. Raises :class:`~planner.engine.setup.SetupError` for setups the
     engine rejects too, and :class:`TraceUnavailable` without torch.
     """
-    from planner.setup import validate_setup
+    from planner.engine.setup import validate_setup
 
     if steps < 1:
         raise NotTraceable(f"steps must be at least 1, got {steps}")

@@ -19,7 +19,7 @@ from typing import Any, Iterator
 import torch
 from torch import nn
 
-from planner.setup import Setup, lora_target_names
+from planner.engine.setup import Setup, lora_target_names
 from profiles.schema import ModelProfile
 from validation.build import _recast_trainable, attn_implementation, decoder_layers
 from validation.trace.plan import TracePlan

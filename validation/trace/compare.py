@@ -1,7 +1,7 @@
 """Hold the analytic engine to the trace: allocated bytes per GPU rank, in total, by category and per phase.
 
 The engine's peak includes ``framework_overhead`` and ``allocator_margin``, which a trace cannot see; the
-comparison subtracts them (``planner.memory.allocated_bytes``) and compares tensor bytes with tensor bytes.
+comparison subtracts them (``planner.engine.memory.allocated_bytes``) and compares tensor bytes with tensor bytes.
 ``comm_buffers`` (DDP / ZeRO buckets, ZeRO-3 gathers) are not traced either (no process group): they are
 subtracted from the engine's peak too and shown as their own delta.
 Errors are signed, ``(estimate - trace) / trace``: positive means the engine errs high.
@@ -16,8 +16,8 @@ from __future__ import annotations
 import statistics
 from dataclasses import dataclass, field
 
-from planner.results import CATEGORIES, PHASES, MemoryEstimate
-from planner.setup import Setup
+from planner.engine.results import CATEGORIES, PHASES, MemoryEstimate
+from planner.engine.setup import Setup
 from profiles.cluster import Cluster
 from profiles.schema import ModelProfile
 
@@ -90,7 +90,7 @@ def compare_estimates(case: str, traced: MemoryEstimate, estimated: MemoryEstima
     ``phase_categories`` (phase -> the trace's categories at that phase's peak) lets the categories be
     compared at the engine's peak phase; without it they are taken at the trace's own peak.
     """
-    from planner.memory import allocated_bytes, allocator_margin_bytes
+    from planner.engine.memory import allocated_bytes, allocator_margin_bytes
 
     at = (phase_categories or {}).get(estimated.peak_phase, traced.categories)
     t_cats = {k: at.get(k, 0) for k in CATEGORIES if k not in NOT_TRACED}
@@ -127,7 +127,7 @@ def compare_estimates(case: str, traced: MemoryEstimate, estimated: MemoryEstima
 
 def compare(case: str, model: ModelProfile, cluster: Cluster, setup: Setup, **trace_kw) -> Comparison:
     """Run the engine and the trace on one setup and compare them."""
-    from planner.memory import estimate_memory
+    from planner.engine.memory import estimate_memory
     from validation.trace import trace_memory
 
     from validation.trace.plan import PHASE_OF
@@ -147,8 +147,8 @@ def compare(case: str, model: ModelProfile, cluster: Cluster, setup: Setup, **tr
 
 def engine_forward_activations(model: ModelProfile, setup: Setup) -> int:
     """The engine's forward-phase ``activations + logits_loss`` (as ``estimate_memory`` assembles them)."""
-    from planner.dtypes import recipe_bytes
-    from planner.memory import activation_bytes, forward_peak_parts, logits_loss_bytes
+    from planner.engine.dtypes import recipe_bytes
+    from planner.engine.memory import activation_bytes, forward_peak_parts, logits_loss_bytes
 
     rb = recipe_bytes(setup)
     acts = activation_bytes(model, setup, rb)
@@ -214,8 +214,8 @@ class LayerFit:
 def per_layer_fit(model: ModelProfile, cluster: Cluster, setup: Setup, seqs: tuple[int, int] = (256, 512)
                   ) -> LayerFit:
     """Trace 1 and 2 blocks at two sequence lengths; the differences are one block's saved activations."""
-    from planner.activations import layer_inventory
-    from planner.dtypes import recipe_bytes
+    from planner.engine.activations import layer_inventory
+    from planner.engine.dtypes import recipe_bytes
     from validation.trace import trace_memory
 
     def saved(layers: int, s: int) -> int:

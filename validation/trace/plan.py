@@ -1,4 +1,4 @@
-"""What the trace will run for a :class:`~planner.setup.Setup`, decided before torch is imported.
+"""What the trace will run for a :class:`~planner.engine.setup.Setup`, decided before torch is imported.
 
 A setup names things a CPU trace can run exactly (the transformers model code, peft's LoRA/DoRA, torch's
 optimizers, transformers' activation checkpointing) and things it cannot (bitsandbytes' NF4 and 8-bit CUDA
@@ -6,7 +6,7 @@ kernels, FlashAttention-2, Liger's Triton kernels, DeepSpeed's fused CUDA Adam, 
 latter this module picks the closest traceable substitute and records it as a :class:`Substitution`, so the
 report says what was traced instead, never silently.
 
-The byte-accounting choices follow ``planner.dtypes`` (the engine's recipe table) so the two can be diffed:
+The byte-accounting choices follow ``planner.engine.dtypes`` (the engine's recipe table) so the two can be diffed:
 HF AMP keeps trainable weights, their gradients and Adam states in fp32 under ``torch.autocast``; LoRA /
 freeze under AMP keep the frozen base in the compute dtype; DeepSpeed's recipe (``deepspeed-bf16``, or
 ``fp16-amp`` with ZeRO) casts the module to 16 bit and keeps an fp32 master copy, fp32 Adam states and an fp32
@@ -21,7 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from planner.setup import Setup
+from planner.engine.setup import Setup
 from profiles.cluster import Cluster
 from profiles.schema import ModelProfile
 

@@ -1,4 +1,4 @@
-"""The trace's result: a :class:`~planner.results.MemoryEstimate` built from traced bytes, plus the detail.
+"""The trace's result: a :class:`~planner.engine.results.MemoryEstimate` built from traced bytes, plus the detail.
 
 ``TraceResult.to_json()`` has exactly the keys of ``MemoryEstimate.to_json()`` (``plan estimate --json``), so
 the two diff line by line; ``to_json(detail=True)`` adds a ``trace`` key with every phase of every step, the
@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from planner.results import CATEGORIES, PHASES, MemoryEstimate
-from planner.setup import Setup
+from planner.engine.results import CATEGORIES, PHASES, MemoryEstimate
+from planner.engine.setup import Setup
 from profiles.cluster import Cluster
 from profiles.schema import ModelProfile
 from validation.trace.plan import PHASE_OF, TracePlan

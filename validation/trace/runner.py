@@ -11,7 +11,7 @@ from typing import Callable, Iterator
 import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
 
-from planner.setup import Setup
+from planner.engine.setup import Setup
 from profiles.cluster import Cluster
 from profiles.schema import ModelProfile
 from validation.trace.build import build_model, real_run_semantics

@@ -8,8 +8,8 @@ output. The GPU profiles are test doubles with the figures of ``shared/reference
 from __future__ import annotations
 
 from planner.emit import Target
-from planner.results import CATEGORIES, MemoryEstimate, Plan, SpeedEstimate
-from planner.setup import Setup, validate_setup
+from planner.engine.results import CATEGORIES, MemoryEstimate, Plan, SpeedEstimate
+from planner.engine.setup import Setup, validate_setup
 from profiles.cluster import make_cluster
 from profiles.registry import get_model
 from profiles.schema import GpuProfile
@@ -148,7 +148,7 @@ def random_target(draw) -> Target:
     from hypothesis import assume
     from hypothesis import strategies as st
 
-    from planner.setup import SetupError
+    from planner.engine.setup import SetupError
 
     model = get_model(draw(st.sampled_from(MODELS)))
     gpu, per, nodes = CLUSTERS[draw(st.sampled_from(sorted(CLUSTERS)))]

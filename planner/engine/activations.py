@@ -18,8 +18,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from planner.dtypes import RecipeBytes
-from planner.setup import Setup
+from planner.engine.dtypes import RecipeBytes
+from planner.engine.setup import Setup
 from profiles.schema import ModelProfile
 
 
@@ -89,7 +89,7 @@ def layer_inventory(model: ModelProfile, setup: Setup, rb: RecipeBytes, trains_l
     lora = setup.trains_adapters
     targets: set[str] = set()
     if lora:
-        from planner.setup import lora_target_names
+        from planner.engine.setup import lora_target_names
 
         targets = set(lora_target_names(setup, model))
     items: dict[str, int] = {}

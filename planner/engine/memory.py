@@ -9,7 +9,7 @@ function per term:
 * :func:`model_states` - weights, gradients, master copy and optimizer states under DDP / ZeRO-1/2/3 /
   FSDP and CPU offload, following DeepSpeed's own accounting, eq. M5
 * :func:`zero_paper_model_state_bytes` - the ZeRO paper's 16-byte rule, kept for comparison, eq. M6
-* :mod:`planner.activations` - saved tensors per block, eq. A1-A9
+* :mod:`planner.engine.activations` - saved tensors per block, eq. A1-A9
 * :func:`logits_loss_bytes` - logits, fp32 upcast, log-softmax, gradient; chunked and fused losses, eq. L1-L3
 * :func:`comm_buffer_bytes` - DDP buckets, ZeRO buckets, ZeRO-3 / FSDP gathered parameters, eq. C1-C4
 * :func:`framework_overhead_bytes` / allocator margin - eq. F1-F2 (replaced by calibration data)
@@ -23,10 +23,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from planner.activations import LayerInventory, checkpointed_layer_bytes_per_token, layer_inventory
-from planner.dtypes import RecipeBytes, recipe_bytes
-from planner.results import CATEGORIES, MemoryEstimate
-from planner.setup import Setup, lora_target_names, validate_setup
+from planner.engine.activations import LayerInventory, checkpointed_layer_bytes_per_token, layer_inventory
+from planner.engine.dtypes import RecipeBytes, recipe_bytes
+from planner.engine.results import CATEGORIES, MemoryEstimate
+from planner.engine.setup import Setup, lora_target_names, validate_setup
 from profiles.cluster import Cluster
 from profiles.params import largest_layer_params, layer_params, linear_layers, param_counts
 from profiles.schema import ModelProfile
@@ -612,7 +612,7 @@ def allocated_bytes(est: MemoryEstimate) -> int:
 def _assumptions(
     model: ModelProfile, cluster: Cluster, setup: Setup, rb: RecipeBytes, counts: TrainableCounts, acts: ActivationBytes
 ) -> list[str]:
-    from planner.setup import RECIPES
+    from planner.engine.setup import RECIPES
 
     out = [
         f"recipe {setup.recipe}: {RECIPES[setup.recipe]}",
@@ -634,7 +634,7 @@ def _assumptions(
         out.append("ZeRO bucket sizes as the HF integration fills 'auto': reduce h^2, prefetch 0.9 h^2")
     if not setup.packing:
         out.append("padding: every micro-batch padded to --seq (worst case)")
-    from planner.activations import effective_attention
+    from planner.engine.activations import effective_attention
 
     if effective_attention(model, setup) != setup.attention:
         out.append(f"{model.name}: transformers runs eager attention instead of {setup.attention} (logit soft-capping)")

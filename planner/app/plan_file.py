@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from planner.errors import CliError
+from planner.app.errors import CliError
 
 
 @dataclass(frozen=True)

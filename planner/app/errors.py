@@ -7,7 +7,7 @@ the bad value and what would be valid. :data:`UserError` is the tuple the CLI ca
 from __future__ import annotations
 
 from profiles.errors import ProfileError
-from planner.setup import SetupError
+from planner.engine.setup import SetupError
 
 
 class CliError(ValueError):

@@ -1,7 +1,7 @@
 """The ``plan`` command line: a thin layer over the engine.
 
 ``plan --model M --gpus G`` (no subcommand) runs the plan search. Subcommands live one per module in
-:mod:`planner.commands`; each module defines ``NAME``, ``HELP``, ``DESCRIPTION``, ``add_arguments(parser)``
+:mod:`planner.app.commands`; each module defines ``NAME``, ``HELP``, ``DESCRIPTION``, ``add_arguments(parser)``
 and ``run(args) -> int``. This is the only place that turns a domain error into an exit code: one line on
 stderr, exit 2, no traceback.
 """
@@ -12,16 +12,16 @@ import argparse
 import importlib
 import sys
 
-from planner.errors import UserError
+from planner.app.errors import UserError
 
 SUBCOMMANDS: dict[str, str] = {
-    "estimate": "planner.commands.estimate",
-    "capacity": "planner.commands.capacity",
-    "configs": "planner.commands.configs",
-    "profiles": "planner.commands.profiles",
-    "trace": "planner.commands.trace",
-    "validate": "planner.commands.validate",
-    "calibrate": "planner.commands.calibrate",
+    "estimate": "planner.app.commands.estimate",
+    "capacity": "planner.app.commands.capacity",
+    "configs": "planner.app.commands.configs",
+    "profiles": "planner.app.commands.profiles",
+    "trace": "planner.app.commands.trace",
+    "validate": "planner.app.commands.validate",
+    "calibrate": "planner.app.commands.calibrate",
 }
 SUMMARIES: dict[str, str] = {
     "estimate": "every byte and second of one explicit setup (--json for scripts)",
@@ -32,7 +32,7 @@ SUMMARIES: dict[str, str] = {
     "validate": "train the plan for a few steps on the device and compare with the estimate",
     "calibrate": "fit overhead, allocator factor and efficiency from validation runs",
 }
-SEARCH_MODULE = "planner.commands.search"
+SEARCH_MODULE = "planner.app.commands.search"
 
 
 class OneLineParser(argparse.ArgumentParser):

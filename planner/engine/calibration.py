@@ -9,14 +9,14 @@
 * ``allocator_factor``: ``max_memory_reserved / max_memory_allocated``, the caching allocator's rounding and
   fragmentation. The engine's ``allocator_margin`` is ``(allocator_factor - 1) x allocated`` (eq. F2).
 * ``mfu``: the achieved efficiency of the speed model, i.e. the ``efficiency`` argument of
-  :func:`planner.speed.estimate_speed` (fraction of the dense peak that compute achieves, eq. S8) that
+  :func:`planner.engine.speed.estimate_speed` (fraction of the dense peak that compute achieves, eq. S8) that
   reproduces the measured step times. None when no run had a speed estimate to fit against.
 
 Each value comes with the runs it was fitted from and its leave-one-out (hold-out) error, so a reader can see
 whether it generalises. Files live in ``profiles/calibration/<gpu-slug>__<recipe>.json``.
 
 This module is pure data plus one reader: the engine receives a :class:`Calibration` object and never
-reads files itself (``planner.calibration_io`` and the CLI do the reading).
+reads files itself (``planner.app.calibration_io`` and the CLI do the reading).
 """
 
 from __future__ import annotations
@@ -56,10 +56,10 @@ class Calibration(BaseModel):
 
     schema_version: int = SCHEMA_VERSION
     gpu: str = Field(description="GPU profile name the runs were measured on, e.g. 'H100-SXM'")
-    recipe: str = Field(description="precision recipe (planner.setup.RECIPES)")
+    recipe: str = Field(description="precision recipe (planner.engine.setup.RECIPES)")
     fixed_overhead_bytes: int = Field(ge=0, description="per-process bytes outside the caching allocator")
     allocator_factor: float = Field(ge=1.0, description="max_memory_reserved / max_memory_allocated")
-    mfu: float | None = Field(None, gt=0, le=1, description="fitted efficiency for planner.speed (eq. S8)")
+    mfu: float | None = Field(None, gt=0, le=1, description="fitted efficiency for planner.engine.speed (eq. S8)")
     n_runs: int = Field(gt=0)
     runs: tuple[str, ...] = Field(min_length=1, description="'<measurements file>#<run id>' of every run used")
     holdout_error: dict[str, HoldoutError] = Field(

@@ -7,14 +7,14 @@ import shlex
 import sys
 from pathlib import Path
 
-from planner.commands.common import (
+from planner.app.commands.common import (
     add_search_args,
     add_setup_args,
     add_target_args,
     positive_int,
     print_json,
 )
-from planner.errors import CliError
+from planner.app.errors import CliError
 
 NAME = "configs"
 HELP = "write DeepSpeed / accelerate / LLaMA-Factory / torchtune configs and launch.sh for a plan"
@@ -60,8 +60,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _from_search(args: argparse.Namespace):  # noqa: ANN202
-    from planner.commands.common import resolve_target, search_request
-    from planner.search import SearchError, search
+    from planner.app.commands.common import resolve_target, search_request
+    from planner.search.rank import SearchError, search
 
     if not args.model or not args.gpus:
         raise CliError("--model and --gpus are required (or pass --plan plan.json)")
@@ -87,16 +87,16 @@ def load_plan_json(args: argparse.Namespace):  # noqa: ANN202
     another version); the search's reasons are kept."""
     from pydantic import ValidationError
 
-    from planner.calibration_io import calibration_for
+    from planner.app.calibration_io import calibration_for
     from planner.emit.common import gib
-    from planner.memory import estimate_memory
-    from planner.results import Plan
-    from planner.setup import Setup
-    from planner.speed import estimate_speed
+    from planner.engine.memory import estimate_memory
+    from planner.engine.results import Plan
+    from planner.engine.setup import Setup
+    from planner.engine.speed import estimate_speed
     from profiles.cluster import make_cluster
     from profiles.registry import get_gpu, get_model
 
-    from planner.plan_file import read_plan_file
+    from planner.app.plan_file import read_plan_file
 
     pf = read_plan_file(args.plan)
     d, name, cl = pf.plan, pf.model, pf.cluster
@@ -134,7 +134,7 @@ def load_plan_json(args: argparse.Namespace):  # noqa: ANN202
 
 def run(args: argparse.Namespace) -> int:
     from planner.emit import NotExpressible, Target, build_files, trainers_for
-    from planner.emit.writer import write_files
+    from planner.fileio import write_files
 
     if args.plan:
         model, cluster, plan = load_plan_json(args)

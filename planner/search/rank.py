@@ -1,7 +1,7 @@
 """The plan search: enumerate candidate Setups, keep those that fit with headroom, rank them, explain why.
 
 Pure: no printing, no file I/O. The reasons behind a ranking are data (strings in each Plan and in the
-SearchResult), rendered by :mod:`planner.report`.
+SearchResult), rendered by :mod:`planner.app.render.report`.
 
 Search space (``docs/planner.md``): method (full / LoRA / QLoRA unless fixed), precision recipe valid for the
 GPU, optimizer (AdamW, 8-bit AdamW), sharding (DDP, ZeRO-1/2/3, FSDP full-shard), offload, activation
@@ -16,10 +16,10 @@ import itertools
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from planner.memory import estimate_memory
-from planner.results import MemoryEstimate, Plan, SpeedEstimate
-from planner.setup import Setup, SetupError, validate_setup
-from planner.speed import estimate_speed
+from planner.engine.memory import estimate_memory
+from planner.engine.results import MemoryEstimate, Plan, SpeedEstimate
+from planner.engine.setup import Setup, SetupError, validate_setup
+from planner.engine.speed import estimate_speed
 from profiles.cluster import Cluster, make_cluster
 from profiles.schema import ModelProfile
 
@@ -205,7 +205,7 @@ def search(model: ModelProfile, cluster: Cluster, request: SearchRequest, with_s
         raise SearchError(f"choose ZeRO or FSDP, not both (got --zero {f['zero']} and --fsdp {f['fsdp']})")
     if f.get("method", "lora") in ("lora", "qlora"):
         # an explicit but wrong --lora-targets is an error even though full fine-tuning plans would not use it
-        from planner.setup import lora_target_names
+        from planner.engine.setup import lora_target_names
 
         lora_target_names(Setup(method="lora", lora_targets=f.get("lora_targets", "all-linear")), model)
     if gb % world:

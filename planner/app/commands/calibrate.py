@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from planner.errors import CliError
+from planner.app.errors import CliError
 
 NAME = "calibrate"
 HELP = "fit fixed overhead, allocator factor and efficiency per GPU and recipe from validation runs"
@@ -45,8 +45,8 @@ def _pct(x: float | None) -> str:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from planner.calibration import CALIBRATION_DIR, calibration_filename
-    from planner.commands.common import print_json
+    from planner.engine.calibration import CALIBRATION_DIR, calibration_filename
+    from planner.app.commands.common import print_json
 
     gpu = None
     if args.gpu:
@@ -54,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
 
         gpu = get_gpu(args.gpu).name
     if args.recipe:
-        from planner.setup import RECIPES
+        from planner.engine.setup import RECIPES
 
         if args.recipe not in RECIPES:
             raise CliError(f"unknown recipe {args.recipe!r}; valid: {', '.join(RECIPES)}")

@@ -10,7 +10,7 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from planner.results import CATEGORIES, PHASES, MemoryEstimate, Plan, SpeedEstimate
+from planner.engine.results import CATEGORIES, PHASES, MemoryEstimate, Plan, SpeedEstimate
 
 GIB = 2**30
 

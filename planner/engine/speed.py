@@ -6,7 +6,7 @@ the derivations under the equation ids (S1, S2, ...) the docstrings cite.
 
 Public API:
 
-* :func:`estimate_speed` -> :class:`planner.results.SpeedEstimate` (step time split into the exposed
+* :func:`estimate_speed` -> :class:`planner.engine.results.SpeedEstimate` (step time split into the exposed
   seconds of compute / communication / offload / recompute, tokens per step, model and hardware FLOPs).
 * :func:`flops_per_token` -> :class:`FlopsBreakdown` (forward, backward, recompute, by part).
 * :func:`train_time` -> :class:`TrainTime` (seconds, GPU-hours, cost for a dataset and a number of epochs).
@@ -26,11 +26,11 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from planner.activations import effective_attention
-from planner.dtypes import recipe_bytes
-from planner.memory import quantized_frozen_bytes, trainable_counts
-from planner.results import SpeedEstimate
-from planner.setup import Setup, SetupError, lora_target_names
+from planner.engine.activations import effective_attention
+from planner.engine.dtypes import recipe_bytes
+from planner.engine.memory import quantized_frozen_bytes, trainable_counts
+from planner.engine.results import SpeedEstimate
+from planner.engine.setup import Setup, SetupError, lora_target_names
 from profiles.cluster import Cluster
 from profiles.params import LinearLayer, linear_layers, param_counts
 from profiles.schema import GpuProfile, ModelProfile
@@ -256,7 +256,7 @@ def _adapted(setup: Setup, model: ModelProfile) -> set[str]:
 def _is_adapted(x: LinearLayer, targets: set[str]) -> bool:
     """Whether LoRA adapts ``x``: its base name is a target; never the router, and never routed experts, which
     are 3-D tensors rather than ``nn.Linear`` in transformers >= 5 (the rule of
-    :func:`planner.memory.lora_adapter_params`)."""
+    :func:`planner.engine.memory.lora_adapter_params`)."""
     if x.name in ("gate", "shared_expert_gate") or x.name.startswith("experts."):
         return False
     return x.name.split(".")[-1] in targets
@@ -388,7 +388,7 @@ def _flops_per_token(model: ModelProfile, setup: Setup) -> FlopsBreakdown:
 
 
 def trainable_params(model: ModelProfile, setup: Setup) -> int:
-    """Parameters that receive gradients: :func:`planner.memory.trainable_counts` (eq. M2 of docs/memory.md),
+    """Parameters that receive gradients: :func:`planner.engine.memory.trainable_counts` (eq. M2 of docs/memory.md),
     the one place that rule lives (full: all; freeze: the last ``freeze_layers`` blocks; LoRA / QLoRA:
     adapters plus trained embedding / LM-head copies)."""
     return trainable_counts(model, setup).trainable
@@ -396,7 +396,7 @@ def trainable_params(model: ModelProfile, setup: Setup) -> int:
 
 def grad_comm_bytes(setup: Setup) -> int:
     """Bytes per gradient element as reduced across ranks: the recipe's 16-bit gradient where one exists,
-    else its fp32 gradient (:func:`planner.dtypes.recipe_bytes`, eq. M1).
+    else its fp32 gradient (:func:`planner.engine.dtypes.recipe_bytes`, eq. M1).
 
     DeepSpeed bf16/fp16 (``communication_data_type`` defaults to the model dtype) and pure bf16: 2. HF AMP
     and fp16 AMP keep fp32 weights, so DDP / FSDP reduce fp32 gradients: 4 (errs high when an FSDP
@@ -414,7 +414,7 @@ before gathering, as accelerate configures it)."""
 
 def gathered_param_bytes(model: ModelProfile, setup: Setup) -> float:
     """Bytes of all parameters (adapters included) as ZeRO-3 / FSDP gather them: QLoRA's frozen linear
-    weights in NF4 storage (:func:`planner.memory.quantized_frozen_bytes`, 0.5 B + constants), everything
+    weights in NF4 storage (:func:`planner.engine.memory.quantized_frozen_bytes`, 0.5 B + constants), everything
     else at :data:`PARAM_GATHER_BYTES`."""
     c = trainable_counts(model, setup)
     total = param_counts(model).total + c.adapter
@@ -544,7 +544,7 @@ def qlora_dequant_bytes_per_pass(model: ModelProfile, setup: Setup) -> float:
 
     bitsandbytes dequantises every NF4 linear weight of the blocks to bf16 before its matmul, in the
     forward, again for the backward's input gradient, and again in a checkpointed recompute: it reads
-    its NF4 storage (:func:`planner.memory.quantized_frozen_bytes`: 0.5 B + constants; Dettmers et al. 2023,
+    its NF4 storage (:func:`planner.engine.memory.quantized_frozen_bytes`: 0.5 B + constants; Dettmers et al. 2023,
     arXiv:2305.14314) and writes 2 B per weight (the matmul's own read of the bf16 copy is part of the
     GEMM). All routed experts are counted (with thousands of tokens per micro-batch every expert is hit).
     Memory-bound, time = bytes / HBM bandwidth with no efficiency factor: errs low (fast); measured QLoRA
@@ -560,7 +560,7 @@ def qlora_dequant_bytes_per_pass(model: ModelProfile, setup: Setup) -> float:
 def optimizer_step_bytes_per_param(setup: Setup) -> float:
     """Bytes one optimizer step reads and writes per trainable parameter (GPU HBM or host DRAM).
 
-    With ``s`` the recipe's state element size (:func:`planner.dtypes.recipe_bytes`: 4; 2 under pure bf16):
+    With ``s`` the recipe's state element size (:func:`planner.engine.dtypes.recipe_bytes`: 4; 2 under pure bf16):
     AdamW reads param, grad, m, v and writes param, m, v: ``7 s`` (+2 for the 16-bit copy written back from
     an fp32 master, DeepSpeed); 8-bit
     AdamW: ``3 s + 4``; SGD ``3 s``; SGD with momentum ``5 s``; Adafactor ``3 s`` (factored second moment

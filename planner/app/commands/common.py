@@ -2,7 +2,7 @@
 
 ``add_setup_args(parser, search=True)`` leaves every Setup flag unset by default, so the search knows
 which dimensions the user fixed; ``search=False`` (``plan estimate``, ``trace``, ``validate``) fills the
-documented defaults of :class:`planner.setup.Setup`.
+documented defaults of :class:`planner.engine.setup.Setup`.
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ import json
 import sys
 from typing import Any, get_args
 
-from planner.errors import CliError
-from planner.setup import Attention, Checkpointing, Loss, Method, Optimizer, Recipe, Setup
+from planner.app.errors import CliError
+from planner.engine.setup import Attention, Checkpointing, Loss, Method, Optimizer, Recipe, Setup
 from profiles.cluster import Cluster, parse_cluster
 from profiles.registry import get_model
 from profiles.schema import ModelProfile
@@ -185,9 +185,9 @@ def add_search_args(g: argparse._ArgumentGroup) -> None:
 
 def search_request(args: argparse.Namespace, cluster: Cluster, **kw: Any):  # noqa: ANN201
     """The SearchRequest the flags describe, with per-recipe calibration data (``plan`` and ``plan configs``)."""
-    from planner.calibration_io import calibration_for
-    from planner.commands.search import fixed_from_args
-    from planner.search import SearchRequest
+    from planner.app.calibration_io import calibration_for
+    from planner.app.commands.search import fixed_from_args
+    from planner.search.rank import SearchRequest
 
     if not 0 < args.headroom < 0.9:
         raise CliError(f"--headroom {args.headroom} is outside (0, 0.9); e.g. --headroom 0.1 keeps 10 % free")

@@ -1,7 +1,7 @@
 """``plan capacity``: what fits where. Tables on the terminal, JSON for scripts, a Markdown or HTML report
 with figures under ``--out``.
 
-The answers come from :mod:`planner.capacity` (pure); this module parses flags, shows progress, formats the
+The answers come from :mod:`planner.search.capacity` (pure); this module parses flags, shows progress, formats the
 answers as rows once, and renders those rows as a rich table, Markdown or HTML.
 """
 
@@ -19,8 +19,8 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable, get_args
 
-from planner.commands.common import positive_float, positive_int
-from planner.errors import CliError
+from planner.app.commands.common import positive_float, positive_int
+from planner.app.errors import CliError
 
 NAME = "capacity"
 HELP = "what fits where: longest sequence, largest micro-batch, fewest GPUs; reports with figures"
@@ -84,8 +84,8 @@ def _split(text: str) -> list[str]:
 
 
 def parse_methods(values: list[str] | None) -> tuple[str, ...]:
-    from planner.capacity import DEFAULT_METHODS
-    from planner.setup import Method
+    from planner.search.capacity import DEFAULT_METHODS
+    from planner.engine.setup import Method
 
     if values is None:
         return DEFAULT_METHODS
@@ -103,7 +103,7 @@ def parse_methods(values: list[str] | None) -> tuple[str, ...]:
 
 
 def parse_models(text: str | None) -> list:
-    from planner.capacity import DEFAULT_MODELS
+    from planner.search.capacity import DEFAULT_MODELS
     from profiles.registry import get_model
 
     if text is None:
@@ -163,7 +163,7 @@ def _count(cluster: Any) -> str:
 
 def cluster_rows(result: Any) -> tuple[list[str], list[list[str]]]:
     """Header and rows of a cluster capacity; the last column is the fastest plan."""
-    from planner.capacity import MAX_NODES, node_size
+    from planner.search.capacity import MAX_NODES, node_size
 
     head = ["model", "method", "fits", "peak GiB", "tokens/s", "max seq", "max mb", "GPUs",
             "fastest plan (or why nothing fits)"]
@@ -208,7 +208,7 @@ def _title(result: Any) -> str:
 
 
 def _notes(result: Any) -> list[str]:
-    from planner.capacity import MAX_NODES, SEQ_STEP, node_size
+    from planner.search.capacity import MAX_NODES, SEQ_STEP, node_size
 
     out = [
         f"sequence {result.seq_len} tokens; headroom {result.headroom:.0%} of each GPU's memory kept free; global "
@@ -341,8 +341,8 @@ def render_html(result: Any, figures: list[tuple[str, str]], argv: list[str] | N
 
 def make_figures(result: Any, folder: Path) -> list[tuple[str, str]]:
     """Render the report's PNGs into ``folder``; returns (caption, file name) in report order."""
-    from planner import figures as F
-    from planner.capacity import MAX_NODES
+    from planner.app.render import figures as F
+    from planner.search.capacity import MAX_NODES
 
     out: list[tuple[str, str]] = []
     if result.kind == "cluster":
@@ -467,8 +467,8 @@ def _progress_runner(total: int, description: str) -> tuple[Any, Callable[[str],
 
 
 def run(args: argparse.Namespace) -> int:
-    from planner import capacity as C
-    from planner.search import SearchError
+    from planner.search import capacity as C
+    from planner.search.rank import SearchError
     from profiles.cluster import parse_cluster
     from profiles.registry import all_gpus, get_model
 
@@ -482,7 +482,7 @@ def run(args: argparse.Namespace) -> int:
         raise CliError("give --gpus SPEC (what fits on it) or --model M without --gpus (which GPUs fit it)")
     out = check_out(args.out, args.force)
     if out is not None:
-        from planner.figures import MissingMatplotlib, require_matplotlib
+        from planner.app.render.figures import MissingMatplotlib, require_matplotlib
 
         try:
             require_matplotlib()

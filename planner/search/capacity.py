@@ -2,7 +2,7 @@
 longest sequence and the largest micro-batch that fit, the fewest GPUs of that kind that fit it; and, for one
 model across the GPU catalogue, "how many of which GPU do I need".
 
-Pure: no printing, no file I/O. Every answer comes from :func:`planner.search.search`, so *any* plan the
+Pure: no printing, no file I/O. Every answer comes from :func:`planner.search.rank.search`, so *any* plan the
 planner would accept counts as a fit (any sharding, offload, checkpointing, optimizer, loss kernel), with
 the same headroom rule and the same global batch (64 sequences, rounded to the data-parallel size). To keep
 each question cheap the search is restricted, never widened:
@@ -14,7 +14,7 @@ each question cheap the search is restricted, never widened:
   that never raise memory, :data:`PROBE_DOMINANT` (full activation checkpointing, the fused Liger loss): the
   smallest peak of the restricted space equals that of the whole space (checked over 651 model x cluster x
   method x sequence combinations, and pinned by ``tests/planner/test_capacity.py``), at a quarter of the
-  cost. About 5-30 ms per probe on a 2-core CPU, most of it in :func:`planner.speed.flops_per_token`.
+  cost. About 5-30 ms per probe on a 2-core CPU, most of it in :func:`planner.engine.speed.flops_per_token`.
 * the plan shown for a cell (its speed and memory breakdown) is the fastest plan of the unrestricted search
   with the method and sequence fixed (``top=1``), as ``plan --method M`` would rank it first.
 
@@ -35,10 +35,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
-from planner.memory import estimate_memory
-from planner.results import Plan
-from planner.search import MAX_MICRO_BATCH, SearchError, SearchRequest, SearchResult, default_global_batch, search
-from planner.setup import SetupError
+from planner.engine.memory import estimate_memory
+from planner.engine.results import Plan
+from planner.search.rank import MAX_MICRO_BATCH, SearchError, SearchRequest, SearchResult, default_global_batch, search
+from planner.engine.setup import SetupError
 from profiles.cluster import Cluster, make_cluster
 from profiles.schema import GpuProfile, ModelProfile
 
@@ -561,7 +561,7 @@ def capacity_across_gpus(
 def _check_methods(methods: Sequence[str]) -> None:
     from typing import get_args
 
-    from planner.setup import Method
+    from planner.engine.setup import Method
 
     valid = get_args(Method)
     if not methods:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from planner.commands.common import add_setup_args, positive_float, positive_int, setup_from_args
-from planner.errors import CliError
+from planner.app.commands.common import add_setup_args, positive_float, positive_int, setup_from_args
+from planner.app.errors import CliError
 
 NAME = "validate"
 HELP = "run a plan for a few real steps and compare memory and speed with the estimate"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from planner.commands.common import print_json
+from planner.app.commands.common import print_json
 
 NAME = "profiles"
 HELP = "list and show model and GPU profiles"
@@ -50,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from planner.errors import CliError
+    from planner.app.errors import CliError
     from profiles.errors import ProfileError
     from profiles.params import param_counts
     from profiles.registry import all_gpus, all_models, get_gpu, get_model

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from planner.commands.common import (
+from planner.app.commands.common import (
     add_output_args,
     add_search_args,
     add_setup_args,
@@ -15,7 +15,7 @@ from planner.commands.common import (
     resolve_target,
     search_request,
 )
-from planner.errors import CliError
+from planner.app.errors import CliError
 
 NAME = None
 HELP = "rank the training plans that fit"
@@ -91,9 +91,9 @@ def dataset_tokens(args: argparse.Namespace) -> float | None:
 def run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from planner.report import render_search
-    from planner.search import SearchError, search
-    from planner.speed import train_time
+    from planner.app.render.report import render_search
+    from planner.search.rank import SearchError, search
+    from planner.engine.speed import train_time
 
     if args.price_per_gpu_hour is not None and args.price_per_gpu_hour < 0:
         raise CliError(f"--price-per-gpu-hour {args.price_per_gpu_hour} is negative; give a price >= 0")

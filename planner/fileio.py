@@ -14,7 +14,7 @@ import tempfile
 from collections.abc import Mapping
 from pathlib import Path, PurePosixPath
 
-from planner.errors import CliError
+from planner.app.errors import CliError
 
 EXECUTABLE = (".sh",)
 

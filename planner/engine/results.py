@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from planner.setup import Setup
+from planner.engine.setup import Setup
 
 SCHEMA_VERSION = 1
 

@@ -10,7 +10,7 @@ from typing import Any
 def calibration_for(gpu_name: str, recipe: str | None) -> Any:
     """The calibration object written by ``plan calibrate`` for this GPU and recipe, or None."""
     try:
-        from planner.calibration import load_calibration
+        from planner.engine.calibration import load_calibration
     except ImportError:  # calibration support not installed
         return None
     if recipe is None:

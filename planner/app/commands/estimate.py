@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from planner.commands.common import (
+from planner.app.commands.common import (
     add_output_args,
     add_setup_args,
     add_target_args,
@@ -12,7 +12,7 @@ from planner.commands.common import (
     resolve_target,
     setup_from_args,
 )
-from planner.errors import CliError
+from planner.app.errors import CliError
 
 NAME = "estimate"
 HELP = "every byte and second of one explicit setup"
@@ -37,10 +37,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from planner.calibration_io import calibration_for
-    from planner.memory import estimate_memory
-    from planner.report import render_estimate
-    from planner.speed import estimate_speed
+    from planner.app.calibration_io import calibration_for
+    from planner.engine.memory import estimate_memory
+    from planner.app.render.report import render_estimate
+    from planner.engine.speed import estimate_speed
 
     if args.efficiency is not None and not 0 < args.efficiency <= 1:
         raise CliError(f"--efficiency {args.efficiency} is outside (0, 1]")

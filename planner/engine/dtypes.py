@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from planner.setup import Setup
+from planner.engine.setup import Setup
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from planner.commands.common import (
+from planner.app.commands.common import (
     add_output_args,
     add_setup_args,
     add_target_args,
@@ -13,7 +13,7 @@ from planner.commands.common import (
     resolve_target,
     setup_from_args,
 )
-from planner.errors import CliError
+from planner.app.errors import CliError
 
 NAME = "trace"
 HELP = "exact tensor memory of one setup: the real model code on fake tensors, no GPU"
@@ -110,7 +110,7 @@ def _print_tables(result, detail: bool) -> None:  # type: ignore[no-untyped-def]
     from rich.console import Console
     from rich.table import Table
 
-    from planner.results import CATEGORIES, PHASES
+    from planner.engine.results import CATEGORIES, PHASES
 
     est = result.estimate
     console = Console()

@@ -2,7 +2,7 @@
 never recompute it.
 
 matplotlib is an optional dependency (the ``reports`` extra): it is imported inside each function, so
-``import planner.figures`` stays light, and :func:`require_matplotlib` turns its absence into one line.
+``import planner.app.render.figures`` stays light, and :func:`require_matplotlib` turns its absence into one line.
 Sizes are GiB (2**30 bytes) everywhere, and every axis says so.
 """
 
@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Sequence
 
-from planner.results import CATEGORIES
+from planner.engine.results import CATEGORIES
 
 GIB = 2**30
 DPI = 110
