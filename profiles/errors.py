@@ -10,8 +10,13 @@ import difflib
 from collections.abc import Iterable
 
 
-class ProfileError(ValueError):
-    """Bad user input about a model, GPU or cluster: one line, safe to print as-is."""
+class InputError(ValueError):
+    """Bad user input anywhere in tuneplan: one line that names the bad value and what is valid, safe to print
+    as-is. The CLI turns every subclass into ``plan ...: error: <message>`` and exit code 2."""
+
+
+class ProfileError(InputError):
+    """Bad user input about a model, GPU or cluster."""
 
 
 def did_you_mean(name: str, candidates: Iterable[str], n: int = 3) -> list[str]:
@@ -25,6 +30,15 @@ def did_you_mean(name: str, candidates: Iterable[str], n: int = 3) -> list[str]:
         sub = [c for c in cands if name.lower() in c.lower()]
         out = sub[:n]
     return out
+
+
+def unknown_choice_message(what: str, value: str, valid: Iterable[str]) -> str:
+    """``unknown --objective 'thruput'; did you mean 'throughput'? (valid: throughput, cost, memory)``: the one
+    shape of every "not one of these" message, with the closest valid value."""
+    valid = list(valid)
+    close = difflib.get_close_matches(value, valid, n=1)  # difflib's default cutoff 0.6: no far-fetched hints
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    return f"unknown {what} {value!r}{hint} (valid: {', '.join(valid)})"
 
 
 def unknown_name_message(kind: str, name: str, candidates: Iterable[str], list_cmd: str) -> str:

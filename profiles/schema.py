@@ -20,6 +20,17 @@ NormKind = Literal["rmsnorm", "layernorm", "layernorm-nonparametric"]
 """``layernorm-nonparametric`` (OLMo-1B) has no weight and no bias."""
 
 
+GpuArch = Literal["volta", "turing", "ampere", "ada", "hopper", "blackwell", "cdna3", "davinci"]
+"""Accelerator generation. NVIDIA: Volta sm70, Turing sm75, Ampere sm80/86, Ada sm89, Hopper sm90, Blackwell
+sm100/120; AMD CDNA 3 (MI300); Huawei Da Vinci (Ascend)."""
+
+FLASH_ATTENTION_ARCHS: frozenset[str] = frozenset({"ampere", "ada", "hopper", "blackwell", "cdna3"})
+"""Generations FlashAttention-2 runs on: "Ampere, Ada, or Hopper GPUs (e.g., A100, RTX 3090, RTX 4090, H100).
+Support for Turing GPUs (T4, RTX 2080) is coming soon" (Dao-AILab/flash-attention README, "Installation and
+features"); ROCm build for MI200/MI300 (CDNA2/3) in the same README's "AMD ROCm Support"; Blackwell via the
+FlashAttention-2 builds for sm100/sm120."""
+
+
 class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -143,6 +154,7 @@ class GpuProfile(_Frozen):
     name: str
     aliases: tuple[str, ...] = ()
     vendor: Literal["nvidia", "amd", "huawei"]
+    arch: GpuArch = Field(description="architecture generation; decides kernel support (FlashAttention-2, FP8)")
     memory_mib: int = Field(gt=0, description="total memory as the driver reports it (nvidia-smi MiB)")
     memory_marketing_gb: int = Field(gt=0, description="the datasheet figure, for display only")
     hbm_bandwidth_gb_s: float = Field(gt=0)
@@ -190,3 +202,8 @@ class GpuProfile(_Frozen):
     @property
     def supports_fp8(self) -> bool:
         return self.fp8_tflops is not None
+
+    @property
+    def supports_flash_attention(self) -> bool:
+        """FlashAttention-2 kernels exist for this generation (:data:`FLASH_ATTENTION_ARCHS`)."""
+        return self.arch in FLASH_ATTENTION_ARCHS

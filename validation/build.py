@@ -32,12 +32,13 @@ import torch
 from torch import nn
 
 from planner.engine.dtypes import recipe_bytes
-from planner.engine.setup import Setup, lora_target_names
+from planner.engine.facts import model_facts
+from planner.engine.memory import LOSS_CHUNKS, zero_bucket_elements
+from planner.emit.common import MAX_GRAD_NORM
+from planner.engine.setup import Setup
 from validation.spec import RunSpec
 
 SELECTIVE = "tuneplan_selective"
-LOSS_CHUNKS = 8
-"""torchtune ``CEWithChunkedOutputLoss`` default ``num_output_chunks=8`` (same constant as the engine's)."""
 LR = 1e-5
 
 
@@ -290,7 +291,7 @@ def apply_method(net: nn.Module, spec: RunSpec, dt: dict[str, Any]) -> nn.Module
     if s.method in ("lora", "qlora"):
         from peft import LoraConfig, get_peft_model
 
-        targets = lora_target_names(s, spec.model)
+        targets = list(model_facts(spec.model, s).lora_targets)
         linear_names = {n.split(".")[-1] for n, m in net.named_modules() if isinstance(m, nn.Linear)}
         if s.method == "qlora":
             import bitsandbytes as bnb
@@ -427,12 +428,12 @@ def wrap_distributed(net: nn.Module, setup: Setup, device: str) -> tuple[nn.Modu
 def fallback_deepspeed_config(spec: RunSpec) -> dict[str, Any]:
     """A DeepSpeed config for ``spec`` when :mod:`planner.emit` gives none (explicit values, no "auto")."""
     s = spec.setup
-    h = spec.model.hidden_size
-    # bucket sizes as the HF integration fills "auto" (transformers/integrations/deepspeed.py)
+    b = zero_bucket_elements(spec.model)  # as the HF integration fills "auto"
     zero: dict[str, Any] = {"stage": s.zero, "overlap_comm": True, "contiguous_gradients": True,
-                            "reduce_bucket_size": h * h}
+                            "reduce_bucket_size": b["reduce_bucket_size"]}
     if s.zero == 3:
-        zero.update(stage3_prefetch_bucket_size=int(0.9 * h * h), stage3_param_persistence_threshold=10 * h)
+        zero.update(stage3_prefetch_bucket_size=b["stage3_prefetch_bucket_size"],
+                    stage3_param_persistence_threshold=b["stage3_param_persistence_threshold"])
     if s.offload != "none":
         zero["offload_optimizer"] = {"device": "cpu", "pin_memory": True}
     if s.offload == "optimizer+params":
@@ -445,7 +446,7 @@ def fallback_deepspeed_config(spec: RunSpec) -> dict[str, Any]:
         half: {"enabled": True},
         "zero_optimization": zero,
         "optimizer": {"type": "AdamW", "params": {"lr": LR, "torch_adam": True}},
-        "gradient_clipping": 1.0,
+        "gradient_clipping": MAX_GRAD_NORM,
         "steps_per_print": 10**9,
         "wall_clock_breakdown": False,
     }

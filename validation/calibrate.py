@@ -5,7 +5,7 @@ For every finished CUDA run (status ``ok``) of one GPU kind and precision recipe
 * allocator factor ``f_i = max_memory_reserved / max_memory_allocated``;
 * fixed overhead ``o_i = driver-used - reserved`` at the end of the steady state (the driver's view minus what
   PyTorch's caching allocator holds: CUDA context, cuBLAS / cuDNN workspaces, NCCL buffers);
-* efficiency ``e_i``: the ``efficiency`` for which :func:`planner.engine.speed.estimate_speed`, on the device's GPU
+* efficiency ``e_i``: the ``efficiency`` for which :func:`planner.engine.evaluate.evaluate`, on the device's GPU
   profile, gives the measured step time (bisection; step time falls monotonically as efficiency rises).
 
 Each fitted value is the median over the runs (robust to one odd run). Generalisation is checked by leave-one-
@@ -25,7 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from planner.engine.calibration import Calibration, HoldoutError, calibration_filename
-from validation.measurement import Measurement, atomic_write_text, measurements_path, read_measurements
+from planner.fileio import atomic_write_text
+from validation.measurement import Measurement, measurements_path, read_measurements
 
 EFFICIENCY_BOUNDS = (1e-4, 1.0)
 
@@ -120,12 +121,12 @@ def achieved_efficiency(s: Sample) -> float | None:
     if not s.step_s:
         return None
     try:
-        from planner.engine.speed import estimate_speed
+        from planner.engine.evaluate import evaluate
 
         model, cluster, setup = _engine_inputs(s)
 
         def step(e: float) -> float:
-            return estimate_speed(model, cluster, setup, efficiency=e).step_s
+            return evaluate(model, cluster, setup, efficiency=e).speed.step_s
 
         lo, hi = EFFICIENCY_BOUNDS
         if step(hi) >= s.step_s:  # even at 100 % the model is slower than measured
@@ -144,10 +145,10 @@ def achieved_efficiency(s: Sample) -> float | None:
 
 
 def _predicted_step(s: Sample, e: float) -> float:
-    from planner.engine.speed import estimate_speed
+    from planner.engine.evaluate import evaluate
 
     model, cluster, setup = _engine_inputs(s)
-    return estimate_speed(model, cluster, setup, efficiency=e).step_s
+    return evaluate(model, cluster, setup, efficiency=e).speed.step_s
 
 
 def fit_group(samples: list[Sample], gpu: str, recipe: str, now: str | None = None) -> FitResult:
@@ -209,10 +210,9 @@ def _holdout_peak(samples: list[Sample], base: dict) -> HoldoutError | None:
     usable = [s for s in samples if s.device_used]
     if len(usable) < 2:
         return None
-    try:
-        from planner.engine.memory import estimate_memory
-    except ImportError:
-        return None
+    from planner.engine.calibration import CalibrationBook
+    from planner.engine.evaluate import evaluate
+
     errs = []
     for s in usable:
         rest = [x for x in samples if x is not s]
@@ -222,7 +222,7 @@ def _holdout_peak(samples: list[Sample], base: dict) -> HoldoutError | None:
                              if ov else 0, "n_runs": len(rest), "runs": tuple(x.ref for x in rest) or ("-",)})
         try:
             model, cluster, setup = _engine_inputs(s)
-            est = estimate_memory(model, cluster, setup, calibration=cal)
+            est = evaluate(model, cluster, setup, CalibrationBook((cal,))).memory
         except (ValueError, KeyError):
             continue
         errs.append(abs(est.peak_bytes / s.device_used - 1))  # type: ignore[operator]

@@ -1,7 +1,7 @@
 """Estimate versus measurement: which numbers are compared with which, computed once for the report and
 for calibration.
 
-The estimate comes from :func:`planner.engine.memory.estimate_memory` and :func:`planner.engine.speed.estimate_speed`
+The estimate comes from :func:`planner.engine.evaluate.evaluate`
 (uncalibrated, for the plan's cluster). Three comparisons:
 
 * **Peaks**: the estimate's allocated peak (total less framework overhead and allocator margin,
@@ -42,23 +42,13 @@ INVENTORY_GROUPS = {"weights": ("weights_trainable", "weights_frozen", "buffers"
 
 def estimates(model: Any, cluster: Any, setup: Any, padding_efficiency: float = 1.0) -> tuple[dict | None, dict | None, str | None]:
     """(MemoryEstimate JSON, SpeedEstimate JSON, why missing) for the plan, uncalibrated."""
-    try:
-        from planner.engine.memory import estimate_memory
-    except ImportError as e:
-        return None, None, f"planner.engine.memory unavailable ({e})"
-    try:
-        mem = estimate_memory(model, cluster, setup).to_json()
-    except ValueError as e:
-        return None, None, f"no memory estimate: {e}"
-    try:
-        from planner.engine.speed import estimate_speed
+    from planner.engine.evaluate import evaluate
 
-        speed = estimate_speed(model, cluster, setup, padding_efficiency=padding_efficiency).to_json()
-    except ImportError as e:
-        return mem, None, f"planner.engine.speed unavailable ({e})"
+    try:
+        plan = evaluate(model, cluster, setup, padding_efficiency=padding_efficiency)
     except ValueError as e:
-        return mem, None, f"no speed estimate: {e}"
-    return mem, speed, None
+        return None, None, f"no estimate: {e}"
+    return plan.memory.to_json(), plan.speed.to_json(), None
 
 
 def est_allocated(est: dict) -> int:

@@ -19,8 +19,7 @@ from typing import Iterator
 
 import torch
 
-from planner.app.errors import CliError
-from validation.spec import RunSpec
+from validation.spec import RunSpec, SpecError
 
 IGNORE = -100
 
@@ -85,14 +84,14 @@ def read_jsonl(path: str | Path, vocab: int, weights: str | None = None, limit: 
     try:
         lines = Path(path).read_text(encoding="utf-8").splitlines()
     except OSError as e:
-        raise CliError(f"cannot read dataset {path}: {e.strerror or e}") from None
+        raise SpecError(f"cannot read dataset {path}: {e.strerror or e}") from None
     for n, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
             obj = json.loads(line)
         except json.JSONDecodeError as e:
-            raise CliError(f"dataset {path}:{n} is not JSON: {e.msg}") from None
+            raise SpecError(f"dataset {path}:{n} is not JSON: {e.msg}") from None
         if isinstance(obj, dict) and isinstance(obj.get("input_ids"), list):
             ids = [int(x) for x in obj["input_ids"]]
         elif isinstance(obj, dict) and isinstance(obj.get("text"), str):
@@ -100,21 +99,21 @@ def read_jsonl(path: str | Path, vocab: int, weights: str | None = None, limit: 
                 tok = _tokenizer(weights) or "bytes"
             if tok == "bytes":
                 if vocab < 256:
-                    raise CliError(f"dataset {path}: byte-level tokens need a vocabulary >= 256, model has {vocab}")
+                    raise SpecError(f"dataset {path}: byte-level tokens need a vocabulary >= 256, model has {vocab}")
                 ids = list(obj["text"].encode("utf-8"))
             else:
                 ids = tok(obj["text"])["input_ids"]
         else:
-            raise CliError(f"dataset {path}:{n}: expected an object with 'input_ids' (list) or 'text' (string)")
+            raise SpecError(f"dataset {path}:{n}: expected an object with 'input_ids' (list) or 'text' (string)")
         bad = [x for x in ids if not 0 <= x < vocab]
         if bad:
-            raise CliError(f"dataset {path}:{n}: token id {bad[0]} outside the model's vocabulary [0, {vocab})")
+            raise SpecError(f"dataset {path}:{n}: token id {bad[0]} outside the model's vocabulary [0, {vocab})")
         if ids:
             samples.append(ids)
         if len(samples) >= limit:
             break
     if not samples:
-        raise CliError(f"dataset {path} holds no samples")
+        raise SpecError(f"dataset {path} holds no samples")
     return samples
 
 

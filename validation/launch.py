@@ -26,10 +26,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from planner.app.errors import CliError
-from validation.build import fallback_deepspeed_config, uses_deepspeed
-from validation.measurement import Measurement, atomic_write_text
-from validation.spec import RunSpec
+from validation.build import LR, fallback_deepspeed_config, uses_deepspeed
+from planner.fileio import atomic_write_text
+from validation.measurement import Measurement
+from validation.spec import RunSpec, SpecError
 
 MULTI_NODE_ENV = ("NODE_RANK", "MASTER_ADDR", "MASTER_PORT")
 DEFAULT_PORT = "29512"
@@ -38,25 +38,19 @@ DEFAULT_PORT = "29512"
 def deepspeed_config(spec: RunSpec) -> tuple[dict[str, Any], str]:
     """(DeepSpeed JSON for the plan, where it came from): ``planner.emit.deepspeed.deepspeed_config`` in its
     explicit flavour (what ``plan configs`` writes as ds_config.json), else the fallback."""
-    try:
-        from planner.emit.common import Target
-        from planner.emit.deepspeed import deepspeed_config as emit_config
-        from planner.engine.memory import estimate_memory
-        from planner.engine.results import Plan
-        from planner.engine.speed import estimate_speed
-    except ImportError:
-        return fallback_deepspeed_config(spec), "validation.build.fallback_deepspeed_config (planner.emit absent)"
+    from planner.emit.common import Target
+    from planner.emit.deepspeed import deepspeed_config as emit_config
+    from planner.engine.evaluate import evaluate
+
     m, c, s = spec.model, spec.cluster, spec.setup
     try:
-        mem = estimate_memory(m, c, s)
-        plan = Plan(rank=1, setup=s, memory=mem, speed=estimate_speed(m, c, s),
-                    headroom_bytes=mem.capacity_bytes - mem.peak_bytes)
+        plan = evaluate(m, c, s).model_copy(update={"rank": 1})
         cfg = emit_config(Target(plan, m, c), "explicit")
     except ValueError as e:  # NotExpressible and friends: say why, run with the fallback
         return fallback_deepspeed_config(spec), f"validation.build.fallback_deepspeed_config (emit: {e})"
     cfg = _resolve_auto(cfg, spec)
     if "optimizer" not in cfg and s.optimizer == "adamw":
-        cfg["optimizer"] = {"type": "AdamW", "params": {"lr": 1e-5}}
+        cfg["optimizer"] = {"type": "AdamW", "params": {"lr": LR}}
     if spec.device == "cpu" or os.environ.get("TUNEPLAN_DS_TORCH_ADAM") == "1":
         opt = cfg.get("optimizer")
         if isinstance(opt, dict) and opt.get("type") == "AdamW" and s.offload == "none":
@@ -65,20 +59,20 @@ def deepspeed_config(spec: RunSpec) -> tuple[dict[str, Any], str]:
 
 
 def _resolve_auto(cfg: dict[str, Any], spec: RunSpec) -> dict[str, Any]:
+    from planner.emit.common import ADAM_BETAS, ADAM_EPS, MAX_GRAD_NORM, WEIGHT_DECAY
+    from planner.engine.memory import zero_bucket_elements
+
     s = spec.setup
-    h = spec.model.hidden_size
     fills = {
         "train_micro_batch_size_per_gpu": s.micro_batch,
         "gradient_accumulation_steps": s.grad_accum,
         "train_batch_size": s.micro_batch * s.grad_accum * spec.world_size,
-        "gradient_clipping": 1.0,
-        "reduce_bucket_size": h * h,
-        "stage3_prefetch_bucket_size": int(0.9 * h * h),
-        "stage3_param_persistence_threshold": 10 * h,
-        "lr": 1e-5,
-        "weight_decay": 0.0,
-        "betas": [0.9, 0.999],
-        "eps": 1e-8,
+        "gradient_clipping": MAX_GRAD_NORM,
+        **zero_bucket_elements(spec.model),
+        "lr": LR,
+        "weight_decay": WEIGHT_DECAY,
+        "betas": list(ADAM_BETAS),
+        "eps": ADAM_EPS,
         "enabled": True,
     }
 
@@ -126,13 +120,13 @@ def run_distributed(spec: RunSpec, out_dir: str | Path, quiet: bool = False,
     """Launch every local rank, wait (at most ``timeout_s``, default ``TUNEPLAN_LAUNCH_TIMEOUT`` or 3600 s),
     and return their records (one per rank of this node)."""
     timeout_s = timeout_s or float(os.environ.get("TUNEPLAN_LAUNCH_TIMEOUT", "3600"))
-    from validation.runner import new_run_id, record_failure
+    from validation.records import new_run_id, record_failure
 
     out = Path(out_dir)
     if spec.cluster.nodes > 1:
         missing = [k for k in MULTI_NODE_ENV if k not in os.environ]
         if missing:
-            raise CliError(
+            raise SpecError(
                 f"{spec.label}: a {spec.cluster.nodes}-node plan runs the same command on every node; set "
                 f"{', '.join(missing)} (and run plan validate on each node), or validate on one node first"
             )

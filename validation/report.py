@@ -26,7 +26,8 @@ from validation.compare import (
     phase_rows,
     speed_row,
 )
-from validation.measurement import Measurement, atomic_write_text, read_measurements
+from planner.fileio import atomic_write_text
+from validation.measurement import Measurement, read_measurements
 
 REPORT_FILE = "report.md"
 FIG_DIR = "figures"

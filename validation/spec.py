@@ -27,14 +27,19 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from planner.app.errors import CliError
-from planner.engine.setup import Setup, validate_setup
+from profiles.errors import InputError
+from planner.engine.rules import validate_setup
+from planner.engine.setup import Setup
 from profiles.cluster import Cluster, make_cluster, parse_cluster
 from profiles.schema import ModelProfile
 
 RUN_KEYS = ("label", "model", "gpus", "steps", "warmup", "device", "weights", "dataset", "timeline", "snapshot",
             "profile_step", "seed", "host_ram_gib", "inter_node_gb_s")
 SETUP_ALIASES = {"seq": "seq_len"}
+
+
+class SpecError(InputError):
+    """A bad run spec, matrix file or plan for a validation run (one line, names the bad value)."""
 
 
 class RunSpec(BaseModel):
@@ -97,36 +102,34 @@ def resolve_model(arg: str, base: Path | None = None) -> ModelProfile:
         try:
             return ModelProfile.model_validate(yaml.safe_load(p.read_text(encoding="utf-8")))
         except ValidationError as e:
-            raise CliError(f"invalid model profile {arg}: {str(e).splitlines()[-1].strip()}") from None
+            raise SpecError(f"invalid model profile {arg}: {str(e).splitlines()[-1].strip()}") from None
     from profiles.registry import get_model
 
     return get_model(arg)
 
 
 def default_recipe(cluster: Cluster, zero: int, fsdp: str | None) -> str:
-    from planner.app.commands.common import default_recipe as _default
+    from planner.engine.setup import default_recipe as _default
 
-    return _default(cluster, zero, fsdp)
+    return _default(cluster.gpu.supports_bf16, zero, fsdp)
 
 
 def make_setup(fields: dict[str, Any], cluster: Cluster, where: str = "") -> Setup:
-    """A Setup from (possibly partial) fields with the CLI's defaults for recipe and LoRA alpha."""
+    """A Setup from (possibly partial) fields with the CLI's default recipe (LoRA alpha defaults in Setup)."""
     f = {SETUP_ALIASES.get(k, k): v for k, v in fields.items()}
     unknown = sorted(set(f) - set(Setup.model_fields))
     if unknown:
-        raise CliError(
+        raise SpecError(
             f"{where}unknown key {', '.join(unknown)}; valid: {', '.join(RUN_KEYS)} or a setup field "
             f"({', '.join(Setup.model_fields)})"
         )
     f.setdefault("zero", 0)
     if f.get("recipe") is None:
         f["recipe"] = default_recipe(cluster, f["zero"], f.get("fsdp"))
-    if f.get("lora_alpha") is None:
-        f["lora_alpha"] = 2 * int(f.get("lora_rank", Setup.model_fields["lora_rank"].default))
     try:
         return Setup(**f)
     except ValidationError as e:
-        raise CliError(f"{where}invalid setup: {str(e).splitlines()[-1].strip()}") from None
+        raise SpecError(f"{where}invalid setup: {str(e).splitlines()[-1].strip()}") from None
 
 
 def cluster_from(gpus: str, host_ram_gib: float | None = None, inter_node_gb_s: float | None = None) -> Cluster:
@@ -144,9 +147,9 @@ def spec_from_mapping(entry: dict[str, Any], defaults: dict[str, Any], index: in
     d = {**defaults, **entry}
     where = f"run {index + 1} ({d.get('label', d.get('model', '?'))}): "
     if "model" not in d:
-        raise CliError(f"{where}no model; every run needs model: NAME")
+        raise SpecError(f"{where}no model; every run needs model: NAME")
     if "gpus" not in d:
-        raise CliError(f"{where}no gpus; give gpus: SPEC (e.g. H100) in the run or in defaults")
+        raise SpecError(f"{where}no gpus; give gpus: SPEC (e.g. H100) in the run or in defaults")
     run = {k: d.pop(k) for k in list(d) if k in RUN_KEYS}
     cluster = cluster_from(run["gpus"], run.get("host_ram_gib"), run.get("inter_node_gb_s"))
     model = resolve_model(str(run["model"]), base)
@@ -157,11 +160,11 @@ def spec_from_mapping(entry: dict[str, Any], defaults: dict[str, Any], index: in
     try:
         spec = RunSpec(label=str(label), model=model, cluster=cluster, setup=setup, **kw)
     except ValidationError as e:
-        raise CliError(f"{where}{str(e).splitlines()[-1].strip()}") from None
+        raise SpecError(f"{where}{str(e).splitlines()[-1].strip()}") from None
     try:
         return check(spec)
     except ValueError as e:
-        raise CliError(f"{where}{e}") from None
+        raise SpecError(f"{where}{e}") from None
 
 
 def default_label(model: ModelProfile, setup: Setup) -> str:
@@ -175,9 +178,9 @@ def load_matrix(path: str | Path, overrides: dict[str, Any] | None = None) -> li
     try:
         data = yaml.safe_load(p.read_text(encoding="utf-8"))
     except OSError as e:
-        raise CliError(f"cannot read matrix file {path}: {e.strerror or e}") from None
+        raise SpecError(f"cannot read matrix file {path}: {e.strerror or e}") from None
     except yaml.YAMLError as e:
-        raise CliError(f"matrix file {path} is not valid YAML: {str(e).splitlines()[0]}") from None
+        raise SpecError(f"matrix file {path} is not valid YAML: {str(e).splitlines()[0]}") from None
     defaults: dict[str, Any] = {}
     entries: list[dict[str, Any]] = []
     if isinstance(data, list):
@@ -185,24 +188,24 @@ def load_matrix(path: str | Path, overrides: dict[str, Any] | None = None) -> li
     elif isinstance(data, dict):
         bad = sorted(set(data) - {"defaults", "runs", "grids"})
         if bad:
-            raise CliError(f"matrix file {path}: unknown top-level key {', '.join(bad)}; valid: defaults, runs, grids")
+            raise SpecError(f"matrix file {path}: unknown top-level key {', '.join(bad)}; valid: defaults, runs, grids")
         defaults = dict(data.get("defaults") or {})
         entries = list(data.get("runs") or [])
         for grid in data.get("grids") or []:
             entries += expand_grid(grid)
     else:
-        raise CliError(f"matrix file {path}: expected a list of runs or a mapping with runs/grids")
+        raise SpecError(f"matrix file {path}: expected a list of runs or a mapping with runs/grids")
     if not entries:
-        raise CliError(f"matrix file {path} has no runs")
+        raise SpecError(f"matrix file {path} has no runs")
     specs = []
     for i, e in enumerate(entries):
         if not isinstance(e, dict):
-            raise CliError(f"matrix file {path}: run {i + 1} is not a mapping")
+            raise SpecError(f"matrix file {path}: run {i + 1} is not a mapping")
         specs.append(spec_from_mapping({**e, **(overrides or {})}, defaults, i, p.parent))
     labels = [s.label for s in specs]
     dup = sorted({x for x in labels if labels.count(x) > 1})
     if dup:
-        raise CliError(f"matrix file {path}: duplicate labels {', '.join(dup)}; give each run a unique label")
+        raise SpecError(f"matrix file {path}: duplicate labels {', '.join(dup)}; give each run a unique label")
     return specs
 
 
@@ -220,8 +223,8 @@ def expand_grid(grid: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def read_plan_file(path: str | Path) -> dict[str, Any]:
-    """Model, cluster and setup of a plan JSON (:func:`planner.app.plan_file.read_plan_file`, the one reader)."""
-    from planner.app.plan_file import read_plan_file as read
+    """Model, cluster and setup of a plan JSON (:func:`planner.plan_file.read_plan_file`, the one reader)."""
+    from planner.plan_file import read_plan_file as read
 
     pf = read(path)
     return {"model": pf.model, "cluster": pf.cluster, "setup": pf.setup}

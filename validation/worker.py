@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from validation.build import uses_deepspeed
     from validation.launch import deepspeed_config, launcher_name
-    from validation.measurement import atomic_write_text
+    from planner.fileio import atomic_write_text
     from validation.runner import run_one
     from validation.spec import RunSpec
 

@@ -1,21 +1,48 @@
-"""Find the calibration data for a GPU and recipe, if any (the CLI's file I/O; the engine stays pure)."""
+"""Read calibration files (``profiles/calibration/<gpu-slug>__<recipe>.json``) into the typed
+:class:`~planner.engine.calibration.CalibrationBook` the engine receives. The only place they are read."""
 
 from __future__ import annotations
 
 import functools
-from typing import Any
+import json
+from pathlib import Path
+
+from planner.engine.calibration import (
+    Calibration,
+    CalibrationBook,
+    CalibrationError,
+    calibration_filename,
+    parse_calibration,
+)
+
+CALIBRATION_DIR = Path(__file__).resolve().parents[2] / "profiles" / "calibration"
+"""Where shipped calibration files live (``profiles/calibration/``)."""
 
 
-@functools.lru_cache(maxsize=64)
-def calibration_for(gpu_name: str, recipe: str | None) -> Any:
-    """The calibration object written by ``plan calibrate`` for this GPU and recipe, or None."""
+def _read(path: Path) -> Calibration:
     try:
-        from planner.engine.calibration import load_calibration
-    except ImportError:  # calibration support not installed
-        return None
-    if recipe is None:
-        return None
-    try:
-        return load_calibration(gpu_name, recipe)
-    except FileNotFoundError:
-        return None
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CalibrationError(f"cannot read calibration file {path}: {e}; rerun plan calibrate") from None
+    return parse_calibration(data, str(path))
+
+
+def load_calibration(gpu_name: str, recipe: str, directory: str | Path | None = None) -> Calibration | None:
+    """The calibration for ``gpu_name`` and ``recipe`` from ``directory`` (default :data:`CALIBRATION_DIR`),
+    or None when no file exists. A file that exists but does not validate raises :class:`CalibrationError`."""
+    base = Path(directory) if directory is not None else CALIBRATION_DIR
+    path = base / calibration_filename(gpu_name, recipe)
+    return _read(path) if path.is_file() else None
+
+
+def load_calibration_book(directory: str | Path | None = None) -> CalibrationBook:
+    """Every ``*.json`` calibration in ``directory`` (default :data:`CALIBRATION_DIR`) as one book; an absent
+    folder is an empty book. Memoised per folder and file modification times."""
+    base = Path(directory) if directory is not None else CALIBRATION_DIR
+    files = sorted(base.glob("*.json")) if base.is_dir() else []
+    return _book(tuple((str(p), p.stat().st_mtime_ns) for p in files))
+
+
+@functools.lru_cache(maxsize=8)
+def _book(files: tuple[tuple[str, int], ...]) -> CalibrationBook:
+    return CalibrationBook(tuple(_read(Path(p)) for p, _ in files))

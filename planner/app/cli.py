@@ -12,7 +12,7 @@ import argparse
 import importlib
 import sys
 
-from planner.app.errors import UserError
+from profiles.errors import InputError
 
 SUBCOMMANDS: dict[str, str] = {
     "estimate": "planner.app.commands.estimate",
@@ -88,17 +88,15 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     name = argv[0] if argv[0] in SUBCOMMANDS else None
     if name is None and not argv[0].startswith("-"):
-        import difflib
+        from profiles.errors import unknown_choice_message
 
-        close = difflib.get_close_matches(argv[0], list(SUBCOMMANDS), n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
-        print(f"plan: error: unknown command {argv[0]!r}{hint} (commands: {', '.join(SUBCOMMANDS)})", file=sys.stderr)
+        print(f"plan: error: {unknown_choice_message('command', argv[0], SUBCOMMANDS)}", file=sys.stderr)
         return 2
     parser = build_parser(name)
     args = parser.parse_args(argv[1:] if name else argv)
     try:
         return int(args._run(args) or 0)
-    except UserError as e:
+    except InputError as e:
         print(f"{parser.prog}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -1,17 +1,13 @@
-"""Errors the CLI prints as one line with exit code 2.
-
-Every user-input error in the project derives from ``ValueError`` and carries a one-line message that names
-the bad value and what would be valid. :data:`UserError` is the tuple the CLI catches.
+"""The CLI's own error type. Every user-input error in tuneplan derives from
+:class:`profiles.errors.InputError` (profiles, setups, searches, calibration files, validation specs, output
+folders) and carries a one-line message naming the bad value and what would be valid; the CLI
+(:func:`planner.app.cli.main`) is the one place that turns them into ``error: ...`` and exit code 2.
 """
 
 from __future__ import annotations
 
-from profiles.errors import ProfileError
-from planner.engine.setup import SetupError
+from profiles.errors import InputError
 
 
-class CliError(ValueError):
+class CliError(InputError):
     """A bad flag value or combination found by a command (one line)."""
-
-
-UserError = (ProfileError, SetupError, CliError)

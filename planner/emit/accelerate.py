@@ -32,7 +32,7 @@ from planner.emit.common import (
     learning_rate,
 )
 from planner.emit.yamltext import dump
-from planner.engine.setup import Setup, lora_target_names
+from planner.engine.setup import Setup
 
 Backend = Literal["deepspeed", "fsdp", "ddp"]
 TRAINER_OF: dict[str, Backend] = {"hf-deepspeed": "deepspeed", "hf-fsdp": "fsdp", "hf-ddp": "ddp"}
@@ -214,7 +214,7 @@ def model_settings(t: Target) -> dict[str, Any]:
         kwargs["quantization_config"] = q
     out: dict[str, Any] = {"model_name_or_path": t.hf_id, "from_pretrained": kwargs}
     if s.trains_adapters:
-        targets = "all-linear" if s.lora_targets.strip() in ("all-linear", "all") else lora_target_names(s, t.model)
+        targets = "all-linear" if s.lora_targets.strip() in ("all-linear", "all") else list(t.facts.lora_targets)
         lora: dict[str, Any] = {
             "r": s.lora_rank,
             "lora_alpha": s.lora_alpha,

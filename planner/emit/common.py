@@ -11,12 +11,12 @@ import re
 from dataclasses import dataclass, field
 from typing import Literal
 
+from planner.engine.facts import ModelFacts, model_facts
 from planner.engine.results import Plan
 from planner.engine.setup import Setup
+from planner.units import gib as _gib
 from profiles.cluster import Cluster
 from profiles.schema import ModelProfile
-
-GIB = 2**30
 
 Trainer = Literal["hf-deepspeed", "hf-fsdp", "hf-ddp", "llamafactory", "torchtune"]
 TRAINERS: dict[str, str] = {
@@ -75,6 +75,11 @@ class Target:
         return self.plan.setup
 
     @property
+    def facts(self) -> ModelFacts:
+        """The model facts the plan was estimated with (memoised by the engine)."""
+        return model_facts(self.model, self.setup)
+
+    @property
     def world_size(self) -> int:
         return self.cluster.world_size
 
@@ -116,8 +121,8 @@ class Emitted:
 
 
 def gib(n_bytes: float) -> str:
-    """``12.34 GiB`` (GiB = 2**30 bytes)."""
-    return f"{n_bytes / GIB:,.2f} GiB"
+    """``12.34 GiB`` (GiB = 2**30 bytes): :func:`planner.units.gib` at two decimals, as generated files show it."""
+    return _gib(n_bytes, 2)
 
 
 def header_lines(t: Target, what: str, run: str) -> list[str]:

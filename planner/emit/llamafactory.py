@@ -35,7 +35,6 @@ from planner.emit.common import (
     learning_rate,
 )
 from planner.emit.yamltext import dump
-from planner.engine.setup import lora_target_names
 from profiles.schema import ModelProfile
 
 LLAMAFACTORY_VERSION = "0.9.5"
@@ -112,7 +111,7 @@ def llamafactory_config(t: Target) -> dict[str, Any]:
             lora_rank=s.lora_rank,
             lora_alpha=s.lora_alpha,
             lora_dropout=s.lora_dropout,
-            lora_target="all" if all_linear else ",".join(lora_target_names(s, t.model)),
+            lora_target="all" if all_linear else ",".join(t.facts.lora_targets),
         )
         if s.dora:
             cfg["use_dora"] = True

@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 
 from planner.emit import deepspeed as ds
-from planner.emit.common import GIB, TRAINERS, Emitted, NotExpressible, Target, gib, header_lines
+from planner.emit.common import TRAINERS, Emitted, NotExpressible, Target, gib, header_lines
+from planner.units import gib_num
 from planner.engine.results import CATEGORIES, PHASES
 from planner.engine.setup import ATTENTION, CHECKPOINTING, LOSSES, METHODS, OPTIMIZERS, RECIPES
 
@@ -79,11 +80,11 @@ def _memory_table(t: Target) -> list[str]:
     for k, what in CATEGORIES.items():
         v = m.categories[k]
         if v:
-            out.append(f"| {k.replace('_', ' ')} | {v / GIB:,.2f} | {what} |")
-    out.append(f"| **peak ({m.peak_phase.replace('_', ' ')})** | **{m.peak_bytes / GIB:,.2f}** | "
+            out.append(f"| {k.replace('_', ' ')} | {gib_num(v)} | {what} |")
+    out.append(f"| **peak ({m.peak_phase.replace('_', ' ')})** | **{gib_num(m.peak_bytes)}** | "
                f"of {gib(m.capacity_bytes)} on {m.gpu}; headroom {gib(t.plan.headroom_bytes)} |")
     out += ["", "| phase | GiB |", "|---|---:|"]
-    out += [f"| {ph.replace('_', ' ')} | {m.phases[ph] / GIB:,.2f} |" for ph in PHASES]
+    out += [f"| {ph.replace('_', ' ')} | {gib_num(m.phases[ph])} |" for ph in PHASES]
     out += ["", f"Host RAM per node: {gib(m.host_bytes)}"
             + "".join(f"; {k.replace('_', ' ')} {gib(v)}" for k, v in m.host_categories.items() if v) + "."]
     return out

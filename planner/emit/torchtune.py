@@ -30,7 +30,6 @@ from planner.emit.common import (
     learning_rate,
 )
 from planner.emit.yamltext import dump
-from planner.engine.setup import lora_target_names
 
 TORCHTUNE_VERSION = "0.6.1"
 FILENAME = "torchtune.yaml"
@@ -162,7 +161,7 @@ def check(t: Target) -> TorchtuneModel:
     if s.trains_adapters:
         if s.lora_train_embeddings or s.lora_train_lm_head:
             raise NotExpressible(trainer, "torchtune's LoRA builders cannot train embed_tokens / lm_head fully")
-        targets = set(lora_target_names(s, t.model))
+        targets = set(t.facts.lora_targets)
         mlp = targets & set(LORA_MLP)
         if mlp and mlp != set(LORA_MLP):
             raise NotExpressible(trainer, "torchtune applies LoRA to all MLP projections or none "
@@ -183,7 +182,7 @@ def torchtune_config(t: Target) -> dict[str, Any]:
     builder = {"full": entry.full, "lora": entry.lora, "qlora": entry.qlora}[s.method]
     model: dict[str, Any] = {"_component_": f"{entry.module}.{builder}"}
     if s.trains_adapters:
-        targets = lora_target_names(s, t.model)
+        targets = list(t.facts.lora_targets)
         model.update(
             lora_attn_modules=[LORA_ATTN[x] for x in LORA_ATTN if x in targets],
             apply_lora_to_mlp=all(x in targets for x in LORA_MLP),

@@ -19,6 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from planner.engine.dtypes import RecipeBytes
+from planner.engine.facts import ModelFacts
 from planner.engine.setup import Setup
 from profiles.schema import ModelProfile
 
@@ -79,19 +80,16 @@ def _norm_saved(h: int, rb: RecipeBytes, weight_trains: bool, fp32_output: bool 
     return out
 
 
-def layer_inventory(model: ModelProfile, setup: Setup, rb: RecipeBytes, trains_layer: bool) -> LayerInventory:
+def layer_inventory(facts: ModelFacts, setup: Setup, rb: RecipeBytes, trains_layer: bool) -> LayerInventory:
     """Saved tensors of one (average) block under ``setup``.
 
     ``trains_layer``: the block's own weights train (full fine-tuning, or a trainable block of the freeze
     method). LoRA / QLoRA blocks do not train their base weights but save adapter inputs (eq. A5).
     """
+    model = facts.model
     h, c = model.hidden_size, rb.compute
     lora = setup.trains_adapters
-    targets: set[str] = set()
-    if lora:
-        from planner.engine.setup import lora_target_names
-
-        targets = set(lora_target_names(setup, model))
+    targets = set(facts.lora_targets)
     items: dict[str, int] = {}
     per_seq = 0
 
@@ -122,7 +120,7 @@ def layer_inventory(model: ModelProfile, setup: Setup, rb: RecipeBytes, trains_l
                 add(f"lora_dropout:{name}", rb.adapter * in_features + in_features)  # output + bool mask
             add(f"lora_a_out:{name}", (c if rb.autocast else rb.adapter) * setup.lora_rank)
             if setup.dora:
-                add(f"dora:{name}", 2 * c * _out_features(model, name))
+                add(f"dora:{name}", 2 * c * facts.out_features(name))
 
     # ---- attention, eq. A3-A4
     if model.mla is None:
@@ -235,15 +233,6 @@ def layer_inventory(model: ModelProfile, setup: Setup, rb: RecipeBytes, trains_l
     return LayerInventory(
         per_token, per_seq, transient, items, forward_per_token_per_seq=fwd_seq, backward_per_token_per_seq=bwd_seq
     )
-
-
-def _out_features(model: ModelProfile, name: str) -> int:
-    from profiles.params import linear_layers
-
-    for x in linear_layers(model):
-        if x.name.split(".")[-1] == name:
-            return x.out_features
-    return model.hidden_size
 
 
 def checkpointed_layer_bytes_per_token(rb: RecipeBytes, hidden: int) -> int:

@@ -15,23 +15,20 @@
 Each value comes with the runs it was fitted from and its leave-one-out (hold-out) error, so a reader can see
 whether it generalises. Files live in ``profiles/calibration/<gpu-slug>__<recipe>.json``.
 
-This module is pure data plus one reader: the engine receives a :class:`Calibration` object and never
-reads files itself (``planner.app.calibration_io`` and the CLI do the reading).
+This module is pure data: the engine receives a :class:`CalibrationBook` (every calibration known, looked
+up by GPU and recipe) and never reads files itself; :mod:`planner.app.calibration_io` reads them.
 """
 
 from __future__ import annotations
 
-import json
 import re
-from pathlib import Path
+from dataclasses import dataclass
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from profiles.errors import ProfileError
 
 SCHEMA_VERSION = 1
-CALIBRATION_DIR = Path(__file__).resolve().parent.parent / "profiles" / "calibration"
-"""Where shipped calibration files live (``profiles/calibration/``)."""
 
 
 class CalibrationError(ProfileError):
@@ -101,20 +98,35 @@ def calibration_filename(gpu_name: str, recipe: str) -> str:
     return f"{gpu_slug(gpu_name)}__{recipe}.json"
 
 
-def load_calibration(gpu_name: str, recipe: str, directory: str | Path | None = None) -> Calibration | None:
-    """The calibration for ``gpu_name`` and ``recipe`` from ``directory`` (default ``profiles/calibration``),
-    or None when no file exists. A file that exists but does not validate raises :class:`CalibrationError`."""
-    base = Path(directory) if directory is not None else CALIBRATION_DIR
-    path = base / calibration_filename(gpu_name, recipe)
-    if not path.is_file():
-        return None
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as e:
-        raise CalibrationError(f"cannot read calibration file {path}: {e}; rerun plan calibrate") from None
+def parse_calibration(data: object, where: str) -> Calibration:
+    """Validate one calibration record (a parsed JSON object); :class:`CalibrationError` names ``where``."""
     try:
         return Calibration.model_validate(data)
     except ValidationError as e:
         first = str(e).splitlines()
         msg = " ".join(x.strip() for x in first[1:3]) if len(first) > 2 else str(e)
-        raise CalibrationError(f"invalid calibration file {path}: {msg}; rerun plan calibrate") from None
+        raise CalibrationError(f"invalid calibration file {where}: {msg}; rerun plan calibrate") from None
+
+
+@dataclass(frozen=True)
+class CalibrationBook:
+    """Every calibration available, looked up by GPU and recipe: the one typed value the engine receives.
+
+    An empty book means "uncalibrated everywhere": the engine then uses its documented defaults."""
+
+    entries: tuple[Calibration, ...] = ()
+
+    def lookup(self, gpu_name: str, recipe: str) -> Calibration | None:
+        """The calibration fitted on this GPU kind (matched by :func:`gpu_slug`) for this recipe, or None."""
+        slug = gpu_slug(gpu_name)
+        for c in self.entries:
+            if c.recipe == recipe and gpu_slug(c.gpu) == slug:
+                return c
+        return None
+
+    def __bool__(self) -> bool:
+        return bool(self.entries)
+
+
+UNCALIBRATED = CalibrationBook()
+"""The empty book."""

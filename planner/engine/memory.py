@@ -3,8 +3,9 @@
 Pure functions, no I/O, no torch. :func:`estimate_memory` assembles a :class:`MemoryEstimate` from one
 function per term:
 
-* :func:`trainable_counts` - which parameters train (full, freeze, LoRA / DoRA / QLoRA adapters), eq. M2
-* :func:`quantized_frozen_bytes` - NF4 storage with block constants and double quantisation, eq. M3
+* :mod:`planner.engine.facts` - which parameters train (full, freeze, LoRA / DoRA / QLoRA adapters), eq. M2,
+  computed once per model and setup and passed to every function below as ``facts``
+* :func:`planner.engine.bnb.quantized_frozen_bytes` - NF4 storage with block constants and double quantisation, eq. M3
 * :func:`optimizer_state_bytes_per_param` / :func:`adafactor_state_elements` - eq. M4
 * :func:`model_states` - weights, gradients, master copy and optimizer states under DDP / ZeRO-1/2/3 /
   FSDP and CPU offload, following DeepSpeed's own accounting, eq. M5
@@ -24,27 +25,19 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from planner.engine.activations import LayerInventory, checkpointed_layer_bytes_per_token, layer_inventory
+from planner.engine.bnb import adam8bit_state_bytes_per_param, quantized_frozen_bytes
+from planner.engine.calibration import Calibration
 from planner.engine.dtypes import RecipeBytes, recipe_bytes
+from planner.engine.facts import ModelFacts
 from planner.engine.results import CATEGORIES, MemoryEstimate
-from planner.engine.setup import Setup, lora_target_names, validate_setup
+from planner.engine.setup import RECIPES, Setup
 from profiles.cluster import Cluster
-from profiles.params import largest_layer_params, layer_params, linear_layers, param_counts
+from planner.units import GiB
 from profiles.schema import ModelProfile
 
-GiB = 2**30
 MiB = 2**20
 
 # ---- constants, each with its source ------------------------------------------------------------------
-NF4_BITS = 4
-"""NF4 stores 4 bits per weight (Dettmers et al. 2023, arXiv:2305.14314, sec. 3)."""
-NF4_BLOCK = 64
-"""Weights per fp32 absmax constant (QLoRA paper sec. 3, "blocksize 64")."""
-DQ_BLOCK = 256
-"""Double quantisation: 8-bit constants quantised in blocks of 256 with one fp32 constant each (ibid.)."""
-BNB_8BIT_BLOCK = 256
-"""bitsandbytes 8-bit optimizers allocate one fp32 absmax per 256 state values
-(``bitsandbytes/optim/optimizer.py``, ``Optimizer8bit.init_state``: ``blocks = n // 256``); the paper
-(Dettmers et al. 2022, arXiv:2110.02861, sec. 2) describes blocks of 2048."""
 DS_ADDITIONAL_BUFFER_FACTOR = 1.5
 """Host-side buffer factor DeepSpeed's own estimators apply to offloaded states
 (``estimate_zero2_model_states_mem_needs(additional_buffer_factor=1.5)``, deepspeed 0.19.8)."""
@@ -61,97 +54,21 @@ LOSS_CHUNKS = 8
 """torchtune CEWithChunkedOutputLoss default ``num_output_chunks=8``."""
 
 
-@dataclass(frozen=True)
-class TrainableCounts:
-    """Parameter counts by role (eq. M2). ``frozen`` excludes parameters that train."""
-
-    trainable: int
-    """all trainable parameters (full weights, or adapters + trained embeddings / head)"""
-    trainable_base: int
-    """base-model parameters that train (full / freeze / LoRA-trained embeddings and head)"""
-    adapter: int
-    frozen: int
-    frozen_linear: int
-    """frozen parameters inside linear layers (what QLoRA quantises)"""
-    trainable_linear: int
-    """trainable parameters that sit in linear layers (what autocast casts per use)"""
-
-
-def lora_adapter_params(model: ModelProfile, setup: Setup) -> int:
-    """LoRA adapter parameters: ``r * (in + out)`` per adapted linear (Hu et al. 2021, arXiv:2106.09685,
-    sec. 4), plus DoRA's magnitude vector of ``out`` per adapted linear (Liu et al. 2024, arXiv:2402.09353).
-    Routed MoE experts are not ``nn.Linear`` in transformers >= 5 (3-D tensors), so ``all-linear`` skips them.
-    Golden: rank 8 on a 4096 x 11008 matrix gives 8 * (4096 + 11008) = 120,832."""
-    targets = set(lora_target_names(setup, model))
-    total = 0
-    for x in linear_layers(model):
-        if x.name.startswith("experts.") or x.name.split(".")[-1] not in targets:
-            continue
-        if x.name in ("gate", "shared_expert_gate"):
-            continue
-        per = setup.lora_rank * (x.in_features + x.out_features) + (x.out_features if setup.dora else 0)
-        total += per * x.count
-    return total
-
-
-def trainable_counts(model: ModelProfile, setup: Setup) -> TrainableCounts:
-    """Which parameters train under ``setup.method`` (eq. M2)."""
-    pc = param_counts(model)
-    lin_total = sum(x.params for x in linear_layers(model))
-    head = model.vocab_size * model.hidden_size
-    if setup.method == "full":
-        lin = lin_total + head  # a tied embedding is still cast per use as the LM head's weight
-        return TrainableCounts(pc.total, pc.total, 0, 0, 0, lin)
-    if setup.method == "freeze":
-        k = setup.freeze_layers
-        train = layer_params(model) * k
-        lin_train = lin_total * k // model.num_layers
-        return TrainableCounts(train, train, 0, pc.total - train, lin_total - lin_train, lin_train)
-    adapter = lora_adapter_params(model, setup)
-    extra = 0
-    if setup.lora_train_embeddings:
-        extra += head  # peft modules_to_save: a trainable copy; the original stays frozen
-    if setup.lora_train_lm_head:
-        extra += head
-    return TrainableCounts(adapter + extra, extra, adapter, pc.total, lin_total, adapter)
-
-
-def quantized_frozen_bytes(frozen_linear: int, double_quant: bool) -> int:
-    """NF4 storage of the frozen linear weights (eq. M3; Dettmers et al. 2023, sec. 3 "Double Quantization").
-
-    0.5 B per weight plus one fp32 absmax per 64 weights (0.5 bits/param); with double quantisation the
-    constants are 8-bit with one fp32 constant per 256 blocks (8/64 + 32/(64*256) = 0.127 bits/param).
-    Exact for the storage bitsandbytes allocates, up to per-tensor rounding of the last block (errs low by
-    at most one block per tensor).
-    """
-    weights = frozen_linear * NF4_BITS // 8
-    blocks = -(-frozen_linear // NF4_BLOCK)
-    if double_quant:
-        consts = blocks + 4 * -(-blocks // DQ_BLOCK)
-    else:
-        consts = 4 * blocks
-    return weights + consts
-
-
-def adafactor_state_elements(model: ModelProfile, setup: Setup, counts: TrainableCounts) -> int:
+def adafactor_state_elements(facts: ModelFacts, setup: Setup) -> int:
     """Adafactor's factored second moment (Shazeer & Stern 2018, arXiv:1804.04235, alg. 4): a row and a
     column vector per matrix, a full vector for 1-D parameters; no first moment (HF default beta1=None)."""
-    if setup.method in ("lora", "qlora"):
-        targets = set(lora_target_names(setup, model))
-        n = 0
-        for x in linear_layers(model):
-            if x.name.startswith("experts.") or x.name.split(".")[-1] not in targets:
-                continue
-            r = setup.lora_rank
-            n += x.count * ((r + x.in_features) + (x.out_features + r))
+    model = facts.model
+    if setup.trains_adapters:
+        r = setup.lora_rank
+        n = sum(x.count * ((r + x.in_features) + (x.out_features + r)) for x in facts.adapted)
         if setup.lora_train_embeddings:
             n += model.vocab_size + model.hidden_size
         if setup.lora_train_lm_head:
             n += model.vocab_size + model.hidden_size
         return n
-    factored = sum(x.count * (x.in_features + x.out_features) for x in linear_layers(model))
+    factored = sum(x.count * (x.in_features + x.out_features) for x in facts.linears)
     factored += 2 * (model.vocab_size + model.hidden_size) if not model.tie_embeddings else model.vocab_size + model.hidden_size
-    vectors = param_counts(model).norms
+    vectors = facts.counts.norms
     n = factored + vectors
     if setup.method == "freeze":
         n = n * setup.freeze_layers // model.num_layers
@@ -161,13 +78,13 @@ def adafactor_state_elements(model: ModelProfile, setup: Setup, counts: Trainabl
 def optimizer_state_bytes_per_param(setup: Setup, rb: RecipeBytes) -> float:
     """Bytes of optimizer state per trainable parameter (eq. M4). Adafactor is handled by shape instead.
 
-    AdamW: two states (m, v) at the recipe's state dtype (Loshchilov & Hutter 2019). 8-bit AdamW: two uint8
-    states plus one fp32 absmax per 256 values each (bitsandbytes ``Optimizer8bit.init_state``). SGD with momentum: one state.
+    AdamW: two states (m, v) at the recipe's state dtype (Loshchilov & Hutter 2019). 8-bit AdamW:
+    :func:`planner.engine.bnb.adam8bit_state_bytes_per_param`. SGD with momentum: one state.
     """
     if setup.optimizer == "adamw":
         return 2 * rb.state
     if setup.optimizer in ("adamw-8bit", "paged-adamw-8bit"):
-        return 2 * (1 + 4 / BNB_8BIT_BLOCK)
+        return adam8bit_state_bytes_per_param()
     if setup.optimizer == "sgd-momentum":
         return rb.state
     return 0.0
@@ -193,7 +110,7 @@ def _shard(n: float, sharded: bool, world: int) -> int:
     return int(n // world) if sharded else int(n)
 
 
-def model_states(model: ModelProfile, cluster: Cluster, setup: Setup, rb: RecipeBytes, counts: TrainableCounts) -> ModelStates:
+def model_states(facts: ModelFacts, cluster: Cluster, setup: Setup, rb: RecipeBytes) -> ModelStates:
     """Weights, gradients, master weights and optimizer states per GPU under the sharding (eq. M5).
 
     DeepSpeed stages follow DeepSpeed's own accounting (``estimate_zero2_model_states_mem_needs``: 2 B of
@@ -209,6 +126,7 @@ def model_states(model: ModelProfile, cluster: Cluster, setup: Setup, rb: Recipe
     master and states to the host; parameter offload also the 16-bit weights (ZeRO-3 only).
     """
     N = cluster.world_size
+    counts = facts.trainable
     z, fsdp = setup.zero, setup.fsdp
     deepspeed = z > 0
     step_only = 0
@@ -237,7 +155,7 @@ def model_states(model: ModelProfile, cluster: Cluster, setup: Setup, rb: Recipe
 
     # optimizer states
     if setup.optimizer == "adafactor":
-        opt = adafactor_state_elements(model, setup, counts) * 4
+        opt = adafactor_state_elements(facts, setup) * 4
     else:
         opt = optimizer_state_bytes_per_param(setup, rb) * P_t
     master = rb.master * P_t
@@ -266,11 +184,11 @@ def model_states(model: ModelProfile, cluster: Cluster, setup: Setup, rb: Recipe
             opt = _shard(opt, shard_o, N)
     if setup.optimizer_in_backward:
         # gradients are freed right after each parameter's update: at most the largest tensor's gradient
-        g_gpu = min(g_gpu, (rb.grad32 + rb.grad16) * largest_layer_params(model))
+        g_gpu = min(g_gpu, (rb.grad32 + rb.grad16) * facts.largest_module_params)
     step_temp = 0
     if setup.optimizer == "adafactor":
         # transformers' Adafactor steps one tensor at a time, building an fp32 update of its size
-        step_temp = 3 * 4 * min(largest_layer_params(model), max(P_t, 1))
+        step_temp = 3 * 4 * min(facts.largest_module_params, max(P_t, 1))
     return ModelStates(
         trainable_b, frozen_b, int(g_gpu), int(opt), int(master), int(host_opt), int(host_params), step_temp, int(step_only)
     )
@@ -341,7 +259,7 @@ class ActivationBytes:
     checkpointed_layers: int
 
 
-def activation_bytes(model: ModelProfile, setup: Setup, rb: RecipeBytes) -> ActivationBytes:
+def activation_bytes(facts: ModelFacts, setup: Setup, rb: RecipeBytes) -> ActivationBytes:
     """Saved activations of all blocks plus the per-block working sets (eq. A1).
 
     Blocks below the first trainable one save nothing under the freeze method (no gradient flows there).
@@ -349,11 +267,12 @@ def activation_bytes(model: ModelProfile, setup: Setup, rb: RecipeBytes) -> Acti
     at a time in backward; selective checkpointing drops the attention core (the eager s^2 terms; with
     SDPA / flash it keeps almost everything). Activation offload keeps two block inputs on the GPU.
     """
+    model = facts.model
     T = setup.micro_batch * setup.seq_len
     s = setup.seq_len
     L = model.num_layers
     trains_layer = setup.method in ("full", "freeze")
-    inv = layer_inventory(model, setup, rb, trains_layer)
+    inv = layer_inventory(facts, setup, rb, trains_layer)
     active_layers = setup.freeze_layers if setup.method == "freeze" else L
     layer_full = inv.bytes(T, s)
     if setup.checkpointing == "full":
@@ -419,7 +338,7 @@ class CommBytes:
     optimizer: int
 
 
-def comm_buffer_bytes(model: ModelProfile, cluster: Cluster, setup: Setup, rb: RecipeBytes, counts: TrainableCounts) -> CommBytes:
+def comm_buffer_bytes(facts: ModelFacts, cluster: Cluster, setup: Setup, rb: RecipeBytes) -> CommBytes:
     """Communication and gather buffers per GPU (eq. C1-C4).
 
     C1 DDP (world > 1): the reducer's flat buckets hold a second copy of every gradient
@@ -432,47 +351,46 @@ def comm_buffer_bytes(model: ModelProfile, cluster: Cluster, setup: Setup, rb: R
     root unit (embeddings, LM head) unsharded through the step, and unshards a block's gradients in
     backward; shard-grad-op keeps all 16-bit params gathered from forward to backward.
     """
+    model = facts.model
     N = cluster.world_size
     c = rb.compute
     if N == 1 and setup.zero < 3 and setup.fsdp is None:
         return CommBytes(0, 0, 0, 0)
     b = zero_bucket_elements(model)
     if setup.fsdp is None and setup.zero == 0:
-        g = (rb.grad32 + rb.grad16) * counts.trainable
+        g = (rb.grad32 + rb.grad16) * facts.trainable.trainable
         return CommBytes(g, 0, 0, 0)
     if setup.zero in (1, 2):
         buckets = 2 * b["reduce_bucket_size"] * c
         return CommBytes(buckets, 0, 0, b["allgather_bucket_size"] * c)
     if setup.zero == 3:
-        largest = largest_layer_params(model)
+        largest = facts.largest_module_params
         buckets = 2 * b["reduce_bucket_size"] * c
         prefetch = b["stage3_prefetch_bucket_size"] * c
         gathered_fwd = largest * c + prefetch
         # params + their 16-bit gradient (the gradient only exists when the base weights train)
         gathered_bwd = (2 if setup.method in ("full", "freeze") else 1) * largest * c + prefetch
         return CommBytes(buckets, gathered_fwd, gathered_bwd, 0)
-    block = layer_params(model) * c
+    block = facts.block_params * c
     root = model.vocab_size * model.hidden_size * c * (1 if model.tie_embeddings else 2)
     if setup.fsdp == "full-shard":
         return CommBytes(0, root + 2 * block, root + 2 * block + block, 0)
-    full = param_counts(model).total * c
+    full = facts.counts.total * c
     return CommBytes(0, full, full + block, 0)
 
 
-def framework_overhead_bytes(cluster: Cluster, calibration: object | None = None) -> int:
+def framework_overhead_bytes(cluster: Cluster, calibration: Calibration | None = None) -> int:
     """CUDA context, library workspaces and NCCL buffers per process (eq. F1). Outside
     ``max_memory_allocated``; replaced by the calibrated fixed overhead when calibration data exists."""
-    fixed = getattr(calibration, "fixed_overhead_bytes", None)
-    if fixed is not None:
-        return int(fixed)
+    if calibration is not None:
+        return calibration.fixed_overhead_bytes
     return CUDA_CONTEXT_BYTES + (NCCL_BYTES if cluster.world_size > 1 else 0)
 
 
-def allocator_margin_bytes(allocated_peak: int, calibration: object | None = None) -> int:
+def allocator_margin_bytes(allocated_peak: int, calibration: Calibration | None = None) -> int:
     """Caching-allocator rounding and fragmentation (eq. F2): ``(factor - 1) * allocated``, the factor being
     the calibrated ``max_memory_reserved / max_memory_allocated`` or 1.05 by default."""
-    factor = getattr(calibration, "allocator_factor", None)
-    margin = (factor - 1) if factor is not None else ALLOCATOR_MARGIN
+    margin = (calibration.allocator_factor - 1) if calibration is not None else ALLOCATOR_MARGIN
     return int(max(margin, 0) * allocated_peak)
 
 
@@ -498,23 +416,26 @@ def host_bytes(
 
 
 def estimate_memory(
-    model: ModelProfile, cluster: Cluster, setup: Setup, calibration: object | None = None
+    facts: ModelFacts, cluster: Cluster, setup: Setup, calibration: Calibration | None = None
 ) -> MemoryEstimate:
-    """Every byte of one steady-state training step on one GPU rank, by category and phase, and the host."""
-    validate_setup(setup, model, cluster)
+    """Every byte of one steady-state training step on one GPU rank, by category and phase, and the host.
+
+    Assumes a valid setup (:func:`planner.engine.rules.validate_setup`); call it through
+    :func:`planner.engine.evaluate.evaluate`, which checks the setup and builds ``facts`` once."""
+    model = facts.model
     rb = recipe_bytes(setup)
-    counts = trainable_counts(model, setup)
-    ms = model_states(model, cluster, setup, rb, counts)
-    acts = activation_bytes(model, setup, rb)
+    counts = facts.trainable
+    ms = model_states(facts, cluster, setup, rb)
+    acts = activation_bytes(facts, setup, rb)
     T = setup.micro_batch * setup.seq_len
     lg = logits_loss_bytes(model, setup, rb, T)
-    cb = comm_buffer_bytes(model, cluster, setup, rb, counts)
+    cb = comm_buffer_bytes(facts, cluster, setup, rb)
 
     # temporaries: autocast's cached low-precision copies of fp32 trainable linear weights (alive from the
     # cast in forward until backward has used them), QLoRA's dequantised layer, adafactor's step buffers
     autocast_copies = rb.compute * counts.trainable_linear if rb.autocast else 0
     autocast_copies = autocast_copies // (cluster.world_size if setup.fsdp == "full-shard" else 1)
-    biggest_linear = max((x.weight_params for x in linear_layers(model)), default=0)
+    biggest_linear = facts.largest_linear_weight
     dequant = rb.compute * biggest_linear if setup.method == "qlora" else 0
     dora_tmp = rb.adapter * biggest_linear if setup.dora else 0
     ckpt = setup.checkpointing == "full"
@@ -584,8 +505,8 @@ def estimate_memory(
     peak_phase = max(totals, key=lambda k: (totals[k], k == "backward_peak"))
 
     host = host_bytes(model, cluster, setup, rb, ms)
-    calib = getattr(calibration, "label", None) or "uncalibrated"
-    assumptions = _assumptions(model, cluster, setup, rb, counts, acts)
+    calib = calibration.label if calibration is not None else "uncalibrated"
+    assumptions = _assumptions(facts, cluster, setup, rb, acts)
     return MemoryEstimate(
         model=model.name,
         gpu=cluster.gpu.name,
@@ -610,13 +531,14 @@ def allocated_bytes(est: MemoryEstimate) -> int:
 
 
 def _assumptions(
-    model: ModelProfile, cluster: Cluster, setup: Setup, rb: RecipeBytes, counts: TrainableCounts, acts: ActivationBytes
+    facts: ModelFacts, cluster: Cluster, setup: Setup, rb: RecipeBytes, acts: ActivationBytes
 ) -> list[str]:
-    from planner.engine.setup import RECIPES
+    from planner.engine.activations import effective_attention
 
+    model = facts.model
     out = [
         f"recipe {setup.recipe}: {RECIPES[setup.recipe]}",
-        f"trainable parameters: {counts.trainable:,} of {param_counts(model).total:,}",
+        f"trainable parameters: {facts.trainable.trainable:,} of {facts.counts.total:,}",
         f"activations: generalised per-block inventory (docs/memory.md eq. A1), {acts.trainable_layers} blocks "
         f"saving, {acts.checkpointed_layers} checkpointed",
         "steady state: optimizer states exist from the start of the step (step >= 2)",
@@ -634,8 +556,6 @@ def _assumptions(
         out.append("ZeRO bucket sizes as the HF integration fills 'auto': reduce h^2, prefetch 0.9 h^2")
     if not setup.packing:
         out.append("padding: every micro-batch padded to --seq (worst case)")
-    from planner.engine.activations import effective_attention
-
     if effective_attention(model, setup) != setup.attention:
         out.append(f"{model.name}: transformers runs eager attention instead of {setup.attention} (logit soft-capping)")
     if model.is_moe:

@@ -143,16 +143,37 @@ class SpeedEstimate(BaseModel):
 
 
 class Plan(BaseModel):
-    """A setup with its estimates and the reasons it ranks where it does."""
+    """One setup judged on one cluster: its memory and speed estimates, the per-GPU limit it was judged
+    against, and (when a search ranked it) its rank and the reasons. Made only by
+    :func:`planner.engine.evaluate.evaluate` (the search re-ranks copies of those)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    rank: int
+    rank: int = Field(0, ge=0, description="1 = best of a search; 0 = not ranked")
     setup: Setup
     memory: MemoryEstimate
     speed: SpeedEstimate
-    headroom_bytes: int
+    usable_bytes: int = Field(gt=0, description="per-GPU limit: capacity x (1 - headroom)")
+    host_capacity_bytes: int = Field(gt=0, description="host RAM per node")
     reasons: tuple[str, ...] = ()
+
+    @property
+    def headroom_bytes(self) -> int:
+        """What is left of the usable per-GPU memory at the peak (negative: does not fit)."""
+        return self.usable_bytes - self.memory.peak_bytes
+
+    @property
+    def fits_gpu(self) -> bool:
+        return self.memory.peak_bytes <= self.usable_bytes
+
+    @property
+    def fits_host(self) -> bool:
+        return self.memory.host_bytes <= self.host_capacity_bytes
+
+    @property
+    def fits(self) -> bool:
+        """The peak fits the usable GPU memory and the host RAM fits a node."""
+        return self.fits_gpu and self.fits_host
 
     def to_json(self) -> dict:
         return {
@@ -160,6 +181,9 @@ class Plan(BaseModel):
             "setup": self.setup.model_dump(),
             "memory": self.memory.to_json(),
             "speed": self.speed.to_json(),
+            "usable_bytes": self.usable_bytes,
             "headroom_bytes": self.headroom_bytes,
+            "host_capacity_bytes": self.host_capacity_bytes,
+            "fits": self.fits,
             "reasons": list(self.reasons),
         }

@@ -4,18 +4,18 @@ Each field has a documented default that matches what the trainer does by defaul
 LoRA rank / alpha / dropout / targets, the HF Trainer for the rest) unless noted. Strategies are named
 ``Literal`` values, never magic integers (the ZeRO stage number *is* the name).
 
-:func:`validate_setup` rejects impossible combinations with one-line :class:`SetupError` messages; it is
-the single place those rules live.
+:func:`planner.engine.rules.validate_setup` rejects impossible combinations; :func:`candidate_recipes` and
+:func:`default_recipe` decide which precision recipes a setup can run under, in one place.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from profiles.cluster import Cluster
-from profiles.schema import ModelProfile
+from planner.engine.bnb import BNB_8BIT_BLOCK
+from profiles.errors import InputError
 
 Recipe = Literal["hf-amp", "deepspeed-bf16", "bf16", "fp16-amp"]
 RECIPES: dict[str, str] = {
@@ -39,7 +39,7 @@ METHODS: dict[str, str] = {
 Optimizer = Literal["adamw", "adamw-8bit", "paged-adamw-8bit", "sgd", "sgd-momentum", "adafactor"]
 OPTIMIZERS: dict[str, str] = {
     "adamw": "AdamW, two fp32 states (m, v) per trainable parameter (bf16 under the pure-bf16 recipe)",
-    "adamw-8bit": "bitsandbytes 8-bit AdamW: two uint8 states plus one fp32 absmax per 2048-value block",
+    "adamw-8bit": f"bitsandbytes 8-bit AdamW: two uint8 states plus one fp32 absmax per {BNB_8BIT_BLOCK}-value block",
     "paged-adamw-8bit": "8-bit AdamW whose states live in CUDA unified memory and page out under pressure",
     "sgd": "plain SGD: no state",
     "sgd-momentum": "SGD with momentum: one state per trainable parameter",
@@ -68,7 +68,7 @@ LOSSES: dict[str, str] = {
 }
 
 
-class SetupError(ValueError):
+class SetupError(InputError):
     """An impossible or unsupported setup: one line, safe to print as-is."""
 
 
@@ -92,7 +92,9 @@ class Setup(BaseModel):
     seq_len: int = Field(2048, ge=1)
     packing: bool = Field(True, description="packed sequences: every micro-batch is full; no padding")
     lora_rank: int = Field(8, ge=1, description="LLaMA-Factory default 8")
-    lora_alpha: int = Field(16, ge=1, description="LLaMA-Factory default: 2 x rank")
+    lora_alpha: int = Field(
+        16, ge=1, description="default 2 x lora_rank (LLaMA-Factory finetuning_args: lora_alpha = lora_alpha or rank * 2)"
+    )
     lora_targets: str = Field("all-linear", description="'all-linear' or a comma list such as 'q_proj,v_proj'")
     lora_dropout: float = Field(0.0, ge=0.0, lt=1.0, description="LLaMA-Factory and peft default 0")
     dora: bool = False
@@ -105,9 +107,25 @@ class Setup(BaseModel):
     compile: bool = False
     allow_long_seq: bool = Field(False, description="permit seq_len beyond the model's max positions")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _alpha_default(cls, data: Any) -> Any:
+        """An absent (or None) ``lora_alpha`` is 2 x ``lora_rank``: the one place that default lives."""
+        if isinstance(data, dict) and data.get("lora_alpha") is None:
+            rank = data.get("lora_rank", 8)
+            data = {**data, "lora_alpha": 2 * rank if isinstance(rank, int) else rank}
+        return data
+
     @property
     def trains_adapters(self) -> bool:
         return self.method in ("lora", "qlora")
+
+    @property
+    def method_label(self) -> str:
+        """``full``, ``freeze``, ``lora``, ``qlora``, ``dora`` or ``qdora`` (QLoRA with DoRA, peft's QDoRA)."""
+        if self.dora and self.trains_adapters:
+            return "qdora" if self.method == "qlora" else "dora"
+        return self.method
 
     @property
     def sharding_label(self) -> str:
@@ -117,7 +135,7 @@ class Setup(BaseModel):
 
     def compact(self) -> str:
         """A table-width label: ``full ZeRO-3 ckpt 2x8 adamw``."""
-        parts = [self.method + (f" r{self.lora_rank}" if self.trains_adapters else ""), self.sharding_label]
+        parts = [self.method_label + (f" r{self.lora_rank}" if self.trains_adapters else ""), self.sharding_label]
         if self.offload != "none":
             parts.append("off:" + ("opt" if self.offload == "optimizer" else "opt+par"))
         if self.checkpointing != "none":
@@ -130,7 +148,7 @@ class Setup(BaseModel):
 
     def short(self) -> str:
         """A one-line label: ``full · ZeRO-3 · ckpt full · mb 2 x ga 8 · adamw``."""
-        parts = [self.method + (f" r{self.lora_rank}" if self.trains_adapters else ""), self.sharding_label]
+        parts = [self.method_label + (f" r{self.lora_rank}" if self.trains_adapters else ""), self.sharding_label]
         if self.offload != "none":
             parts.append(f"offload {self.offload}")
         parts.append(f"ckpt {self.checkpointing}" if self.checkpointing != "none" else "no ckpt")
@@ -141,74 +159,19 @@ class Setup(BaseModel):
         return " · ".join(parts)
 
 
-def lora_target_names(setup: Setup, model: ModelProfile) -> list[str]:
-    """Resolve ``lora_targets`` to the model's linear-layer names; unknown names raise :class:`SetupError`."""
-    from profiles.params import linear_layers
+def candidate_recipes(supports_bf16: bool, zero: int, fsdp: str | None) -> tuple[Recipe, ...]:
+    """The recipes a setup can run under, the default first (the one place the default recipe is decided).
 
-    names = [x.name for x in linear_layers(model)]
-    base = sorted({n.split(".")[-1] for n in names if n not in ("gate", "shared_expert_gate")})
-    if setup.lora_targets.strip() in ("all-linear", "all"):
-        return base
-    wanted = [t.strip() for t in setup.lora_targets.split(",") if t.strip()]
-    bad = [t for t in wanted if t not in base]
-    if bad or not wanted:
-        raise SetupError(
-            f"LoRA target {', '.join(bad) or repr(setup.lora_targets)!s} is not a linear layer of {model.name}; "
-            f"valid: all-linear or a comma list of {', '.join(base)}"
-        )
-    return wanted
+    GPUs without bf16 (V100, T4): fp16 AMP only. Under DeepSpeed ZeRO: DeepSpeed's bf16 with fp32 master
+    (the HF integration's ``bf16: auto``). Otherwise HF AMP (the HF Trainer's ``bf16=True``), then pure bf16
+    (torchtune's default ``dtype: bf16``)."""
+    if not supports_bf16:
+        return ("fp16-amp",)
+    if zero and not fsdp:
+        return ("deepspeed-bf16",)
+    return ("hf-amp", "bf16")
 
 
-def validate_setup(setup: Setup, model: ModelProfile, cluster: Cluster) -> None:
-    """Reject impossible combinations with one clear line each (raises :class:`SetupError`)."""
-    gpu = cluster.gpu
-    if setup.fsdp is not None and setup.zero != 0:
-        raise SetupError(f"choose ZeRO or FSDP, not both (got --zero {setup.zero} and --fsdp {setup.fsdp})")
-    if setup.recipe in ("deepspeed-bf16", "bf16", "hf-amp") and not gpu.supports_bf16:
-        raise SetupError(
-            f"recipe {setup.recipe!r} needs bf16, which {gpu.name} lacks; use --recipe fp16-amp"
-        )
-    if setup.recipe == "deepspeed-bf16" and setup.fsdp is not None:
-        raise SetupError("recipe 'deepspeed-bf16' is DeepSpeed's; with --fsdp use --recipe hf-amp or bf16")
-    if setup.zero > 0 and setup.recipe in ("hf-amp", "bf16"):
-        raise SetupError(
-            f"recipe {setup.recipe!r} is not what DeepSpeed runs under ZeRO-{setup.zero} (it keeps an fp32 master); "
-            "use --recipe deepspeed-bf16 (or fp16-amp on GPUs without bf16)"
-        )
-    if setup.offload == "optimizer+params" and not (setup.zero == 3 or setup.fsdp == "full-shard"):
-        raise SetupError(
-            "parameter offload needs ZeRO-3 (or FSDP full-shard); got "
-            f"{setup.sharding_label}; use --zero 3 or --offload optimizer"
-        )
-    if setup.offload == "optimizer" and setup.zero == 0 and setup.fsdp is None:
-        raise SetupError("optimizer offload needs ZeRO-1/2/3 or FSDP; got DDP; use --zero 2")
-    if setup.optimizer_in_backward and setup.grad_accum != 1:
-        raise SetupError(
-            f"--optimizer-in-backward frees each gradient as it is made, so it cannot accumulate; "
-            f"got --grad-accum {setup.grad_accum}; use --grad-accum 1"
-        )
-    if setup.optimizer_in_backward and (setup.zero or setup.fsdp):
-        raise SetupError("--optimizer-in-backward is single-device or DDP only (torchtune); drop --zero/--fsdp")
-    if setup.method == "qlora" and setup.zero == 3 and setup.offload != "none":
-        raise SetupError("QLoRA with ZeRO-3 offload is not supported by bitsandbytes/DeepSpeed; use --offload none")
-    if setup.method == "full" and setup.dora:
-        raise SetupError("--dora applies to LoRA/QLoRA, not full fine-tuning; use --method lora")
-    if setup.method in ("full", "freeze") and setup.optimizer in ("paged-adamw-8bit",) and setup.zero:
-        raise SetupError("paged 8-bit AdamW is a bitsandbytes optimizer; DeepSpeed ZeRO cannot shard it; use --zero 0")
-    if setup.optimizer in ("adamw-8bit", "paged-adamw-8bit") and setup.offload != "none":
-        raise SetupError(f"--optimizer {setup.optimizer} cannot be offloaded by DeepSpeed; use --optimizer adamw")
-    if setup.method == "freeze" and setup.freeze_layers > model.num_layers:
-        raise SetupError(f"--freeze-layers {setup.freeze_layers} exceeds the model's {model.num_layers} layers")
-    if setup.seq_len > model.max_positions and not setup.allow_long_seq:
-        raise SetupError(
-            f"--seq {setup.seq_len} exceeds {model.name}'s max positions {model.max_positions}; "
-            "pass --allow-long-seq if you extend RoPE yourself"
-        )
-    if setup.activation_offload and setup.checkpointing == "none":
-        raise SetupError("--activation-offload offloads checkpointed block inputs; it needs --checkpointing full")
-    if setup.recipe == "fp16-amp" and gpu.fp16_tflops is None:
-        raise SetupError(f"{gpu.name} has no fp16 tensor cores")
-    if setup.trains_adapters:
-        lora_target_names(setup, model)
-    elif setup.lora_train_embeddings or setup.lora_train_lm_head:
-        raise SetupError("--lora-train-embeddings/--lora-train-lm-head apply to LoRA/QLoRA only")
+def default_recipe(supports_bf16: bool, zero: int, fsdp: str | None) -> Recipe:
+    """The recipe a user gets without ``--recipe``: the first of :func:`candidate_recipes`."""
+    return candidate_recipes(supports_bf16, zero, fsdp)[0]

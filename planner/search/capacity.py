@@ -35,7 +35,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
-from planner.engine.memory import estimate_memory
+from planner.engine.calibration import CalibrationBook
+from planner.engine.evaluate import DEFAULT_HEADROOM, evaluate, usable_bytes
 from planner.engine.results import Plan
 from planner.search.rank import MAX_MICRO_BATCH, SearchError, SearchRequest, SearchResult, default_global_batch, search
 from planner.engine.setup import SetupError
@@ -256,26 +257,23 @@ def plan_summary(plan: Plan) -> dict:
 class Prober:
     """Runs restricted searches for one model and memoises them (keyed by cluster shape, method, seq, mb).
 
-    ``fixed`` holds extra Setup fields every search keeps fixed (e.g. a LoRA rank); ``calibration`` is one
-    object or a callable ``gpu -> calibration`` (the CLI reads calibration files; this module does not).
+    ``fixed`` holds extra Setup fields every search keeps fixed (e.g. a LoRA rank); ``calibration`` is the
+    same book ``plan`` ranks with, so a capacity answer and ``plan --method M`` agree.
     """
 
     model: ModelProfile
-    headroom: float = 0.10
+    headroom: float = DEFAULT_HEADROOM
     fixed: dict[str, Any] = field(default_factory=dict)
-    calibration: Any = None
+    calibration: CalibrationBook | None = None
     efficiency: float | None = None
     probes: int = 0
     searches: int = 0
     _cache: dict[tuple, SearchResult | str] = field(default_factory=dict)
 
-    def _calibration(self, cluster: Cluster) -> Any:
-        return self.calibration(cluster.gpu) if callable(self.calibration) else self.calibration
-
     def _request(self, cluster: Cluster, fixed: dict, global_batch: int | None, objective: str) -> SearchRequest:
         return SearchRequest(
             fixed={**self.fixed, **fixed}, global_batch=global_batch, headroom=self.headroom,
-            objective=objective, top=1, calibration=self._calibration(cluster), efficiency=self.efficiency,
+            objective=objective, top=1, calibration=self.calibration, efficiency=self.efficiency,
         )
 
     def _run(self, key: tuple, cluster: Cluster, request: SearchRequest) -> SearchResult | str:
@@ -313,8 +311,7 @@ class Prober:
                 break
             if x.peak_bytes <= r.usable_bytes:  # rejected for host RAM only
                 continue
-            host = estimate_memory(self.model, cluster, x.setup, self._calibration(cluster)).host_bytes
-            if host <= cluster.host_ram_bytes_per_node:
+            if evaluate(self.model, cluster, x.setup, self.calibration, headroom=self.headroom).fits_host:
                 return x.peak_bytes
         return best
 
@@ -500,10 +497,10 @@ def capacity_for_cluster(
     cluster: Cluster,
     methods: Sequence[str] = DEFAULT_METHODS,
     seq: int = DEFAULT_SEQ,
-    headroom: float = 0.10,
+    headroom: float = DEFAULT_HEADROOM,
     *,
     fixed: dict | None = None,
-    calibration: Any = None,
+    calibration: CalibrationBook | None = None,
     efficiency: float | None = None,
     curves: bool = False,
     progress: Progress | None = None,
@@ -519,7 +516,7 @@ def capacity_for_cluster(
                 cvs.append(memory_curve(prober, cluster, method))
             if progress:
                 progress(f"{model.name} {method}")
-    usable = int(cluster.gpu.memory_bytes * (1 - headroom))
+    usable = usable_bytes(cluster.gpu.memory_bytes, headroom)
     return ClusterCapacity(cluster, seq, headroom, usable, tuple(methods), tuple(cells), tuple(cvs))
 
 
@@ -528,10 +525,10 @@ def capacity_across_gpus(
     gpus: Sequence[GpuProfile],
     methods: Sequence[str] = DEFAULT_METHODS,
     seq: int = DEFAULT_SEQ,
-    headroom: float = 0.10,
+    headroom: float = DEFAULT_HEADROOM,
     *,
     fixed: dict | None = None,
-    calibration: Any = None,
+    calibration: CalibrationBook | None = None,
     efficiency: float | None = None,
     host_ram_gib: float | None = None,
     inter_node_gb_s: float | None = None,

@@ -16,11 +16,14 @@ import itertools
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from planner.engine.memory import estimate_memory
-from planner.engine.results import MemoryEstimate, Plan, SpeedEstimate
-from planner.engine.setup import Setup, SetupError, validate_setup
-from planner.engine.speed import estimate_speed
+from planner.engine.calibration import CalibrationBook
+from planner.engine.evaluate import DEFAULT_HEADROOM, check_efficiency, check_headroom, evaluate, usable_bytes
+from planner.engine.facts import resolve_lora_targets
+from planner.engine.results import Plan
+from planner.engine.setup import Setup, SetupError, candidate_recipes
+from planner.units import gib
 from profiles.cluster import Cluster, make_cluster
+from profiles.errors import InputError, unknown_choice_message
 from profiles.schema import ModelProfile
 
 Objective = Literal["throughput", "cost", "memory"]
@@ -31,9 +34,6 @@ on 8 GPUs (64-128 sequences); we take 64 (rounded up to a multiple of the data-p
 MAX_MICRO_BATCH = 64
 """Search bound on the micro-batch (a search limit, not a hardware fact; larger values rarely speed anything up
 and fit only tiny models)."""
-DEFAULT_HEADROOM = 0.10
-"""Fraction of GPU memory kept free by default (issue 5: "default 10 % of GPU memory"), for what the engine cannot
-see: fragmentation beyond the allocator margin, kernel workspaces, data-loader pinned buffers."""
 
 
 @dataclass(frozen=True)
@@ -46,9 +46,10 @@ class SearchRequest:
     objective: Objective = "throughput"
     top: int = 5
     price_per_gpu_hour: float | None = None
-    calibration: Any = None
-    """a Calibration, or a function recipe -> Calibration | None (the CLI passes the file lookup)"""
+    calibration: CalibrationBook | None = None
+    """every calibration known (the app layer reads them); None: uncalibrated"""
     efficiency: float | None = None
+    """an explicit override of the speed model's achieved fraction of peak"""
 
 
 @dataclass(frozen=True)
@@ -73,8 +74,21 @@ class SearchResult:
     suggestions: list[str]
 
 
-class SearchError(ValueError):
+class SearchError(InputError):
     """A bad search request (one line)."""
+
+
+def check_request(request: SearchRequest) -> None:
+    """The request's own rules, in one place: a known objective, a headroom in range, a non-negative, finite
+    price, an efficiency in (0, 1]. Raises :class:`SearchError` / :class:`SetupError` (one line)."""
+    if request.objective not in OBJECTIVES:
+        raise SearchError(unknown_choice_message("--objective", str(request.objective), OBJECTIVES))
+    check_headroom(request.headroom)
+    price = request.price_per_gpu_hour
+    if price is not None and not (0 <= price < float("inf")):
+        raise SearchError(f"--price-per-gpu-hour {price!r} is not a finite price >= 0")
+    if request.efficiency is not None:
+        check_efficiency(request.efficiency)
 
 
 def default_global_batch(world: int) -> int:
@@ -85,12 +99,7 @@ def default_global_batch(world: int) -> int:
 def _recipes(cluster: Cluster, sharding: tuple[int, str | None], fixed: dict) -> list[str]:
     if "recipe" in fixed:
         return [fixed["recipe"]]
-    if not cluster.gpu.supports_bf16:
-        return ["fp16-amp"]
-    zero, fsdp = sharding
-    if zero:
-        return ["deepspeed-bf16"]
-    return ["hf-amp", "bf16"]
+    return list(candidate_recipes(cluster.gpu.supports_bf16, *sharding))
 
 
 def _shardings(cluster: Cluster, fixed: dict) -> list[tuple[int, str | None]]:
@@ -157,10 +166,6 @@ def _grad_accum(global_batch: int, micro_batch: int, world: int, fixed: dict) ->
     return per_rank // micro_batch
 
 
-def _gib(b: float) -> str:
-    return f"{b / 2**30:.1f} GiB"
-
-
 def complexity(s: Setup) -> float:
     """How much machinery a plan needs, to break ties between plans of equal speed (lower is simpler):
     DDP < ZeRO-1 < ZeRO-2 < FSDP < ZeRO-3, offload, checkpointing, non-default optimizer / loss / recipe."""
@@ -173,13 +178,14 @@ def complexity(s: Setup) -> float:
     return c
 
 
-def _score(speed: SpeedEstimate, mem: MemoryEstimate, objective: str) -> tuple:
+def _score(plan: Plan, objective: str) -> tuple:
     """Sort key, best first. Throughput (and cost, which on a fixed cluster is proportional to 1 / tokens/s)
     ranks by tokens/s in 1 % buckets, then simpler plans, then larger micro-batches (fewer accumulation
     steps), then lower peak; memory ranks by peak."""
+    mem, speed = plan.memory, plan.speed
     if objective == "memory":
         return (mem.peak_bytes, -speed.tokens_per_s)
-    return (-speed_bucket(speed.tokens_per_s), complexity(mem.setup), -mem.setup.micro_batch, mem.peak_bytes)
+    return (-speed_bucket(speed.tokens_per_s), complexity(plan.setup), -plan.setup.micro_batch, mem.peak_bytes)
 
 
 def speed_bucket(tokens_per_s: float) -> int:
@@ -192,12 +198,7 @@ def speed_bucket(tokens_per_s: float) -> int:
 def search(model: ModelProfile, cluster: Cluster, request: SearchRequest, with_suggestions: bool = True) -> SearchResult:
     """Rank the plans that fit ``cluster`` with ``request.headroom`` free, best first. When none fits and
     ``with_suggestions``, :func:`suggest` says what is closest and what would change that."""
-    if request.objective not in OBJECTIVES:
-        raise SearchError(f"unknown objective {request.objective!r}; valid: {', '.join(OBJECTIVES)}")
-    if not 0 < request.headroom < 0.9:
-        raise SearchError(f"headroom {request.headroom!r} is outside (0, 0.9); e.g. --headroom 0.1 keeps 10 % free")
-    if request.price_per_gpu_hour is not None and request.price_per_gpu_hour < 0:
-        raise SearchError(f"price per GPU-hour {request.price_per_gpu_hour!r} is negative")
+    check_request(request)
     world = cluster.world_size
     gb = request.global_batch or default_global_batch(world)
     f = request.fixed
@@ -205,9 +206,7 @@ def search(model: ModelProfile, cluster: Cluster, request: SearchRequest, with_s
         raise SearchError(f"choose ZeRO or FSDP, not both (got --zero {f['zero']} and --fsdp {f['fsdp']})")
     if f.get("method", "lora") in ("lora", "qlora"):
         # an explicit but wrong --lora-targets is an error even though full fine-tuning plans would not use it
-        from planner.engine.setup import lora_target_names
-
-        lora_target_names(Setup(method="lora", lora_targets=f.get("lora_targets", "all-linear")), model)
+        resolve_lora_targets(model, f.get("lora_targets", "all-linear"))
     if gb % world:
         raise SearchError(
             f"global batch {gb} is not divisible by the data-parallel size {world}; "
@@ -225,7 +224,7 @@ def search(model: ModelProfile, cluster: Cluster, request: SearchRequest, with_s
             f"global batch {gb} is not divisible into micro-batch {f['micro_batch']} x accumulation x "
             f"data-parallel size {world}"
         )
-    usable = int(cluster.gpu.memory_bytes * (1 - request.headroom))
+    usable = usable_bytes(cluster.gpu.memory_bytes, request.headroom)
     fits: list[tuple[tuple, Plan]] = []
     rejected: list[Rejection] = []
     considered = 0
@@ -235,12 +234,10 @@ def search(model: ModelProfile, cluster: Cluster, request: SearchRequest, with_s
             ga = _grad_accum(gb, mb, world, f)
             if ga is None:
                 continue
-            fields = dict(fam, micro_batch=mb, grad_accum=ga)
-            if "lora_alpha" not in fields and "lora_rank" in fields:
-                fields["lora_alpha"] = 2 * fields["lora_rank"]
             try:
-                setup = Setup(**fields)
-                validate_setup(setup, model, cluster)
+                setup = Setup(**dict(fam, micro_batch=mb, grad_accum=ga))
+                plan = evaluate(model, cluster, setup, request.calibration, headroom=request.headroom,
+                                efficiency=request.efficiency)
             except SetupError as e:
                 first_error = first_error or str(e)
                 break
@@ -248,36 +245,30 @@ def search(model: ModelProfile, cluster: Cluster, request: SearchRequest, with_s
                 first_error = first_error or str(e).splitlines()[-1]
                 break
             considered += 1
-            cal = request.calibration(setup.recipe) if callable(request.calibration) else request.calibration
-            mem = estimate_memory(model, cluster, setup, cal)
-            speed = estimate_speed(
-                model, cluster, setup, efficiency=request.efficiency or getattr(cal, "mfu", None),
-                calibration_label=getattr(cal, "label", None) or "uncalibrated",
-            )
-            if mem.peak_bytes > usable:
+            mem, speed = plan.memory, plan.speed
+            if not plan.fits_gpu:
                 rejected.append(
                     Rejection(
                         setup,
-                        f"needs {_gib(mem.peak_bytes)} per GPU > {_gib(usable)} usable "
-                        f"({request.headroom:.0%} headroom on {_gib(cluster.gpu.memory_bytes)})",
+                        f"needs {gib(mem.peak_bytes)} per GPU > {gib(usable)} usable "
+                        f"({request.headroom:.0%} headroom on {gib(cluster.gpu.memory_bytes)})",
                         mem.peak_bytes,
                         speed.tokens_per_s,
                     )
                 )
                 break  # larger micro-batches need more memory
-            if mem.host_bytes > cluster.host_ram_bytes_per_node:
+            if not plan.fits_host:
                 rejected.append(
                     Rejection(
                         setup,
-                        f"needs {_gib(mem.host_bytes)} host RAM per node > {_gib(cluster.host_ram_bytes_per_node)} "
+                        f"needs {gib(mem.host_bytes)} host RAM per node > {gib(cluster.host_ram_bytes_per_node)} "
                         "(--host-ram-gib)",
                         mem.peak_bytes,
                         speed.tokens_per_s,
                     )
                 )
                 continue
-            plan = Plan(rank=0, setup=setup, memory=mem, speed=speed, headroom_bytes=usable - mem.peak_bytes)
-            fits.append((_score(speed, mem, request.objective), plan))
+            fits.append((_score(plan, request.objective), plan))
     if considered == 0 and first_error:
         raise SearchError(first_error)
     fits.sort(key=lambda t: t[0])
@@ -306,7 +297,7 @@ def search(model: ModelProfile, cluster: Cluster, request: SearchRequest, with_s
     notes = [
         f"global batch {gb} sequences of {f.get('seq_len', 2048)} tokens"
         + ("" if request.global_batch else " (default: 64, rounded to the data-parallel size; --global-batch)"),
-        f"fits = peak per GPU <= {_gib(usable)} ({1 - request.headroom:.0%} of {_gib(cluster.gpu.memory_bytes)}, --headroom {request.headroom})",
+        f"fits = peak per GPU <= {gib(usable)} ({1 - request.headroom:.0%} of {gib(cluster.gpu.memory_bytes)}, --headroom {request.headroom})",
         f"{considered} candidates estimated, {len(fits)} fit, {len(rejected)} rejected",
     ]
     suggestions = [] if plans or not with_suggestions else suggest(model, cluster, request, rejected, usable)
@@ -319,7 +310,7 @@ def explain(plan: Plan, index: int, ranked: list[Plan], rejected: list[Rejection
     out: list[str] = []
     cats = m.categories
     biggest = max(cats, key=lambda k: cats[k])
-    out.append(f"peak {_gib(m.peak_bytes)} in {m.peak_phase.replace('_', ' ')}; largest part: {biggest.replace('_', ' ')} {_gib(cats[biggest])}")
+    out.append(f"peak {gib(m.peak_bytes)} in {m.peak_phase.replace('_', ' ')}; largest part: {biggest.replace('_', ' ')} {gib(cats[biggest])}")
     if s.method == "lora":
         out.append(f"LoRA rank {s.lora_rank}: trains only the adapters; base frozen in bf16 (quality may differ from full fine-tuning)")
     elif s.method == "qlora":
@@ -331,7 +322,7 @@ def explain(plan: Plan, index: int, ranked: list[Plan], rejected: list[Rejection
     if s.zero == 3 or s.fsdp == "full-shard":
         out.append("parameters sharded: gathered every micro-step (about 1.5x the communication of ZeRO-2)")
     if s.offload != "none":
-        out.append(f"offload {s.offload} to CPU: {_gib(m.host_bytes)} host RAM per node, bounded by PCIe ({sp.breakdown_s.get('offload', 0):.2f} s/step)")
+        out.append(f"offload {s.offload} to CPU: {gib(m.host_bytes)} host RAM per node, bounded by PCIe ({sp.breakdown_s.get('offload', 0):.2f} s/step)")
     if s.optimizer != "adamw":
         out.append(f"optimizer {s.optimizer}: smaller states than fp32 AdamW")
     if s.loss == "liger":
@@ -345,7 +336,7 @@ def explain(plan: Plan, index: int, ranked: list[Plan], rejected: list[Rejection
         best = max(faster, key=lambda r: r.tokens_per_s or 0)
         out.append(
             f"faster but did not fit: {best.setup.short()} ({best.tokens_per_s:,.0f} tokens/s) {best.reason}; "
-            f"it would need {_gib(best.peak_bytes - usable)} more per GPU"
+            f"it would need {gib(best.peak_bytes - usable)} more per GPU"
         )
     if index > 0:
         prev = ranked[index - 1]
@@ -365,8 +356,8 @@ def suggest(model: ModelProfile, cluster: Cluster, request: SearchRequest, rejec
     if gpu_short:
         closest = min(gpu_short, key=lambda r: r.peak_bytes or 1 << 62)
         out.append(
-            f"closest on GPU memory: {closest.setup.short()} needs {_gib(closest.peak_bytes or 0)} per GPU, "
-            f"{_gib((closest.peak_bytes or 0) - usable)} over the usable {_gib(usable)}"
+            f"closest on GPU memory: {closest.setup.short()} needs {gib(closest.peak_bytes or 0)} per GPU, "
+            f"{gib((closest.peak_bytes or 0) - usable)} over the usable {gib(usable)}"
         )
     if host_short:
         best = max(host_short, key=lambda r: r.tokens_per_s or 0)
@@ -392,7 +383,7 @@ def suggest(model: ModelProfile, cluster: Cluster, request: SearchRequest, rejec
         try:
             r = search(model, cluster, SearchRequest(**{**base.__dict__, "fixed": {**f, "method": "qlora"}}), False)
             if r.plans:
-                out.append(f"QLoRA fits: {r.plans[0].setup.short()} at {_gib(r.plans[0].memory.peak_bytes)} per GPU")
+                out.append(f"QLoRA fits: {r.plans[0].setup.short()} at {gib(r.plans[0].memory.peak_bytes)} per GPU")
         except (SearchError, SetupError):
             pass
     seq = f.get("seq_len", 2048)

@@ -8,15 +8,17 @@ import random
 
 import pytest
 
+from planner.app.calibration_io import load_calibration, load_calibration_book
 from planner.engine.calibration import (
     Calibration,
+    CalibrationBook,
     CalibrationError,
     HoldoutError,
     calibration_filename,
     calibration_label,
     gpu_slug,
-    load_calibration,
 )
+from planner.engine.evaluate import evaluate
 
 H100 = "H100 80GB SXM"
 MiB = 2**20
@@ -65,21 +67,31 @@ def test_load_round_trip_missing_and_broken(tmp_path):
         load_calibration(H100, "bf16", tmp_path)
 
 
+def test_book_reads_a_folder_and_looks_up_by_gpu_and_recipe(tmp_path):
+    assert not load_calibration_book(tmp_path / "absent")
+    (tmp_path / calibration_filename(H100, "hf-amp")).write_text(cal().model_dump_json())
+    book = load_calibration_book(tmp_path)
+    assert book.lookup(H100, "hf-amp") == cal() and book.lookup("h100-80gb-sxm", "hf-amp") == cal()
+    assert book.lookup(H100, "bf16") is None and book.lookup("A800 80GB SXM", "hf-amp") is None
+
+
 def test_engine_uses_the_calibration():
-    from planner.engine.memory import estimate_memory
     from planner.engine.setup import Setup
-    from planner.engine.speed import estimate_speed
     from profiles.cluster import parse_cluster
     from profiles.registry import get_model
 
     model, cluster, setup = get_model("qwen2.5-0.5b"), parse_cluster("H100"), Setup(recipe="hf-amp", seq_len=1024)
-    c = cal()
-    est = estimate_memory(model, cluster, setup, c)
+    plan = evaluate(model, cluster, setup, CalibrationBook((cal(),)))
+    est = plan.memory
     assert est.categories["framework_overhead"] == TRUE_OVERHEAD
     allocated = est.peak_bytes - TRUE_OVERHEAD - est.categories["allocator_margin"]
     assert est.categories["allocator_margin"] == pytest.approx((TRUE_FACTOR - 1) * allocated, abs=2)
-    assert est.calibration == "calibrated from 3 runs on H100 80GB SXM"
-    assert estimate_speed(model, cluster, setup, efficiency=c.mfu, calibration_label=c.label).efficiency == TRUE_EFFICIENCY
+    assert est.calibration == plan.speed.calibration == "calibrated from 3 runs on H100 80GB SXM"
+    assert plan.speed.efficiency == TRUE_EFFICIENCY  # the fitted efficiency, no override given
+    # another recipe on the same GPU is not calibrated by this file
+    other = evaluate(model, cluster, Setup(recipe="bf16", seq_len=1024), CalibrationBook((cal(),)))
+    assert other.memory.calibration == other.speed.calibration == "uncalibrated"
+    assert other.speed.efficiency == cluster.gpu.default_mfu
 
 
 # ---- fitting -----------------------------------------------------------------------------------------------
@@ -93,9 +105,8 @@ SETUPS = [
 
 def synthetic_runs(noise: float = 0.0, seed: int = 0):
     """Measurements as a GPU would record them, generated from known overhead, factor and efficiency."""
-    from planner.engine.memory import allocated_bytes, estimate_memory
+    from planner.engine.memory import allocated_bytes
     from planner.engine.setup import Setup
-    from planner.engine.speed import estimate_speed
     from profiles.cluster import parse_cluster
     from profiles.registry import get_model
     from validation.measurement import Measurement, PhaseMemory
@@ -105,10 +116,10 @@ def synthetic_runs(noise: float = 0.0, seed: int = 0):
     out = []
     for i, fields in enumerate(SETUPS):
         setup = Setup(recipe="hf-amp", **fields)
-        allocated = int(allocated_bytes(estimate_memory(model, cluster, setup)) * (1 + rng.uniform(-0.03, 0.03)))
+        allocated = int(allocated_bytes(evaluate(model, cluster, setup).memory) * (1 + rng.uniform(-0.03, 0.03)))
         reserved = int(allocated * TRUE_FACTOR * (1 + rng.uniform(-noise, noise)))
         used = reserved + int(TRUE_OVERHEAD * (1 + rng.uniform(-noise, noise)))
-        step = estimate_speed(model, cluster, setup, efficiency=TRUE_EFFICIENCY).step_s * (1 + rng.uniform(-noise, noise))
+        step = evaluate(model, cluster, setup, efficiency=TRUE_EFFICIENCY).speed.step_s * (1 + rng.uniform(-noise, noise))
         steady = PhaseMemory(tensor_bytes=allocated // 2, peak_tensor_bytes=allocated, allocated_bytes=allocated // 2,
                              peak_allocated_bytes=allocated, reserved_bytes=reserved, peak_reserved_bytes=reserved,
                              source="cuda")
@@ -168,7 +179,6 @@ def test_fit_with_noise_reports_honest_holdout_error(tmp_path):
 
 
 def test_cli_writes_the_file_that_plan_reads(tmp_path, capsys):
-    from planner.app.calibration_io import calibration_for  # the lead's reader goes through load_calibration
     from planner.app.cli import main
 
     runs = synthetic_runs()
@@ -183,7 +193,7 @@ def test_cli_writes_the_file_that_plan_reads(tmp_path, capsys):
     assert "measured on the CPU" in text and "status oom" in text
     c = load_calibration(H100, "hf-amp", out)
     assert c is not None and c.n_runs == 5 and c.label == "calibrated from 5 runs on H100 80GB SXM"
-    assert calibration_for("H100 80GB SXM", "bf16") is None  # nothing shipped for that recipe
+    assert load_calibration_book(out).lookup(H100, "bf16") is None  # only the fitted recipe
     assert main(["calibrate", str(d), "--out", str(tmp_path / "dry"), "--dry-run", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["calibrations"][0]["n_runs"] == 5
     assert not (tmp_path / "dry").exists()

@@ -210,8 +210,8 @@ def test_command_out_writes_report_and_figures(tmp_path, capsys):
     # an existing non-empty folder is refused without --force, replaced with it
     code, _, err = run(["capacity", "--gpus", "4090", "--models", "llama3.2-1b", "--method", "lora",
                         "--out", str(out_dir), "--format", "html"], capsys)
-    assert code == 2 and err == (f"plan capacity: error: --out {str(out_dir)!r} exists and is not empty; "
-                                 "pass --force to replace it or pick a new folder\n")
+    assert code == 2 and err == (f"plan capacity: error: --out {out_dir} exists and is not empty; "
+                                 "pass --force to replace it, or choose another folder\n")
     code, _, err = run(["capacity", "--gpus", "4090", "--models", "llama3.2-1b", "--method", "lora",
                         "--out", str(out_dir), "--format", "html", "--force"], capsys)
     assert code == 0, err
@@ -249,7 +249,8 @@ BAD = [
      "plan capacity: error: unknown --method 'qlroa'; did you mean 'qlora'? (valid: full, lora, qlora, freeze)\n"),
     (["capacity", "--gpus", "8xA8000"], "plan capacity: error: unknown GPU 'A8000'; did you mean"),
     (["capacity", "--gpus", "8xA800", "--headroom", "0.95"],
-     "plan capacity: error: --headroom 0.95 is outside (0, 0.9); e.g. --headroom 0.1 keeps 10 % free\n"),
+     "plan capacity: error: argument --headroom: 0.95 is outside (0, 0.9); e.g. --headroom 0.1 keeps 10 % free "
+     "(see plan capacity --help)\n"),
     (["capacity"], "plan capacity: error: give --gpus SPEC (what fits on it) or --model M without --gpus "
                    "(which GPUs fit it)\n"),
     (["capacity", "--gpus", "h100", "--model", "llama3-8b", "--models", "qwen2.5-7b"],
@@ -272,4 +273,4 @@ def test_out_refuses_a_file(tmp_path, capsys):
     f = tmp_path / "file.txt"
     f.write_text("x")
     code, out, err = run(["capacity", "--gpus", "h100", "--models", "llama3.2-1b", "--out", str(f)], capsys)
-    assert code == 2 and err == f"plan capacity: error: --out {str(f)!r} is a file; give a folder\n"
+    assert code == 2 and err == f"plan capacity: error: --out {f} exists and is not a folder; choose another path\n"

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import builtins
 import os
+from pathlib import Path
 import stat
 
 import pytest
 
 from planner.fileio import write_files
-from planner.app.errors import CliError
+from planner.fileio import OutputError
+from profiles.errors import InputError as CliError  # every one-line input error
 
 FILES = {"PLAN.md": "# plan\n", "launch.sh": "#!/usr/bin/env bash\n", "sub/ds.json": "{}\n"}
 
@@ -79,7 +81,7 @@ def _failing_open(after: int):
 def test_failure_halfway_leaves_nothing(tmp_path, monkeypatch):
     out = tmp_path / "run"
     monkeypatch.setattr(builtins, "open", _failing_open(after=1))
-    with pytest.raises(OSError, match="No space"):
+    with pytest.raises(OutputError, match="cannot write --out .*: No space left on device"):
         write_files(FILES, out)
     monkeypatch.undo()
     assert not out.exists()
@@ -91,7 +93,7 @@ def test_failure_with_force_keeps_the_old_folder(tmp_path, monkeypatch):
     out.mkdir()
     (out / "old.txt").write_text("old")
     monkeypatch.setattr(builtins, "open", _failing_open(after=2))
-    with pytest.raises(OSError):
+    with pytest.raises(OutputError, match="No space"):
         write_files(FILES, out, force=True)
     monkeypatch.undo()
     assert sorted(p.name for p in out.iterdir()) == ["old.txt"]
@@ -112,7 +114,7 @@ def test_failed_rename_puts_the_old_folder_back(tmp_path, monkeypatch):
         return real(src, dst)
 
     monkeypatch.setattr(os, "rename", flaky)
-    with pytest.raises(OSError, match="rename failed"):
+    with pytest.raises(OutputError, match="rename failed"):
         write_files(FILES, out, force=True)
     monkeypatch.undo()
     assert sorted(p.name for p in out.iterdir()) == ["old.txt"]
@@ -123,4 +125,45 @@ def test_failed_rename_puts_the_old_folder_back(tmp_path, monkeypatch):
 def test_paths_must_stay_inside(tmp_path, bad):
     with pytest.raises(ValueError, match="inside the output folder"):
         write_files({bad: "x"}, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
+def test_an_empty_existing_folder_is_filled_in_place_not_renamed(tmp_path, monkeypatch):
+    """A fresh mount point cannot be renamed away: an empty --out is filled where it is, without --force."""
+    out = tmp_path / "mnt"
+    out.mkdir()
+    inode = out.stat().st_ino
+    real = os.rename
+
+    def no_renaming_out(src, dst):
+        if Path(src) == out:
+            raise OSError(16, "Device or resource busy")
+        return real(src, dst)
+
+    monkeypatch.setattr(os, "rename", no_renaming_out)
+    write_files(FILES, out)
+    monkeypatch.undo()
+    assert out.stat().st_ino == inode and (out / "PLAN.md").exists()
+    assert sorted(p.name for p in out.iterdir() if p.name.startswith(".")) == []
+
+
+def test_replacing_the_folder_you_stand_in_is_refused(tmp_path, monkeypatch):
+    (tmp_path / "mine.txt").write_text("keep")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(OutputError, match="holds the current folder"):
+        write_files(FILES, ".", force=True)
+    assert (tmp_path / "mine.txt").read_text() == "keep"
+
+
+def test_a_read_only_place_is_one_line(tmp_path, monkeypatch):
+    """Permissions and read-only file systems (simulated: this suite may run as root, who ignores modes)."""
+    import tempfile
+
+    def denied(*a, **k):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(tempfile, "mkdtemp", denied)
+    with pytest.raises(OutputError, match="cannot write --out .*run: Permission denied"):
+        write_files(FILES, tmp_path / "run")
+    monkeypatch.undo()
     assert not (tmp_path / "run").exists()

@@ -8,15 +8,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from planner.engine.evaluate import evaluate
+from planner.engine.facts import model_facts
 from planner.engine.activations import korthikanti_layer_bytes
 from planner.engine.dtypes import recipe_bytes
+from planner.engine.bnb import quantized_frozen_bytes
 from planner.engine.memory import (
     allocated_bytes,
-    estimate_memory,
-    lora_adapter_params,
     model_states,
-    quantized_frozen_bytes,
-    trainable_counts,
     zero_paper_model_state_bytes,
 )
 from planner.engine.results import CATEGORIES
@@ -50,7 +49,7 @@ def test_lora_rank8_on_4096x11008():
     """A rank-8 LoRA on a 4096 x 11008 matrix has 8 * (4096 + 11008) = 120,832 parameters (issue 3)."""
     m = get_model("llama2-7b")  # its gate/up/down are 4096 x 11008
     s = Setup(method="lora", lora_rank=8, lora_targets="up_proj", recipe="hf-amp")
-    assert lora_adapter_params(m, s) == 120_832 * m.num_layers
+    assert model_facts(m, s).trainable.adapter == 120_832 * m.num_layers
 
 
 def test_zero_paper_rule_8b_on_8(llama8b):
@@ -73,7 +72,7 @@ def test_zero2_states_equal_deepspeed(llama8b, world):
     _, gpu_mem = ds.estimate_zero2_model_states_mem_needs(P, world // nodes, nodes, cpu_offload=False)
     cluster = make_cluster(get_gpu("A800"), world // nodes, nodes)
     s = Setup(recipe="deepspeed-bf16", zero=2)
-    ms = model_states(llama8b, cluster, s, recipe_bytes(s), trainable_counts(llama8b, s))
+    ms = model_states(model_facts(llama8b, s), cluster, s, recipe_bytes(s))
     ours = ms.weights_trainable + ms.weights_frozen + ms.gradients + ms.optimizer_states + ms.master_weights
     # equal at the optimizer step, where DeepSpeed builds the fp32 gradient partition
     assert abs(ours + ms.gradients_step_only - gpu_mem) <= 8  # integer division of the partitioned terms
@@ -85,7 +84,7 @@ def test_zero2_offload_gpu_states_equal_deepspeed(llama8b):
     _, gpu_mem = ds.estimate_zero2_model_states_mem_needs(P, 8, 1, cpu_offload=True)
     s = Setup(recipe="deepspeed-bf16", zero=2, offload="optimizer")
     cluster = make_cluster(get_gpu("A800"), 8, 1)
-    ms = model_states(llama8b, cluster, s, recipe_bytes(s), trainable_counts(llama8b, s))
+    ms = model_states(model_facts(llama8b, s), cluster, s, recipe_bytes(s))
     assert ms.weights_trainable + ms.gradients + ms.optimizer_states + ms.master_weights == gpu_mem
 
 
@@ -100,12 +99,12 @@ def test_zero3_states_match_deepspeed_with_documented_difference(llama8b):
     _, gpu_mem, _ = ds.estimate_zero3_model_states_mem_needs(P, largest, 8, 1, cpu_offload=False, cpu_offload_params=False)
     s = Setup(recipe="deepspeed-bf16", zero=3)
     cluster = make_cluster(get_gpu("A800"), 8, 1)
-    ms = model_states(llama8b, cluster, s, recipe_bytes(s), trainable_counts(llama8b, s))
+    ms = model_states(model_facts(llama8b, s), cluster, s, recipe_bytes(s))
     outside = ms.weights_trainable + ms.weights_frozen + ms.gradients + ms.optimizer_states + ms.master_weights
     theirs = gpu_mem - 4 * largest
     assert abs(theirs - outside - 2 * P // 8) <= 8
     assert abs(outside + ms.gradients_step_only - theirs - 2 * P // 8) <= 8
-    est = estimate_memory(llama8b, cluster, Setup(recipe="deepspeed-bf16", zero=3, checkpointing="full"))
+    est = evaluate(llama8b, cluster, Setup(recipe="deepspeed-bf16", zero=3, checkpointing="full")).memory
     assert est.categories["comm_buffers"] >= 4 * largest
 
 
@@ -113,7 +112,7 @@ def test_deepspeed_recipe_is_2_plus_18_over_n(llama8b):
     """Issue 3: DeepSpeed bf16 with fp32 master under ZeRO-2 is 2 + 18/N bytes per parameter."""
     P = param_counts(llama8b).total
     s = Setup(recipe="deepspeed-bf16", zero=2)
-    ms = model_states(llama8b, make_cluster(get_gpu("H100"), 4), s, recipe_bytes(s), trainable_counts(llama8b, s))
+    ms = model_states(model_facts(llama8b, s), make_cluster(get_gpu("H100"), 4), s, recipe_bytes(s))
     total = ms.weights_trainable + ms.gradients + ms.gradients_step_only + ms.optimizer_states + ms.master_weights
     assert total / P == pytest.approx(2 + 18 / 4, abs=1e-6)  # at the optimizer step
 
@@ -122,23 +121,23 @@ def test_pure_bf16_is_8_bytes_per_param(llama8b):
     """torchtune's pure bf16 recipe: bf16 weights, grads, m and v = 8 B/param (accounting.md)."""
     P = param_counts(llama8b).total
     s = Setup(recipe="bf16")
-    ms = model_states(llama8b, make_cluster(get_gpu("H100"), 1), s, recipe_bytes(s), trainable_counts(llama8b, s))
+    ms = model_states(model_facts(llama8b, s), make_cluster(get_gpu("H100"), 1), s, recipe_bytes(s))
     assert ms.weights_trainable + ms.gradients + ms.optimizer_states + ms.master_weights == 8 * P
 
 
 def test_hf_amp_is_16_bytes_plus_autocast_copies(llama8b):
     P = param_counts(llama8b).total
     s = Setup(recipe="hf-amp")
-    ms = model_states(llama8b, make_cluster(get_gpu("H100"), 1), s, recipe_bytes(s), trainable_counts(llama8b, s))
+    ms = model_states(model_facts(llama8b, s), make_cluster(get_gpu("H100"), 1), s, recipe_bytes(s))
     assert ms.weights_trainable + ms.gradients + ms.optimizer_states == 16 * P
     # autocast keeps a bf16 copy of every linear weight (LM head included) from its cast in forward until backward
     # has used it (tracing.md: about 2 B/param); without it the forward peak would be lower by exactly that much
-    counts = trainable_counts(llama8b, s)
+    counts = model_facts(llama8b, s).trainable
     linear = sum(x.params for x in linear_layers(llama8b)) + llama8b.vocab_size * llama8b.hidden_size
     assert counts.trainable_linear == linear
     ck = Setup(recipe="hf-amp", checkpointing="full")
-    est = estimate_memory(llama8b, make_cluster(get_gpu("H100"), 1), ck)
-    bf16 = estimate_memory(llama8b, make_cluster(get_gpu("H100"), 1), Setup(recipe="bf16", checkpointing="full"))
+    est = evaluate(llama8b, make_cluster(get_gpu("H100"), 1), ck).memory
+    bf16 = evaluate(llama8b, make_cluster(get_gpu("H100"), 1), Setup(recipe="bf16", checkpointing="full")).memory
     assert est.phases["forward_peak"] - est.phases["after_load"] >= 2 * linear
     assert bf16.categories["temporaries"] == 0
 
@@ -155,7 +154,7 @@ def test_qlora_nf4_bytes():
 # ---- techniques change the numbers in the documented direction ---------------------------------------------
 
 def _est(model, gpus="1xH100", **kw):
-    return estimate_memory(model, parse_cluster(gpus), Setup(**kw))
+    return evaluate(model, parse_cluster(gpus), Setup(**kw)).memory
 
 
 def test_lora_dropout_keeps_a_copy(llama8b):
@@ -224,7 +223,7 @@ def test_freeze_trains_only_last_layers(llama8b):
     f = _est(llama8b, method="freeze", recipe="hf-amp", freeze_layers=2)
     full = _est(llama8b, recipe="hf-amp")
     assert f.peak_bytes < 0.6 * full.peak_bytes
-    assert trainable_counts(llama8b, Setup(method="freeze", freeze_layers=2)).trainable < param_counts(llama8b).total / 10
+    assert model_facts(llama8b, Setup(method="freeze", freeze_layers=2)).trainable.trainable < param_counts(llama8b).total / 10
 
 
 def test_recipe_printed_in_assumptions(llama8b):
@@ -247,7 +246,7 @@ def test_recipe_printed_in_assumptions(llama8b):
 )
 def test_impossible_setups(llama8b, gpus, kw, needle):
     with pytest.raises(SetupError, match=needle):
-        estimate_memory(llama8b, parse_cluster(gpus), Setup(**kw))
+        evaluate(llama8b, parse_cluster(gpus), Setup(**kw)).memory
 
 
 def test_micro_batch_zero_is_rejected():
@@ -278,7 +277,7 @@ MODELS = ["qwen2.5-0.5b", "llama3.1-8b", "qwen3-30b-a3b", "gemma2-2b", "deepseek
 def test_properties(kw, model):
     m = get_model(model)
     cluster = make_cluster(get_gpu("H100"), 8)
-    est = {z: estimate_memory(m, cluster, Setup(recipe="deepspeed-bf16", zero=z, **kw)) for z in (0, 1, 2, 3)}
+    est = {z: evaluate(m, cluster, Setup(recipe="deepspeed-bf16", zero=z, **kw)).memory for z in (0, 1, 2, 3)}
     # ZeRO-3 <= ZeRO-2 <= ZeRO-1 <= DDP per GPU, at equal GPU count
     assert est[3].peak_bytes <= est[2].peak_bytes <= est[1].peak_bytes <= est[0].peak_bytes
     e = est[2]
@@ -289,25 +288,25 @@ def test_properties(kw, model):
     assert all(v >= 0 for v in e.phases.values()) and e.host_bytes >= 0
     assert allocated_bytes(e) > 0
     # non-decreasing in sequence length and micro-batch
-    longer = estimate_memory(m, cluster, Setup(recipe="deepspeed-bf16", zero=2, **{**kw, "seq_len": kw["seq_len"] * 2}))
-    bigger = estimate_memory(m, cluster, Setup(recipe="deepspeed-bf16", zero=2, **{**kw, "micro_batch": kw["micro_batch"] + 1}))
+    longer = evaluate(m, cluster, Setup(recipe="deepspeed-bf16", zero=2, **{**kw, "seq_len": kw["seq_len"] * 2})).memory
+    bigger = evaluate(m, cluster, Setup(recipe="deepspeed-bf16", zero=2, **{**kw, "micro_batch": kw["micro_batch"] + 1})).memory
     assert longer.peak_bytes >= e.peak_bytes and bigger.peak_bytes >= e.peak_bytes
     # more GPUs never raise the per-GPU model states for ZeRO >= 1
     for z in (1, 2, 3):
         s = Setup(recipe="deepspeed-bf16", zero=z, **kw)
-        rb, counts = recipe_bytes(s), trainable_counts(m, s)
-        small = model_states(m, cluster, s, rb, counts)
-        big = model_states(m, make_cluster(get_gpu("H100"), 8, 2), s, rb, counts)
+        rb = recipe_bytes(s)
+        small = model_states(model_facts(m, s), cluster, s, rb)
+        big = model_states(model_facts(m, s), make_cluster(get_gpu("H100"), 8, 2), s, rb)
         total = lambda x: x.weights_trainable + x.weights_frozen + x.gradients + x.optimizer_states + x.master_weights  # noqa: E731
         assert total(big) <= total(small)
     # full checkpointing <= none
     if kw["checkpointing"] == "none":
-        ck = estimate_memory(m, cluster, Setup(recipe="deepspeed-bf16", zero=2, **{**kw, "checkpointing": "full"}))
+        ck = evaluate(m, cluster, Setup(recipe="deepspeed-bf16", zero=2, **{**kw, "checkpointing": "full"})).memory
         assert ck.peak_bytes <= e.peak_bytes
     # LoRA < full; QLoRA weights < LoRA weights
     if kw["method"] == "full":
-        lo = estimate_memory(m, cluster, Setup(recipe="deepspeed-bf16", zero=2, **{**kw, "method": "lora"}))
+        lo = evaluate(m, cluster, Setup(recipe="deepspeed-bf16", zero=2, **{**kw, "method": "lora"})).memory
         assert lo.peak_bytes < e.peak_bytes
     if kw["method"] == "lora":
-        q = estimate_memory(m, cluster, Setup(recipe="deepspeed-bf16", zero=2, **{**kw, "method": "qlora"}))
+        q = evaluate(m, cluster, Setup(recipe="deepspeed-bf16", zero=2, **{**kw, "method": "qlora"})).memory
         assert q.categories["weights_frozen"] + q.categories["weights_trainable"] < e.categories["weights_frozen"] + e.categories["weights_trainable"]

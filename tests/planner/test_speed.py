@@ -15,6 +15,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from planner.engine.evaluate import evaluate
+from planner.engine.facts import model_facts
 from planner.engine.setup import Setup, SetupError
 from planner.engine.speed import (
     FLASH_BACKWARD_FACTOR,
@@ -23,13 +25,11 @@ from planner.engine.speed import (
     attention_core_flops,
     collectives,
     communication_bytes_per_gpu,
-    estimate_speed,
     flops_per_token,
     offload_pcie_bytes_per_gpu,
     ring_bandwidth_bytes_per_s,
     tokens_per_step,
     train_time,
-    trainable_params,
 )
 from profiles.cluster import make_cluster
 from profiles.params import linear_layers, param_counts
@@ -80,7 +80,8 @@ def _gpu(name: str, *, bf16: float | None, fp16: float, hbm: float, intra: float
         host_ram_gib_per_node=1024, default_mfu=mfu,
     )
     sources = {k: "shared/reference/hardware.md (test fixture)" for k, v in nums.items() if v is not None}
-    return GpuProfile(name=name, vendor="nvidia", interconnect=interconnect, sources=sources, **nums)
+    arch = "ampere" if bf16 else "volta"
+    return GpuProfile(name=name, vendor="nvidia", arch=arch, interconnect=interconnect, sources=sources, **nums)
 
 
 # A800 80GB SXM: 312 TFLOPS bf16, 2,039 GB/s, NVLink 400 GB/s both directions = 200 one way (LLMP);
@@ -99,7 +100,7 @@ V100 = _gpu("V100", bf16=None, fp16=125, hbm=900, intra=150, pcie=12, mfu=0.35)
 
 def test_tiny_model_exact_flops():
     """Every FLOP of a 2-layer model, by hand (eqs. S1-S4). h=8, F=16, heads 2 x 4, 1 kv head, V=10, s=4."""
-    fb = flops_per_token(TINY, Setup(seq_len=4, attention="sdpa"))
+    fb = flops_per_token(model_facts(TINY, Setup(seq_len=4, attention="sdpa")), Setup(seq_len=4, attention="sdpa"))
     # attention projections per block: q 8->8, k 8->4, v 8->4, o 8->8: 2*(64 + 32 + 32 + 64) = 384
     # gated MLP per block: gate 8->16, up 8->16, down 16->8: 2*(128*3) = 768
     # attention core per block: 2 * (s/2 = 2) * 2 heads * (4 + 4) = 64;  LM head: 2 * 8 * 10 = 160
@@ -113,11 +114,11 @@ def test_tiny_model_exact_flops():
     assert fb.model_total == 3 * 2592 == 7776
     assert fb.recompute_total == 0
     # eager attention computes the full 4 x 4 square: hardware core doubles, model FLOPs do not change
-    eager = flops_per_token(TINY, Setup(seq_len=4, attention="eager"))
+    eager = flops_per_token(model_facts(TINY, Setup(seq_len=4, attention="eager")), Setup(seq_len=4, attention="eager"))
     assert eager.forward["attention_core"] == 2 * 128 and eager.model_forward["attention_core"] == 128
     assert eager.model_total == fb.model_total
     # LoRA r=2 on all linears: 2*r*(in+out) per adapter: q 64, k 48, v 48, o 64, gate 96, up 96, down 96 = 512
-    lora = flops_per_token(TINY, Setup(seq_len=4, method="lora", lora_rank=2))
+    lora = flops_per_token(model_facts(TINY, Setup(seq_len=4, method="lora", lora_rank=2)), Setup(seq_len=4, method="lora", lora_rank=2))
     assert lora.forward["lora"] == 2 * 512
     assert lora.backward["lora"] == 2 * 2 * 512
     # frozen base: input gradient only (1x); LM head frozen: 1x
@@ -133,7 +134,7 @@ def test_megatron_formula_golden(recompute):
     gpt = _model("gpt-1.3b", model_type="gpt2", hidden_size=h, intermediate_size=4 * h, num_layers=l,
                  num_heads=16, num_kv_heads=16, head_dim=128, vocab_size=V, mlp_kind="gelu", norm_kind="layernorm")
     setup = Setup(seq_len=s, attention="eager", checkpointing="full" if recompute else "none")
-    fb = flops_per_token(gpt, setup)
+    fb = flops_per_token(model_facts(gpt, setup), setup)
     if recompute:
         expected = 96 * l * h**2 * (1 + s / (6 * h) + V / (16 * l * h))
     else:
@@ -152,7 +153,7 @@ def test_llama3_8b_against_6n():
       (12 = 2x our causal 6): ours is 9.3% lower. Band [0.88, 0.93].
     """
     s = 2048
-    fb = flops_per_token(LLAMA3_8B, Setup(seq_len=s))
+    fb = flops_per_token(model_facts(LLAMA3_8B, Setup(seq_len=s)), Setup(seq_len=s))
     c = param_counts(LLAMA3_8B)
     assert c.total == 8_030_261_248  # reference/models.md: computed 8.030B
     L, H, d = 32, 32, 128
@@ -175,8 +176,8 @@ def test_registry_profile_matches_fixture_when_shipped():
         shipped = get_model("llama3-8b")
     except (ProfileError, RuntimeError):
         pytest.skip("llama3-8b profile not shipped yet")
-    a = flops_per_token(shipped, Setup(seq_len=2048))
-    b = flops_per_token(LLAMA3_8B, Setup(seq_len=2048))
+    a = flops_per_token(model_facts(shipped, Setup(seq_len=2048)), Setup(seq_len=2048))
+    b = flops_per_token(model_facts(LLAMA3_8B, Setup(seq_len=2048)), Setup(seq_len=2048))
     assert a.model_total == b.model_total
 
 
@@ -203,24 +204,24 @@ def test_every_shipped_model_near_6n_active(model):
     """Full fine-tuning model FLOPs per token at s=2048 sit within [0.9, 1.25] x 6 N_active (Kaplan et al.
     2020): below 1 where the embedding lookup is a large share of N (Llama-3-8B 0.968, Qwen2.5-7B 0.955),
     above where attention is wide relative to h (Qwen3-0.6B: 16 heads x 128 on h=1024, 1.197)."""
-    fb = flops_per_token(model, Setup(seq_len=2048, allow_long_seq=True))
+    fb = flops_per_token(model_facts(model, Setup(seq_len=2048, allow_long_seq=True)), Setup(seq_len=2048, allow_long_seq=True))
     assert 0.9 <= fb.model_total / (6 * param_counts(model).active) <= 1.25
-    e = estimate_speed(model, make_cluster(A800, 8), Setup(zero=3, seq_len=2048, allow_long_seq=True))
+    e = evaluate(model, make_cluster(A800, 8), Setup(zero=3, seq_len=2048, allow_long_seq=True)).speed
     assert e.tokens_per_s > 0 and sum(e.breakdown_s.values()) == pytest.approx(e.step_s)
 
 
 @pytest.mark.parametrize("gpu", _shipped_gpus(), ids=lambda g: g.name)
 def test_every_shipped_gpu_gives_an_estimate(gpu):
     recipe = "deepspeed-bf16" if gpu.supports_bf16 else "fp16-amp"
-    e = estimate_speed(LLAMA3_8B, make_cluster(gpu, 2), Setup(recipe=recipe, zero=2, method="lora"))
+    e = evaluate(LLAMA3_8B, make_cluster(gpu, 2), Setup(recipe=recipe, zero=2, method="lora")).speed
     assert e.tokens_per_s > 0 and e.efficiency == gpu.default_mfu
 
 
 @pytest.mark.parametrize("k", [1, 2, 3])
 def test_full_recompute_adds_one_forward_of_checkpointed_blocks(k):
     """Eq. S6: full checkpointing re-runs each checkpointed block's forward (never the LM head)."""
-    none = flops_per_token(LLAMA3_8B, Setup(seq_len=2048))
-    full = flops_per_token(LLAMA3_8B, Setup(seq_len=2048, checkpointing="full", checkpoint_every=k))
+    none = flops_per_token(model_facts(LLAMA3_8B, Setup(seq_len=2048)), Setup(seq_len=2048))
+    full = flops_per_token(model_facts(LLAMA3_8B, Setup(seq_len=2048, checkpointing="full", checkpoint_every=k)), Setup(seq_len=2048, checkpointing="full", checkpoint_every=k))
     blocks_fwd = none.forward_total - none.forward["lm_head"]
     n_ckpt = math.ceil(32 / k)
     assert full.recompute_total == pytest.approx(blocks_fwd * n_ckpt / 32, rel=1e-12)
@@ -229,14 +230,14 @@ def test_full_recompute_adds_one_forward_of_checkpointed_blocks(k):
 
 
 def test_selective_recompute_is_attention_core_only():
-    fb = flops_per_token(LLAMA3_8B, Setup(seq_len=4096, checkpointing="selective"))
+    fb = flops_per_token(model_facts(LLAMA3_8B, Setup(seq_len=4096, checkpointing="selective")), Setup(seq_len=4096, checkpointing="selective"))
     assert fb.recompute == {p: (fb.forward["attention_core"] if p == "attention_core" else 0.0) for p in PARTS}
 
 
 def test_lora_backward_smaller_than_full():
-    full = flops_per_token(LLAMA3_8B, Setup(seq_len=2048))
-    lora = flops_per_token(LLAMA3_8B, Setup(seq_len=2048, method="lora", lora_rank=16))
-    qlora = flops_per_token(LLAMA3_8B, Setup(seq_len=2048, method="qlora", lora_rank=16))
+    full = flops_per_token(model_facts(LLAMA3_8B, Setup(seq_len=2048)), Setup(seq_len=2048))
+    lora = flops_per_token(model_facts(LLAMA3_8B, Setup(seq_len=2048, method="lora", lora_rank=16)), Setup(seq_len=2048, method="lora", lora_rank=16))
+    qlora = flops_per_token(model_facts(LLAMA3_8B, Setup(seq_len=2048, method="qlora", lora_rank=16)), Setup(seq_len=2048, method="qlora", lora_rank=16))
     assert lora.backward_total < full.backward_total
     assert qlora.backward_total == lora.backward_total
     # the frozen matmuls cost exactly half of their full-fine-tuning backward
@@ -248,31 +249,31 @@ def test_lora_backward_smaller_than_full():
 
 def test_freeze_blocks_below_trainable_have_no_backward():
     L = 32
-    full = flops_per_token(LLAMA3_8B, Setup(seq_len=2048))
+    full = flops_per_token(model_facts(LLAMA3_8B, Setup(seq_len=2048)), Setup(seq_len=2048))
     per_block = (full.forward_total - full.forward["lm_head"]) / L
-    fr = flops_per_token(LLAMA3_8B, Setup(seq_len=2048, method="freeze", freeze_layers=2))
+    fr = flops_per_token(model_facts(LLAMA3_8B, Setup(seq_len=2048, method="freeze", freeze_layers=2)), Setup(seq_len=2048, method="freeze", freeze_layers=2))
     # 2 trained blocks at 2x their matmuls and 2.5x their attention core; frozen LM head: input grad only
     core = full.forward["attention_core"] / L
     expected = 2 * (2 * (per_block - core) + FLASH_BACKWARD_FACTOR * core) + full.forward["lm_head"]
     assert fr.backward_total == pytest.approx(expected, rel=1e-12)
-    fr_ck = flops_per_token(LLAMA3_8B, Setup(seq_len=2048, method="freeze", freeze_layers=2, checkpointing="full"))
+    fr_ck = flops_per_token(model_facts(LLAMA3_8B, Setup(seq_len=2048, method="freeze", freeze_layers=2, checkpointing="full")), Setup(seq_len=2048, method="freeze", freeze_layers=2, checkpointing="full"))
     assert fr_ck.recompute_total == pytest.approx(2 * per_block, rel=1e-12)
 
 
 def test_moe_counts_routed_experts_only():
     """Routed experts cost top-k, not num_experts: doubling experts only adds router FLOPs (2 h E)."""
-    base = flops_per_token(MOE, Setup(seq_len=512))
-    more = flops_per_token(MOE.model_copy(update={"moe": MoE(num_experts=16, experts_per_token=2,
-                                                              expert_intermediate_size=384)}), Setup(seq_len=512))
+    base = flops_per_token(model_facts(MOE, Setup(seq_len=512)), Setup(seq_len=512))
+    more = flops_per_token(model_facts(MOE.model_copy(update={"moe": MoE(num_experts=16, experts_per_token=2,
+                                                              expert_intermediate_size=384)}), Setup(seq_len=512)), Setup(seq_len=512))
     router_delta_fwd = 4 * 2 * 256 * (16 - 8)  # 4 MoE layers, 2*h*extra experts
     assert more.forward["moe"] - base.forward["moe"] == router_delta_fwd
-    topk4 = flops_per_token(MOE.model_copy(update={"moe": MoE(num_experts=8, experts_per_token=4,
-                                                               expert_intermediate_size=384)}), Setup(seq_len=512))
+    topk4 = flops_per_token(model_facts(MOE.model_copy(update={"moe": MoE(num_experts=8, experts_per_token=4,
+                                                               expert_intermediate_size=384)}), Setup(seq_len=512)), Setup(seq_len=512))
     expert_fwd = 2 * 3 * 256 * 384  # gate, up, down of one expert
     assert topk4.forward["moe"] - base.forward["moe"] == 4 * 2 * expert_fwd
     assert base.forward["mlp"] == 0
     # LoRA does not adapt routed experts (3-D tensors in transformers >= 5, planner.engine.memory's rule): only attention
-    lora = flops_per_token(MOE, Setup(seq_len=512, method="lora", lora_rank=8))
+    lora = flops_per_token(model_facts(MOE, Setup(seq_len=512, method="lora", lora_rank=8)), Setup(seq_len=512, method="lora", lora_rank=8))
     assert lora.forward["lora"] == 4 * 8 * 2 * ((256 + 256) + 2 * (256 + 128) + (256 + 256))
 
 
@@ -287,9 +288,9 @@ def test_attention_core_causal_half_and_mla():
 @given(n=st.integers(2, 64))
 def test_zero3_moves_1_5x_zero2(n):
     """Rajbhandari et al. 2020 (ZeRO) sec. 7: ZeRO-2 moves 2 Psi per step, ZeRO-3 3 Psi (at GA 1)."""
-    z2 = communication_bytes_per_gpu(LLAMA3_8B, Setup(zero=2), n)
-    z3 = communication_bytes_per_gpu(LLAMA3_8B, Setup(zero=3), n)
-    ddp = communication_bytes_per_gpu(LLAMA3_8B, Setup(zero=0), n)
+    z2 = communication_bytes_per_gpu(model_facts(LLAMA3_8B, Setup(zero=2)), Setup(zero=2), n)
+    z3 = communication_bytes_per_gpu(model_facts(LLAMA3_8B, Setup(zero=3)), Setup(zero=3), n)
+    ddp = communication_bytes_per_gpu(model_facts(LLAMA3_8B, Setup(zero=0)), Setup(zero=0), n)
     assert z3 == pytest.approx(1.5 * z2, rel=1e-12)
     assert ddp == pytest.approx(z2, rel=1e-12)
     assert z2 == pytest.approx(2 * (n - 1) / n * 2 * param_counts(LLAMA3_8B).total, rel=1e-12)
@@ -297,24 +298,24 @@ def test_zero3_moves_1_5x_zero2(n):
 
 def test_zero2_reduces_every_micro_step_ddp_and_zero1_once():
     n = 8
-    ga1 = communication_bytes_per_gpu(LLAMA3_8B, Setup(zero=2), n)
-    ga4 = communication_bytes_per_gpu(LLAMA3_8B, Setup(zero=2, grad_accum=4), n)
+    ga1 = communication_bytes_per_gpu(model_facts(LLAMA3_8B, Setup(zero=2)), Setup(zero=2), n)
+    ga4 = communication_bytes_per_gpu(model_facts(LLAMA3_8B, Setup(zero=2, grad_accum=4)), Setup(zero=2, grad_accum=4), n)
     assert ga4 == pytest.approx(ga1 / 2 * 4 + ga1 / 2)  # 4 reduce-scatters + 1 all-gather
     for s in (Setup(zero=0, grad_accum=4), Setup(zero=1, grad_accum=4)):
-        assert communication_bytes_per_gpu(LLAMA3_8B, s, n) == pytest.approx(ga1)
+        assert communication_bytes_per_gpu(model_facts(LLAMA3_8B, s), s, n) == pytest.approx(ga1)
 
 
 def test_lora_zero3_gathers_frozen_base_but_reduces_adapters():
     n = 8
-    cs = {c.name: c for c in collectives(LLAMA3_8B, Setup(zero=3, method="lora"), n)}
+    cs = {c.name: c for c in collectives(model_facts(LLAMA3_8B, Setup(zero=3, method="lora")), Setup(zero=3, method="lora"), n)}
     assert cs["parameter all-gather (forward)"].payload_bytes > 2 * param_counts(LLAMA3_8B).total
-    assert cs["gradient reduce-scatter"].payload_bytes == 2 * trainable_params(LLAMA3_8B, Setup(method="lora"))
+    assert cs["gradient reduce-scatter"].payload_bytes == 2 * model_facts(LLAMA3_8B, Setup(method="lora")).trainable.trainable
 
 
 def test_single_gpu_has_no_communication():
-    e = estimate_speed(LLAMA3_8B, make_cluster(A800, 1), Setup(zero=3))
+    e = evaluate(LLAMA3_8B, make_cluster(A800, 1), Setup(zero=3)).speed
     assert e.breakdown_s["communication"] == 0
-    assert collectives(LLAMA3_8B, Setup(zero=3), 1) == []
+    assert collectives(model_facts(LLAMA3_8B, Setup(zero=3)), Setup(zero=3), 1) == []
 
 
 def test_multi_node_bandwidth_is_inter_node_link_per_gpu():
@@ -323,9 +324,7 @@ def test_multi_node_bandwidth_is_inter_node_link_per_gpu():
     assert ring_bandwidth_bytes_per_s(one) == 200e9
     assert ring_bandwidth_bytes_per_s(two) == 100e9 / 8
     s = Setup(zero=3, seq_len=2048, micro_batch=1)
-    assert estimate_speed(LLAMA3_8B, two, s).breakdown_s["communication"] > estimate_speed(
-        LLAMA3_8B, one, s
-    ).breakdown_s["communication"]
+    assert evaluate(LLAMA3_8B, two, s).speed.breakdown_s["communication"] > evaluate(LLAMA3_8B, one, s).speed.breakdown_s["communication"]
 
 
 # ---------------------------------------------------------------------------------------------- offload
@@ -339,8 +338,8 @@ def test_offload_order_of_magnitude_slower_literature_band():
     2048-token row per GPU must land in a 5x-30x band. The fixed host step amortises over larger steps, so
     the ratio must fall with micro-batch x accumulation."""
     def ratio(cluster, **kw):
-        fast = estimate_speed(LLAMA2_7B, cluster, Setup(zero=2, **kw))
-        slow = estimate_speed(LLAMA2_7B, cluster, Setup(zero=2, offload="optimizer", **kw))
+        fast = evaluate(LLAMA2_7B, cluster, Setup(zero=2, **kw)).speed
+        slow = evaluate(LLAMA2_7B, cluster, Setup(zero=2, offload="optimizer", **kw)).speed
         return fast.tokens_per_s / slow.tokens_per_s
 
     r8 = ratio(make_cluster(A800, 8), seq_len=2048, micro_batch=1)
@@ -355,18 +354,18 @@ def test_offload_pcie_traffic_zero2_accumulation():
     """DeepSpeed stage_1_and_2.py: non-final micro-steps copy the 16-bit partition out (and back in from
     micro-step 1), the boundary copies fp32; the updated 16-bit partition returns after the host step."""
     n = 8
-    part = trainable_params(LLAMA3_8B, Setup()) / n
-    t = offload_pcie_bytes_per_gpu(LLAMA3_8B, Setup(zero=2, offload="optimizer", grad_accum=4), n)
+    part = model_facts(LLAMA3_8B, Setup()).trainable.trainable / n
+    t = offload_pcie_bytes_per_gpu(model_facts(LLAMA3_8B, Setup(zero=2, offload="optimizer", grad_accum=4)), Setup(zero=2, offload="optimizer", grad_accum=4), n)
     assert t["grads_to_host"] == pytest.approx(part * (3 * 2 + 4))
     assert t["grads_from_host"] == pytest.approx(part * 3 * 2)
     assert t["params_to_gpu"] == pytest.approx(part * 2)
-    p = offload_pcie_bytes_per_gpu(LLAMA3_8B, Setup(zero=3, offload="optimizer+params"), n)
+    p = offload_pcie_bytes_per_gpu(model_facts(LLAMA3_8B, Setup(zero=3, offload="optimizer+params")), Setup(zero=3, offload="optimizer+params"), n)
     assert p["params_to_gpu"] == 0 and p["param_fetch"] == pytest.approx(2 * 2 * param_counts(LLAMA3_8B).total / n)
 
 
 def test_host_optimizer_step_time():
     """Eq. S15: the node's share of parameters x 30 B (AdamW, fp32 states + bf16 copy) at the host bandwidth."""
-    e = estimate_speed(LLAMA3_8B, make_cluster(A800, 8), Setup(zero=2, offload="optimizer"))
+    e = evaluate(LLAMA3_8B, make_cluster(A800, 8), Setup(zero=2, offload="optimizer")).speed
     host = param_counts(LLAMA3_8B).total * 30 / HOST_OPTIMIZER_BANDWIDTH_BYTES_PER_S
     pcie = param_counts(LLAMA3_8B).total / 8 * (4 + 2) / 25e9
     assert e.breakdown_s["offload"] == pytest.approx(host + pcie, rel=1e-9)
@@ -378,32 +377,33 @@ def test_host_optimizer_step_time():
 def test_estimate_fields_and_mfu():
     c = make_cluster(A800, 8)
     s = Setup(zero=2, seq_len=2048, micro_batch=4, grad_accum=2, checkpointing="full")
-    e = estimate_speed(LLAMA3_8B, c, s)
+    e = evaluate(LLAMA3_8B, c, s).speed
     assert set(e.breakdown_s) == {"compute", "communication", "offload", "recompute"}
     assert e.tokens_per_step == 4 * 2048 * 2 * 8
     assert e.efficiency == A800.default_mfu
     assert e.peak_flops_per_gpu == 312e12
-    fb = flops_per_token(LLAMA3_8B, s)
+    fb = flops_per_token(model_facts(LLAMA3_8B, s), s)
     assert e.model_flops_per_step == pytest.approx(fb.model_total * e.tokens_per_step)
     assert e.hardware_flops_per_step == pytest.approx(fb.hardware_total * e.tokens_per_step)
     assert e.mfu < e.efficiency  # recompute and communication cost time, not model FLOPs
     assert e.calibration == "uncalibrated"
     assert any("overlap fraction" in a for a in e.assumptions)
-    e2 = estimate_speed(LLAMA3_8B, c, s, efficiency=0.2, calibration_label="A800/deepspeed-bf16 fit")
-    assert e2.efficiency == 0.2 and e2.calibration == "A800/deepspeed-bf16 fit"
+    e2 = evaluate(LLAMA3_8B, c, s, efficiency=0.2).speed
+    assert e2.efficiency == 0.2 and e2.calibration == "uncalibrated"
+    assert any("(given; S8)" in a for a in e2.assumptions)
     assert e2.step_s > e.step_s
 
 
 def test_precision_and_errors():
     c = make_cluster(V100, 1)
     with pytest.raises(SetupError, match="bf16"):
-        estimate_speed(LLAMA3_8B, c, Setup(recipe="bf16"))
-    e = estimate_speed(LLAMA3_8B, c, Setup(recipe="fp16-amp"))
+        evaluate(LLAMA3_8B, c, Setup(recipe="bf16")).speed
+    e = evaluate(LLAMA3_8B, c, Setup(recipe="fp16-amp")).speed
     assert e.peak_flops_per_gpu == 125e12
     with pytest.raises(SetupError, match="efficiency"):
-        estimate_speed(LLAMA3_8B, make_cluster(A800, 1), Setup(), efficiency=1.5)
+        evaluate(LLAMA3_8B, make_cluster(A800, 1), Setup(), efficiency=1.5).speed
     with pytest.raises(SetupError, match="padding"):
-        estimate_speed(LLAMA3_8B, make_cluster(A800, 1), Setup(), padding_efficiency=0)
+        evaluate(LLAMA3_8B, make_cluster(A800, 1), Setup(), padding_efficiency=0).speed
 
 
 def test_padding_efficiency_scales_useful_tokens_only():
@@ -411,16 +411,16 @@ def test_padding_efficiency_scales_useful_tokens_only():
     assert tokens_per_step(s, 4, 0.5) == 1024 * 2 * 4 // 2
     assert tokens_per_step(Setup(packing=True, seq_len=1024, micro_batch=2), 4, 0.5) == 1024 * 2 * 4
     c = make_cluster(A800, 4)
-    full = estimate_speed(LLAMA3_8B, c, s)
-    half = estimate_speed(LLAMA3_8B, c, s, padding_efficiency=0.5)
+    full = evaluate(LLAMA3_8B, c, s).speed
+    half = evaluate(LLAMA3_8B, c, s, padding_efficiency=0.5).speed
     assert half.step_s == full.step_s
     assert half.tokens_per_s == pytest.approx(full.tokens_per_s / 2, rel=1e-6)
 
 
 def test_qlora_slower_than_lora_by_dequantisation():
     c = make_cluster(RTX4090, 1)
-    lora = estimate_speed(QWEN25_7B, c, Setup(method="lora", checkpointing="full"))
-    qlora = estimate_speed(QWEN25_7B, c, Setup(method="qlora", checkpointing="full"))
+    lora = evaluate(QWEN25_7B, c, Setup(method="lora", checkpointing="full")).speed
+    qlora = evaluate(QWEN25_7B, c, Setup(method="qlora", checkpointing="full")).speed
     assert qlora.step_s > lora.step_s
     # three passes (forward, backward, recompute), each reading the NF4 storage (0.5 B + 0.127 bits of
     # constants with double quantisation) and writing 2 B per frozen linear parameter, at 1,008 GB/s
@@ -430,7 +430,7 @@ def test_qlora_slower_than_lora_by_dequantisation():
 
 
 def test_train_time():
-    e = estimate_speed(LLAMA3_8B, make_cluster(A800, 8), Setup(zero=2, micro_batch=4, checkpointing="full"))
+    e = evaluate(LLAMA3_8B, make_cluster(A800, 8), Setup(zero=2, micro_batch=4, checkpointing="full")).speed
     t = train_time(e, dataset_tokens=1e9, epochs=2, price_per_gpu_hour=1.5)
     assert t.seconds == pytest.approx(2e9 / e.tokens_per_s)
     assert t.gpu_hours == pytest.approx(t.seconds * 8 / 3600)
@@ -480,8 +480,8 @@ def test_step_time_monotone_in_seq_and_micro_batch(strategy, method, ckpt, gpus,
     c = make_cluster(A800, gpus, nodes=nodes)
 
     def step(s, b):
-        return estimate_speed(LLAMA3_8B, c, _setup(strategy, method, ckpt, seq_len=s, micro_batch=b,
-                                                    grad_accum=ga, attention=attention)).step_s
+        return evaluate(LLAMA3_8B, c, _setup(strategy, method, ckpt, seq_len=s, micro_batch=b, grad_accum=ga,
+                                             attention=attention, allow_long_seq=True)).speed.step_s
 
     base = step(seq, mb)
     assert step(seq + 64, mb) >= base
@@ -495,8 +495,7 @@ def test_step_time_monotone_in_seq_and_micro_batch(strategy, method, ckpt, gpus,
     mb=st.integers(1, 8), ga=st.integers(1, 16), model=st.sampled_from([LLAMA3_8B, QWEN25_7B, MOE]),
 )
 def test_breakdown_sums_to_step_and_mfu_bounded(strategy, method, ckpt, gpus, nodes, seq, mb, ga, model):
-    e = estimate_speed(model, make_cluster(A800, gpus, nodes=nodes),
-                       _setup(strategy, method, ckpt, seq_len=seq, micro_batch=mb, grad_accum=ga, allow_long_seq=True))
+    e = evaluate(model, make_cluster(A800, gpus, nodes=nodes), _setup(strategy, method, ckpt, seq_len=seq, micro_batch=mb, grad_accum=ga, allow_long_seq=True)).speed
     assert set(e.breakdown_s) == {"compute", "communication", "offload", "recompute"}
     assert all(v >= 0 for v in e.breakdown_s.values())
     assert sum(e.breakdown_s.values()) == pytest.approx(e.step_s, rel=1e-12)
@@ -511,8 +510,8 @@ def test_breakdown_sums_to_step_and_mfu_bounded(strategy, method, ckpt, gpus, no
        ckpt=st.sampled_from(CKPT[:3]), method=st.sampled_from(METHODS))
 def test_more_gpus_more_tokens_per_s_ddp_nvlink(seq, mb, ga, ckpt, method):
     rates = [
-        estimate_speed(LLAMA3_8B, make_cluster(A800, n), _setup(dict(zero=0), method, ckpt, seq_len=seq,
-                                                                 micro_batch=mb, grad_accum=ga)).tokens_per_s
+        evaluate(LLAMA3_8B, make_cluster(A800, n), _setup(dict(zero=0), method, ckpt, seq_len=seq,
+                                                                 micro_batch=mb, grad_accum=ga)).speed.tokens_per_s
         for n in range(1, 9)
     ]
     assert all(b > a for a, b in zip(rates, rates[1:]))
@@ -524,9 +523,9 @@ def test_more_gpus_more_tokens_per_s_ddp_nvlink(seq, mb, ga, ckpt, method):
 def test_offload_is_slower(seq, mb, ga, gpus, zero, method):
     c = make_cluster(A800, gpus)
     kw = dict(seq_len=seq, micro_batch=mb, grad_accum=ga, zero=zero, **method)
-    fast = estimate_speed(LLAMA3_8B, c, Setup(**kw))
-    slow = estimate_speed(LLAMA3_8B, c, Setup(offload="optimizer", **kw))
+    fast = evaluate(LLAMA3_8B, c, Setup(**kw)).speed
+    slow = evaluate(LLAMA3_8B, c, Setup(offload="optimizer", **kw)).speed
     assert slow.tokens_per_s < fast.tokens_per_s
     if zero == 3:
-        slower = estimate_speed(LLAMA3_8B, c, Setup(offload="optimizer+params", **kw))
+        slower = evaluate(LLAMA3_8B, c, Setup(offload="optimizer+params", **kw)).speed
         assert slower.tokens_per_s < slow.tokens_per_s

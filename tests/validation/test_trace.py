@@ -11,6 +11,7 @@ import sys
 
 import pytest
 
+from planner.engine.evaluate import evaluate
 from planner.engine.results import CATEGORIES, PHASES
 from planner.engine.setup import Setup
 from profiles.cluster import parse_cluster
@@ -153,9 +154,8 @@ def _model_states(est) -> int:
 
 def test_json_has_the_estimate_shape():
     r = trace_memory(tiny(), ONE, setup())
-    from planner.engine.memory import estimate_memory
 
-    engine = estimate_memory(tiny(), ONE, setup()).to_json()
+    engine = evaluate(tiny(), ONE, setup()).memory.to_json()
     out = r.to_json()
     assert set(out) == set(engine)
     assert set(out["per_gpu"]) == set(engine["per_gpu"])

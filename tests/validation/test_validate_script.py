@@ -15,7 +15,7 @@ SCRIPT = ROOT / "validation" / "gpu" / "run_h100.sh"
 
 
 def test_h100_matrix_is_valid_and_every_run_fits():
-    from planner.engine.memory import estimate_memory
+    from planner.engine.evaluate import evaluate
     from validation.spec import load_matrix
 
     specs = load_matrix(ROOT / "validation" / "gpu" / "matrix_h100.yaml")
@@ -29,7 +29,7 @@ def test_h100_matrix_is_valid_and_every_run_fits():
     assert {("Qwen2.5-7B", m) for m in ("lora", "qlora")} <= {(s.model.name, s.setup.method) for s in specs}
     assert sum(s.timeline for s in specs) == 3 and all(s.device == "cuda" and s.cluster.world_size == 1 for s in specs)
     for s in specs:
-        assert estimate_memory(s.model, s.cluster, s.setup).fits, s.label
+        assert evaluate(s.model, s.cluster, s.setup).memory.fits, s.label
     assert [s.model.name for s in specs][-3:] == ["Qwen2.5-7B"] * 3  # the slowest last: the budget cuts them first
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from planner.app.errors import CliError
+from profiles.errors import InputError as CliError  # every one-line input error
 from validation.measurement import (
     MEASUREMENTS_FILE,
     Measurement,
@@ -97,14 +97,14 @@ def test_matrix_errors_are_one_line(tmp_path, text, message):
 
 
 def test_plan_files_of_every_shape(tmp_path):
-    from planner.engine.memory import estimate_memory
+    from planner.engine.evaluate import evaluate
     from planner.engine.setup import Setup
     from profiles.cluster import parse_cluster
     from profiles.registry import get_model
 
     model, cluster = get_model("qwen2.5-0.5b"), parse_cluster("2xH100")
     setup = Setup(recipe="deepspeed-bf16", method="lora", zero=2, seq_len=512)
-    est = estimate_memory(model, cluster, setup).to_json()
+    est = evaluate(model, cluster, setup).memory.to_json()
     shapes = {"estimate.json": est, "plan.json": {"rank": 1, "setup": setup.model_dump(), "memory": est},
               "search.json": {"schema_version": 1, "plans": [{"rank": 1, "setup": setup.model_dump(), "memory": est}]}}
     for name, data in shapes.items():

@@ -62,7 +62,7 @@ def trace_memory(
     called as blocks run forward and backward. Raises :class:`~planner.engine.setup.SetupError` for setups the
     engine rejects too, and :class:`TraceUnavailable` without torch.
     """
-    from planner.engine.setup import validate_setup
+    from planner.engine.rules import validate_setup
 
     if steps < 1:
         raise NotTraceable(f"steps must be at least 1, got {steps}")

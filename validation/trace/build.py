@@ -19,7 +19,8 @@ from typing import Any, Iterator
 import torch
 from torch import nn
 
-from planner.engine.setup import Setup, lora_target_names
+from planner.engine.facts import model_facts
+from planner.engine.setup import Setup
 from profiles.schema import ModelProfile
 from validation.build import _recast_trainable, attn_implementation, decoder_layers
 from validation.trace.plan import TracePlan
@@ -116,7 +117,7 @@ def build_model(model: ModelProfile, setup: Setup, plan: TracePlan, num_layers: 
 def _apply_lora(net: nn.Module, model: ModelProfile, setup: Setup, plan: TracePlan) -> nn.Module:
     from peft import LoraConfig, get_peft_model
 
-    targets = lora_target_names(setup, model)
+    targets = list(model_facts(model, setup).lora_targets)
     # MoE experts in transformers >= 5 are 3-D parameters, not nn.Linear: peft targets the linear ones
     linear_names = {n.split(".")[-1] for n, m in net.named_modules() if isinstance(m, nn.Linear)}
     targets = [t for t in targets if t in linear_names]

@@ -127,12 +127,11 @@ def compare_estimates(case: str, traced: MemoryEstimate, estimated: MemoryEstima
 
 def compare(case: str, model: ModelProfile, cluster: Cluster, setup: Setup, **trace_kw) -> Comparison:
     """Run the engine and the trace on one setup and compare them."""
-    from planner.engine.memory import estimate_memory
+    from planner.engine.evaluate import evaluate
     from validation.trace import trace_memory
-
     from validation.trace.plan import PHASE_OF
 
-    est = estimate_memory(model, cluster, setup)
+    est = evaluate(model, cluster, setup).memory
     tr = trace_memory(model, cluster, setup, **trace_kw)
     best: dict[str, object] = {}
     for r in tr.records:
@@ -148,10 +147,11 @@ def compare(case: str, model: ModelProfile, cluster: Cluster, setup: Setup, **tr
 def engine_forward_activations(model: ModelProfile, setup: Setup) -> int:
     """The engine's forward-phase ``activations + logits_loss`` (as ``estimate_memory`` assembles them)."""
     from planner.engine.dtypes import recipe_bytes
+    from planner.engine.facts import model_facts
     from planner.engine.memory import activation_bytes, forward_peak_parts, logits_loss_bytes
 
     rb = recipe_bytes(setup)
-    acts = activation_bytes(model, setup, rb)
+    acts = activation_bytes(model_facts(model, setup), setup, rb)
     lg = logits_loss_bytes(model, setup, rb, setup.micro_batch * setup.seq_len)
     return sum(forward_peak_parts(acts, lg))
 

@@ -45,7 +45,8 @@ def _pct(x: float | None) -> str:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from planner.engine.calibration import CALIBRATION_DIR, calibration_filename
+    from planner.app.calibration_io import CALIBRATION_DIR
+    from planner.engine.calibration import calibration_filename
     from planner.app.commands.common import print_json
 
     gpu = None

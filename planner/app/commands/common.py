@@ -13,7 +13,9 @@ import sys
 from typing import Any, get_args
 
 from planner.app.errors import CliError
-from planner.engine.setup import Attention, Checkpointing, Loss, Method, Optimizer, Recipe, Setup
+from planner.engine.evaluate import DEFAULT_HEADROOM, check_efficiency, check_headroom
+from planner.engine.setup import Attention, Checkpointing, Loss, Method, Optimizer, Recipe, Setup, default_recipe
+from profiles.errors import InputError
 from profiles.cluster import Cluster, parse_cluster
 from profiles.registry import get_model
 from profiles.schema import ModelProfile
@@ -140,25 +142,16 @@ def resolve_target(args: argparse.Namespace) -> tuple[ModelProfile, Cluster | No
     return model, cluster
 
 
-def default_recipe(cluster: Cluster, zero: int, fsdp: str | None) -> str:
-    """The recipe a user gets without --recipe: fp16-amp without bf16, DeepSpeed's with ZeRO, else HF AMP."""
-    if not cluster.gpu.supports_bf16:
-        return "fp16-amp"
-    if zero and not fsdp:
-        return "deepspeed-bf16"
-    return "hf-amp"
-
-
 def setup_from_args(args: argparse.Namespace, cluster: Cluster) -> Setup:
     """A fully resolved Setup from explicit flags (``plan estimate`` and friends)."""
     zero = args.zero if args.zero is not None else 0
-    recipe = args.recipe or default_recipe(cluster, zero, args.fsdp)
+    recipe = args.recipe or default_recipe(cluster.gpu.supports_bf16, zero, args.fsdp)
     fields = dict(
         recipe=recipe, method=args.method, optimizer=args.optimizer, zero=zero, fsdp=args.fsdp,
         offload=args.offload, checkpointing=args.checkpointing, checkpoint_every=args.checkpoint_every,
         attention=args.attention, loss=args.loss, micro_batch=args.micro_batch, grad_accum=args.grad_accum,
         seq_len=args.seq, packing=args.packing, lora_rank=args.lora_rank,
-        lora_alpha=args.lora_alpha or 2 * args.lora_rank, lora_targets=args.lora_targets,
+        lora_alpha=args.lora_alpha, lora_targets=args.lora_targets,
         lora_dropout=args.lora_dropout, dora=args.dora, lora_train_embeddings=args.lora_train_embeddings,
         lora_train_lm_head=args.lora_train_lm_head, freeze_layers=args.freeze_layers,
         double_quant=args.double_quant, optimizer_in_backward=args.optimizer_in_backward,
@@ -175,25 +168,76 @@ def print_json(obj: Any) -> None:
     sys.stdout.write("\n")
 
 
+def _checked(check: Any, text: str, what: str) -> float:
+    """An argparse type that parses a number and applies the engine's own rule (one rule, one place)."""
+    try:
+        return check(float(text))
+    except ValueError as e:  # float() failed, or the rule's InputError (a ValueError)
+        msg = str(e) if isinstance(e, InputError) else f"expected a number, got {text!r}"
+        raise argparse.ArgumentTypeError(msg.replace(f"{what} ", "", 1) if isinstance(e, InputError) else msg) from None
+
+
+def headroom_arg(text: str) -> float:
+    return _checked(check_headroom, text, "headroom")
+
+
+def efficiency_arg(text: str) -> float:
+    return _checked(check_efficiency, text, "efficiency")
+
+
+def add_headroom_arg(g: Any) -> None:
+    g.add_argument("--headroom", type=headroom_arg, default=DEFAULT_HEADROOM, metavar="F",
+                   help=f"fraction of GPU memory kept free, in (0, 0.9) (default: {DEFAULT_HEADROOM})")
+
+
+def add_efficiency_arg(g: Any) -> None:
+    g.add_argument("--efficiency", type=efficiency_arg, metavar="F",
+                   help="override the achievable fraction of peak FLOPS, in (0, 1] (default: calibrated, else the "
+                        "GPU's default)")
+
+
 def add_search_args(g: argparse._ArgumentGroup) -> None:
     """--global-batch and --headroom, shared by ``plan`` and ``plan configs`` (so their rankings agree)."""
     g.add_argument("--global-batch", type=positive_int, metavar="N",
                    help="sequences per optimizer step, all GPUs (default: 64, rounded to a multiple of the GPU count)")
-    g.add_argument("--headroom", type=float, default=0.10, metavar="F",
-                   help="fraction of GPU memory kept free, in (0, 0.9) (default: 0.10)")
+    add_headroom_arg(g)
 
 
-def search_request(args: argparse.Namespace, cluster: Cluster, **kw: Any):  # noqa: ANN201
-    """The SearchRequest the flags describe, with per-recipe calibration data (``plan`` and ``plan configs``)."""
-    from planner.app.calibration_io import calibration_for
-    from planner.app.commands.search import fixed_from_args
+SEARCHED = ("method", "recipe", "optimizer", "zero", "offload", "checkpointing", "loss", "micro_batch", "grad_accum", "packing")
+"""Setup flags whose absence lets the search choose."""
+
+
+def fixed_from_args(args: argparse.Namespace) -> dict:
+    """The Setup fields the user fixed on the command line."""
+    fixed: dict = {"seq_len": args.seq}
+    for name in SEARCHED:
+        v = getattr(args, name, None)
+        if v is not None:
+            fixed[name] = v
+    if args.fsdp:
+        fixed["fsdp"] = args.fsdp
+        fixed.setdefault("zero", 0)
+    for name in ("lora_rank", "lora_alpha", "lora_targets", "lora_dropout", "freeze_layers", "double_quant",
+                 "attention", "checkpoint_every"):
+        v = getattr(args, name, None)
+        if v is not None:
+            fixed[name] = v
+    for flag in ("dora", "lora_train_embeddings", "lora_train_lm_head", "optimizer_in_backward",
+                 "activation_offload", "compile", "allow_long_seq"):
+        if getattr(args, flag, False):
+            fixed[flag] = True
+    if args.activation_offload:
+        fixed.setdefault("checkpointing", "full")
+    if args.optimizer_in_backward:
+        fixed.setdefault("grad_accum", 1)
+    return fixed
+
+
+def search_request(args: argparse.Namespace, **kw: Any):  # noqa: ANN201
+    """The SearchRequest the flags describe, with the calibration book (``plan`` and ``plan configs``, so
+    their rankings agree)."""
+    from planner.app.calibration_io import load_calibration_book
     from planner.search.rank import SearchRequest
 
-    if not 0 < args.headroom < 0.9:
-        raise CliError(f"--headroom {args.headroom} is outside (0, 0.9); e.g. --headroom 0.1 keeps 10 % free")
-
-    def calibration(recipe: str):  # noqa: ANN202
-        return calibration_for(cluster.gpu.name, recipe)
-
     return SearchRequest(fixed=fixed_from_args(args), global_batch=args.global_batch, headroom=args.headroom,
-                         calibration=calibration, **kw)
+                         calibration=load_calibration_book(), **kw)

@@ -66,7 +66,7 @@ def _from_search(args: argparse.Namespace):  # noqa: ANN202
     if not args.model or not args.gpus:
         raise CliError("--model and --gpus are required (or pass --plan plan.json)")
     model, cluster = resolve_target(args)
-    request = search_request(args, cluster, top=max(args.pick, 5))
+    request = search_request(args, top=max(args.pick, 5))
     try:
         result = search(model, cluster, request)
     except SearchError as e:
@@ -87,16 +87,14 @@ def load_plan_json(args: argparse.Namespace):  # noqa: ANN202
     another version); the search's reasons are kept."""
     from pydantic import ValidationError
 
-    from planner.app.calibration_io import calibration_for
-    from planner.emit.common import gib
-    from planner.engine.memory import estimate_memory
-    from planner.engine.results import Plan
+    from planner.app.calibration_io import load_calibration_book
+    from planner.engine.evaluate import evaluate
     from planner.engine.setup import Setup
-    from planner.engine.speed import estimate_speed
+    from planner.units import gib
     from profiles.cluster import make_cluster
     from profiles.registry import get_gpu, get_model
 
-    from planner.app.plan_file import read_plan_file
+    from planner.plan_file import read_plan_file
 
     pf = read_plan_file(args.plan)
     d, name, cl = pf.plan, pf.model, pf.cluster
@@ -115,21 +113,14 @@ def load_plan_json(args: argparse.Namespace):  # noqa: ANN202
         asked = parse_cluster(args.gpus)
         if (asked.gpu.name, asked.gpus_per_node, asked.nodes) != (cluster.gpu.name, cluster.gpus_per_node, cluster.nodes):
             raise CliError(f"--gpus {args.gpus} differs from the plan's cluster {cluster.label()}; drop --gpus")
-    cal = calibration_for(cluster.gpu.name, setup.recipe)
-    memory = estimate_memory(model, cluster, setup, cal)
-    speed = estimate_speed(model, cluster, setup, calibration_label=getattr(cal, "label", None) or "uncalibrated")
+    plan = evaluate(model, cluster, setup, load_calibration_book(), headroom=args.headroom)
     reasons = list(d.get("reasons", []))
-    if "headroom_bytes" in d:
-        usable = old_peak + int(d["headroom_bytes"])  # what the search allowed per GPU
-    else:
-        usable = memory.capacity_bytes
-        reasons.append("not ranked by a search (from plan estimate --json); headroom is capacity minus peak")
-    if memory.peak_bytes != old_peak:
-        reasons.append(f"re-estimated by this tuneplan: peak {gib(memory.peak_bytes)} per GPU "
-                       f"(the plan.json said {gib(old_peak)})")
-    plan = Plan(rank=int(d.get("rank", 1)), setup=setup, memory=memory, speed=speed,
-                headroom_bytes=usable - memory.peak_bytes, reasons=tuple(reasons))
-    return model, cluster, plan
+    if "headroom_bytes" not in d:
+        reasons.append("not ranked by a search (from plan estimate --json)")
+    if plan.memory.peak_bytes != old_peak:
+        reasons.append(f"re-estimated by this tuneplan: peak {gib(plan.memory.peak_bytes, 2)} per GPU "
+                       f"(the plan.json said {gib(old_peak, 2)})")
+    return model, cluster, plan.model_copy(update={"rank": int(d.get("rank", 1)), "reasons": tuple(reasons)})
 
 
 def run(args: argparse.Namespace) -> int:

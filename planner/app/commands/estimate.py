@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from planner.app.commands.common import (
+    add_efficiency_arg,
     add_output_args,
     add_setup_args,
     add_target_args,
@@ -12,7 +13,6 @@ from planner.app.commands.common import (
     resolve_target,
     setup_from_args,
 )
-from planner.app.errors import CliError
 
 NAME = "estimate"
 HELP = "every byte and second of one explicit setup"
@@ -29,33 +29,27 @@ examples:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_target_args(parser)
     add_setup_args(parser, search=False)
-    parser.add_argument("--efficiency", type=float, metavar="F",
-                        help="override the achievable fraction of peak FLOPS (default: calibrated, else the GPU's)")
+    add_efficiency_arg(parser)
     add_output_args(parser)
 
 
 def run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from planner.app.calibration_io import calibration_for
-    from planner.engine.memory import estimate_memory
+    from planner.app.calibration_io import load_calibration_book
     from planner.app.render.report import render_estimate
-    from planner.engine.speed import estimate_speed
+    from planner.engine.evaluate import evaluate
 
-    if args.efficiency is not None and not 0 < args.efficiency <= 1:
-        raise CliError(f"--efficiency {args.efficiency} is outside (0, 1]")
     model, cluster = resolve_target(args)
     setup = setup_from_args(args, cluster)
-    cal = calibration_for(cluster.gpu.name, setup.recipe)
-    est = estimate_memory(model, cluster, setup, cal)
-    label = getattr(cal, "label", None) or "uncalibrated"
-    speed = estimate_speed(model, cluster, setup, efficiency=args.efficiency or getattr(cal, "mfu", None), calibration_label=label)
+    plan = evaluate(model, cluster, setup, load_calibration_book(), efficiency=args.efficiency)
     if args.json:
-        out = est.to_json()
-        out["speed"] = speed.to_json()
-        out["per_host"]["capacity_bytes"] = cluster.host_ram_bytes_per_node
-        out["per_host"]["fits"] = est.host_bytes <= cluster.host_ram_bytes_per_node
+        out = plan.memory.to_json()
+        out["speed"] = plan.speed.to_json()
+        out["per_host"]["capacity_bytes"] = plan.host_capacity_bytes
+        out["per_host"]["fits"] = plan.fits_host
+        out["fits"] = plan.memory.fits and plan.fits_host
         print_json(out)
     else:
-        render_estimate(Console(), est, speed, cluster.host_ram_bytes_per_node)
-    return 0
+        render_estimate(Console(), plan.memory, plan.speed, plan.host_capacity_bytes)
+    return 0 if plan.memory.fits and plan.fits_host else 1

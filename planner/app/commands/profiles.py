@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from planner.app.commands.common import print_json
+from planner.units import gib_num
 
 NAME = "profiles"
 HELP = "list and show model and GPU profiles"
@@ -117,7 +118,7 @@ def run(args: argparse.Namespace) -> int:
             t.add_column(col, justify="left" if col in ("name", "aliases") else "right")
         for g in all_gpus():
             t.add_row(
-                g.name, f"{g.memory_bytes / 2**30:.1f}", f"{g.bf16_tflops:g}" if g.bf16_tflops else "-",
+                g.name, gib_num(g.memory_bytes, 1), f"{g.bf16_tflops:g}" if g.bf16_tflops else "-",
                 f"{g.fp8_tflops:g}" if g.fp8_tflops else "-", f"{g.hbm_bandwidth_gb_s:,.0f}",
                 f"{g.intra_node_bandwidth_gb_s:g} {g.interconnect}", ", ".join(g.aliases[:3]),
             )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from planner.app.commands.common import (
+    add_efficiency_arg,
     add_output_args,
     add_search_args,
     add_setup_args,
@@ -29,8 +30,6 @@ examples:
   plan --model llama3-8b --gpus 8xA800 --dataset-tokens 2e9 --epochs 3 --price-per-gpu-hour 2.1
 """
 
-SEARCHED = ("method", "recipe", "optimizer", "zero", "offload", "checkpointing", "loss", "micro_batch", "grad_accum", "packing")
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_target_args(parser)
@@ -41,8 +40,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="rank by throughput (tokens/s), cost (per token) or memory (lowest peak) (default: throughput)")
     g.add_argument("--top", type=positive_int, default=5, metavar="N", help="plans to show (default: 5)")
     g.add_argument("--explain", action="store_true", help="also list every rejected candidate with its reason")
-    g.add_argument("--efficiency", type=float, metavar="F",
-                   help="override the achievable fraction of peak FLOPS (default: calibrated, else the GPU's default)")
+    add_efficiency_arg(g)
     t = parser.add_argument_group("training time and cost")
     t.add_argument("--dataset-tokens", type=positive_float, metavar="N", help="tokens in the dataset, e.g. 2e9")
     t.add_argument("--samples", type=positive_float, metavar="N", help="samples in the dataset (with --avg-tokens)")
@@ -50,32 +48,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     t.add_argument("--epochs", type=positive_float, default=1.0, metavar="N", help="epochs (default: 1)")
     t.add_argument("--price-per-gpu-hour", type=float, metavar="USD", help="price of one GPU-hour, for the cost")
     add_output_args(parser)
-
-
-def fixed_from_args(args: argparse.Namespace) -> dict:
-    """The Setup fields the user fixed on the command line."""
-    fixed: dict = {"seq_len": args.seq}
-    for name in SEARCHED:
-        v = getattr(args, name, None)
-        if v is not None:
-            fixed[name] = v
-    if args.fsdp:
-        fixed["fsdp"] = args.fsdp
-        fixed.setdefault("zero", 0)
-    for name in ("lora_rank", "lora_targets", "lora_dropout", "freeze_layers", "double_quant", "attention", "checkpoint_every"):
-        v = getattr(args, name, None)
-        if v is not None:
-            fixed[name] = v
-    fixed["lora_alpha"] = args.lora_alpha or 2 * args.lora_rank
-    for flag in ("dora", "lora_train_embeddings", "lora_train_lm_head", "optimizer_in_backward",
-                 "activation_offload", "compile", "allow_long_seq"):
-        if getattr(args, flag, False):
-            fixed[flag] = True
-    if args.activation_offload:
-        fixed.setdefault("checkpointing", "full")
-    if args.optimizer_in_backward:
-        fixed.setdefault("grad_accum", 1)
-    return fixed
 
 
 def dataset_tokens(args: argparse.Namespace) -> float | None:
@@ -93,22 +65,12 @@ def run(args: argparse.Namespace) -> int:
 
     from planner.app.render.report import render_search
     from planner.search.rank import SearchError, search
-    from planner.engine.speed import train_time
+    from planner.engine.speed.train_time import train_time
 
-    if args.price_per_gpu_hour is not None and args.price_per_gpu_hour < 0:
-        raise CliError(f"--price-per-gpu-hour {args.price_per_gpu_hour} is negative; give a price >= 0")
-    if args.objective not in ("throughput", "cost", "memory"):
-        import difflib
-
-        close = difflib.get_close_matches(args.objective, ["throughput", "cost", "memory"], n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise CliError(f"unknown --objective {args.objective!r}{hint} (valid: throughput, cost, memory)")
-    if args.efficiency is not None and not 0 < args.efficiency <= 1:
-        raise CliError(f"--efficiency {args.efficiency} is outside (0, 1]")
     model, cluster = resolve_target(args)
     tokens = dataset_tokens(args)
     req = search_request(
-        args, cluster, objective=args.objective, top=args.top, price_per_gpu_hour=args.price_per_gpu_hour,
+        args, objective=args.objective, top=args.top, price_per_gpu_hour=args.price_per_gpu_hour,
         efficiency=args.efficiency,
     )
     try:

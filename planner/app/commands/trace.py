@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from planner.units import gib_num
+
 import argparse
 
 from planner.app.commands.common import (
@@ -102,8 +104,6 @@ def _trace_with_progress(vt, model, cluster, setup, args):  # type: ignore[no-un
                                num_layers=args.layers, progress=progress)
 
 
-def _gib(n: int) -> str:
-    return f"{n / 2**30:,.2f}"
 
 
 def _print_tables(result, detail: bool) -> None:  # type: ignore[no-untyped-def]
@@ -124,10 +124,10 @@ def _print_tables(result, detail: bool) -> None:  # type: ignore[no-untyped-def]
     for k in CATEGORIES:
         v = est.categories[k]
         if v >= 2**20 or k in ("framework_overhead", "allocator_margin"):  # hide RoPE buffers and the like
-            t.add_row(k, _gib(v), f"{100 * v / peak:.1f} %")
-    t.add_row(f"[bold]peak ({est.peak_phase})[/bold]", f"[bold]{_gib(est.peak_bytes)}[/bold]", "")
+            t.add_row(k, gib_num(v), f"{100 * v / peak:.1f} %")
+    t.add_row(f"[bold]peak ({est.peak_phase})[/bold]", f"[bold]{gib_num(est.peak_bytes)}[/bold]", "")
     cap = est.capacity_bytes
-    t.add_row("capacity", _gib(cap), "fits" if est.fits else "[red]does not fit[/red]")
+    t.add_row("capacity", gib_num(cap), "fits" if est.fits else "[red]does not fit[/red]")
     console.print(t)
 
     steps = sorted({r.step for r in result.records})
@@ -139,7 +139,7 @@ def _print_tables(result, detail: bool) -> None:  # type: ignore[no-untyped-def]
         cells = []
         for s in steps:
             vals = [r.peak_bytes for r in result.records if r.step == s and _phase_name(r.phase) == ph]
-            cells.append(_gib(max(vals)) if vals else "-")
+            cells.append(gib_num(max(vals)) if vals else "-")
         p.add_row(ph, *cells)
     console.print(p)
     if detail:
@@ -150,11 +150,11 @@ def _print_tables(result, detail: bool) -> None:  # type: ignore[no-untyped-def]
             d.add_column(_phase_name(r.phase), justify="right")
         for k in CATEGORIES:
             if any(r.categories.get(k) for r in recs):
-                d.add_row(k, *[_gib(r.categories.get(k, 0)) for r in recs])
+                d.add_row(k, *[gib_num(r.categories.get(k, 0)) for r in recs])
         console.print(d)
     if est.host_bytes:
-        console.print(f"host RAM per node: {_gib(est.host_bytes)} GiB "
-                      + ", ".join(f"{k} {_gib(v)}" for k, v in est.host_categories.items()))
+        console.print(f"host RAM per node: {gib_num(est.host_bytes)} GiB "
+                      + ", ".join(f"{k} {gib_num(v)}" for k, v in est.host_categories.items()))
     for line in est.assumptions:
         console.print(f"- {line}", highlight=False, soft_wrap=True)
     console.print(f"traced in {result.seconds:.1f} s ({result.ops:,} ops; {est.calibration})", highlight=False)

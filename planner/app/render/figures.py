@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from planner.engine.results import CATEGORIES
+from planner.units import GiB as GIB
 
-GIB = 2**30
 DPI = 110
 
 CATEGORY_COLORS: dict[str, str] = {

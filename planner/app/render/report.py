@@ -12,11 +12,7 @@ from rich.text import Text
 
 from planner.engine.results import CATEGORIES, PHASES, MemoryEstimate, Plan, SpeedEstimate
 
-GIB = 2**30
-
-
-def gib(b: float) -> str:
-    return f"{b / GIB:,.2f}"
+from planner.units import gib_num as gib
 
 
 def _bar(frac: float, width: int = 24) -> str:

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from planner.emit import Target
 from planner.engine.results import CATEGORIES, MemoryEstimate, Plan, SpeedEstimate
-from planner.engine.setup import Setup, validate_setup
+from planner.engine.rules import validate_setup
+from planner.engine.setup import Setup
 from profiles.cluster import make_cluster
 from profiles.registry import get_model
 from profiles.schema import GpuProfile
@@ -24,25 +25,25 @@ _SRC = {"memory_mib": "hardware.md", "memory_marketing_gb": "hardware.md", "hbm_
 
 GPUS: dict[str, GpuProfile] = {
     "A800": GpuProfile(
-        name="A800-80G", vendor="nvidia", memory_mib=81920, memory_marketing_gb=80, hbm_bandwidth_gb_s=2039,
+        name="A800-80G", vendor="nvidia", arch="ampere", memory_mib=81920, memory_marketing_gb=80, hbm_bandwidth_gb_s=2039,
         bf16_tflops=312, fp16_tflops=312, tf32_tflops=156, interconnect="nvlink", intra_node_bandwidth_gb_s=200,
         pcie_gen=4, pcie_bandwidth_gb_s=31, inter_node_bandwidth_gb_s=200, host_ram_gib_per_node=1024,
         default_mfu=0.45, tdp_w=400, sources=_SRC,
     ),
     "4090": GpuProfile(
-        name="RTX-4090", vendor="nvidia", memory_mib=24564, memory_marketing_gb=24, hbm_bandwidth_gb_s=1008,
+        name="RTX-4090", vendor="nvidia", arch="ada", memory_mib=24564, memory_marketing_gb=24, hbm_bandwidth_gb_s=1008,
         bf16_tflops=165.2, fp16_tflops=165.2, tf32_tflops=82.6, interconnect="pcie", intra_node_bandwidth_gb_s=31,
         pcie_gen=4, pcie_bandwidth_gb_s=31, inter_node_bandwidth_gb_s=25, host_ram_gib_per_node=128,
         typical_gpus_per_node=4, default_mfu=0.35, tdp_w=450, sources=_SRC,
     ),
     "H100": GpuProfile(
-        name="H100-SXM", vendor="nvidia", memory_mib=81559, memory_marketing_gb=80, hbm_bandwidth_gb_s=3350,
+        name="H100-SXM", vendor="nvidia", arch="hopper", memory_mib=81559, memory_marketing_gb=80, hbm_bandwidth_gb_s=3350,
         bf16_tflops=989, fp16_tflops=989, tf32_tflops=494.5, fp8_tflops=1979, interconnect="nvlink",
         intra_node_bandwidth_gb_s=450, pcie_gen=5, pcie_bandwidth_gb_s=63, inter_node_bandwidth_gb_s=400,
         host_ram_gib_per_node=2048, default_mfu=0.40, tdp_w=700, sources=_SRC,
     ),
     "V100": GpuProfile(
-        name="V100-SXM2-32G", vendor="nvidia", memory_mib=32768, memory_marketing_gb=32, hbm_bandwidth_gb_s=900,
+        name="V100-SXM2-32G", vendor="nvidia", arch="volta", memory_mib=32768, memory_marketing_gb=32, hbm_bandwidth_gb_s=900,
         fp16_tflops=125, interconnect="nvlink", intra_node_bandwidth_gb_s=150, pcie_gen=3, pcie_bandwidth_gb_s=12,
         inter_node_bandwidth_gb_s=100, host_ram_gib_per_node=512, default_mfu=0.35, tdp_w=300, sources=_SRC,
     ),
@@ -132,8 +133,8 @@ def target(case: str, rank: int = 1) -> Target:
     validate_setup(setup, model, cluster)
     mem = make_memory(model.name, cluster, setup, c["peak"], c["host"])
     speed = make_speed(cluster, setup, c["step"])
-    plan = Plan(rank=rank, setup=setup, memory=mem, speed=speed,
-                headroom_bytes=int(cluster.gpu.memory_bytes * 0.9) - mem.peak_bytes, reasons=c["reasons"])
+    plan = Plan(rank=rank, setup=setup, memory=mem, speed=speed, usable_bytes=int(cluster.gpu.memory_bytes * 0.9),
+                host_capacity_bytes=cluster.host_ram_bytes_per_node, reasons=c["reasons"])
     return Target(plan, model, cluster, command=f"plan configs (test case {case})")
 
 
@@ -179,7 +180,6 @@ def random_target(draw) -> Target:
         optimizer_in_backward=obwd,
         compile=draw(st.booleans()),
     )
-    fields["lora_alpha"] = 2 * fields["lora_rank"]
     try:
         setup = Setup(**fields)
         validate_setup(setup, model, cluster)
@@ -187,7 +187,8 @@ def random_target(draw) -> Target:
         assume(False)
     mem = make_memory(model.name, cluster, setup, 10.0, 1.0)
     speed = make_speed(cluster, setup, 1.0)
-    plan = Plan(rank=1, setup=setup, memory=mem, speed=speed, headroom_bytes=0)
+    plan = Plan(rank=1, setup=setup, memory=mem, speed=speed, usable_bytes=mem.peak_bytes,
+                host_capacity_bytes=cluster.host_ram_bytes_per_node)
     return Target(plan, model, cluster)
 
 

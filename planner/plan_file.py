@@ -1,7 +1,8 @@
 """Read a plan JSON: one place for the three forms ``plan configs --plan`` and ``plan validate --plan`` accept.
 
 The forms: ``plan --json`` output (its first plan), one plan of it (``plan.json`` as ``plan configs`` writes
-it), or ``plan estimate --json`` output. Errors are one-line :class:`CliError` messages.
+it), or ``plan estimate --json`` output. Errors are one-line :class:`PlanFileError` messages. Shared by the
+application layer and :mod:`validation`, so it sits outside both.
 """
 
 from __future__ import annotations
@@ -11,7 +12,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from planner.app.errors import CliError
+from profiles.errors import InputError
+
+
+class PlanFileError(InputError):
+    """A plan file that cannot be read or is not a plan (one line, names the file)."""
 
 
 @dataclass(frozen=True)
@@ -29,14 +34,14 @@ def read_plan_file(path: str | Path) -> PlanFile:
     try:
         data = json.loads(p.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise CliError(f"plan file {p}: no such file") from None
+        raise PlanFileError(f"plan file {p}: no such file") from None
     except OSError as e:
-        raise CliError(f"cannot read plan file {p}: {e.strerror or e}") from None
+        raise PlanFileError(f"cannot read plan file {p}: {e.strerror or e}") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CliError(f"plan file {p} is not JSON ({e})") from None
+        raise PlanFileError(f"plan file {p} is not JSON ({e})") from None
     if isinstance(data, dict) and isinstance(data.get("plans"), list):
         if not data["plans"]:
-            raise CliError(f"plan file {p} holds no plans (nothing fitted); pick a setup with --model/--gpus")
+            raise PlanFileError(f"plan file {p} holds no plans (nothing fitted); pick a setup with --model/--gpus")
         data = data["plans"][0]
     try:
         mem = data["memory"] if isinstance(data.get("memory"), dict) else data  # estimate --json: the estimate
@@ -49,7 +54,7 @@ def read_plan_file(path: str | Path) -> PlanFile:
             peak_bytes=int(peak) if peak is not None else None,
         )
     except (KeyError, TypeError, AttributeError, ValueError):
-        raise CliError(
+        raise PlanFileError(
             f"plan file {p} is not a plan (expected plan.json of plan configs, plan --json or plan estimate --json "
             "output: keys model, cluster, setup)"
         ) from None

@@ -1,0 +1,78 @@
+"""The one path from a setup to a verdict: :func:`evaluate` checks the setup, derives the model facts once,
+estimates memory and speed with the calibration that applies, and judges the fit.
+
+The search, ``plan estimate``, ``plan capacity``, ``plan configs`` and validation all call it; none of them
+estimates memory or speed, picks a calibration or applies the headroom rule by itself.
+"""
+
+from __future__ import annotations
+
+from planner.engine.calibration import CalibrationBook
+from planner.engine.facts import model_facts
+from planner.engine.memory import estimate_memory
+from planner.engine.results import Plan
+from planner.engine.rules import validate_setup
+from planner.engine.setup import Setup, SetupError
+from planner.engine.speed.step import estimate_speed
+from profiles.cluster import Cluster
+from profiles.schema import ModelProfile
+
+DEFAULT_HEADROOM = 0.10
+"""Fraction of GPU memory kept free by default (issue 5: "default 10 % of GPU memory"), for what the engine
+cannot see: fragmentation beyond the allocator margin, kernel workspaces, data-loader pinned buffers."""
+MAX_HEADROOM = 0.9
+"""Headroom must stay below this: at 90 % nothing but the smallest setups could fit."""
+
+
+def check_headroom(headroom: float) -> float:
+    """The headroom rule, in one place: a fraction in (0, :data:`MAX_HEADROOM`)."""
+    if not 0 < headroom < MAX_HEADROOM:
+        raise SetupError(
+            f"headroom {headroom!r} is outside (0, {MAX_HEADROOM}); e.g. --headroom 0.1 keeps 10 % free"
+        )
+    return headroom
+
+
+def check_efficiency(efficiency: float) -> float:
+    """An achieved fraction of the dense peak: in (0, 1]."""
+    if not 0 < efficiency <= 1:
+        raise SetupError(f"efficiency {efficiency!r} is outside (0, 1]; e.g. --efficiency 0.45")
+    return efficiency
+
+
+def usable_bytes(memory_bytes: int, headroom: float) -> int:
+    """Per-GPU memory a plan may use: ``memory x (1 - headroom)``."""
+    return int(memory_bytes * (1 - check_headroom(headroom)))
+
+
+def evaluate(
+    model: ModelProfile,
+    cluster: Cluster,
+    setup: Setup,
+    calibration: CalibrationBook | None = None,
+    *,
+    headroom: float = DEFAULT_HEADROOM,
+    efficiency: float | None = None,
+    padding_efficiency: float = 1.0,
+) -> Plan:
+    """Memory, speed and fit of ``setup`` on ``cluster``: an unranked :class:`Plan`.
+
+    ``calibration``: every calibration known (the app layer reads ``profiles/calibration/``); the entry for
+    this GPU kind and recipe, if any, replaces the engine's defaults in both memory (eq. F1-F2) and speed
+    (eq. S8). ``efficiency``: an explicit override of the speed model's achieved fraction of peak.
+    Raises :class:`SetupError` (one line) for an impossible setup.
+    """
+    validate_setup(setup, model, cluster)
+    if efficiency is not None:
+        check_efficiency(efficiency)
+    facts = model_facts(model, setup)
+    cal = (calibration or CalibrationBook()).lookup(cluster.gpu.name, setup.recipe)
+    memory = estimate_memory(facts, cluster, setup, cal)
+    speed = estimate_speed(facts, cluster, setup, cal, efficiency=efficiency, padding_efficiency=padding_efficiency)
+    return Plan(
+        setup=setup,
+        memory=memory,
+        speed=speed,
+        usable_bytes=usable_bytes(cluster.gpu.memory_bytes, headroom),
+        host_capacity_bytes=cluster.host_ram_bytes_per_node,
+    )
