@@ -1,0 +1,133 @@
+"""The speed model's physical parameters (docs/speed.md, "Parameters"): each a named, documented quantity
+with its source, either taken from a measurement of the hardware (a sourced constant) or fitted to the
+evidence corpus by ``plan calibrate --corpus`` (:mod:`validation.corpus_fit`), which writes the fitted values
+and their leave-one-source-out error to ``profiles/calibration/speed.json``. The shipped defaults below are
+the priors the fit starts from; the app layer loads the shipped fit and hands it to the engine inside the
+:class:`~planner.engine.calibration.CalibrationBook`.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Framework = Literal["hf", "torchtune", "torchtitan", "litgpt", "other"]
+FRAMEWORKS: dict[str, str] = {
+    "hf": "Hugging Face Trainer under accelerate / DeepSpeed / FSDP, and what wraps it (LLaMA-Factory, TRL, "
+    "ms-swift, axolotl): eager PyTorch with the Trainer's per-step bookkeeping",
+    "torchtune": "torchtune recipes (plain PyTorch training loop, FSDP2)",
+    "torchtitan": "torchtitan (FSDP2 / TP / CP, usually compiled)",
+    "litgpt": "LitGPT on Lightning Fabric",
+    "other": "another training loop (a plain PyTorch loop, a research harness)",
+}
+"""The software that runs a plan, where it changes the speed (per-step and per-layer host overhead)."""
+
+Arch = Literal["volta", "turing", "ampere", "ada", "hopper", "blackwell", "cdna3", "davinci"]
+
+
+class SpeedParams(BaseModel):
+    """Parameters of the per-op time inventory (docs/speed.md S20-S27). Every field says where its value
+    comes from; ``fitted`` lists the ones the shipped values were fitted for."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    matmul_efficiency: dict[str, float] = Field(
+        default_factory=lambda: {
+            "ampere": 0.869, "hopper": 0.803, "blackwell": 0.776, "cdna3": 0.514,
+            "ada": 0.80, "volta": 0.80, "turing": 0.80, "davinci": 0.80,
+        },
+        description="eq. S20: large-GEMM ceiling as a fraction of the dense peak, per architecture. Ampere, "
+        "Hopper, Blackwell, CDNA3: 'Maximum Achievable Matmul FLOPS' (stas00/ml-engineering "
+        "compute/accelerator/README.md: A100 271.2 of 312, H100 794.5 of 989, B200 1745 of 2250, MI300X 668.4 of "
+        "1300; shared/reference/hardware.md); the others have no published figure: 0.80 prior, fitted where the "
+        "corpus has runs",
+    )
+    gemm_half_rows: float = Field(
+        256.0, gt=0,
+        description="eq. S20: rows (tokens per micro-batch reaching one weight matrix) at which a GEMM runs at "
+        "half its ceiling: tile and wave quantisation of small-M GEMMs. Prior from cuBLAS tile sizes "
+        "(128-256 rows per CTA tile); fitted",
+    )
+    attention_efficiency: dict[str, float] = Field(
+        default_factory=lambda: {
+            "ampere": 0.60, "ada": 0.60, "hopper": 0.35, "blackwell": 0.35,
+            "volta": 0.40, "turing": 0.40, "cdna3": 0.35, "davinci": 0.35,
+        },
+        description="eq. S21: FlashAttention-2 / SDPA-flash fraction of the dense peak, forward and backward "
+        "together. Ampere: 'reaching 50-73% of the theoretical maximum FLOPs/s on A100' (Dao 2023, "
+        "arXiv:2307.08691, abstract): 0.60; Hopper: 'FlashAttention-2 achieves only 35% utilization on the "
+        "H100' (Shah et al. 2024, FlashAttention-3, arXiv:2407.08608, abstract); the others are assumptions "
+        "by analogy (Ada as Ampere, Blackwell as Hopper, pre-Ampere 0.40 for the memory-efficient SDPA kernel)",
+    )
+    hbm_efficiency: float = Field(
+        0.80, gt=0, le=1,
+        description="eq. S22: fraction of the HBM bandwidth that streaming kernels (elementwise ops, the "
+        "optimizer step, dequantisation) reach. STREAM-like copy kernels reach 80-92 % of the datasheet figure "
+        "on A100/H100 (Jia et al. 2018-style microbenchmarks; ml-engineering 'memory bandwidth' notes); 0.80",
+    )
+    memory_passes: float = Field(
+        6.0, gt=0,
+        description="eq. S22: HBM bytes moved by the elementwise ops of a block (norms, activation, RoPE, residual "
+        "adds, casts) per byte of the block's activation inventory: each intermediate is written once and read "
+        "once in forward, and its gradient written and read again in backward (about 2 + 4 = 6 passes). Prior "
+        "from that count; fitted",
+    )
+    fused_memory_factor: float = Field(
+        0.5, gt=0, le=1,
+        description="eq. S22: fraction of the elementwise traffic and of the per-layer host overhead that is "
+        "left when kernels are fused (torch.compile / inductor, or Liger's fused RMSNorm, SwiGLU, RoPE and "
+        "cross-entropy). Prior 0.5; fitted from the corpus's compiled and Liger runs",
+    )
+    layer_overhead_s: dict[str, float] = Field(
+        default_factory=lambda: {"hf": 1.0e-3, "torchtune": 0.6e-3, "torchtitan": 0.4e-3, "litgpt": 0.8e-3,
+                                 "other": 0.8e-3},
+        description="eq. S26: host-side time per transformer block per micro-step (forward + backward) that the "
+        "GPU waits for when kernels are small: Python, the dispatcher and kernel launches (~40-60 kernels per "
+        "block forward and twice that backward, 5-10 us each). Priors from that count; fitted per framework",
+    )
+    step_overhead_s: dict[str, float] = Field(
+        default_factory=lambda: {"hf": 0.05, "torchtune": 0.02, "torchtitan": 0.02, "litgpt": 0.03, "other": 0.03},
+        description="eq. S26: fixed time per optimizer step: the trainer's bookkeeping (logging, gradient-norm "
+        "reduction, learning-rate scheduler, DeepSpeed engine hooks, the data loader's hand-off). Priors; fitted "
+        "per framework",
+    )
+    link_efficiency: float = Field(
+        0.80, gt=0, le=1,
+        description="eq. S23: achieved fraction of the link bandwidth in large collectives (NCCL bus bandwidth / "
+        "link figure). nccl-tests all_reduce on 8xA100 NVLink reaches ~230 of 300 GB/s busBW (NVIDIA "
+        "nccl-tests PERFORMANCE.md and DGX A100 reference numbers): 0.77-0.8; fitted",
+    )
+    collective_latency_s: float = Field(
+        30e-6, ge=0,
+        description="eq. S23: fixed time per collective call (NCCL ring latency, tens of microseconds for small "
+        "messages on NVLink; nccl-tests small-message timings)",
+    )
+    host_optimizer_bytes_per_s: float = Field(
+        25e9, gt=0,
+        description="eq. S15: host memory bandwidth one node's CPU optimizer step reaches under ZeRO-Offload "
+        "(see planner.engine.speed.offload for the measurements behind the 25 GB/s prior); fitted",
+    )
+    pcie_efficiency: float = Field(
+        0.80, gt=0, le=1,
+        description="eq. S14: fraction of the PCIe figure that pinned host<->device copies reach (cudaMemcpy "
+        "bandwidth tests: ~25 of 31.5 GB/s on PCIe 4.0 x16)",
+    )
+    fitted: tuple[str, ...] = Field((), description="fields whose values were fitted to the corpus")
+    source: str = Field("priors (docs/speed.md)", description="where these values come from")
+
+    def matmul(self, arch: str) -> float:
+        return self.matmul_efficiency.get(arch, 0.80)
+
+    def attention(self, arch: str) -> float:
+        return self.attention_efficiency.get(arch, 0.35)
+
+    def layer_overhead(self, framework: str) -> float:
+        return self.layer_overhead_s.get(framework, self.layer_overhead_s.get("other", 0.0))
+
+    def step_overhead(self, framework: str) -> float:
+        return self.step_overhead_s.get(framework, self.step_overhead_s.get("other", 0.0))
+
+
+PRIORS = SpeedParams()
+"""The priors: sourced constants and the starting values of the fit."""
