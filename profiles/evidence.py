@@ -106,6 +106,9 @@ RESERVED_SETUP_KEYS: dict[str, str] = {
     "liger_kernels": "Liger fused RMSNorm / SwiGLU / RoPE beyond the loss",
     "unsloth": "Unsloth's patched kernels and offloaded gradient checkpointing",
     "fused_rmsnorm": "a fused (Triton) RMSNorm kernel (torchtitan norm_type fused_rmsnorm)",
+    "fused_kernels": "fms-acceleration 'foak' fused ops and kernels (Triton RMSNorm, RoPE, cross-entropy, fused LoRA MLP)",
+    "padding_free": "rows of a micro-batch concatenated with position ids and varlen FlashAttention (no padding, no cross-row attention)",
+    "ep": "expert-parallel degree",
     "quant_bits": "base-weight quantisation bits other than NF4 QLoRA (GPTQ / AQLM / bnb int8), with quant_method",
     "quant_method": "quantisation scheme of the frozen base: 'gptq', 'bnb-int8', 'aqlm', 'awq'",
     "peft_method": "an adapter method tuneplan has no name for (IA3, VeRA, adapter v1/v2, ...)",
@@ -190,6 +193,9 @@ class Measured(_Frozen):
     """What the row reports: memory, throughput and / or a published out-of-memory."""
 
     memory: Memory | None = None
+    memory_other: tuple[Memory, ...] = Field(
+        (), description="further published memory figures of the same run, of other kinds (e.g. nvidia-smi beside allocated)"
+    )
     throughput: Throughput | None = None
     oom: bool = Field(False, description="the run went out of memory (a published OOM)")
 
@@ -199,6 +205,8 @@ class Measured(_Frozen):
             raise ValueError("a record measures memory, throughput or an OOM")
         if self.oom and self.throughput is not None:
             raise ValueError("an OOM record has no throughput")
+        if self.memory_other and self.memory is None:
+            raise ValueError("memory_other needs a primary memory figure")
         return self
 
 
