@@ -194,3 +194,14 @@ def test_unit_helpers():
     t = ev.Throughput(value=1.0, unit="min/1000 micro-steps", scope="job")
     assert ev.throughput_tokens_per_s(t, {"seq_len": 600}, 1) == pytest.approx(10_000.0)
     assert ev.memory_bytes(ev.Memory(value=1.0, unit="GB", kind="device")) == 1e9
+
+
+def test_docs_name_every_source_and_reserved_key():
+    """docs/evidence.md is the corpus's reference: every source id and every reserved setup key appears in it."""
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "evidence.md").read_text(encoding="utf-8")
+    missing = [s.source.id for s in ev.load_corpus() if f"`{s.source.id}`" not in doc]
+    assert not missing, f"sources missing from docs/evidence.md: {missing}"
+    keys = [k for k in ev.RESERVED_SETUP_KEYS if f"`{k}`" not in doc]
+    assert not keys, f"reserved setup keys missing from docs/evidence.md: {keys}"
+    values = [v for vs in ev.RESERVED_SETUP_VALUES.values() for v in vs if v not in doc]
+    assert not values, f"reserved setup values missing from docs/evidence.md: {values}"
