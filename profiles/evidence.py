@@ -334,12 +334,15 @@ def row_tokens(setup: dict[str, Any]) -> float | None:
 def tokens_per_step(setup: dict[str, Any], world_size: int) -> float | None:
     """Real tokens one optimizer step processes over the whole job: ``rows x`` :func:`row_tokens`, where rows
     are ``global_batch`` when the record gives it, else ``micro_batch x grad_accum x data-parallel ranks``
-    with data-parallel ranks ``world_size / (tp x pp x cp)``. ``None`` when the row length is unknown."""
+    with data-parallel ranks ``world_size / (tp x pp x cp)``. ``None`` when the row length is unknown or the
+    record does not state its batch (the Setup defaults are not assumed for a published step time)."""
     per_row = row_tokens(setup)
     if per_row is None:
         return None
     if setup.get("global_batch"):
         return float(setup["global_batch"]) * per_row
+    if "micro_batch" not in setup or "grad_accum" not in setup:
+        return None
     model_parallel = int(setup.get("tp", 1) or 1) * int(setup.get("pp", 1) or 1) * int(setup.get("cp", 1) or 1)
     dp = max(world_size // model_parallel, 1)
     return float(setup.get("micro_batch", 1)) * float(setup.get("grad_accum", 1)) * dp * per_row

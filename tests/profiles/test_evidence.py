@@ -192,7 +192,12 @@ def test_unit_helpers():
     t = ev.Throughput(value=100.0, unit="tokens/s", scope="per-gpu")
     assert ev.throughput_tokens_per_s(t, {}, 8) == 800.0
     t = ev.Throughput(value=1.0, unit="min/1000 micro-steps", scope="job")
-    assert ev.throughput_tokens_per_s(t, {"seq_len": 600}, 1) == pytest.approx(10_000.0)
+    assert ev.throughput_tokens_per_s(t, {"seq_len": 600, "micro_batch": 1, "grad_accum": 4}, 1) == pytest.approx(10_000.0)
+    # a step time without a stated batch, or unpacked rows of unknown length, cannot be converted
+    assert ev.throughput_tokens_per_s(ev.Throughput(value=2.0, unit="s/step", scope="job"), {"seq_len": 1024}, 8) is None
+    t = ev.Throughput(value=3.0, unit="samples/s", scope="job")
+    assert ev.throughput_tokens_per_s(t, {"seq_len": 1024, "packing": False}, 1) is None
+    assert ev.throughput_tokens_per_s(t, {"seq_len": 1024, "packing": False, "avg_tokens": 300}, 1) == 900.0
     assert ev.memory_bytes(ev.Memory(value=1.0, unit="GB", kind="device")) == 1e9
 
 
