@@ -3,7 +3,7 @@
 One YAML file per source in ``profiles/evidence/`` (``<source-id>.yaml``), each holding a ``source`` block
 (where the numbers come from: repository + path + commit, or paper + table, or a URL) and the ``records``
 read from it. A record quotes the published row verbatim, names the model and cluster the way tuneplan
-spells them, gives the setup as a plain dict of :class:`planner.setup.Setup` field names (plus the reserved
+spells them, gives the setup as a plain dict of :class:`planner.engine.setup.Setup` field names (plus the reserved
 keys in :data:`RESERVED_SETUP_KEYS` for what tuneplan cannot express yet), and says what was measured:
 which kind of memory (allocated / reserved / active / device), which throughput (unit, whole job or per
 GPU, real or padded tokens), or a published out-of-memory. Values are stored exactly as published, in the
@@ -14,7 +14,7 @@ resolve, clusters parse, setups validate, published throughput below the GPU's p
 capacity unless an OOM) live in ``tests/profiles/test_evidence.py``.
 
 This module depends only on :mod:`profiles` itself: the setup stays a dict here, and turning it into a
-``planner.setup.Setup`` happens in the planner and in the tests. No torch.
+``planner.engine.setup.Setup`` happens in the planner and in the tests. No torch.
 """
 
 from __future__ import annotations
@@ -119,7 +119,7 @@ RESERVED_SETUP_KEYS: dict[str, str] = {
     "run_tokens": "tokens covered by an 's/run' throughput, counted as the source counts them",
     "global_batch": "rows per optimizer step over the whole job, when stated instead of grad_accum",
 }
-"""Setup keys beyond :class:`planner.setup.Setup`'s fields. A record may carry them; it then cannot be fully
+"""Setup keys beyond :class:`planner.engine.setup.Setup`'s fields. A record may carry them; it then cannot be fully
 expressed as a tuneplan Setup, and a consumer decides whether to use it (``docs/evidence.md``)."""
 
 RESERVED_SETUP_VALUES: dict[str, dict[str, str]] = {
@@ -132,7 +132,7 @@ RESERVED_SETUP_VALUES: dict[str, dict[str, str]] = {
         "prefix": "prefix / prompt tuning",
     },
 }
-"""Setup values outside :class:`planner.setup.Setup`'s ``Literal`` choices that records may use."""
+"""Setup values outside :class:`planner.engine.setup.Setup`'s ``Literal`` choices that records may use."""
 
 
 class EvidenceError(ProfileError):
@@ -317,7 +317,7 @@ def memory_bytes(m: Memory) -> float:
 
 def row_tokens(setup: dict[str, Any]) -> float | None:
     """Real tokens per row: ``avg_tokens`` when stated; else ``seq_len`` for packed rows (``packing`` true,
-    the :class:`planner.setup.Setup` default) or ``seq_len x padding_efficiency`` when that is stated; else
+    the :class:`planner.engine.setup.Setup` default) or ``seq_len x padding_efficiency`` when that is stated; else
     ``None`` (unpacked rows of unknown length)."""
     if setup.get("avg_tokens"):
         return float(setup["avg_tokens"])

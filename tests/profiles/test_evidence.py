@@ -1,7 +1,7 @@
 """Every shipped evidence file loads, and every record in it is traceable, mappable and physically possible.
 
 The checks (``docs/evidence.md``, "checks"): ids unique; file stem == source id; clusters parse and models
-resolve for mappable records; setup keys are :class:`planner.setup.Setup` fields or documented reserved keys;
+resolve for mappable records; setup keys are :class:`planner.engine.setup.Setup` fields or documented reserved keys;
 setups made only of Setup fields validate as a Setup and pass ``validate_setup`` for their model and
 cluster; the implied model FLOPs of a throughput record stay below 80 % of the GPU's dense peak
 (``shared/reference/evidence.md``: 6 x params x tokens/s for full fine-tuning, about 4 x for adapters);
@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from planner.setup import Setup, SetupError, validate_setup
+from planner.engine.rules import validate_setup
+from planner.engine.setup import Setup, SetupError
 from profiles import evidence as ev
 from profiles.cluster import parse_cluster
 from profiles.errors import ProfileError
