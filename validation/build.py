@@ -47,8 +47,8 @@ def _has(module: str) -> bool:
 
 
 def uses_deepspeed(setup: Setup) -> bool:
-    """DeepSpeed runs the step when the recipe is DeepSpeed's or a ZeRO stage is set (as planner.engine.dtypes)."""
-    return setup.recipe == "deepspeed-bf16" or setup.zero > 0
+    """DeepSpeed runs the step (:attr:`planner.engine.setup.Setup.uses_deepspeed`)."""
+    return setup.uses_deepspeed
 
 
 def not_runnable_reason(spec: RunSpec) -> str | None:

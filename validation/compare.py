@@ -40,12 +40,12 @@ INVENTORY_GROUPS = {"weights": ("weights_trainable", "weights_frozen", "buffers"
                     "optimizer_states": ("optimizer_states", "master_weights")}
 
 
-def estimates(model: Any, cluster: Any, setup: Any, padding_efficiency: float = 1.0) -> tuple[dict | None, dict | None, str | None]:
+def estimates(model: Any, cluster: Any, setup: Any) -> tuple[dict | None, dict | None, str | None]:
     """(MemoryEstimate JSON, SpeedEstimate JSON, why missing) for the plan, uncalibrated."""
     from planner.engine.evaluate import evaluate
 
     try:
-        plan = evaluate(model, cluster, setup, padding_efficiency=padding_efficiency)
+        plan = evaluate(model, cluster, setup)
     except ValueError as e:
         return None, None, f"no estimate: {e}"
     return plan.memory.to_json(), plan.speed.to_json(), None

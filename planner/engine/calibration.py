@@ -26,6 +26,7 @@ from dataclasses import dataclass
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from planner.engine.speed.params import PRIORS, SpeedParams
 from profiles.errors import ProfileError
 
 SCHEMA_VERSION = 1
@@ -115,6 +116,8 @@ class CalibrationBook:
     An empty book means "uncalibrated everywhere": the engine then uses its documented defaults."""
 
     entries: tuple[Calibration, ...] = ()
+    speed: SpeedParams = PRIORS
+    """the speed model's physical parameters: the corpus fit (profiles/calibration/speed.json), else priors"""
 
     def lookup(self, gpu_name: str, recipe: str) -> Calibration | None:
         """The calibration fitted on this GPU kind (matched by :func:`gpu_slug`) for this recipe, or None."""
@@ -125,7 +128,7 @@ class CalibrationBook:
         return None
 
     def __bool__(self) -> bool:
-        return bool(self.entries)
+        return bool(self.entries) or self.speed is not PRIORS
 
 
 UNCALIBRATED = CalibrationBook()

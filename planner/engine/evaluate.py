@@ -53,7 +53,6 @@ def evaluate(
     *,
     headroom: float = DEFAULT_HEADROOM,
     efficiency: float | None = None,
-    padding_efficiency: float = 1.0,
 ) -> Plan:
     """Memory, speed and fit of ``setup`` on ``cluster``: an unranked :class:`Plan`.
 
@@ -67,8 +66,10 @@ def evaluate(
         check_efficiency(efficiency)
     facts = model_facts(model, setup)
     cal = (calibration or CalibrationBook()).lookup(cluster.gpu.name, setup.recipe)
+
     memory = estimate_memory(facts, cluster, setup, cal)
-    speed = estimate_speed(facts, cluster, setup, cal, efficiency=efficiency, padding_efficiency=padding_efficiency)
+    book = calibration or CalibrationBook()
+    speed = estimate_speed(facts, cluster, setup, cal, book.speed, efficiency=efficiency)
     return Plan(
         setup=setup,
         memory=memory,

@@ -96,10 +96,11 @@ def lora_adapter_params(adapted: tuple[LinearLayer, ...], rank: int, dora: bool)
     return sum((rank * (x.in_features + x.out_features) + (x.out_features if dora else 0)) * x.count for x in adapted)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class ModelFacts:
     """One model's parameter and layer inventory under one choice of what trains. Computed once by
-    :func:`model_facts`; every engine formula reads it instead of re-deriving it."""
+    :func:`model_facts` (memoised, so equal inputs give the same object); every engine formula reads it
+    instead of re-deriving it. Compared and hashed by identity: a cheap key for the engine's caches."""
 
     model: ModelProfile
     counts: ParamCounts

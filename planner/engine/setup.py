@@ -46,6 +46,17 @@ OPTIMIZERS: dict[str, str] = {
     "adafactor": "Adafactor: factored second moment (row + column vectors per matrix), no first moment",
 }
 
+Framework = Literal["hf", "torchtune", "torchtitan", "litgpt", "other"]
+FRAMEWORKS: dict[str, str] = {
+    "hf": "Hugging Face Trainer under accelerate / DeepSpeed / FSDP, and what wraps it (LLaMA-Factory, TRL, "
+    "ms-swift, axolotl): eager PyTorch with the Trainer's per-step bookkeeping",
+    "torchtune": "torchtune recipes (plain PyTorch training loop, FSDP2)",
+    "torchtitan": "torchtitan (FSDP2 / TP / CP, usually compiled)",
+    "litgpt": "LitGPT on Lightning Fabric",
+    "other": "another training loop (a plain PyTorch loop, a research harness)",
+}
+"""The software that runs a plan, where it changes the speed (per-step and per-layer host overhead)."""
+
 Fsdp = Literal["full-shard", "shard-grad-op"]
 Offload = Literal["none", "optimizer", "optimizer+params"]
 Checkpointing = Literal["none", "full", "selective"]
@@ -104,7 +115,17 @@ class Setup(BaseModel):
     double_quant: bool = Field(True, description="QLoRA double quantisation (LLaMA-Factory default true)")
     optimizer_in_backward: bool = False
     activation_offload: bool = False
-    compile: bool = False
+    compile: bool = Field(False, description="torch.compile the model (fused elementwise kernels)")
+    fused_kernels: bool = Field(
+        False, description="fused Triton kernels for RMSNorm, SwiGLU and RoPE (Liger Kernel; LLaMA-Factory "
+        "enable_liger_kernel patches these together with the fused linear cross-entropy)"
+    )
+    framework: Framework = Field("hf", description="the software that runs the plan (speed: per-step and per-layer overhead)")
+    padding_efficiency: float = Field(
+        1.0, gt=0, le=1,
+        description="real tokens / processed positions of unpacked rows (1.0: packed, or every row full); the GPU "
+        "processes micro_batch x seq_len positions, of which this fraction trains",
+    )
     allow_long_seq: bool = Field(False, description="permit seq_len beyond the model's max positions")
 
     @model_validator(mode="before")
@@ -119,6 +140,11 @@ class Setup(BaseModel):
     @property
     def trains_adapters(self) -> bool:
         return self.method in ("lora", "qlora")
+
+    @property
+    def uses_deepspeed(self) -> bool:
+        """DeepSpeed's engine runs the step: its recipe, or any ZeRO stage (the one place this is decided)."""
+        return self.recipe == "deepspeed-bf16" or self.zero > 0
 
     @property
     def method_label(self) -> str:

@@ -18,19 +18,10 @@ from hypothesis import strategies as st
 from planner.engine.evaluate import evaluate
 from planner.engine.facts import model_facts
 from planner.engine.setup import Setup, SetupError
-from planner.engine.speed import (
-    FLASH_BACKWARD_FACTOR,
-    HOST_OPTIMIZER_BANDWIDTH_BYTES_PER_S,
-    PARTS,
-    attention_core_flops,
-    collectives,
-    communication_bytes_per_gpu,
-    flops_per_token,
-    offload_pcie_bytes_per_gpu,
-    ring_bandwidth_bytes_per_s,
-    tokens_per_step,
-    train_time,
-)
+from planner.engine.speed.comm import collectives, communication_bytes_per_gpu, ring_bandwidth_bytes_per_s
+from planner.engine.speed.flops import FLASH_BACKWARD_FACTOR, PARTS, attention_core_flops, flops_per_token
+from planner.engine.speed.offload import HOST_OPTIMIZER_BANDWIDTH_BYTES_PER_S, offload_pcie_bytes_per_gpu
+from planner.engine.speed.train_time import tokens_per_step, train_time
 from profiles.cluster import make_cluster
 from profiles.params import linear_layers, param_counts
 from profiles.schema import GpuProfile, ModelProfile, MoE

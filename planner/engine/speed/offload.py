@@ -60,7 +60,8 @@ def offload_pcie_bytes_per_gpu(facts: ModelFacts, setup: Setup, world_size: int)
     return out
 
 
-def host_optimizer_seconds(facts: ModelFacts, cluster: Cluster, setup: Setup) -> float:
+def host_optimizer_seconds(facts: ModelFacts, cluster: Cluster, setup: Setup,
+                           host_bytes_per_s: float = HOST_OPTIMIZER_BANDWIDTH_BYTES_PER_S) -> float:
     """Eq. S15: the CPU optimizer step under ZeRO-Offload, ``(Psi_t / nodes) * bytes_per_param / B_host``.
 
     All ranks of a node step their partitions at once and share the node's DRAM bandwidth
@@ -71,7 +72,7 @@ def host_optimizer_seconds(facts: ModelFacts, cluster: Cluster, setup: Setup) ->
     if setup.offload == "none":
         return 0.0
     node_params = facts.trainable.trainable / cluster.nodes
-    return node_params * optimizer_step_bytes_per_param(setup) / HOST_OPTIMIZER_BANDWIDTH_BYTES_PER_S
+    return node_params * optimizer_step_bytes_per_param(setup) / host_bytes_per_s
 
 
 def activation_offload_bytes_per_micro_step(facts: ModelFacts, setup: Setup) -> float:

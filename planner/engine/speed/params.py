@@ -12,16 +12,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-Framework = Literal["hf", "torchtune", "torchtitan", "litgpt", "other"]
-FRAMEWORKS: dict[str, str] = {
-    "hf": "Hugging Face Trainer under accelerate / DeepSpeed / FSDP, and what wraps it (LLaMA-Factory, TRL, "
-    "ms-swift, axolotl): eager PyTorch with the Trainer's per-step bookkeeping",
-    "torchtune": "torchtune recipes (plain PyTorch training loop, FSDP2)",
-    "torchtitan": "torchtitan (FSDP2 / TP / CP, usually compiled)",
-    "litgpt": "LitGPT on Lightning Fabric",
-    "other": "another training loop (a plain PyTorch loop, a research harness)",
-}
-"""The software that runs a plan, where it changes the speed (per-step and per-layer host overhead)."""
+from planner.engine.setup import FRAMEWORKS, Framework  # noqa: F401  (the choice lives with the Setup)
 
 Arch = Literal["volta", "turing", "ampere", "ada", "hopper", "blackwell", "cdna3", "davinci"]
 

@@ -1,13 +1,16 @@
-"""The step time of one setup: compute, recompute, exposed communication and offload, assembled into a
+"""The step time of one setup: the per-op time inventory of its micro-steps, the optimizer step, exposed
+communication, offload and the trainer's fixed costs, assembled into a
 :class:`~planner.engine.results.SpeedEstimate` (docs/speed.md eq. S18)."""
 
 from __future__ import annotations
+
+import math
 
 from planner.engine.activations import effective_attention
 from planner.engine.calibration import Calibration
 from planner.engine.facts import ModelFacts
 from planner.engine.results import SpeedEstimate
-from planner.engine.setup import Setup, SetupError
+from planner.engine.setup import Setup
 from planner.engine.speed.comm import (
     OVERLAP_FRACTION,
     PARAM_GATHER_BYTES,
@@ -17,23 +20,30 @@ from planner.engine.speed.comm import (
     ring_bandwidth_bytes_per_s,
     ring_factor,
 )
-from planner.engine.speed.compute import (
-    compute_seconds,
-    gpu_optimizer_seconds,
-    optimizer_step_bytes_per_param,
-    peak_flops,
-    qlora_dequant_bytes_per_pass,
-)
-from planner.engine.speed.flops import FLASH_BACKWARD_FACTOR, checkpointed_blocks, flops_per_token
+from planner.engine.speed.compute import optimizer_shards, optimizer_step_bytes_per_param, peak_flops
+from planner.engine.speed.flops import flops_per_token
+from planner.engine.speed.kernels import BASE_KERNELS_PER_BLOCK, gemm_efficiency, micro_step_time, micro_step_work
 from planner.engine.speed.offload import (
-    HOST_OPTIMIZER_BANDWIDTH_BYTES_PER_S,
     activation_offload_bytes_per_micro_step,
     host_optimizer_seconds,
     offload_pcie_bytes_per_gpu,
 )
+from planner.engine.speed.params import PRIORS, SpeedParams
 from planner.engine.speed.train_time import tokens_per_step
 from profiles.cluster import Cluster
-from profiles.schema import ModelProfile
+
+BREAKDOWN = ("gemm", "attention", "memory_bound", "recompute", "host_overhead", "optimizer", "communication",
+             "offload")
+"""The parts of a step, in display order; they sum to the step time."""
+
+BUCKET_BYTES = 25 * 2**20
+"""Gradient bucket size of PyTorch DDP (``bucket_cap_mb=25``, torch/nn/parallel/distributed.py); DeepSpeed's
+ZeRO-1/2 ``reduce_bucket_size`` as the HF integration fills it (h^2 elements, 32 MiB at h = 4096) is of the
+same order. One collective call, one latency, per bucket."""
+
+DEEPSPEED_STAGE0_OVERLAP = 0.0
+"""Eq. S13: DeepSpeed without ZeRO all-reduces the gradients in ``engine.backward`` after autograd has
+finished (``allreduce_gradients`` in deepspeed/runtime/engine.py), so nothing hides it."""
 
 
 def estimate_speed(
@@ -41,83 +51,94 @@ def estimate_speed(
     cluster: Cluster,
     setup: Setup,
     calibration: Calibration | None = None,
+    params: SpeedParams = PRIORS,
     *,
     efficiency: float | None = None,
-    padding_efficiency: float = 1.0,
+    explain: bool = True,
 ) -> SpeedEstimate:
     """Step time, throughput and MFU of ``setup`` on ``cluster`` (eq. S18).
 
-    ``step_s = compute + communication + offload + recompute``, each the *exposed* seconds of one optimizer
-    step on one GPU (all GPUs are symmetric under data parallelism):
+    One optimizer step on one GPU (all GPUs are symmetric under data parallelism) is
 
-    * compute: forward + backward hardware FLOPs of ``grad_accum`` micro-batches at ``peak x efficiency``
-      (eq. S8), QLoRA dequantisation of the forward and backward (eq. S7), the GPU optimizer step (S8b);
-    * recompute: the checkpointed forward (eq. S6) and its dequantisation;
-    * communication: the strategy's collectives (S10-S12) minus what hides behind compute (S13);
-    * offload: PCIe copies (S14, not overlapped: errs high), the host optimizer step (S15), activation
-      offload beyond the compute it overlaps (S16).
+    ``grad_accum x max(GPU time, host time) of a micro-step + optimizer + exposed communication + offload
+    + the trainer's per-step overhead``
 
-    ``efficiency`` (an explicit override) defaults to the calibration's fitted value, else
-    ``cluster.gpu.default_mfu``. MFU (``SpeedEstimate.mfu``) is model FLOPs
-    (no recompute) over ``step_s x peak x GPUs`` (eq. S9). Errs low (fast) overall: no kernel-launch,
-    data-loading, logging or small-batch inefficiency terms; calibration fits ``efficiency``.
+    where a micro-step's GPU time is its GEMMs, attention, memory-bound work and recompute
+    (:func:`planner.engine.speed.kernels.micro_step`, S20-S22) and its host time the kernel launches (S26):
+    kernels are queued asynchronously, so the slower of the two sets the pace.
+
+    ``params`` are the physical parameters (priors, or the corpus fit the app layer loads).
+    ``efficiency`` overrides the architecture's large-GEMM ceiling (``--efficiency``), and so does a
+    validation run's calibration for its GPU and recipe (``calibration.mfu``). ``explain=False`` skips the
+    assumption lines (the corpus fit evaluates thousands of estimates).
     """
-    model = facts.model
-    fitted = calibration.mfu if calibration is not None else None
-    eff = efficiency if efficiency is not None else (fitted if fitted is not None else cluster.gpu.default_mfu)
-    eff_source = "given" if efficiency is not None else ("calibrated" if fitted is not None else f"{cluster.gpu.name} default_mfu")
-    if not 0 < eff <= 1:
-        raise SetupError(f"efficiency must be in (0, 1], got {eff!r}")
-    if not 0 < padding_efficiency <= 1:
-        raise SetupError(f"padding efficiency must be in (0, 1], got {padding_efficiency!r}")
     gpu = cluster.gpu
     n = cluster.world_size
     ga = setup.grad_accum
+    model = facts.model
+    ceiling_source = "sourced/fitted ceiling"
+    if efficiency is not None:
+        params = params.model_copy(update={"matmul_efficiency": {**params.matmul_efficiency, gpu.arch: efficiency}})
+        ceiling_source = "given (--efficiency)"
+    elif calibration is not None and calibration.mfu is not None:
+        params = params.model_copy(
+            update={"matmul_efficiency": {**params.matmul_efficiency, gpu.arch: calibration.mfu}})
+        ceiling_source = calibration.label
     peak = peak_flops(gpu, setup)
-    fb = flops_per_token(facts, setup)
-    micro_tokens = setup.micro_batch * setup.seq_len
-    hbm = gpu.hbm_bandwidth_gb_s * 1e9
+    ms = micro_step_time(micro_step_work(facts, setup), gpu, setup.framework, peak, params)
+    hbm = gpu.hbm_bandwidth_gb_s * 1e9 * params.hbm_efficiency
 
-    # compute-side times of one micro-step (S7, S8)
-    dq = qlora_dequant_bytes_per_pass(facts, setup) / hbm
-    dq_recompute = dq if (setup.checkpointing == "full" and checkpointed_blocks(model, setup)) else 0.0
-    t_fwd = compute_seconds(fb.forward_total * micro_tokens, peak, eff) + dq
-    t_bwd = compute_seconds(fb.backward_total * micro_tokens, peak, eff) + dq
-    t_rec = compute_seconds(fb.recompute_total * micro_tokens, peak, eff) + dq_recompute
-    t_opt = gpu_optimizer_seconds(facts, cluster, setup)
-    compute_s = ga * (t_fwd + t_bwd) + t_opt
-    recompute_s = ga * t_rec
+    # the optimizer step on the GPU (S8b), memory-bound
+    t_opt = 0.0
+    if setup.offload == "none":
+        local = facts.trainable.trainable / optimizer_shards(setup, n)
+        t_opt = local * optimizer_step_bytes_per_param(setup) / hbm
 
-    # communication (S10-S13)
-    bw = ring_bandwidth_bytes_per_s(cluster)
+    # communication (S10-S13, S23): ring collectives at the achieved link bandwidth plus a latency per call
+    bw = ring_bandwidth_bytes_per_s(cluster) * params.link_efficiency
     overlap = OVERLAP_FRACTION[setup.sharding_label]
-    windows = {"backward": t_bwd + t_rec, "forward+backward": t_fwd + t_bwd + t_rec, "none": 0.0}
-    per_micro: dict[str, float] = {}
-    per_step: dict[str, float] = {}
+    if setup.zero == 0 and setup.fsdp is None and setup.uses_deepspeed and n > 1:
+        overlap = DEEPSPEED_STAGE0_OVERLAP
+    t_fwd = (ms.gemm_s + ms.attention_s + ms.memory_s) / 3.0  # forward is about a third of a micro-step
+    t_bwd = ms.gpu_s - ms.recompute_s - t_fwd
+    windows = {"backward": t_bwd + ms.recompute_s, "forward+backward": ms.gpu_s, "none": 0.0}
     colls = collectives(facts, setup, n)
+    per_layer = setup.zero == 3 or setup.fsdp is not None
+    by_window: dict[tuple[str, bool], float] = {}
     for c in colls:
-        t = ring_factor(c.op, n) * c.payload_bytes / bw
-        bucket = per_micro if c.per_micro_step else per_step
-        bucket[c.window] = bucket.get(c.window, 0.0) + t
-    comm_s = ga * sum(exposed_seconds(t, windows[w], overlap) for w, t in per_micro.items()) + sum(
-        exposed_seconds(t, windows[w], overlap) for w, t in per_step.items()
-    )
+        # ZeRO-3 / FSDP gather and reduce block by block; the others in buckets of BUCKET_BYTES
+        calls = model.num_layers if per_layer else max(1, math.ceil(c.payload_bytes / BUCKET_BYTES))
+        t = ring_factor(c.op, n) * c.payload_bytes / bw + params.collective_latency_s * calls
+        key = (c.window, c.per_micro_step)
+        by_window[key] = by_window.get(key, 0.0) + t
+    # the collectives that share a window hide behind it together (eq. S13)
+    comm_s = sum(exposed_seconds(t, windows[w], overlap) * (ga if per_micro else 1)
+                 for (w, per_micro), t in by_window.items())
 
     # offload (S14-S16)
-    pcie = gpu.pcie_bandwidth_gb_s * 1e9
+    pcie = gpu.pcie_bandwidth_gb_s * 1e9 * params.pcie_efficiency
     pcie_bytes = offload_pcie_bytes_per_gpu(facts, setup, n)
-    host_s = host_optimizer_seconds(facts, cluster, setup)
+    host_opt_s = host_optimizer_seconds(facts, cluster, setup, params.host_optimizer_bytes_per_s)
     act_s = activation_offload_bytes_per_micro_step(facts, setup) / pcie
-    offload_s = sum(pcie_bytes.values()) / pcie + host_s + ga * exposed_seconds(act_s, t_fwd + t_bwd + t_rec, 1.0)
+    offload_s = sum(pcie_bytes.values()) / pcie + host_opt_s + ga * exposed_seconds(act_s, ms.gpu_s, 1.0)
 
-    breakdown = {"compute": compute_s, "communication": comm_s, "offload": offload_s, "recompute": recompute_s}
+    host_wait = max(0.0, ms.host_s - ms.gpu_s)  # the GPU idles while the host launches the rest
+    breakdown = {
+        "gemm": ga * ms.gemm_s,
+        "attention": ga * ms.attention_s,
+        "memory_bound": ga * ms.memory_s,
+        "recompute": ga * ms.recompute_s,
+        "host_overhead": ga * host_wait + params.step_overhead(setup.framework),
+        "optimizer": t_opt,
+        "communication": comm_s,
+        "offload": offload_s,
+    }
     step_s = sum(breakdown.values())
-    useful_tokens = tokens_per_step(setup, n, padding_efficiency)
-    processed_tokens = micro_tokens * ga * n
-
-    assumptions = _assumptions(
-        model, cluster, setup, eff, eff_source, padding_efficiency, bool(colls), overlap, bw
-    )
+    fb = flops_per_token(facts, setup)
+    processed_tokens = setup.micro_batch * setup.seq_len * ga * n
+    useful_tokens = tokens_per_step(setup, n)
+    assumptions = (_assumptions(facts, cluster, setup, params, ceiling_source, peak, bool(colls), overlap, bw, ms)
+                   if explain else [])
     return SpeedEstimate(
         step_s=step_s,
         tokens_per_step=useful_tokens,
@@ -125,75 +146,78 @@ def estimate_speed(
         model_flops_per_step=fb.model_total * useful_tokens,
         hardware_flops_per_step=fb.hardware_total * processed_tokens,
         peak_flops_per_gpu=peak,
-        efficiency=eff,
+        efficiency=gemm_efficiency(setup.micro_batch * setup.seq_len, gpu.arch, params),
         world_size=n,
-        calibration=calibration.label if calibration is not None else "uncalibrated",
+        calibration=calibration.label if calibration is not None else params.source,
         assumptions=tuple(assumptions),
     )
 
 
-def _assumptions(
-    model: ModelProfile,
-    cluster: Cluster,
-    setup: Setup,
-    eff: float,
-    eff_source: str,
-    padding_efficiency: float,
-    has_comm: bool,
-    overlap: float,
-    bw: float,
-) -> list[str]:
-    """The constants and conventions an estimate used, one line each (rendered by the report layer)."""
-    gpu = cluster.gpu
-    src = eff_source
+def _assumptions(facts: ModelFacts, cluster: Cluster, setup: Setup, params: SpeedParams, ceiling_source: str,
+                 peak: float, has_comm: bool, overlap: float, bw: float, ms) -> list[str]:  # noqa: ANN001
+    """The parameters and conventions an estimate used, one line each (rendered by the report layer)."""
+    gpu, model = cluster.gpu, facts.model
+    rows = setup.micro_batch * setup.seq_len
     prec = "fp16" if setup.recipe == "fp16-amp" else "bf16"
     out = [
-        f"efficiency {eff:.2f} of dense {prec} peak {peak_flops(gpu, setup) / 1e12:g} TFLOPS ({src}; S8)",
+        f"speed parameters: {params.source}",
+        f"GEMMs at {params.matmul(gpu.arch):.3f} of the dense {prec} peak {peak / 1e12:g} TFLOPS ({gpu.arch}, "
+        f"{ceiling_source}) x rows/(rows + {params.gemm_half_rows:.0f}) = "
+        f"{gemm_efficiency(rows, gpu.arch, params):.3f} at {rows} rows per micro-batch (S20)",
         "FLOPs from the architecture: 2*in*out per matmul per token, MoE top-k experts, LM head 2hV (S1-S3)",
-        "attention: causal, useful keys s/2 per query"
-        + (", eager computes the full s x s square (hardware FLOPs)" if effective_attention(model, setup) == "eager" else
-           f", {setup.attention} skips masked tiles; backward {FLASH_BACKWARD_FACTOR}x forward (S2, S4)"),
-        "backward: 2x forward for trained weights, 1x for frozen weights above the first trained block (S4)",
     ]
+    if effective_attention(model, setup) == "eager":
+        out.append("eager attention: QK^T and PV as GEMMs over the full s x s square, mask/softmax/casts at HBM "
+                   "bandwidth (S21)")
+    else:
+        out.append(f"{setup.attention} attention at {params.attention(gpu.arch):.2f} of peak ({gpu.arch}, S21)")
+    fused = setup.compile or setup.fused_kernels
+    out.append(
+        f"elementwise work: {params.memory_passes:g} HBM passes over each block's activations at "
+        f"{params.hbm_efficiency:.0%} of {gpu.hbm_bandwidth_gb_s:g} GB/s"
+        + (f", x{params.fused_memory_factor:g} fused ({'torch.compile' if setup.compile else 'Liger kernels'})"
+           if fused else "") + " (S22)"
+    )
+    out.append(
+        f"host: {params.layer_overhead(setup.framework) * 1e3:.2f} ms per block per micro-step ({setup.framework}, "
+        f"{BASE_KERNELS_PER_BLOCK} kernels) overlapped with the GPU; {params.step_overhead(setup.framework) * 1e3:.0f} ms "
+        "per optimizer step (S26)"
+    )
+    if ms.host_s > ms.gpu_s:
+        out.append(f"launch-bound: the host needs {ms.host_s * 1e3:.1f} ms per micro-step, the GPU {ms.gpu_s * 1e3:.1f} ms")
     if setup.checkpointing != "none":
         out.append(
             f"recompute: {setup.checkpointing} checkpointing of every {setup.checkpoint_every} block(s) "
             "re-runs " + ("its forward" if setup.checkpointing == "full" else "the attention core") + " (S6)"
         )
     if setup.method == "qlora":
-        out.append(f"QLoRA dequantisation: 2.5 B/weight per pass at HBM {gpu.hbm_bandwidth_gb_s:g} GB/s, no "
-                   "efficiency factor (S7, errs fast)")
-    if setup.dora:
-        out.append("DoRA weight-norm cost ignored (errs fast)")
+        out.append("QLoRA dequantisation: NF4 read + bf16 written per weight per pass at HBM bandwidth (S7)")
     if setup.offload == "none":
         out.append(f"GPU optimizer step: {optimizer_step_bytes_per_param(setup):g} B/param at HBM bandwidth (S8b)")
     if has_comm:
         out.append(
-            f"ring collectives at {bw / 1e9:g} GB/s per GPU"
-            + (" (inter-node link / GPUs per node)" if cluster.nodes > 1 else " (intra-node link)")
-            + ", no latency term (S10, S11)"
+            f"ring collectives at {bw / 1e9:g} GB/s per GPU ({params.link_efficiency:.0%} of the "
+            + ("inter-node link / GPUs per node" if cluster.nodes > 1 else "intra-node link")
+            + f"), {params.collective_latency_s * 1e6:g} us per call (S10, S11, S23)"
         )
-        out.append(f"{setup.sharding_label} overlap fraction {overlap} [assumption, calibrate] (S13)")
+        out.append(f"{setup.sharding_label} overlap fraction {overlap} (S13)")
         out.append(
             f"gradients reduced in {grad_comm_bytes(setup)} B, parameters gathered in {PARAM_GATHER_BYTES} B (S12)"
         )
     if setup.offload != "none":
         out.append(
-            f"PCIe {gpu.pcie_bandwidth_gb_s:g} GB/s per GPU, one direction, not shared, copies not overlapped (S14)"
+            f"PCIe {gpu.pcie_bandwidth_gb_s:g} GB/s per GPU at {params.pcie_efficiency:.0%}, copies not overlapped (S14)"
         )
         out.append(
             f"host optimizer step: {optimizer_step_bytes_per_param(setup):g} B/param at "
-            f"{HOST_OPTIMIZER_BANDWIDTH_BYTES_PER_S / 1e9:g} GB/s per node [assumption, calibrate], "
-            "not overlapped (S15)"
+            f"{params.host_optimizer_bytes_per_s / 1e9:g} GB/s per node, not overlapped (S15)"
         )
     if setup.activation_offload:
         out.append("activation offload: checkpointed block inputs over PCIe, hidden behind compute (S16)")
     if not setup.packing:
-        out.append(f"no packing: padding efficiency {padding_efficiency:g} (S17)")
+        out.append(f"no packing: padding efficiency {setup.padding_efficiency:g} of the processed positions train (S17)")
     if model.sliding_window is not None:
         out.append(f"sliding window {model.sliding_window} ignored: attention FLOPs err high beyond it (S2)")
     if model.moe is not None:
-        out.append("MoE: top-k routed experts per token, no capacity dropping or expert-parallel all-to-all")
+        out.append("MoE: top-k routed experts per token, each expert's GEMM sees tokens x k / experts rows")
     return out
-
-

@@ -32,14 +32,14 @@ class TrainTime(BaseModel):
         )
 
 
-def tokens_per_step(setup: Setup, world_size: int, padding_efficiency: float = 1.0) -> int:
+def tokens_per_step(setup: Setup, world_size: int) -> int:
     """Eq. S17: useful tokens per optimizer step, ``micro_batch * seq_len * grad_accum * world_size``.
 
-    Packed rows are full. Without packing, ``padding_efficiency`` (real tokens / padded tokens, default
-    1.0, i.e. rows assumed full) scales the useful tokens; the GPU still computes the padded rows.
+    Packed rows are full. Without packing, ``setup.padding_efficiency`` (real tokens / processed positions,
+    default 1.0, i.e. rows assumed full) scales the useful tokens; the GPU still computes the padded rows.
     """
     processed = setup.micro_batch * setup.seq_len * setup.grad_accum * world_size
-    eff = 1.0 if setup.packing else padding_efficiency
+    eff = 1.0 if setup.packing else setup.padding_efficiency
     return max(1, round(processed * eff))
 
 

@@ -1,0 +1,279 @@
+"""The per-op time inventory of one micro-step on one GPU (docs/speed.md eqs. S20-S26), mirroring the memory
+engine's tensor inventory: every matmul at a shape-dependent efficiency, attention by kernel, memory-bound
+work at HBM bandwidth, and the host time that launches it all.
+
+Two halves, so the corpus fit can re-time the same work under other parameters cheaply:
+
+* :func:`micro_step_work` - *what* one micro-step does, independent of any fitted parameter: the matmul
+  FLOPs grouped by the rows that reach each weight, attention FLOPs and score bytes, the bytes of
+  memory-bound work (fusable elementwise ops apart from the rest), and the kernels launched.
+* :func:`micro_step_time` - *how long* it takes on a GPU under :class:`~planner.engine.speed.params.SpeedParams`:
+
+  - GEMMs (S20): ``FLOPs / (peak x eta_arch x m / (m + m_half))``, ``m`` the rows reaching the weight (tokens
+    per micro-batch; tokens per expert for routed experts), so small micro-batches and sparse experts run
+    below the architecture's ceiling;
+  - attention (S21): FlashAttention / SDPA at the kernel's measured fraction of peak; eager attention as two
+    batched GEMMs plus the score traffic of mask, softmax and casts at HBM bandwidth;
+  - memory-bound work (S22): ``passes x`` each block's activation inventory for the elementwise ops (less
+    under kernel fusion: torch.compile, Liger), autocast's weight casts, LoRA adapters (thin matmuls that
+    stream their inputs and outputs), QLoRA dequantisation, the logits and loss, at the achieved HBM
+    bandwidth;
+  - host time (S26): the kernels' launches, which the GPU waits for when kernels are small
+    (:func:`planner.engine.speed.step.estimate_speed` takes the larger of the two per micro-step).
+
+Pure arithmetic over :class:`~planner.engine.facts.ModelFacts`; no torch.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+from planner.engine.activations import effective_attention, layer_inventory
+from planner.engine.dtypes import recipe_bytes
+from planner.engine.facts import ModelFacts
+from planner.engine.setup import Setup
+from planner.engine.speed.compute import qlora_dequant_bytes_per_pass
+from planner.engine.speed.flops import (
+    FLASH_BACKWARD_FACTOR,
+    _block_linears,
+    attention_core_flops,
+    checkpointed_blocks,
+    first_backward_block,
+    lm_head_flops,
+)
+from planner.engine.speed.params import SpeedParams
+from profiles.schema import GpuProfile
+
+EAGER_SCORE_BYTES_FORWARD = 20
+"""Eq. S21: HBM bytes per attention score per head in an eager forward (transformers
+``eager_attention_forward``): the QK^T output written in bf16 (2), the mask add read and written (4), softmax
+in fp32 reading bf16 and writing fp32 (6), the cast back to bf16 (6), PV reading the probabilities (2)."""
+EAGER_SCORE_BYTES_BACKWARD = 24
+"""Eq. S21: the eager backward per score per head: the probabilities' gradient written (2), softmax backward
+reading the fp32 output and the gradient and writing the fp32 input gradient (4 + 2 + 4 + 4), casts (6),
+the QK^T backward reading it (2)."""
+LOSS_BYTES_PER_VOCAB = 36
+"""Eq. S22: HBM bytes per token per vocabulary entry of HF's ``ForCausalLMLoss`` (and torchtune's chunked
+loss, which moves the same bytes chunk by chunk): logits written in bf16 (2), the fp32 upcast read and
+written (6), log-softmax read and written (8), the gradient written (4), softmax backward reading output and
+gradient and writing (12), the logits' gradient cast to bf16 (4)."""
+LIGER_LOSS_BYTES_PER_VOCAB = 6
+"""Eq. S22: Liger's fused linear cross-entropy writes and reads one chunk of bf16 logits and its gradient in
+place (2 + 2 + 2), never the fp32 copies."""
+LORA_PASSES = 3
+"""Eq. S22: a LoRA adapter streams, per token, its input (``in`` features) and three times its output (``out``:
+B's output written, scaled and added to the base output) in forward, and twice that in backward: bytes per
+token = ``3 x c x (in + 3 out)`` with ``c`` the compute dtype size."""
+BASE_KERNELS_PER_BLOCK = 120
+"""Eq. S26: CUDA kernels an eager transformers decoder block launches per micro-step: about 40 in forward (two
+RMSNorms of ~7 kernels each, 7 projections, RoPE ~10, attention, SwiGLU, residual adds) and twice that in
+backward (``modeling_llama.py``, counted op by op). The unit of the per-block host overhead."""
+ADAPTER_KERNELS = 18
+"""Eq. S26: kernels one LoRA adapter adds per micro-step (A, B, scale, add and autocast casts forward, ~6;
+twice that in backward)."""
+
+
+@dataclass(frozen=True)
+class MicroWork:
+    """What one micro-step does on one GPU, free of fitted parameters (eqs. S20-S22, S26)."""
+
+    gemm_flops: tuple[tuple[float, float], ...]
+    """(rows reaching the weight, FLOPs) of every forward and backward matmul group, recompute excluded"""
+    recompute_gemm_flops: tuple[tuple[float, float], ...]
+    attention_flops: float
+    """FlashAttention / SDPA hardware FLOPs (forward + backward), 0 under eager"""
+    recompute_attention_flops: float
+    eager_gemm_flops: float
+    """eager attention's QK^T and PV FLOPs (forward + backward), batched GEMMs over ``seq_len`` rows"""
+    recompute_eager_gemm_flops: float
+    eager_rows: float
+    score_bytes: float
+    """eager attention's mask / softmax / cast traffic (forward + backward)"""
+    recompute_score_bytes: float
+    elementwise_bytes: float
+    """the blocks' elementwise traffic in units of their activation inventory (x passes, x fused factor)"""
+    recompute_elementwise_bytes: float
+    memory_bytes: float
+    """other memory-bound bytes: adapters, casts, dequantisation, logits and loss"""
+    recompute_memory_bytes: float
+    kernel_units: float
+    """launched kernels in units of one plain block's (forward + backward), recompute included"""
+    fused: bool
+
+    @property
+    def matmul_flops(self) -> float:
+        return sum(f for _, f in self.gemm_flops)
+
+
+@dataclass(frozen=True)
+class MicroStep:
+    """GPU seconds of one micro-step by kind, and the host seconds that launch it."""
+
+    gemm_s: float
+    attention_s: float
+    memory_s: float
+    recompute_s: float
+    host_s: float
+
+    @property
+    def gpu_s(self) -> float:
+        return self.gemm_s + self.attention_s + self.memory_s + self.recompute_s
+
+
+def gemm_efficiency(rows: float, arch: str, params: SpeedParams) -> float:
+    """Eq. S20: achieved fraction of the dense peak of a GEMM whose weight sees ``rows`` input rows:
+    ``eta_arch x rows / (rows + m_half)``. Tile and wave quantisation leave small-M GEMMs below the ceiling;
+    the smooth form errs fast for shapes just past a wave boundary and slow for shapes that fill the last one."""
+    if rows <= 0:
+        return params.matmul(arch)
+    return params.matmul(arch) * rows / (rows + params.gemm_half_rows)
+
+
+def micro_step_work(facts: ModelFacts, setup: Setup) -> MicroWork:
+    """The parameter-free work of one micro-step (memoised on the fields that decide it)."""
+    key = setup.model_copy(update={"grad_accum": 1, "zero": 0, "fsdp": None, "offload": "none",
+                                   "optimizer": "adamw", "framework": "hf", "padding_efficiency": 1.0,
+                                   "activation_offload": False})
+    return _work(facts, key)
+
+
+@functools.lru_cache(maxsize=2048)
+def _work(facts: ModelFacts, setup: Setup) -> MicroWork:
+    model = facts.model
+    rb = recipe_bytes(setup)
+    c = rb.compute
+    tokens = setup.micro_batch * setup.seq_len
+    L = model.num_layers
+    first = first_backward_block(model, setup)
+    ckpt = set(checkpointed_blocks(model, setup))
+    full_ckpt = setup.checkpointing == "full"
+    weights_train = setup.method in ("full", "freeze")
+    adapted = {id(x) for x in facts.adapted}
+    attn, dense, moe, dense_blocks = _block_linears(facts)
+
+    def block(layers: list) -> tuple[dict[float, float], float, float]:
+        """(rows -> forward FLOPs, adapter bytes, adapters) of one block's linear layers."""
+        flops: dict[float, float] = {}
+        ad_bytes = n_ad = 0.0
+        for bl in layers:
+            x = bl.layer
+            if bl.instances <= 0:
+                continue
+            rows = tokens * bl.active / bl.instances  # tokens reaching each instance (routed experts: fewer)
+            flops[rows] = flops.get(rows, 0.0) + 2.0 * rows * x.in_features * x.out_features * bl.instances
+            if id(x) in adapted:
+                n_ad += bl.instances
+                ad_bytes += LORA_PASSES * c * (x.in_features + 3 * x.out_features) * rows * bl.instances
+                if setup.dora:  # the magnitude's weight norm reads the frozen weight, forward and backward
+                    ad_bytes += 2 * 2.0 * x.in_features * x.out_features * bl.instances
+        return flops, ad_bytes, n_ad
+
+    blocks = {"attn": block(attn), "dense": block(dense), "moe": block(moe) if moe else ({}, 0.0, 0.0)}
+
+    s = setup.seq_len
+    eager = effective_attention(model, setup) == "eager"
+    core = attention_core_flops(model, s, causal_full_square=eager) * tokens  # forward, one block
+    scores = tokens * s * model.num_heads if eager else 0.0
+
+    inv = layer_inventory(facts, setup, rb, True)
+    ew_block = (inv.per_token + inv.transient_per_token) * tokens  # one block's activation inventory
+
+    gemm: dict[float, float] = {}
+    rec: dict[float, float] = {}
+    attn_f = rec_attn = eager_f = rec_eager = score_b = rec_score = 0.0
+    ew = rec_ew = mem = rec_mem = 0.0
+    kernel_units = 0.0
+
+    def add(d: dict[float, float], src: dict[float, float], k: float) -> None:
+        for rows, f in src.items():
+            d[rows] = d.get(rows, 0.0) + f * k
+
+    for i in range(L):
+        has_bwd = i >= first
+        w_trains = weights_train and has_bwd
+        mlp = blocks["dense"] if i < dense_blocks else blocks["moe"]
+        fwd_units = 1.0 / 3.0  # a forward is a third of a block's kernels, forward + backward
+        bwd_factor = (1.0 if has_bwd else 0.0) + (1.0 if w_trains else 0.0)
+        for flops, ad_bytes, n_ad in (blocks["attn"], mlp):
+            add(gemm, flops, 1.0 + bwd_factor)
+            mem += ad_bytes * (1.0 if has_bwd else 1.0 / 3.0)
+            kernel_units += n_ad * ADAPTER_KERNELS / BASE_KERNELS_PER_BLOCK * (1.0 if has_bwd else fwd_units)
+        kernel_units += 1.0 if has_bwd else fwd_units
+        if eager:
+            eager_f += core * (3.0 if has_bwd else 1.0)
+            score_b += scores * (EAGER_SCORE_BYTES_FORWARD + (EAGER_SCORE_BYTES_BACKWARD if has_bwd else 0))
+        else:
+            attn_f += core * (1.0 + (FLASH_BACKWARD_FACTOR if has_bwd else 0.0))
+        ew += ew_block * (1.0 if has_bwd else 1.0 / 3.0)
+        if i in ckpt:
+            if full_ckpt:
+                for flops, ad_bytes, n_ad in (blocks["attn"], mlp):
+                    add(rec, flops, 1.0)
+                    rec_mem += ad_bytes / 3.0
+                    kernel_units += n_ad * ADAPTER_KERNELS / BASE_KERNELS_PER_BLOCK * fwd_units
+                rec_ew += ew_block / 3.0
+                kernel_units += fwd_units
+                if eager:
+                    rec_eager += core
+                    rec_score += scores * EAGER_SCORE_BYTES_FORWARD
+                else:
+                    rec_attn += core
+            elif eager:  # selective: the attention core only
+                rec_eager += core
+                rec_score += scores * EAGER_SCORE_BYTES_FORWARD
+            else:
+                rec_attn += core
+
+    # the LM head and the loss
+    head_trains = setup.method == "full" or (setup.trains_adapters and (setup.lora_train_lm_head or (
+        model.tie_embeddings and setup.lora_train_embeddings)))
+    gemm[float(tokens)] = gemm.get(float(tokens), 0.0) + lm_head_flops(model) * tokens * (2.0 + float(head_trains))
+    loss_b = LIGER_LOSS_BYTES_PER_VOCAB if setup.loss == "liger" else LOSS_BYTES_PER_VOCAB
+    mem += loss_b * model.vocab_size * tokens
+    # autocast's per-use casts of fp32 trainable weights: read 4 B, write 2 B per element, each forward
+    if rb.autocast:
+        mem += 6.0 * facts.trainable.trainable_linear
+    # QLoRA dequantisation (S7): forward and backward, and the recompute of checkpointed blocks
+    dq = qlora_dequant_bytes_per_pass(facts, setup)
+    if dq:
+        mem += 2 * dq
+        if full_ckpt and ckpt:
+            rec_mem += dq * len(ckpt) / L
+    return MicroWork(
+        gemm_flops=tuple(sorted(gemm.items())), recompute_gemm_flops=tuple(sorted(rec.items())),
+        attention_flops=attn_f, recompute_attention_flops=rec_attn,
+        eager_gemm_flops=eager_f, recompute_eager_gemm_flops=rec_eager, eager_rows=float(s),
+        score_bytes=score_b, recompute_score_bytes=rec_score,
+        elementwise_bytes=ew, recompute_elementwise_bytes=rec_ew,
+        memory_bytes=mem, recompute_memory_bytes=rec_mem,
+        kernel_units=kernel_units, fused=setup.compile or setup.fused_kernels,
+    )
+
+
+def micro_step_time(work: MicroWork, gpu: GpuProfile, framework: str, peak: float, params: SpeedParams) -> MicroStep:
+    """Seconds of one micro-step's work on ``gpu`` under ``params`` (eqs. S20-S22, S26)."""
+    arch = gpu.arch
+    hbm = gpu.hbm_bandwidth_gb_s * 1e9 * params.hbm_efficiency
+
+    def gemms(groups: tuple[tuple[float, float], ...]) -> float:
+        return sum(f / (peak * gemm_efficiency(rows, arch, params)) for rows, f in groups if f)
+
+    fuse = params.fused_memory_factor if work.fused else 1.0
+    attn_eff = params.attention(arch)
+    eager_eff = gemm_efficiency(work.eager_rows, arch, params)
+
+    def attention(flops: float, eager_flops: float, score_bytes: float) -> float:
+        return flops / (peak * attn_eff) + (eager_flops / (peak * eager_eff) if eager_flops else 0.0) + score_bytes / hbm
+
+    def memory(ew: float, other: float) -> float:
+        return (params.memory_passes * ew * fuse + other) / hbm
+
+    gemm_s = gemms(work.gemm_flops)
+    attn_s = attention(work.attention_flops, work.eager_gemm_flops, work.score_bytes)
+    mem_s = memory(work.elementwise_bytes, work.memory_bytes)
+    rec_s = (gemms(work.recompute_gemm_flops)
+             + attention(work.recompute_attention_flops, work.recompute_eager_gemm_flops, work.recompute_score_bytes)
+             + memory(work.recompute_elementwise_bytes, work.recompute_memory_bytes))
+    host_s = params.layer_overhead(framework) * work.kernel_units * fuse
+    return MicroStep(gemm_s, attn_s, mem_s, rec_s, host_s)
