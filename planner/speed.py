@@ -663,14 +663,14 @@ def activation_offload_bytes_per_micro_step(model: ModelProfile, setup: Setup) -
 
 
 def tokens_per_step(setup: Setup, world_size: int, padding_efficiency: float = 1.0) -> int:
-    """Eq. S17: useful tokens per optimizer step, ``micro_batch * seq_len * grad_accum * world_size``.
+    """Eq. S17: useful tokens per optimizer step, ``micro_batch * seq_len * grad_accum * world_size * e``.
 
-    Packed rows are full. Without packing, ``padding_efficiency`` (real tokens / padded tokens, default
-    1.0, i.e. rows assumed full) scales the useful tokens; the GPU still computes the padded rows.
+    ``padding_efficiency`` ``e`` is real tokens / processed tokens (default 1.0: every row full): the pad tokens
+    of dynamically padded micro-batches, or the unfilled end of packed sequences. It scales the useful tokens;
+    the GPU still computes the padded ones. :func:`planner.dataset.data_speed` measures it from a dataset.
     """
     processed = setup.micro_batch * setup.seq_len * setup.grad_accum * world_size
-    eff = 1.0 if setup.packing else padding_efficiency
-    return max(1, round(processed * eff))
+    return max(1, round(processed * padding_efficiency))
 
 
 def estimate_speed(
@@ -821,8 +821,10 @@ def _assumptions(
         )
     if setup.activation_offload:
         out.append("activation offload: checkpointed block inputs over PCIe, hidden behind compute (S16)")
-    if not setup.packing:
-        out.append(f"no packing: padding efficiency {padding_efficiency:g} (S17)")
+    if padding_efficiency < 1:
+        out.append(f"{padding_efficiency:.1%} of processed tokens are real (padding or unfilled packs) (S17)")
+    elif not setup.packing:
+        out.append("no packing: rows assumed full, no padding counted (pass --dataset to measure it) (S17)")
     if model.sliding_window is not None:
         out.append(f"sliding window {model.sliding_window} ignored: attention FLOPs err high beyond it (S2)")
     if model.moe is not None:

@@ -1,4 +1,5 @@
-"""The one place ``plan configs`` touches the file system: write a ``{relative path: text}`` mapping into DIR.
+"""The one place ``plan configs`` (and ``plan data --out``) touch the file system: write a ``{relative path: text
+or bytes}`` mapping into DIR.
 
 Atomic per DIR: everything is written into a fresh temporary folder next to DIR (same file system), then that
 folder is renamed to DIR. A failure before the rename removes the temporary folder and leaves DIR as it was.
@@ -26,7 +27,7 @@ def _check_relative(rel: str) -> PurePosixPath:
     return p
 
 
-def write_files(files: Mapping[str, str], out_dir: str | os.PathLike[str], force: bool = False) -> list[Path]:
+def write_files(files: Mapping[str, str | bytes], out_dir: str | os.PathLike[str], force: bool = False) -> list[Path]:
     """Write ``files`` into ``out_dir`` atomically; return the written paths (sorted).
 
     Raises :class:`CliError` (one line) when ``out_dir`` exists and is not empty and ``force`` is false, or
@@ -46,7 +47,8 @@ def write_files(files: Mapping[str, str], out_dir: str | os.PathLike[str], force
         for rel, text in files.items():
             path = tmp.joinpath(*rels[rel].parts)
             path.parent.mkdir(parents=True, exist_ok=True)
-            with open(path, "w", encoding="utf-8", newline="\n") as f:
+            binary = isinstance(text, bytes)  # figures (PNG) travel as bytes
+            with open(path, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8", "newline": "\n"})) as f:
                 f.write(text)
                 f.flush()
                 os.fsync(f.fileno())
