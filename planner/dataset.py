@@ -41,6 +41,10 @@ default, torchtune ``padded_collate_sft``). LLaMA-Factory's SFT workflow pads to
 (``train/sft/workflow.py``): at most 7 tokens more per micro-batch; ``plan data --pad-multiple 8`` shows it."""
 
 
+WORST_CASE_PADDING = "padding: every micro-batch padded to --seq"
+"""The memory engine's assumption without a dataset (planner.memory); replaced by the measured longest batch."""
+
+
 @dataclass(frozen=True)
 class DatasetShape:
     """Per-row token counts of a dataset, in file order: ``prompt[i]`` tokens that do not train (under
@@ -142,14 +146,14 @@ def data_memory(
     estimate keeps ``setup`` as given (its ``seq_len`` stays the cut-off the configs write)."""
     from planner.memory import estimate_memory
 
+    if setup.packing:
+        return estimate_memory(model, cluster, setup, calibration)
     length = memory_seq_len(setup, data)
-    if length == setup.seq_len:
-        est = estimate_memory(model, cluster, setup, calibration)
-        return est
     est = estimate_memory(model, cluster, setup.model_copy(update={"seq_len": length}), calibration)
     note = (f"dataset {data.name}: no packing, so the peak is the longest micro-batch: {setup.micro_batch} x "
-            f"{length} tokens (the longest row; --seq {setup.seq_len} is the cut-off)")
-    return est.model_copy(update={"setup": setup, "assumptions": (*est.assumptions, note)})
+            f"{length} tokens (its longest row, cut at --seq {setup.seq_len})")
+    kept = tuple(a for a in est.assumptions if not a.startswith(WORST_CASE_PADDING))
+    return est.model_copy(update={"setup": setup, "assumptions": (*kept, note)})
 
 
 def steps_per_epoch(setup: Setup, world_size: int, data: DatasetShape) -> int:

@@ -49,6 +49,8 @@ class SearchRequest:
     calibration: Any = None
     """a Calibration, or a function recipe -> Calibration | None (the CLI passes the file lookup)"""
     efficiency: float | None = None
+    dataset: Any = None
+    """a :class:`planner.dataset.DatasetShape`: memory at its longest batch, speed at its padding / packing"""
 
 
 @dataclass(frozen=True)
@@ -249,11 +251,20 @@ def search(model: ModelProfile, cluster: Cluster, request: SearchRequest, with_s
                 break
             considered += 1
             cal = request.calibration(setup.recipe) if callable(request.calibration) else request.calibration
-            mem = estimate_memory(model, cluster, setup, cal)
-            speed = estimate_speed(
-                model, cluster, setup, efficiency=request.efficiency or getattr(cal, "mfu", None),
-                calibration_label=getattr(cal, "label", None) or "uncalibrated",
-            )
+            if request.dataset is None:
+                mem = estimate_memory(model, cluster, setup, cal)
+                speed = estimate_speed(
+                    model, cluster, setup, efficiency=request.efficiency or getattr(cal, "mfu", None),
+                    calibration_label=getattr(cal, "label", None) or "uncalibrated",
+                )
+            else:  # a measured dataset (plan --dataset): planner.dataset holds the only hooks
+                from planner.dataset import data_memory, data_speed
+
+                mem = data_memory(model, cluster, setup, request.dataset, cal)
+                speed = data_speed(
+                    model, cluster, setup, request.dataset, efficiency=request.efficiency or getattr(cal, "mfu", None),
+                    calibration_label=getattr(cal, "label", None) or "uncalibrated",
+                )
             if mem.peak_bytes > usable:
                 rejected.append(
                     Rejection(

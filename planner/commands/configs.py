@@ -57,6 +57,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     o.add_argument("--out", required=True, metavar="DIR", help="folder to write (refused if it exists and is not empty)")
     o.add_argument("--force", action="store_true", help="replace a non-empty --out folder")
     o.add_argument("--json", action="store_true", help="print what was written as JSON")
+    from planner.commands.data import add_dataset_args
+
+    add_dataset_args(parser)
 
 
 def _from_search(args: argparse.Namespace):  # noqa: ANN202
@@ -66,7 +69,10 @@ def _from_search(args: argparse.Namespace):  # noqa: ANN202
     if not args.model or not args.gpus:
         raise CliError("--model and --gpus are required (or pass --plan plan.json)")
     model, cluster = resolve_target(args)
-    request = search_request(args, cluster, top=max(args.pick, 5))
+    from planner.commands.data import dataset_from_args
+
+    data = dataset_from_args(args, model)
+    request = search_request(args, cluster, top=max(args.pick, 5), dataset=data)
     try:
         result = search(model, cluster, request)
     except SearchError as e:
@@ -77,7 +83,7 @@ def _from_search(args: argparse.Namespace):  # noqa: ANN202
     if args.pick > len(result.plans):
         n = len(result.plans)
         raise CliError(f"--pick {args.pick}: the search ranked only {n} plan(s); use --pick 1..{n}")
-    return model, cluster, result.plans[args.pick - 1]
+    return model, cluster, result.plans[args.pick - 1], data
 
 
 def load_plan_json(args: argparse.Namespace):  # noqa: ANN202
@@ -116,8 +122,17 @@ def load_plan_json(args: argparse.Namespace):  # noqa: ANN202
         if (asked.gpu.name, asked.gpus_per_node, asked.nodes) != (cluster.gpu.name, cluster.gpus_per_node, cluster.nodes):
             raise CliError(f"--gpus {args.gpus} differs from the plan's cluster {cluster.label()}; drop --gpus")
     cal = calibration_for(cluster.gpu.name, setup.recipe)
-    memory = estimate_memory(model, cluster, setup, cal)
-    speed = estimate_speed(model, cluster, setup, calibration_label=getattr(cal, "label", None) or "uncalibrated")
+    from planner.commands.data import dataset_from_args
+
+    data = dataset_from_args(args, model)
+    if data is None:
+        memory = estimate_memory(model, cluster, setup, cal)
+        speed = estimate_speed(model, cluster, setup, calibration_label=getattr(cal, "label", None) or "uncalibrated")
+    else:
+        from planner.dataset import data_memory, data_speed
+
+        memory = data_memory(model, cluster, setup, data, cal)
+        speed = data_speed(model, cluster, setup, data, calibration_label=getattr(cal, "label", None) or "uncalibrated")
     reasons = list(d.get("reasons", []))
     if "headroom_bytes" in d:
         usable = old_peak + int(d["headroom_bytes"])  # what the search allowed per GPU
@@ -129,7 +144,7 @@ def load_plan_json(args: argparse.Namespace):  # noqa: ANN202
                        f"(the plan.json said {gib(old_peak)})")
     plan = Plan(rank=int(d.get("rank", 1)), setup=setup, memory=memory, speed=speed,
                 headroom_bytes=usable - memory.peak_bytes, reasons=tuple(reasons))
-    return model, cluster, plan
+    return model, cluster, plan, data
 
 
 def run(args: argparse.Namespace) -> int:
@@ -137,9 +152,9 @@ def run(args: argparse.Namespace) -> int:
     from planner.emit.writer import write_files
 
     if args.plan:
-        model, cluster, plan = load_plan_json(args)
+        model, cluster, plan, data = load_plan_json(args)
     else:
-        model, cluster, plan = _from_search(args)
+        model, cluster, plan, data = _from_search(args)
     # the command line, for PLAN.md's "Regenerate" (the CLI does not hand argv to commands; read it when it is ours)
     argv = getattr(args, "_argv", None) or (sys.argv[1:] if sys.argv[1:2] == ["configs"] else None)
     command = "plan " + " ".join(shlex.quote(a) for a in argv) if argv else ""

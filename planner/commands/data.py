@@ -280,3 +280,16 @@ def _write_atomic(path: Path, data: bytes) -> None:
     except OSError as e:
         tmp.unlink(missing_ok=True)
         raise CliError(f"cannot write --plot {path}: {e.strerror or e}") from None
+
+
+def dataset_from_args(args: argparse.Namespace, model: Any):  # noqa: ANN201
+    """The :class:`planner.dataset.DatasetShape` of ``--dataset`` (None without it), for plan / estimate / configs."""
+    path = getattr(args, "dataset", None)
+    if not path:
+        for flag in ("tokenizer", "chat_template"):
+            if getattr(args, flag, None):
+                raise CliError(f"--{flag.replace('_', '-')} needs --dataset FILE")
+        return None
+    from planner.data_io import dataset_shape
+
+    return dataset_shape(read_counts(args, model, path, show_progress=not getattr(args, "json", False)))
