@@ -84,6 +84,10 @@ class ModelCard(_Frozen):
     sources: dict[str, str] = Field(min_length=1, description="fact -> URL it comes from")
     unverified: tuple[str, ...] = Field((), description="facts no source in reach confirmed; checked by hand later")
 
+    def __hash__(self) -> int:  # ModelProfile is hashed (memoised FLOPs); ``sources`` is a dict
+        return hash((self.license, self.commercial, self.languages, self.training_tokens, self.release_date,
+                     self.superseded_by, tuple(sorted(self.sources.items()))))
+
     @model_validator(mode="after")
     def _check(self) -> "ModelCard":
         import datetime
