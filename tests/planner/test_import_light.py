@@ -19,6 +19,14 @@ def test_import_planner_does_not_import_torch():
     assert _loaded_after("import planner, planner.memory, planner.speed, planner.search, planner.setup") == []
 
 
+def test_data_and_select_modules_are_light():
+    """The pure statistics and rules, and the commands' modules, import neither torch nor transformers (the reader
+    imports transformers only inside the function that loads a tokenizer)."""
+    mods = ("planner.datastats", "planner.dataset", "planner.hparams", "planner.select", "planner.data_io",
+            "planner.commands.data", "planner.commands.select", "profiles.languages")
+    assert _loaded_after("import " + ", ".join(mods)) == []
+
+
 def test_main_job_does_not_import_torch():
     code = (
         "import io, contextlib\nfrom planner.cli import main\n"
