@@ -41,6 +41,8 @@ default, torchtune ``padded_collate_sft``). LLaMA-Factory's SFT workflow pads to
 (``train/sft/workflow.py``): at most 7 tokens more per micro-batch; ``plan data --pad-multiple 8`` shows it."""
 
 
+ROWS_ASSUMED_FULL = "no packing: rows assumed full"
+"""The speed model's assumption without a dataset (planner.speed, S17); replaced by the measured padding."""
 WORST_CASE_PADDING = "padding: every micro-batch padded to --seq"
 """The memory engine's assumption without a dataset (planner.memory); replaced by the measured longest batch."""
 
@@ -128,7 +130,8 @@ def data_speed(
                 "real tokens; attention priced at the mean length (errs fast) (S17, D5)")
     sp = estimate_speed(model, cluster, run, efficiency=efficiency, calibration_label=calibration_label,
                         padding_efficiency=eff)
-    return sp.model_copy(update={"assumptions": (*sp.assumptions, note)})
+    kept = tuple(a for a in sp.assumptions if not a.startswith(ROWS_ASSUMED_FULL))
+    return sp.model_copy(update={"assumptions": (*kept, note)})
 
 
 def memory_seq_len(setup: Setup, data: DatasetShape) -> int:

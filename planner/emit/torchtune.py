@@ -12,6 +12,11 @@ Not expressible (a reason instead of a file): DeepSpeed ZeRO plans, multi-GPU DD
 models without a builder below, QLoRA where torchtune has no ``qlora_*`` builder (Qwen2.5), a subset of MLP
 projections as LoRA targets (``apply_lora_to_mlp`` is all or nothing), trained embeddings / LM head, and
 Liger's fused loss (0.6.1 has no fused linear cross-entropy; ``CEWithChunkedOutputLoss`` is the chunked one).
+
+Hyper-parameters (:mod:`planner.hparams`): ``optimizer.lr`` / ``weight_decay``, whole ``epochs``, the cosine
+schedule's ``num_warmup_steps`` (its only schedule in 0.6.1), ``clip_grad_norm``, and ``dataset.train_on_input``,
+a keyword of ``alpaca_dataset`` (``torchtune/datasets/_alpaca.py``: ``train_on_input: bool = True``, so the prompt
+trains unless it is set false). The 0.6.1 recipes have no eval split, NEFTune, rsLoRA or LoRA+.
 """
 
 from __future__ import annotations

@@ -333,3 +333,24 @@ def test_plan_dataset_changes_speed_and_time(tmp_path, tok_dir, capsys):
     assert code == 0, err
     est = json.loads(out)
     assert est["dataset"]["rows"] == 200 and est["dataset"]["one_epoch"]["tokens"] == real
+
+
+def test_configs_with_dataset_size_the_hyper_parameters(tmp_path, tok_dir, capsys):
+    import yaml
+
+    rows = alpaca_rows(300, seed=8, hi=150)
+    f = write_jsonl(tmp_path / "a.jsonl", rows)
+    out = tmp_path / "cfg"
+    code, _, err = run(["configs", "--model", "qwen2.5-0.5b", "--gpus", "4090", "--method", "lora", "--seq", "256",
+                        "--no-packing", "--micro-batch", "2", "--grad-accum", "4", "--dataset", str(f), "--tokenizer",
+                        str(tok_dir), "--out", str(out)], capsys)
+    assert code == 0, err
+    lf = yaml.safe_load((out / "llamafactory.yaml").read_text())
+    steps = math.ceil(300 / (2 * 4))  # rows / (micro-batch x accumulation x 1 GPU)
+    assert lf["val_size"] == pytest.approx(0.1) and lf["num_train_epochs"] == 3.0
+    assert lf["eval_steps"] == math.ceil(steps * 3 / 10)
+    tt = yaml.safe_load((out / "torchtune.yaml").read_text())
+    assert tt["lr_scheduler"]["num_warmup_steps"] == round(0.03 * steps * 3)
+    md = (out / "PLAN.md").read_text()
+    assert f"The run: {steps * 3:,} optimizer steps" in md
+    assert "dynamic padding" in md and "rows assumed full" not in md and "padded to --seq (worst case)" not in md
