@@ -68,6 +68,58 @@ class MLA(_Frozen):
     v_head_dim: int = Field(gt=0)
 
 
+Commercial = Literal["open", "conditional", "on-request", "non-commercial"]
+COMMERCIAL: dict[str, str] = {
+    "open": "an open-source licence (Apache-2.0, MIT): commercial use allowed",
+    "conditional": "a custom licence that allows commercial use under conditions (user caps, use policies, "
+    "attribution)",
+    "on-request": "commercial use needs an application or registration with the model's publisher",
+    "non-commercial": "research or non-commercial use only",
+}
+
+
+class ModelCard(_Frozen):
+    """What a practitioner reads on a model card before choosing a base model (``plan select``), each fact with
+    the URL it comes from in ``sources`` (the model card, the licence text). Optional on a profile: models without
+    one are listed by ``plan select`` as skipped."""
+
+    license: str = Field(min_length=1, description="licence name as the card gives it, e.g. 'apache-2.0', 'llama3.1'")
+    license_url: str = Field(min_length=8)
+    commercial: Commercial
+    commercial_terms: str = Field("", description="the conditions in one line, e.g. '700M monthly active users'")
+    languages: tuple[str, ...] = Field(min_length=1, description="ISO 639-1 codes the card names as supported")
+    languages_note: str = Field("", description="what the card says beyond the named languages")
+    training_tokens: float | None = Field(None, gt=0, description="pre-training tokens the card or report states")
+    release_date: str = Field(description="YYYY-MM-DD, first public release of the weights")
+    superseded_by: str | None = Field(None, description="the catalogue model that replaces it in its family")
+    sources: dict[str, str] = Field(min_length=1, description="fact -> URL it comes from")
+    unverified: tuple[str, ...] = Field((), description="facts no source in reach confirmed; checked by hand later")
+
+    def __hash__(self) -> int:  # ModelProfile is hashed (memoised FLOPs); ``sources`` is a dict
+        return hash((self.license, self.commercial, self.languages, self.training_tokens, self.release_date,
+                     self.superseded_by, tuple(sorted(self.sources.items()))))
+
+    @model_validator(mode="after")
+    def _check(self) -> "ModelCard":
+        import datetime
+
+        from profiles.languages import LANGUAGES
+
+        try:
+            datetime.date.fromisoformat(self.release_date)
+        except ValueError:
+            raise ValueError(f"release_date {self.release_date!r} is not YYYY-MM-DD") from None
+        bad = [c for c in self.languages if c not in LANGUAGES]
+        if bad:
+            raise ValueError(f"unknown language codes {bad}; use ISO 639-1 codes from profiles/languages.py")
+        facts = ["license", "commercial", "languages", "release_date"]
+        facts += [k for k in ("training_tokens", "superseded_by") if getattr(self, k) is not None]
+        missing = [k for k in facts if k not in self.sources]
+        if missing:
+            raise ValueError(f"card facts without a source: {', '.join(missing)}")
+        return self
+
+
 class ModelProfile(_Frozen):
     """One model architecture, with the numbers from its own ``config.json`` and where they came from."""
 
@@ -113,6 +165,7 @@ class ModelProfile(_Frozen):
     not_buildable_reason: str | None = None
     notes: str = ""
     unverified: tuple[str, ...] = Field((), description="fields no primary source confirmed")
+    card: ModelCard | None = Field(None, description="licence, languages, training tokens, release: plan select")
 
     @model_validator(mode="after")
     def _check_heads(self) -> "ModelProfile":

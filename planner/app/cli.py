@@ -22,6 +22,8 @@ SUBCOMMANDS: dict[str, str] = {
     "trace": "planner.app.commands.trace",
     "validate": "planner.app.commands.validate",
     "calibrate": "planner.app.commands.calibrate",
+    "data": "planner.app.commands.data",
+    "select": "planner.app.commands.select",
 }
 SUMMARIES: dict[str, str] = {
     "estimate": "every byte and second of one explicit setup (--json for scripts)",
@@ -31,6 +33,8 @@ SUMMARIES: dict[str, str] = {
     "trace": "exact tensor memory of the real model code under FakeTensorMode (no GPU needed)",
     "validate": "train the plan for a few steps on the device and compare with the estimate",
     "calibrate": "fit overhead, allocator factor and efficiency from validation runs",
+    "data": "token counts, lengths, truncation, padding and packing of your training file",
+    "select": "rank the catalogue's base models for your language, licence, GPUs and method",
 }
 SEARCH_MODULE = "planner.app.commands.search"
 

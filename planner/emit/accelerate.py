@@ -19,17 +19,13 @@ from typing import Any, Literal
 
 from planner.emit import deepspeed as ds
 from planner.emit.common import (
-    EPOCHS,
-    LR_SCHEDULER,
-    MAX_GRAD_NORM,
     SGD_MOMENTUM,
-    WARMUP_FRACTION,
     Emitted,
     NotExpressible,
     Target,
     half_dtype,
     header_lines,
-    learning_rate,
+    hp_comments,
 )
 from planner.emit.yamltext import dump
 from planner.engine.setup import Setup
@@ -56,6 +52,15 @@ MAIN_PROCESS_PORT = 29500
 ACCELERATE_FILE = "accelerate_config.yaml"
 TRAINING_ARGS_FILE = "training_args.yaml"
 MODEL_FILE = "hf_model.yaml"
+
+
+TRAINING_ARGS_HP = {"learning_rate": "learning_rate", "num_train_epochs": "epochs", "lr_scheduler_type": "scheduler",
+                    "weight_decay": "weight_decay", "max_grad_norm": "max_grad_norm", "eval_steps": "eval_steps",
+                    "neftune_noise_alpha": "neftune_alpha"}
+"""TrainingArguments key -> :class:`planner.engine.hparams.HyperParams` field (for the comments)."""
+MODEL_FILE_HP = {"lora.r": "lora_rank", "lora.lora_alpha": "lora_alpha", "lora.lora_dropout": "lora_dropout",
+                 "lora.use_rslora": "use_rslora", "loraplus.loraplus_lr_ratio": "loraplus_lr_ratio",
+                 "data.train_on_prompt": "train_on_prompt", "data.val_size": "val_size"}
 
 
 def backend_of(setup: Setup) -> Backend:
@@ -166,17 +171,23 @@ def training_arguments(t: Target) -> dict[str, Any]:
     """``TrainingArguments`` keyword arguments for the plan (transformers 5: ``activation_checkpointing``,
     float ``warmup_steps`` as a fraction)."""
     s = t.setup
+    hp = t.hp
     args: dict[str, Any] = {
         "output_dir": f"output/{t.slug}",
         "per_device_train_batch_size": s.micro_batch,
         "gradient_accumulation_steps": s.grad_accum,
-        "learning_rate": learning_rate(s),
-        "num_train_epochs": EPOCHS,
-        "lr_scheduler_type": LR_SCHEDULER,
-        "warmup_steps": WARMUP_FRACTION,
-        "max_grad_norm": MAX_GRAD_NORM,
+        "learning_rate": hp.learning_rate.value,
+        "num_train_epochs": hp.epochs.value,
+        "lr_scheduler_type": hp.scheduler.value,
+        "warmup_steps": hp.warmup_ratio.value,
+        "weight_decay": hp.weight_decay.value,
+        "max_grad_norm": hp.max_grad_norm.value,
         "optim": HF_OPTIM[s.optimizer],
     }
+    if hp.val_size.value:
+        args.update(eval_strategy="steps", eval_steps=hp.eval_steps.value, per_device_eval_batch_size=s.micro_batch)
+    if hp.neftune_alpha.value is not None:
+        args["neftune_noise_alpha"] = hp.neftune_alpha.value
     if s.optimizer == "sgd-momentum":
         args["optim_args"] = f"momentum={SGD_MOMENTUM}"
     args[half_dtype(s)] = True
@@ -221,12 +232,17 @@ def model_settings(t: Target) -> dict[str, Any]:
             "lora_dropout": s.lora_dropout,
             "target_modules": targets,
             "use_dora": s.dora,
+            "use_rslora": t.hp.use_rslora.value,
             "task_type": "CAUSAL_LM",
         }
         save = [n for n, on in (("embed_tokens", s.lora_train_embeddings), ("lm_head", s.lora_train_lm_head)) if on]
         if save:
             lora["modules_to_save"] = save
         out["lora"] = lora
+        if t.hp.loraplus_lr_ratio.value is not None:
+            out["loraplus"] = {"loraplus_lr_ratio": t.hp.loraplus_lr_ratio.value}
+    hp = t.hp
+    out["data"] = {"train_on_prompt": hp.train_on_prompt.value, "val_size": hp.val_size.value}
     return out
 
 
@@ -267,9 +283,11 @@ def emit(t: Target, trainer: str) -> Emitted:
         training_arguments(t),
         comments={
             "per_device_train_batch_size": "the plan's micro-batch",
-            "warmup_steps": "a float < 1 is a fraction of the steps (transformers >= 5)",
             "activation_checkpointing": "recompute each block in backward: the plan's checkpointing",
             "use_liger_kernel": "fused linear cross-entropy: logits never materialised",
+            **hp_comments(t, TRAINING_ARGS_HP),
+            "warmup_steps": "a float < 1 is a fraction of the steps (transformers >= 5): " + t.hp.warmup_ratio.comment,
+            "eval_strategy": "evaluate on the held-out split (hf_model.yaml data.val_size) your script passes as eval_dataset",
         },
         header=header_lines(t, "TrainingArguments for HfArgumentParser(TrainingArguments).parse_yaml_file", run),
     )
@@ -279,6 +297,9 @@ def emit(t: Target, trainer: str) -> Emitted:
             "from_pretrained": "AutoModelForCausalLM.from_pretrained(model_name_or_path, **from_pretrained)",
             "from_pretrained.quantization_config": "BitsAndBytesConfig(**quantization_config)",
             "lora": "peft.LoraConfig(**lora); then get_peft_model(model, config)",
+            "loraplus": "peft.optimizers.create_loraplus_optimizer(model, optimizer_cls, lr=..., **loraplus)",
+            "data": "for your script's data pipeline",
+            **hp_comments(t, MODEL_FILE_HP),
         },
         header=header_lines(t, "model loading and LoRA settings for your training script", run),
     )

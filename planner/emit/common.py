@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from planner.engine.facts import ModelFacts, model_facts
 from planner.engine.results import Plan
@@ -52,7 +52,20 @@ SGD_MOMENTUM = 0.9
 
 
 def learning_rate(setup: Setup) -> float:
+    """LLaMA-Factory's example learning rates (no batch scaling); the emitters write
+    :func:`planner.engine.hparams.recommend`'s instead, which carries its reason."""
     return LEARNING_RATE_ADAPTERS if setup.trains_adapters else LEARNING_RATE_FULL
+
+
+def hp_comments(t: "Target", keys: dict[str, str]) -> dict[str, str]:
+    """YAML comments for the hyper-parameters: emitted key path -> the value's reason and source."""
+    hp = t.hp
+    out = {}
+    for path, name in keys.items():
+        item = getattr(hp, name, None)
+        if item is not None:
+            out[path] = item.comment
+    return out
 
 
 def half_dtype(setup: Setup) -> Literal["bf16", "fp16"]:
@@ -69,6 +82,18 @@ class Target:
     cluster: Cluster
     command: str = field(default="", compare=False)
     """the ``plan configs ...`` command line that produced the files (shown in PLAN.md), or empty"""
+    hparams: Any = field(default=None, compare=False)
+    """:class:`planner.engine.hparams.HyperParams` (with the dataset's size and the user's overrides), or None for the
+    recommendation without a dataset"""
+
+    @property
+    def hp(self) -> Any:
+        """The hyper-parameters every emitter writes (:func:`planner.engine.hparams.recommend`)."""
+        if self.hparams is not None:
+            return self.hparams
+        from planner.engine.hparams import recommend
+
+        return recommend(self.model, self.setup, self.world_size)
 
     @property
     def setup(self) -> Setup:

@@ -36,14 +36,11 @@ from typing import Any, Literal
 from planner.emit.common import (
     ADAM_BETAS,
     ADAM_EPS,
-    MAX_GRAD_NORM,
     SGD_MOMENTUM,
-    WEIGHT_DECAY,
     NotExpressible,
     Target,
     half_dtype,
     header_lines,
-    learning_rate,
 )
 from planner.engine.memory import zero_bucket_elements
 
@@ -94,9 +91,10 @@ def _optimizer_block(t: Target, flavour: Flavour) -> dict[str, Any] | None:
         if not offload or s.optimizer != "adamw":
             return None
         return {"type": "AdamW", "params": {"lr": "auto", "betas": "auto", "eps": "auto", "weight_decay": "auto"}}
-    lr = learning_rate(s)
+    lr = t.hp.learning_rate.value
     if s.optimizer == "adamw":
-        return {"type": "AdamW", "params": {"lr": lr, "betas": list(ADAM_BETAS), "eps": ADAM_EPS, "weight_decay": WEIGHT_DECAY}}
+        return {"type": "AdamW", "params": {"lr": lr, "betas": list(ADAM_BETAS), "eps": ADAM_EPS,
+                                            "weight_decay": t.hp.weight_decay.value}}
     if s.optimizer in ("sgd", "sgd-momentum"):
         params: dict[str, Any] = {"lr": lr}
         if s.optimizer == "sgd-momentum":
@@ -146,7 +144,7 @@ def deepspeed_config(t: Target, flavour: Flavour) -> dict[str, Any]:
         "train_micro_batch_size_per_gpu": "auto" if auto else s.micro_batch,
         "gradient_accumulation_steps": "auto" if auto else s.grad_accum,
         "train_batch_size": "auto" if auto else s.micro_batch * s.grad_accum * t.world_size,
-        "gradient_clipping": "auto" if auto else MAX_GRAD_NORM,
+        "gradient_clipping": "auto" if auto else t.hp.max_grad_norm.value,
     }
     if half_dtype(s) == "bf16":
         cfg["bf16"] = {"enabled": "auto" if auto else True}

@@ -22,17 +22,13 @@ from typing import Any
 from planner.emit import accelerate as acc
 from planner.emit import deepspeed as ds
 from planner.emit.common import (
-    EPOCHS,
-    LR_SCHEDULER,
-    MAX_GRAD_NORM,
     SGD_MOMENTUM,
-    WARMUP_FRACTION,
     Emitted,
     NotExpressible,
     Target,
     half_dtype,
     header_lines,
-    learning_rate,
+    hp_comments,
 )
 from planner.emit.yamltext import dump
 from profiles.schema import ModelProfile
@@ -91,6 +87,7 @@ def llamafactory_config(t: Target) -> dict[str, Any]:
     """The YAML as a dict, in LLaMA-Factory's section order (model, method, dataset, output, train)."""
     check(t)
     s = t.setup
+    hp = t.hp
     cfg: dict[str, Any] = {"model_name_or_path": t.hf_id}
     if not t.model.transformers_buildable:
         cfg["trust_remote_code"] = True
@@ -113,6 +110,10 @@ def llamafactory_config(t: Target) -> dict[str, Any]:
             lora_dropout=s.lora_dropout,
             lora_target="all" if all_linear else ",".join(t.facts.lora_targets),
         )
+        if hp.use_rslora.value:
+            cfg["use_rslora"] = True
+        if hp.loraplus_lr_ratio.value is not None:
+            cfg["loraplus_lr_ratio"] = hp.loraplus_lr_ratio.value
         if s.dora:
             cfg["use_dora"] = True
         extra = [n for n, on in (("embed_tokens", s.lora_train_embeddings), ("lm_head", s.lora_train_lm_head)) if on]
@@ -132,7 +133,10 @@ def llamafactory_config(t: Target) -> dict[str, Any]:
         template=template_for(t.model),
         cutoff_len=s.seq_len,
         packing=s.packing,
+        train_on_prompt=hp.train_on_prompt.value,
     )
+    if hp.val_size.value:
+        cfg["val_size"] = hp.val_size.value
     if neat:
         cfg["neat_packing"] = True
     cfg["preprocessing_num_workers"] = 16
@@ -142,13 +146,18 @@ def llamafactory_config(t: Target) -> dict[str, Any]:
     cfg.update(
         per_device_train_batch_size=s.micro_batch,
         gradient_accumulation_steps=s.grad_accum,
-        learning_rate=learning_rate(s),
-        num_train_epochs=EPOCHS,
-        lr_scheduler_type=LR_SCHEDULER,
-        warmup_steps=WARMUP_FRACTION,
-        max_grad_norm=MAX_GRAD_NORM,
+        learning_rate=hp.learning_rate.value,
+        num_train_epochs=hp.epochs.value,
+        lr_scheduler_type=hp.scheduler.value,
+        warmup_steps=hp.warmup_ratio.value,
+        weight_decay=hp.weight_decay.value,
+        max_grad_norm=hp.max_grad_norm.value,
         optim=acc.HF_OPTIM[s.optimizer],
     )
+    if hp.neftune_alpha.value is not None:
+        cfg["neftune_noise_alpha"] = hp.neftune_alpha.value
+    if hp.val_size.value:
+        cfg.update(eval_strategy="steps", eval_steps=hp.eval_steps.value, per_device_eval_batch_size=s.micro_batch)
     if s.optimizer == "sgd-momentum":
         cfg["optim_args"] = f"momentum={SGD_MOMENTUM}"
     if s.recipe != "bf16":
@@ -185,6 +194,12 @@ COMMENTS = {
     "gradient_accumulation_steps": "global batch = micro-batch x accumulation x GPUs",
     "warmup_steps": "a float < 1 is a fraction of the steps (transformers >= 5)",
 }
+HP_KEYS = {"lora_rank": "lora_rank", "lora_alpha": "lora_alpha", "lora_dropout": "lora_dropout",
+           "use_rslora": "use_rslora", "loraplus_lr_ratio": "loraplus_lr_ratio", "train_on_prompt": "train_on_prompt",
+           "val_size": "val_size", "learning_rate": "learning_rate", "num_train_epochs": "epochs",
+           "lr_scheduler_type": "scheduler", "weight_decay": "weight_decay", "max_grad_norm": "max_grad_norm",
+           "neftune_noise_alpha": "neftune_alpha", "eval_steps": "eval_steps"}
+"""LLaMA-Factory key -> :class:`planner.engine.hparams.HyperParams` field, for the reasons written as comments."""
 
 
 def notes(t: Target) -> list[str]:
@@ -217,9 +232,11 @@ def emit(t: Target) -> Emitted:
             comments=acc.accelerate_comments(t),
             header=header_lines(t, "accelerate FSDP config for LLaMA-Factory", "bash launch.sh llamafactory"),
         )
+    comments = {**COMMENTS, **hp_comments(t, HP_KEYS)}
+    comments["warmup_steps"] = COMMENTS["warmup_steps"] + ": " + t.hp.warmup_ratio.comment
     files[FILENAME] = dump(
         cfg,
-        comments=COMMENTS,
+        comments=comments,
         sections=SECTIONS,
         header=header_lines(t, f"LLaMA-Factory {LLAMAFACTORY_VERSION} training config", "bash launch.sh llamafactory"),
     )

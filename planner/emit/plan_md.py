@@ -74,6 +74,23 @@ def _setup_words(t: Target) -> list[str]:
     return lines
 
 
+def _hparam_lines(t: Target) -> list[str]:
+    """Every hyper-parameter the configs carry, with its reason and source (planner.engine.hparams)."""
+    from planner.engine.hparams import OVERRIDE_FLAGS
+
+    hp = t.hp
+    out = ["| hyper-parameter | value | why (source) |", "|---|---|---|"]
+    for name, item in hp.items():
+        value = "off" if item.value is None else f"`{item.value}`"
+        out.append(f"| {name.replace('_', ' ')} | {value} | {item.comment} |")
+    flags = ", ".join(f"`{f}`" for f in OVERRIDE_FLAGS.values())
+    out += ["", f"Override any of them on `plan configs` ({flags}; rank, alpha and dropout with `--lora-rank`, "
+            "`--lora-alpha`, `--lora-dropout`, which change the memory estimate)."]
+    if hp.total_steps:
+        out.append(f"The run: {hp.total_steps:,} optimizer steps ({hp.epochs.value:g} epochs of the measured dataset).")
+    return out
+
+
 def _memory_table(t: Target) -> list[str]:
     m = t.plan.memory
     out = ["| per GPU at the peak | GiB | what it holds |", "|---|---:|---|"]
@@ -109,6 +126,7 @@ def plan_markdown(t: Target, emitted: list[Emitted], refused: list[NotExpressibl
     out += ["## Setup", "", *_setup_words(t), ""]
     out += ["## Memory per GPU (GiB = 2^30 bytes)", "", *_memory_table(t), ""]
     out += ["## Expected speed", "", *_speed_lines(t), ""]
+    out += ["## Hyper-parameters", "", *_hparam_lines(t), ""]
     out += ["## What was traded", ""]
     out += [f"- {r}" for r in p.reasons] or ["- (no search reasons recorded: this plan was not ranked against others)"]
     out.append("")

@@ -12,29 +12,46 @@ Not expressible (a reason instead of a file): DeepSpeed ZeRO plans, multi-GPU DD
 models without a builder below, QLoRA where torchtune has no ``qlora_*`` builder (Qwen2.5), a subset of MLP
 projections as LoRA targets (``apply_lora_to_mlp`` is all or nothing), trained embeddings / LM head, and
 Liger's fused loss (0.6.1 has no fused linear cross-entropy; ``CEWithChunkedOutputLoss`` is the chunked one).
+
+Hyper-parameters (:mod:`planner.engine.hparams`): ``optimizer.lr`` / ``weight_decay``, whole ``epochs``, the cosine
+schedule's ``num_warmup_steps`` (its only schedule in 0.6.1), ``clip_grad_norm``, and ``dataset.train_on_input``,
+a keyword of ``alpaca_dataset`` (``torchtune/datasets/_alpaca.py``: ``train_on_input: bool = True``, so the prompt
+trains unless it is set false). The 0.6.1 recipes have no eval split, NEFTune, rsLoRA or LoRA+.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
 from planner.emit.common import (
-    EPOCHS,
-    MAX_GRAD_NORM,
     SGD_MOMENTUM,
     Emitted,
     NotExpressible,
     Target,
     header_lines,
-    learning_rate,
+    hp_comments,
 )
 from planner.emit.yamltext import dump
 
 TORCHTUNE_VERSION = "0.6.1"
 FILENAME = "torchtune.yaml"
 WARMUP_STEPS = 100
-"""``num_warmup_steps`` of torchtune's cosine schedule in its shipped LoRA configs (torchtune counts steps)."""
+"""``num_warmup_steps`` of torchtune's cosine schedule in its shipped LoRA configs (torchtune counts steps), used
+when the run's length is unknown (no ``--dataset``)."""
+TT_SCHEDULERS = {"cosine": "torchtune.training.lr_schedulers.get_cosine_schedule_with_warmup"}
+"""Scheduler name -> torchtune 0.6.1 builder: its ``training.lr_schedulers`` has only the cosine schedule with
+warm-up (``lr_schedulers`` in tests/planner/data/torchtune_0.6.1.json)."""
+
+
+def warmup_steps(t: Target) -> int:
+    """The warm-up ratio as torchtune's step count: ratio x the run's optimizer steps when a dataset gave them,
+    else the shipped configs' 100."""
+    hp = t.hp
+    if hp.total_steps is None:
+        return WARMUP_STEPS
+    return max(1, round(hp.warmup_ratio.value * hp.total_steps))
 
 
 @dataclass(frozen=True)
@@ -153,6 +170,9 @@ def check(t: Target) -> TorchtuneModel:
     if s.method == "qlora" and entry.qlora is None:
         raise NotExpressible(trainer, f"torchtune {TORCHTUNE_VERSION} has no QLoRA builder for {t.model.name}; use "
                              "--method lora or --trainer llamafactory")
+    if t.hp.scheduler.value not in TT_SCHEDULERS:
+        raise NotExpressible(trainer, f"torchtune {TORCHTUNE_VERSION} has only a cosine schedule with warm-up, not "
+                             f"{t.hp.scheduler.value!r}; drop --scheduler or use another trainer")
     if s.optimizer_in_backward and s.trains_adapters:
         raise NotExpressible(trainer, "torchtune's LoRA recipes have no optimizer_in_bwd")
     if s.loss == "liger":
@@ -213,19 +233,21 @@ def torchtune_config(t: Target) -> dict[str, Any]:
     if s.trains_adapters:
         cfg["save_adapter_weights_only"] = False
     cfg["dataset"] = {"_component_": "torchtune.datasets.alpaca_cleaned_dataset", "packed": s.packing}
-    cfg.update(seed=None, shuffle=True, batch_size=s.micro_batch, epochs=int(EPOCHS), max_steps_per_epoch=None)
+    hp = t.hp
+    cfg["dataset"]["train_on_input"] = hp.train_on_prompt.value
+    cfg.update(seed=None, shuffle=True, batch_size=s.micro_batch, epochs=math.ceil(hp.epochs.value),
+               max_steps_per_epoch=None)
     cfg["gradient_accumulation_steps"] = s.grad_accum
     opt = dict(OPTIMIZERS[s.optimizer])
-    opt["lr"] = learning_rate(s)
+    opt["lr"] = hp.learning_rate.value
+    if s.optimizer in ("adamw", "adamw-8bit", "paged-adamw-8bit"):
+        opt["weight_decay"] = hp.weight_decay.value
     cfg["optimizer"] = opt
-    cfg["lr_scheduler"] = {
-        "_component_": "torchtune.training.lr_schedulers.get_cosine_schedule_with_warmup",
-        "num_warmup_steps": WARMUP_STEPS,
-    }
+    cfg["lr_scheduler"] = {"_component_": TT_SCHEDULERS[hp.scheduler.value], "num_warmup_steps": warmup_steps(t)}
     cfg["loss"] = {"_component_": LOSSES[s.loss]}
     if not s.trains_adapters:
         cfg["optimizer_in_bwd"] = s.optimizer_in_backward
-    cfg["clip_grad_norm"] = None if s.optimizer_in_backward else MAX_GRAD_NORM
+    cfg["clip_grad_norm"] = None if s.optimizer_in_backward else hp.max_grad_norm.value
     cfg["compile"] = s.compile
     cfg["device"] = "cuda"
     cfg["dtype"] = "bf16"
@@ -255,9 +277,24 @@ COMMENTS = {
 }
 
 
+HP_KEYS = {"model.lora_rank": "lora_rank", "model.lora_alpha": "lora_alpha", "model.lora_dropout": "lora_dropout",
+           "dataset.train_on_input": "train_on_prompt", "epochs": "epochs", "optimizer.lr": "learning_rate",
+           "optimizer.weight_decay": "weight_decay", "clip_grad_norm": "max_grad_norm", "lr_scheduler": "scheduler"}
+"""torchtune key path -> :class:`planner.engine.hparams.HyperParams` field, for the reasons written as comments."""
+
+
 def notes(t: Target) -> list[str]:
     s = t.setup
+    hp = t.hp
     out = [f"torchtune is no longer developed upstream; this targets its last release, {TORCHTUNE_VERSION}"]
+    missing = [n for n, on in (("an eval split (val_size)", bool(hp.val_size.value)),
+                               ("NEFTune", hp.neftune_alpha.value is not None),
+                               ("rsLoRA", bool(hp.use_rslora and hp.use_rslora.value)),
+                               ("LoRA+", bool(hp.loraplus_lr_ratio and hp.loraplus_lr_ratio.value))) if on]
+    if missing:
+        out.append(f"torchtune {TORCHTUNE_VERSION}'s recipes have no {', '.join(missing)}: not in torchtune.yaml")
+    if hp.epochs.value != math.ceil(hp.epochs.value):
+        out.append(f"torchtune counts whole epochs: {math.ceil(hp.epochs.value)} instead of {hp.epochs.value:g}")
     if s.recipe != "bf16" and s.method in ("full", "freeze"):
         out.append(f"torchtune trains in pure bf16 (8 bytes/parameter of model state); the plan counted recipe "
                    f"{s.recipe}: torchtune needs less memory than planned and keeps bf16 optimizer states")
@@ -281,7 +318,12 @@ def emit(t: Target) -> Emitted:
         "bash launch.sh torchtune",
     )
     header.insert(1, f"Weights: tune download {t.hf_id} --output-dir {cfg['model_dir']}")
-    comments = dict(COMMENTS)
+    comments = {**COMMENTS, **hp_comments(t, HP_KEYS)}
+    hp = t.hp
+    comments["lr_scheduler.num_warmup_steps"] = (
+        f"{hp.warmup_ratio.value:g} x {hp.total_steps:,} steps: " if hp.total_steps else
+        f"torchtune's shipped configs (run length unknown; {hp.warmup_ratio.value:g} of the steps recommended): ") \
+        + hp.warmup_ratio.comment
     if t.setup.optimizer_in_backward:
         comments["gradient_accumulation_steps"] = "must be 1 with optimizer_in_bwd"
         comments["clip_grad_norm"] = "null: torchtune refuses clipping with optimizer_in_bwd"

@@ -8,6 +8,7 @@ estimates memory or speed, picks a calibration or applies the headroom rule by i
 from __future__ import annotations
 
 from planner.engine.calibration import CalibrationBook
+from planner.engine.dataset import WORST_CASE_PADDING, DatasetShape, memory_setup, speed_setup
 from planner.engine.facts import model_facts
 from planner.engine.memory import estimate_memory
 from planner.engine.results import Plan
@@ -53,23 +54,32 @@ def evaluate(
     *,
     headroom: float = DEFAULT_HEADROOM,
     efficiency: float | None = None,
+    data: DatasetShape | None = None,
 ) -> Plan:
     """Memory, speed and fit of ``setup`` on ``cluster``: an unranked :class:`Plan`.
 
     ``calibration``: every calibration known (the app layer reads ``profiles/calibration/``); the entry for
     this GPU kind and recipe, if any, replaces the engine's defaults in both memory (eq. F1-F2) and speed
-    (eq. S8). ``efficiency``: an explicit override of the speed model's achieved fraction of peak.
+    (eq. S8). ``efficiency``: an explicit override of the speed model's large-GEMM ceiling. ``data``: a measured
+    dataset (``--dataset``): memory at its longest padded batch and speed at its padding or packing
+    (:mod:`planner.engine.dataset`); the plan keeps ``setup`` as given.
     Raises :class:`SetupError` (one line) for an impossible setup.
     """
     validate_setup(setup, model, cluster)
     if efficiency is not None:
         check_efficiency(efficiency)
     facts = model_facts(model, setup)
-    cal = (calibration or CalibrationBook()).lookup(cluster.gpu.name, setup.recipe)
-
-    memory = estimate_memory(facts, cluster, setup, cal)
     book = calibration or CalibrationBook()
-    speed = estimate_speed(facts, cluster, setup, cal, book.speed, efficiency=efficiency)
+    cal = book.lookup(cluster.gpu.name, setup.recipe)
+    mem_setup, mem_note = memory_setup(setup, data) if data is not None else (setup, None)
+    speed_s, speed_note = speed_setup(setup, data) if data is not None else (setup, None)
+    memory = estimate_memory(facts, cluster, mem_setup, cal)
+    speed = estimate_speed(facts, cluster, speed_s, cal, book.speed, efficiency=efficiency)
+    if mem_note:
+        kept = tuple(a for a in memory.assumptions if not a.startswith(WORST_CASE_PADDING))
+        memory = memory.model_copy(update={"setup": setup, "assumptions": (*kept, mem_note)})
+    if speed_note:
+        speed = speed.model_copy(update={"assumptions": (*speed.assumptions, speed_note)})
     return Plan(
         setup=setup,
         memory=memory,

@@ -123,8 +123,9 @@ class Setup(BaseModel):
     framework: Framework = Field("hf", description="the software that runs the plan (speed: per-step and per-layer overhead)")
     padding_efficiency: float = Field(
         1.0, gt=0, le=1,
-        description="real tokens / processed positions of unpacked rows (1.0: packed, or every row full); the GPU "
-        "processes micro_batch x seq_len positions, of which this fraction trains",
+        description="real tokens / processed positions (1.0: every row or pack full): the pad tokens of padded "
+        "micro-batches or the unfilled end of packs; the GPU processes micro_batch x seq_len positions, of which "
+        "this fraction trains (--padding-efficiency, or measured by --dataset)",
     )
     allow_long_seq: bool = Field(False, description="permit seq_len beyond the model's max positions")
 

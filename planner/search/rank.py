@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from planner.engine.calibration import CalibrationBook
+from planner.engine.dataset import DatasetShape
 from planner.engine.evaluate import DEFAULT_HEADROOM, check_efficiency, check_headroom, evaluate, usable_bytes
 from planner.engine.facts import resolve_lora_targets
 from planner.engine.results import Plan
@@ -50,6 +51,8 @@ class SearchRequest:
     """every calibration known (the app layer reads them); None: uncalibrated"""
     efficiency: float | None = None
     """an explicit override of the speed model's achieved fraction of peak"""
+    dataset: DatasetShape | None = None
+    """a measured dataset (``plan --dataset``): memory at its longest batch, speed at its padding / packing"""
 
 
 @dataclass(frozen=True)
@@ -237,7 +240,7 @@ def search(model: ModelProfile, cluster: Cluster, request: SearchRequest, with_s
             try:
                 setup = Setup(**dict(fam, micro_batch=mb, grad_accum=ga))
                 plan = evaluate(model, cluster, setup, request.calibration, headroom=request.headroom,
-                                efficiency=request.efficiency)
+                                efficiency=request.efficiency, data=request.dataset)
             except SetupError as e:
                 first_error = first_error or str(e)
                 break

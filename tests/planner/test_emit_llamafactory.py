@@ -62,7 +62,11 @@ def test_qlora_yaml():
     cfg = lf.llamafactory_config(target("qwen2.5-7b-qlora-4090"))
     assert cfg["quantization_bit"] == 4 and cfg["quantization_method"] == "bnb" and cfg["double_quantization"] is True
     assert cfg["finetuning_type"] == "lora" and cfg["lora_target"] == "all" and cfg["optim"] == "paged_adamw_8bit"
-    assert cfg["template"] == "qwen" and cfg["learning_rate"] == 1e-4 and "deepspeed" not in cfg
+    t = target("qwen2.5-7b-qlora-4090")
+    gb = t.setup.micro_batch * t.setup.grad_accum * t.world_size
+    # QLoRA's 2e-4 at 16 sequences per step, square-root scaled to the plan's global batch (planner.engine.hparams)
+    assert cfg["learning_rate"] == pytest.approx(2e-4 * (gb / 16) ** 0.5, rel=1e-2)
+    assert cfg["template"] == "qwen" and "deepspeed" not in cfg
 
 
 def test_full_zero3_yaml_points_at_the_hf_flavour_json():

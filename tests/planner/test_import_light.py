@@ -19,6 +19,14 @@ def test_import_planner_does_not_import_torch():
     assert _loaded_after("import planner, planner.engine.memory, planner.engine.speed, planner.search.rank, planner.engine.setup") == []
 
 
+def test_data_and_select_modules_are_light():
+    """The pure statistics and rules, and the commands' modules, import neither torch nor transformers (the reader
+    imports transformers only inside the function that loads a tokenizer)."""
+    mods = ("planner.engine.datastats", "planner.engine.dataset", "planner.engine.hparams", "planner.search.select", "planner.app.data_io",
+            "planner.app.commands.data", "planner.app.commands.select", "profiles.languages")
+    assert _loaded_after("import " + ", ".join(mods)) == []
+
+
 def test_main_job_does_not_import_torch():
     code = (
         "import io, contextlib\nfrom planner.app.cli import main\n"

@@ -27,7 +27,7 @@ from profiles.registry import all_models, get_model
 from profiles.schema import ModelProfile
 
 # fields that describe where a profile came from, not the architecture
-PROVENANCE = {"name", "source", "hf_id", "aliases", "notes", "unverified", "not_buildable_reason"}
+PROVENANCE = {"name", "source", "hf_id", "aliases", "notes", "unverified", "not_buildable_reason", "card"}
 
 
 def arch(p: ModelProfile) -> dict:

@@ -35,6 +35,11 @@ examples:
   plan configs --model qwen2.5-7b --gpus 4090 --method qlora --trainer llamafactory --out runs/qwen-qlora
   plan configs --model llama3-70b --gpus 2x8xH100 --pick 2 --trainer hf-deepspeed --out runs/70b
   plan configs --plan runs/llama3-8b/plan.json --trainer torchtune --out runs/llama3-8b-tt --force
+  plan configs --model qwen2.5-7b --gpus 4090 --method qlora --dataset train.jsonl --lr 1e-4 --neftune-alpha 5 --out runs/q
+
+Every file carries the hyper-parameters (learning rate scaled to the plan's global batch, warm-up, epochs, LoRA
+rank / alpha / dropout, schedule, eval split and interval, prompt masking, NEFTune, rsLoRA, LoRA+) with the reason
+and source of each as a comment; PLAN.md lists them. The flags below override any of them.
 """
 
 
@@ -57,6 +62,88 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     o.add_argument("--out", required=True, metavar="DIR", help="folder to write (refused if it exists and is not empty)")
     o.add_argument("--force", action="store_true", help="replace a non-empty --out folder")
     o.add_argument("--json", action="store_true", help="print what was written as JSON")
+    from planner.app.commands.data import add_dataset_args
+
+    add_dataset_args(parser)
+    add_hparam_args(parser)
+
+
+def unit_interval(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text!r}") from None
+    if not 0 <= v < 1:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text!r}")
+    return v
+
+
+def non_negative(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from None
+    if not v >= 0 or v == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}")
+    return v
+
+
+def add_hparam_args(parser: argparse.ArgumentParser) -> None:
+    """Overrides of the recommended hyper-parameters (planner.engine.hparams); each defaults to the recommendation."""
+    from planner.app.commands.common import positive_float
+    from planner.engine.hparams import SCHEDULERS
+
+    h = parser.add_argument_group("hyper-parameters (default: recommended, with the reason in PLAN.md and the files)")
+    h.add_argument("--lr", type=positive_float, metavar="LR", help="learning rate")
+    h.add_argument("--epochs", type=positive_float, metavar="N", help="epochs")
+    h.add_argument("--warmup-ratio", type=unit_interval, metavar="F", help="warm-up fraction of the steps, in [0, 1)")
+    h.add_argument("--scheduler", choices=SCHEDULERS, help="learning-rate schedule after the warm-up")
+    h.add_argument("--weight-decay", type=non_negative, metavar="W", help="AdamW weight decay")
+    h.add_argument("--max-grad-norm", type=positive_float, metavar="N", help="gradient clipping norm")
+    h.add_argument("--train-on-prompt", action=argparse.BooleanOptionalAction, default=None,
+                   help="also train on the prompt tokens (default: no, responses only)")
+    h.add_argument("--val-size", type=unit_interval, metavar="F", help="held-out fraction for evaluation (0: none)")
+    h.add_argument("--eval-steps", type=positive_int, metavar="N", help="evaluate every N optimizer steps")
+    h.add_argument("--neftune-alpha", type=positive_float, metavar="A", help="NEFTune noise alpha, e.g. 5 (default: off)")
+    h.add_argument("--rslora", action=argparse.BooleanOptionalAction, default=None,
+                   help="rank-stabilised LoRA scaling alpha / sqrt(rank) (default: off)")
+    h.add_argument("--loraplus-ratio", type=positive_float, metavar="R",
+                   help="LoRA+: B's learning rate = R x A's, e.g. 16 (default: off)")
+
+
+HPARAM_DESTS = {"lr": "learning_rate", "epochs": "epochs", "warmup_ratio": "warmup_ratio", "scheduler": "scheduler",
+                "weight_decay": "weight_decay", "max_grad_norm": "max_grad_norm", "train_on_prompt": "train_on_prompt",
+                "val_size": "val_size", "eval_steps": "eval_steps", "neftune_alpha": "neftune_alpha",
+                "rslora": "use_rslora", "loraplus_ratio": "loraplus_lr_ratio"}
+
+
+def hyper_parameters(args: argparse.Namespace, model, cluster, plan, data):  # noqa: ANN001, ANN201
+    """The plan's :class:`planner.engine.hparams.HyperParams`: the dataset's size, the dropout's memory, the overrides."""
+    from planner.engine.evaluate import evaluate
+    from planner.engine.hparams import recommend
+
+    s = plan.setup
+    overrides = {field: getattr(args, dest, None) for dest, field in HPARAM_DESTS.items()}
+    if not s.trains_adapters:
+        for dest in ("rslora", "loraplus_ratio"):
+            if getattr(args, dest, None) is not None:
+                raise CliError(f"--{dest.replace('_', '-')} applies to LoRA/QLoRA plans; this plan is {s.method}")
+    cost = None
+    if s.trains_adapters:
+        with_dropout = s.model_copy(update={"lora_dropout": 0.1})
+        cost = (evaluate(model, cluster, with_dropout, data=data).memory.peak_bytes
+                - evaluate(model, cluster, s, data=data).memory.peak_bytes)
+    rows = steps = None
+    if data is not None:
+        from planner.engine.dataset import steps_per_epoch
+
+        rows = data.rows
+        steps = steps_per_epoch(s, cluster.world_size, data)
+    try:
+        return recommend(model, s, cluster.world_size, rows=rows, steps_per_epoch=steps, dropout_cost_bytes=cost,
+                         overrides=overrides)
+    except ValueError as e:
+        raise CliError(str(e)) from None
 
 
 def _from_search(args: argparse.Namespace):  # noqa: ANN202
@@ -66,7 +153,10 @@ def _from_search(args: argparse.Namespace):  # noqa: ANN202
     if not args.model or not args.gpus:
         raise CliError("--model and --gpus are required (or pass --plan plan.json)")
     model, cluster = resolve_target(args)
-    request = search_request(args, top=max(args.pick, 5))
+    from planner.app.commands.data import dataset_from_args
+
+    data = dataset_from_args(args, model)
+    request = search_request(args, top=max(args.pick, 5), dataset=data)
     try:
         result = search(model, cluster, request)
     except SearchError as e:
@@ -77,7 +167,7 @@ def _from_search(args: argparse.Namespace):  # noqa: ANN202
     if args.pick > len(result.plans):
         n = len(result.plans)
         raise CliError(f"--pick {args.pick}: the search ranked only {n} plan(s); use --pick 1..{n}")
-    return model, cluster, result.plans[args.pick - 1]
+    return model, cluster, result.plans[args.pick - 1], data
 
 
 def load_plan_json(args: argparse.Namespace):  # noqa: ANN202
@@ -113,14 +203,17 @@ def load_plan_json(args: argparse.Namespace):  # noqa: ANN202
         asked = parse_cluster(args.gpus)
         if (asked.gpu.name, asked.gpus_per_node, asked.nodes) != (cluster.gpu.name, cluster.gpus_per_node, cluster.nodes):
             raise CliError(f"--gpus {args.gpus} differs from the plan's cluster {cluster.label()}; drop --gpus")
-    plan = evaluate(model, cluster, setup, load_calibration_book(), headroom=args.headroom)
+    from planner.app.commands.data import dataset_from_args
+
+    data = dataset_from_args(args, model)
+    plan = evaluate(model, cluster, setup, load_calibration_book(), headroom=args.headroom, data=data)
     reasons = list(d.get("reasons", []))
     if "headroom_bytes" not in d:
         reasons.append("not ranked by a search (from plan estimate --json)")
     if plan.memory.peak_bytes != old_peak:
         reasons.append(f"re-estimated by this tuneplan: peak {gib(plan.memory.peak_bytes, 2)} per GPU "
                        f"(the plan.json said {gib(old_peak, 2)})")
-    return model, cluster, plan.model_copy(update={"rank": int(d.get("rank", 1)), "reasons": tuple(reasons)})
+    return model, cluster, plan.model_copy(update={"rank": int(d.get("rank", 1)), "reasons": tuple(reasons)}), data
 
 
 def run(args: argparse.Namespace) -> int:
@@ -128,13 +221,13 @@ def run(args: argparse.Namespace) -> int:
     from planner.fileio import write_files
 
     if args.plan:
-        model, cluster, plan = load_plan_json(args)
+        model, cluster, plan, data = load_plan_json(args)
     else:
-        model, cluster, plan = _from_search(args)
+        model, cluster, plan, data = _from_search(args)
     # the command line, for PLAN.md's "Regenerate" (the CLI does not hand argv to commands; read it when it is ours)
     argv = getattr(args, "_argv", None) or (sys.argv[1:] if sys.argv[1:2] == ["configs"] else None)
     command = "plan " + " ".join(shlex.quote(a) for a in argv) if argv else ""
-    target = Target(plan, model, cluster, command=command)
+    target = Target(plan, model, cluster, command=command, hparams=hyper_parameters(args, model, cluster, plan, data))
     try:
         bundle = build_files(target, trainers_for(target, args.trainer))
     except NotExpressible as e:

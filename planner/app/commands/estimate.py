@@ -23,6 +23,7 @@ examples:
   plan estimate --model llama3-8b --gpus 8xA800 --zero 3 --checkpointing full --micro-batch 4
   plan estimate --model qwen2.5-7b --gpus 4090 --method qlora --checkpointing full
   plan estimate --model Qwen/Qwen2.5-7B --gpus 1xh100 --method lora --lora-targets q_proj,v_proj --json
+  plan estimate --model qwen2.5-7b --gpus 4090 --method qlora --no-packing --micro-batch 4 --dataset train.jsonl
 """
 
 
@@ -30,6 +31,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_target_args(parser)
     add_setup_args(parser, search=False)
     add_efficiency_arg(parser)
+    from planner.app.commands.data import add_dataset_args
+
+    add_dataset_args(parser)
     add_output_args(parser)
 
 
@@ -40,16 +44,25 @@ def run(args: argparse.Namespace) -> int:
     from planner.app.render.report import render_estimate
     from planner.engine.evaluate import evaluate
 
+    from planner.app.commands.data import dataset_from_args
+    from planner.engine.dataset import data_train_time
+
     model, cluster = resolve_target(args)
     setup = setup_from_args(args, cluster)
-    plan = evaluate(model, cluster, setup, load_calibration_book(), efficiency=args.efficiency)
+    data = dataset_from_args(args, model)
+    plan = evaluate(model, cluster, setup, load_calibration_book(), efficiency=args.efficiency, data=data)
+    epoch = data_train_time(plan.speed, setup, cluster.world_size, data) if data is not None else None
     if args.json:
         out = plan.memory.to_json()
         out["speed"] = plan.speed.to_json()
+        if epoch is not None:
+            out["dataset"] = {"file": args.dataset, "rows": data.rows, "one_epoch": epoch.to_json()}
         out["per_host"]["capacity_bytes"] = plan.host_capacity_bytes
         out["per_host"]["fits"] = plan.fits_host
         out["fits"] = plan.memory.fits and plan.fits_host
         print_json(out)
     else:
         render_estimate(Console(), plan.memory, plan.speed, plan.host_capacity_bytes)
+        if epoch is not None:
+            print(f"one epoch of {args.dataset} ({data.rows:,} rows): {epoch}")
     return 0 if plan.memory.fits and plan.fits_host else 1

@@ -28,6 +28,7 @@ examples:
   plan --model qwen2.5-7b --gpus 4090 --seq 4096
   plan --model llama3-70b --gpus 2x8xH100 --method lora --json
   plan --model llama3-8b --gpus 8xA800 --dataset-tokens 2e9 --epochs 3 --price-per-gpu-hour 2.1
+  plan --model qwen2.5-7b --gpus 4090 --dataset train.jsonl --no-packing --epochs 3
 """
 
 
@@ -47,6 +48,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     t.add_argument("--avg-tokens", type=positive_float, metavar="N", help="average tokens per sample")
     t.add_argument("--epochs", type=positive_float, default=1.0, metavar="N", help="epochs (default: 1)")
     t.add_argument("--price-per-gpu-hour", type=float, metavar="USD", help="price of one GPU-hour, for the cost")
+    from planner.app.commands.data import add_dataset_args
+
+    add_dataset_args(parser)
     add_output_args(parser)
 
 
@@ -68,20 +72,29 @@ def run(args: argparse.Namespace) -> int:
     from planner.engine.speed.train_time import train_time
 
     model, cluster = resolve_target(args)
+    from planner.app.commands.data import dataset_from_args
+
+    data = dataset_from_args(args, model)
+    if data is not None and (args.dataset_tokens or args.samples or args.avg_tokens):
+        raise CliError("--dataset measures the tokens; drop --dataset-tokens / --samples / --avg-tokens")
     tokens = dataset_tokens(args)
     req = search_request(
         args, objective=args.objective, top=args.top, price_per_gpu_hour=args.price_per_gpu_hour,
-        efficiency=args.efficiency,
+        efficiency=args.efficiency, dataset=data,
     )
     try:
         result = search(model, cluster, req)
     except SearchError as e:
         raise CliError(str(e)) from None
 
-    def tt(speed):  # noqa: ANN001, ANN202
+    def tt(plan):  # noqa: ANN001, ANN202
+        if data is not None:
+            from planner.engine.dataset import data_train_time
+
+            return data_train_time(plan.speed, plan.setup, cluster.world_size, data, args.epochs, args.price_per_gpu_hour)
         if tokens is None:
             return None
-        return train_time(speed, tokens, args.epochs, args.price_per_gpu_hour)
+        return train_time(plan.speed, tokens, args.epochs, args.price_per_gpu_hour)
 
     if args.json:
         out = {
@@ -96,9 +109,11 @@ def run(args: argparse.Namespace) -> int:
             "notes": result.notes,
             "suggestions": result.suggestions,
         }
+        if data is not None:
+            out["dataset"] = {"file": args.dataset, "rows": data.rows, "tokens_after_cutoff": data.real_tokens(args.seq)}
         for p in result.plans:
             d = p.to_json()
-            t = tt(p.speed)
+            t = tt(p)
             if t is not None:
                 d["train_time"] = t.to_json()
             out["plans"].append(d)
@@ -108,5 +123,6 @@ def run(args: argparse.Namespace) -> int:
             ]
         print_json(out)
     else:
-        render_search(Console(), result, explain=args.explain, train_time=(lambda sp: tt(sp)) if tokens else None)
+        render_search(Console(), result, explain=args.explain,
+                      train_time=tt if (tokens or data is not None) else None)
     return 0 if result.plans else 1

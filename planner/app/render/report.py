@@ -133,6 +133,7 @@ def breakdown_row_table(plans: list[Plan]) -> Table:
 
 
 def render_search(console: Console, result, explain: bool = False, train_time=None) -> None:  # noqa: ANN001
+    """The ranked plans; ``train_time(plan)`` -> TrainTime | None adds the time to train to each panel."""
     m, c = result.model, result.cluster
     console.print(f"[bold]{m.name}[/] on [bold]{c.label()}[/] ({gib(c.gpu.memory_bytes)} GiB each)")
     for n in result.notes:
@@ -150,7 +151,7 @@ def render_search(console: Console, result, explain: bool = False, train_time=No
             body = [f"[bold]{p.setup.short()}[/]  recipe {p.setup.recipe}"]
             body += [f"• {r}" for r in p.reasons]
             if train_time is not None:
-                tt = train_time(p.speed)
+                tt = train_time(p)
                 if tt is not None:
                     body.append(f"• {tt}")
             console.print(Panel("\n".join(body), title=f"plan {p.rank}", title_align="left", expand=False))

@@ -214,8 +214,10 @@ def _assumptions(facts: ModelFacts, cluster: Cluster, setup: Setup, params: Spee
         )
     if setup.activation_offload:
         out.append("activation offload: checkpointed block inputs over PCIe, hidden behind compute (S16)")
-    if not setup.packing:
-        out.append(f"no packing: padding efficiency {setup.padding_efficiency:g} of the processed positions train (S17)")
+    if setup.padding_efficiency < 1:
+        out.append(f"{setup.padding_efficiency:.1%} of processed tokens are real (padding or unfilled packs) (S17)")
+    elif not setup.packing:
+        out.append("no packing: rows assumed full, no padding counted (pass --padding-efficiency or --dataset) (S17)")
     if model.sliding_window is not None:
         out.append(f"sliding window {model.sliding_window} ignored: attention FLOPs err high beyond it (S2)")
     if model.moe is not None:
