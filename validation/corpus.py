@@ -73,7 +73,7 @@ NEUTRAL = {"tp": 1, "cp": 1, "pp": 1, "sequence_parallel": 1, "ep": 1, "fp8": Fa
            "badam": False, "unsloth": False, "zero_plus_plus": False, "galore_layerwise": False}
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Case:
     """One corpus record expressed as tuneplan inputs."""
 
@@ -90,13 +90,13 @@ class Case:
     """False: evaluated and reported, but not used to fit (an assumption the fit should not lean on)"""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class SpeedCase(Case):
     tokens_per_s: float = 0.0
     """measured real tokens per second of the whole job"""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class MemoryCase(Case):
     measured_bytes: float | None = None
     kind: str = "unknown"
@@ -158,6 +158,11 @@ def speed_setup(rec: EvidenceRecord) -> tuple[Setup, tuple[str, ...], bool]:
         # rows concatenated without padding, attention within each row: processed = the real tokens
         fields["seq_len"] = max(1, round(float(raw["avg_tokens"])))
         notes.append(f"padding-free rows of {raw['avg_tokens']} tokens on average: attention within each row")
+    elif not fields.get("packing", True) and raw.get("padding_efficiency") and raw.get("avg_tokens"):
+        # dynamic padding with a known real/padded ratio: rows processed at the mean padded length
+        fields["seq_len"] = max(1, round(float(raw["avg_tokens"]) / float(raw["padding_efficiency"])))
+        notes.append(f"dynamically padded rows: mean padded length {fields['seq_len']} tokens, "
+                     f"{raw['padding_efficiency']:.1%} of them real")
     elif not fields.get("packing", True) and "padding_efficiency" not in raw:
         avg = raw.get("avg_tokens")
         if not avg:

@@ -16,12 +16,14 @@ it does not contain) stay at their priors in that fit.
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import math
 import statistics
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from planner.engine.evaluate import evaluate, paged_overflow_bytes
 from planner.engine.facts import model_facts
 from planner.engine.speed.step import estimate_speed
 from planner.engine.speed.params import PRIORS, SpeedParams
@@ -72,20 +74,23 @@ FREE: tuple[Free, ...] = (
     Free("gemm_half_rows", 8.0, 16384.0),
     Free("memory_passes", 1.0, 40.0),
     Free("fused_memory_factor", 0.1, 1.0, fraction=True),
-    Free("layer_overhead_s", 1e-5, 2e-2, "hf"),
-    Free("layer_overhead_s", 1e-5, 2e-2, "torchtune"),
-    Free("layer_overhead_s", 1e-5, 2e-2, "torchtitan"),
-    Free("layer_overhead_s", 1e-5, 2e-2, "other"),
     Free("step_overhead_s", 1e-3, 3.0, "hf"),
     Free("step_overhead_s", 1e-3, 3.0, "torchtune"),
     Free("step_overhead_s", 1e-3, 3.0, "other"),
     Free("link_efficiency", 0.05, 1.0, fraction=True),
-    Free("host_optimizer_bytes_per_s", 1e9, 400e9),
+    Free("pcie_link_efficiency", 0.02, 1.0, fraction=True),
+    Free("host_optimizer_bytes_per_s", 1e9, 400e9, "deepspeed"),
+    Free("host_optimizer_bytes_per_s", 1e9, 400e9, "fsdp"),
+    Free("matmul_efficiency", 0.3, 0.98, "ampere"),
+    Free("matmul_efficiency", 0.3, 0.98, "hopper"),
     Free("matmul_efficiency", 0.3, 0.98, "ada"),
 )
-"""What the corpus fit may move. The large-GEMM ceilings of Ampere, Hopper, Blackwell and CDNA3, the
-attention-kernel efficiencies, HBM and PCIe efficiencies and the collective latency stay at their sourced
-values; a framework's or architecture's parameter is freed only when the training set has runs of it."""
+"""What the corpus fit may move. The large-GEMM ceilings start at their sourced 'maximum achievable
+matmul' values and may only fall below what a tuned benchmark reaches where training runs show it (Blackwell
+and CDNA3, with no runs, keep theirs); the attention-kernel efficiencies, HBM and PCIe efficiencies and the
+collective latency stay at their sourced values; a framework's or architecture's parameter is freed only when the training set has runs of it. The
+per-block host overhead is not fitted: no run in the corpus is launch-bound at the priors (the fit could not
+move it), so it stays at its kernel-count prior."""
 
 
 def _relevant(free: Free, cases: Sequence[SpeedCase]) -> bool:
@@ -96,17 +101,29 @@ def _relevant(free: Free, cases: Sequence[SpeedCase]) -> bool:
     if free.name == "fused_memory_factor":
         return any(c.setup.compile or c.setup.fused_kernels for c in cases)
     if free.name == "host_optimizer_bytes_per_s":
-        return any(c.setup.offload != "none" for c in cases)
+        return any(c.setup.offload != "none" and (c.setup.fsdp is not None) == (free.dict_key == "fsdp")
+                   for c in cases)
     if free.name == "link_efficiency":
-        return any(c.cluster.world_size > 1 for c in cases)
+        return any(c.cluster.world_size > 1 and (c.cluster.gpu.interconnect != "pcie" or c.cluster.nodes > 1)
+                   for c in cases)
+    if free.name == "pcie_link_efficiency":
+        return any(c.cluster.world_size > 1 and c.cluster.gpu.interconnect == "pcie" and c.cluster.nodes == 1
+                   for c in cases)
     return True
+
+
+@functools.lru_cache(maxsize=4096)
+def _paged(case: SpeedCase) -> int:
+    """The paged-optimizer overflow of ``case`` (from the memory estimate, which no speed parameter moves)."""
+    return paged_overflow_bytes(evaluate(case.model, case.cluster, case.setup).memory)
 
 
 def predict(case: SpeedCase, params: SpeedParams) -> float:
     """Predicted real tokens/s of the whole job for ``case`` under ``params``: the speed half of
-    :func:`planner.engine.evaluate.evaluate` (the case's setup was validated when the corpus was loaded)."""
+    :func:`planner.engine.evaluate.evaluate` (the memory half does not depend on ``params``, so it is computed
+    once per case)."""
     return estimate_speed(model_facts(case.model, case.setup), case.cluster, case.setup, None, params,
-                          explain=False).tokens_per_s
+                          paged_bytes=_paged(case), explain=False).tokens_per_s
 
 
 def _objective(cases: Sequence[SpeedCase], weights: Sequence[float], frees: Sequence[Free],
@@ -122,8 +139,9 @@ def _objective(cases: Sequence[SpeedCase], weights: Sequence[float], frees: Sequ
 
 
 def _weights(cases: Sequence[SpeedCase]) -> list[float]:
-    """Each source weighs the same in total; records the fit should not lean on weigh nothing."""
-    n = defaultdict(int)
+    """Each source weighs the same in total, however many rows it has (a 49-row table weighs no more than a
+    7-row one); records the fit should not lean on weigh nothing."""
+    n: dict[str, int] = defaultdict(int)
     for c in cases:
         if c.fit:
             n[c.source] += 1
@@ -202,3 +220,17 @@ def leave_one_source_out(cases: Sequence[SpeedCase], progress: Callable[[str], N
     summary_src = (f"corpus fit {_dt.date.today().isoformat()}: {len(cases)} throughput records from "
                    f"{len({c.source for c in cases})} sources (validation/corpus_fit.py)")
     return SpeedFit(full.model_copy(update={"source": summary_src}), preds, held)
+
+
+def fit_document(fit: SpeedFit, cases: Sequence[SpeedCase] = ()) -> dict:
+    """The shipped fit (``profiles/calibration/speed.json``): the parameters, what they were fitted from and
+    the held-out error that goes with them (from :func:`leave_one_source_out`'s predictions, or the caller's)."""
+    return {
+        "schema_version": 1,
+        "fitted_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "method": "Powell on source-weighted mean |log(predicted / measured)|, pulled towards the priors "
+                  f"(weight {PRIOR_WEIGHT}); validation/corpus_fit.py",
+        "records": len(cases) or len(fit.predictions),
+        "sources": sorted({c.source for c in cases} or {p.case.source for p in fit.predictions}),
+        "params": fit.params.model_dump(mode="json"),
+    }

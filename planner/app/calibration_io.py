@@ -7,6 +7,7 @@ import functools
 import json
 from pathlib import Path
 
+from planner.engine.speed.params import SpeedParams
 from planner.engine.calibration import (
     Calibration,
     CalibrationBook,
@@ -17,6 +18,9 @@ from planner.engine.calibration import (
 
 CALIBRATION_DIR = Path(__file__).resolve().parents[2] / "profiles" / "calibration"
 """Where shipped calibration files live (``profiles/calibration/``)."""
+SPEED_FILE = "speed.json"
+"""The speed model's corpus fit in that folder (``plan calibrate --corpus`` and benchmarks/accuracy_vs_corpus.py
+write it): the :class:`~planner.engine.speed.params.SpeedParams` every estimate uses."""
 
 
 def _read(path: Path) -> Calibration:
@@ -39,10 +43,28 @@ def load_calibration_book(directory: str | Path | None = None) -> CalibrationBoo
     """Every ``*.json`` calibration in ``directory`` (default :data:`CALIBRATION_DIR`) as one book; an absent
     folder is an empty book. Memoised per folder and file modification times."""
     base = Path(directory) if directory is not None else CALIBRATION_DIR
-    files = sorted(base.glob("*.json")) if base.is_dir() else []
-    return _book(tuple((str(p), p.stat().st_mtime_ns) for p in files))
+    files = sorted(p for p in base.glob("*.json") if p.name != SPEED_FILE) if base.is_dir() else []
+    speed = base / SPEED_FILE
+    stamp = speed.stat().st_mtime_ns if speed.is_file() else None
+    return _book(tuple((str(p), p.stat().st_mtime_ns) for p in files), str(speed), stamp)
 
 
 @functools.lru_cache(maxsize=8)
-def _book(files: tuple[tuple[str, int], ...]) -> CalibrationBook:
-    return CalibrationBook(tuple(_read(Path(p)) for p, _ in files))
+def _book(files: tuple[tuple[str, int], ...], speed_path: str, speed_stamp: int | None) -> CalibrationBook:
+    entries = tuple(_read(Path(p)) for p, _ in files)
+    if speed_stamp is None:
+        return CalibrationBook(entries)
+    return CalibrationBook(entries, speed=read_speed_fit(Path(speed_path)))
+
+
+def read_speed_fit(path: Path) -> SpeedParams:
+    """The speed parameters of a corpus fit file; :class:`CalibrationError` (one line) if it does not read."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        return SpeedParams.model_validate(data["params"])
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as e:
+        raise CalibrationError(f"cannot read speed fit {path}: {e}; rerun plan calibrate --corpus") from None
+    except ValueError as e:  # pydantic
+        first = str(e).splitlines()
+        raise CalibrationError(f"invalid speed fit {path}: {' '.join(x.strip() for x in first[1:3])}; "
+                               "rerun plan calibrate --corpus") from None

@@ -11,7 +11,7 @@ from planner.engine.calibration import CalibrationBook
 from planner.engine.dataset import WORST_CASE_PADDING, DatasetShape, memory_setup, speed_setup
 from planner.engine.facts import model_facts
 from planner.engine.memory import estimate_memory
-from planner.engine.results import Plan
+from planner.engine.results import MemoryEstimate, Plan
 from planner.engine.rules import validate_setup
 from planner.engine.setup import Setup, SetupError
 from planner.engine.speed.step import estimate_speed
@@ -46,6 +46,14 @@ def usable_bytes(memory_bytes: int, headroom: float) -> int:
     return int(memory_bytes * (1 - check_headroom(headroom)))
 
 
+def paged_overflow_bytes(memory: MemoryEstimate) -> int:
+    """Optimizer state of a paged optimizer that does not fit the GPU beside everything else: the part of
+    the peak above the GPU's memory, at most the states themselves (0 for other optimizers)."""
+    if not memory.setup.optimizer.startswith("paged"):
+        return 0
+    return max(0, min(memory.categories["optimizer_states"], memory.peak_bytes - memory.capacity_bytes))
+
+
 def evaluate(
     model: ModelProfile,
     cluster: Cluster,
@@ -74,7 +82,8 @@ def evaluate(
     mem_setup, mem_note = memory_setup(setup, data) if data is not None else (setup, None)
     speed_s, speed_note = speed_setup(setup, data) if data is not None else (setup, None)
     memory = estimate_memory(facts, cluster, mem_setup, cal)
-    speed = estimate_speed(facts, cluster, speed_s, cal, book.speed, efficiency=efficiency)
+    speed = estimate_speed(facts, cluster, speed_s, cal, book.speed, efficiency=efficiency,
+                           paged_bytes=paged_overflow_bytes(memory))
     if mem_note:
         kept = tuple(a for a in memory.assumptions if not a.startswith(WORST_CASE_PADDING))
         memory = memory.model_copy(update={"setup": setup, "assumptions": (*kept, mem_note)})

@@ -151,19 +151,20 @@ def communication_bytes_per_gpu(facts: ModelFacts, setup: Setup, world_size: int
 
 
 def ring_bandwidth_bytes_per_s(cluster: Cluster) -> float:
-    """Eq. S11: per-GPU bandwidth of a ring over the cluster, one direction.
+    """Eq. S11: per-GPU bandwidth of a ring over the cluster, one direction (before the achieved-fraction
+    factor of eq. S23).
 
-    One node: the GPU's NVLink / xGMI / PCIe figure (``intra_node_bandwidth_gb_s``, per GPU, one
-    direction). Several nodes: a ring crosses the network, whose per-node bandwidth the node's GPUs share
-    (NCCL runs one ring per NIC / channel), so the bottleneck is ``inter_node / gpus_per_node`` when lower.
-    A ring, not a tree: NCCL's tree all-reduce has the same bandwidth term and a log(N) latency term, and
-    we ignore latency (eq. S10). Errs low (fast) where NCCL does not reach the link's figure (busBw is
-    typically 80-90% of it).
+    One node: the GPU's NVLink / xGMI / PCIe figure (``intra_node_bandwidth_gb_s``, per GPU, one direction).
+    Several nodes: NCCL runs one ring (channel) per NIC, so each node boundary is crossed by all rings
+    together at the node's network bandwidth, while each GPU's own link carries its ring's share: the ring
+    moves at ``min(intra, inter-node per node)`` (nccl-tests ``doc/PERFORMANCE.md``: bus bandwidth; multi-node
+    all-reduce on 8-GPU nodes with one NIC per GPU reaches a bus bandwidth close to the node's network
+    figure). Latency is the separate per-call term of eq. S23.
     """
     intra = cluster.gpu.intra_node_bandwidth_gb_s * 1e9
     if cluster.nodes <= 1:
         return intra
-    return min(intra, cluster.inter_node_bandwidth_bytes_per_s / cluster.gpus_per_node)
+    return min(intra, cluster.inter_node_bandwidth_bytes_per_s)
 
 
 def exposed_seconds(comm_s: float, window_s: float, overlap: float) -> float:

@@ -85,19 +85,26 @@ class SpeedParams(BaseModel):
     )
     link_efficiency: float = Field(
         0.80, gt=0, le=1,
-        description="eq. S23: achieved fraction of the link bandwidth in large collectives (NCCL bus bandwidth / "
-        "link figure). nccl-tests all_reduce on 8xA100 NVLink reaches ~230 of 300 GB/s busBW (NVIDIA "
-        "nccl-tests PERFORMANCE.md and DGX A100 reference numbers): 0.77-0.8; fitted",
+        description="eq. S23: achieved fraction of the link bandwidth in large collectives over NVLink / xGMI / "
+        "the network (NCCL bus bandwidth / link figure). nccl-tests all_reduce on 8xA100 NVLink reaches ~230 of "
+        "300 GB/s busBW (NVIDIA nccl-tests PERFORMANCE.md and DGX A100 reference numbers): 0.77-0.8; fitted",
+    )
+    pcie_link_efficiency: float = Field(
+        0.30, gt=0, le=1,
+        description="eq. S23: the same for GPUs that talk over PCIe only (no NVLink): GeForce cards have no "
+        "peer-to-peer over PCIe, so NCCL stages every transfer through host memory (NCCL_P2P_DISABLE paths, SHM "
+        "transport), and all GPUs of a node share the host's root complex. Prior 0.30 of the PCIe figure; fitted",
     )
     collective_latency_s: float = Field(
         30e-6, ge=0,
         description="eq. S23: fixed time per collective call (NCCL ring latency, tens of microseconds for small "
         "messages on NVLink; nccl-tests small-message timings)",
     )
-    host_optimizer_bytes_per_s: float = Field(
-        25e9, gt=0,
-        description="eq. S15: host memory bandwidth one node's CPU optimizer step reaches under ZeRO-Offload "
-        "(see planner.engine.speed.offload for the measurements behind the 25 GB/s prior); fitted",
+    host_optimizer_bytes_per_s: dict[str, float] = Field(
+        default_factory=lambda: {"deepspeed": 25e9, "fsdp": 25e9},
+        description="eq. S15: host memory bandwidth one node's CPU optimizer step reaches, per implementation: "
+        "DeepSpeed's CPU Adam under ZeRO-Offload ('deepspeed'), torch's AdamW on the CPU under FSDP CPUOffload "
+        "('fsdp'). See planner.engine.speed.offload for the measurements behind the 25 GB/s prior; fitted",
     )
     pcie_efficiency: float = Field(
         0.80, gt=0, le=1,
@@ -112,6 +119,13 @@ class SpeedParams(BaseModel):
 
     def attention(self, arch: str) -> float:
         return self.attention_efficiency.get(arch, 0.35)
+
+    def link(self, interconnect: str) -> float:
+        """Achieved fraction of the intra-node link (eq. S23): PCIe-only GPUs have their own factor."""
+        return self.pcie_link_efficiency if interconnect == "pcie" else self.link_efficiency
+
+    def host_optimizer(self, implementation: str) -> float:
+        return self.host_optimizer_bytes_per_s.get(implementation, 25e9)
 
     def layer_overhead(self, framework: str) -> float:
         return self.layer_overhead_s.get(framework, self.layer_overhead_s.get("other", 0.0))

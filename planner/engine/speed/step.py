@@ -46,6 +46,15 @@ DEEPSPEED_STAGE0_OVERLAP = 0.0
 finished (``allreduce_gradients`` in deepspeed/runtime/engine.py), so nothing hides it."""
 
 
+def paging_seconds(paged_bytes: float, pcie_bytes_per_s: float) -> float:
+    """Eq. S16b: a paged optimizer (bitsandbytes ``PagedAdamW`` / ``PagedAdamW8bit``: states in CUDA unified
+    memory, prefetched for the step) moves the states that do not fit on the GPU over PCIe twice per step:
+    in for the optimizer step, out again when forward and backward need the memory. Zero when they fit
+    (paging then costs nothing: bitsandbytes ``optim/optimizer.py`` prefetches resident pages). Errs fast where
+    the driver evicts and faults page by page instead of streaming."""
+    return 2.0 * paged_bytes / pcie_bytes_per_s if paged_bytes > 0 else 0.0
+
+
 def estimate_speed(
     facts: ModelFacts,
     cluster: Cluster,
@@ -54,6 +63,7 @@ def estimate_speed(
     params: SpeedParams = PRIORS,
     *,
     efficiency: float | None = None,
+    paged_bytes: float = 0.0,
     explain: bool = True,
 ) -> SpeedEstimate:
     """Step time, throughput and MFU of ``setup`` on ``cluster`` (eq. S18).
@@ -69,7 +79,9 @@ def estimate_speed(
 
     ``params`` are the physical parameters (priors, or the corpus fit the app layer loads).
     ``efficiency`` overrides the architecture's large-GEMM ceiling (``--efficiency``), and so does a
-    validation run's calibration for its GPU and recipe (``calibration.mfu``). ``explain=False`` skips the
+    validation run's calibration for its GPU and recipe (``calibration.mfu``). ``paged_bytes``: optimizer
+    state of a paged optimizer that does not fit beside the rest and lives on the host (eq. S16b).
+    ``explain=False`` skips the
     assumption lines (the corpus fit evaluates thousands of estimates).
     """
     gpu = cluster.gpu
@@ -95,7 +107,8 @@ def estimate_speed(
         t_opt = local * optimizer_step_bytes_per_param(setup) / hbm
 
     # communication (S10-S13, S23): ring collectives at the achieved link bandwidth plus a latency per call
-    bw = ring_bandwidth_bytes_per_s(cluster) * params.link_efficiency
+    link_eff = params.link(gpu.interconnect) if cluster.nodes == 1 else params.link_efficiency
+    bw = ring_bandwidth_bytes_per_s(cluster) * link_eff
     overlap = OVERLAP_FRACTION[setup.sharding_label]
     if setup.zero == 0 and setup.fsdp is None and setup.uses_deepspeed and n > 1:
         overlap = DEEPSPEED_STAGE0_OVERLAP
@@ -118,9 +131,12 @@ def estimate_speed(
     # offload (S14-S16)
     pcie = gpu.pcie_bandwidth_gb_s * 1e9 * params.pcie_efficiency
     pcie_bytes = offload_pcie_bytes_per_gpu(facts, setup, n)
-    host_opt_s = host_optimizer_seconds(facts, cluster, setup, params.host_optimizer_bytes_per_s)
+    host_opt_s = host_optimizer_seconds(
+        facts, cluster, setup, params.host_optimizer("fsdp" if setup.fsdp else "deepspeed"))
     act_s = activation_offload_bytes_per_micro_step(facts, setup) / pcie
     offload_s = sum(pcie_bytes.values()) / pcie + host_opt_s + ga * exposed_seconds(act_s, ms.gpu_s, 1.0)
+    # paged optimizer states that do not fit (S16b): paged in for the step, evicted again as activations grow
+    offload_s += paging_seconds(paged_bytes, pcie)
 
     host_wait = max(0.0, ms.host_s - ms.gpu_s)  # the GPU idles while the host launches the rest
     breakdown = {
@@ -158,6 +174,7 @@ def _assumptions(facts: ModelFacts, cluster: Cluster, setup: Setup, params: Spee
     """The parameters and conventions an estimate used, one line each (rendered by the report layer)."""
     gpu, model = cluster.gpu, facts.model
     rows = setup.micro_batch * setup.seq_len
+    link_eff = params.link(gpu.interconnect) if cluster.nodes == 1 else params.link_efficiency
     prec = "fp16" if setup.recipe == "fp16-amp" else "bf16"
     out = [
         f"speed parameters: {params.source}",
@@ -196,7 +213,7 @@ def _assumptions(facts: ModelFacts, cluster: Cluster, setup: Setup, params: Spee
         out.append(f"GPU optimizer step: {optimizer_step_bytes_per_param(setup):g} B/param at HBM bandwidth (S8b)")
     if has_comm:
         out.append(
-            f"ring collectives at {bw / 1e9:g} GB/s per GPU ({params.link_efficiency:.0%} of the "
+            f"ring collectives at {bw / 1e9:g} GB/s per GPU ({link_eff:.0%} of the "
             + ("inter-node link / GPUs per node" if cluster.nodes > 1 else "intra-node link")
             + f"), {params.collective_latency_s * 1e6:g} us per call (S10, S11, S23)"
         )
@@ -210,10 +227,12 @@ def _assumptions(facts: ModelFacts, cluster: Cluster, setup: Setup, params: Spee
         )
         out.append(
             f"host optimizer step: {optimizer_step_bytes_per_param(setup):g} B/param at "
-            f"{params.host_optimizer_bytes_per_s / 1e9:g} GB/s per node, not overlapped (S15)"
+            f"{params.host_optimizer('fsdp' if setup.fsdp else 'deepspeed') / 1e9:g} GB/s per node, not overlapped (S15)"
         )
     if setup.activation_offload:
         out.append("activation offload: checkpointed block inputs over PCIe, hidden behind compute (S16)")
+    if setup.optimizer.startswith("paged"):
+        out.append("paged optimizer: states that do not fit the GPU cross PCIe twice per step (S16b)")
     if setup.padding_efficiency < 1:
         out.append(f"{setup.padding_efficiency:.1%} of processed tokens are real (padding or unfilled packs) (S17)")
     elif not setup.packing:
