@@ -112,9 +112,10 @@ def estimate_speed(
     overlap = OVERLAP_FRACTION[setup.sharding_label]
     if setup.zero == 0 and setup.fsdp is None and setup.uses_deepspeed and n > 1:
         overlap = DEEPSPEED_STAGE0_OVERLAP
-    t_fwd = (ms.gemm_s + ms.attention_s + ms.memory_s) / 3.0  # forward is about a third of a micro-step
-    t_bwd = ms.gpu_s - ms.recompute_s - t_fwd
-    windows = {"backward": t_bwd + ms.recompute_s, "forward+backward": ms.gpu_s, "none": 0.0}
+    # the windows communication can hide in: the micro-step's wall time (the GPU's, or the host's when launches
+    # bind), forward being about a third of it
+    wall = max(ms.gpu_s, ms.host_s)
+    windows = {"backward": wall * 2.0 / 3.0, "forward+backward": wall, "none": 0.0}
     colls = collectives(facts, setup, n)
     per_layer = setup.zero == 3 or setup.fsdp is not None
     by_window: dict[tuple[str, bool], float] = {}
