@@ -143,6 +143,8 @@ def candidate_families(model: ModelProfile, cluster: Cluster, request: SearchReq
                 fam.update(
                     method=method, zero=shard[0], fsdp=shard[1], optimizer=opt, checkpointing=ck,
                     loss=loss, recipe=recipe, offload=off,
+                    # Liger's loss comes with its fused kernels (LLaMA-Factory enable_liger_kernel patches both)
+                    fused_kernels=f.get("fused_kernels", loss == "liger"),
                 )
                 out.append(fam)
     return out

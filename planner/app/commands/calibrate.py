@@ -1,4 +1,5 @@
-"""``plan calibrate``: fit per-GPU, per-recipe correction terms from ``plan validate`` measurements."""
+"""``plan calibrate``: fit per-GPU, per-recipe correction terms from ``plan validate`` measurements, or
+(``--corpus``) the speed model's physical parameters from the evidence corpus of published runs."""
 
 from __future__ import annotations
 
@@ -18,7 +19,13 @@ Each value is the median over the runs; each run is then predicted from a fit on
 runs it came from; plan and plan estimate then say "calibrated from N runs on <GPU>". CPU runs, runs that
 did not finish and runs on devices that match no GPU profile are skipped (listed with --verbose).
 
+With --corpus (no DIR): fit the speed model's parameters (docs/speed.md, "Parameters") to every
+mappable throughput record of the evidence corpus (profiles/evidence/), refit without each source in turn to
+report the leave-one-source-out error (a few minutes per source on 2 cores), and write
+profiles/calibration/speed.json (or --out/speed.json), which plan then uses.
+
 examples:
+  plan calibrate --corpus
   plan calibrate runs/h100
   plan calibrate runs/h100 runs/h100-more --out profiles/calibration
   plan calibrate runs/h100/measurements.jsonl --recipe hf-amp --dry-run
@@ -26,8 +33,10 @@ examples:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("dirs", nargs="+", metavar="DIR",
+    parser.add_argument("dirs", nargs="*", metavar="DIR",
                         help="validation output folders (or their measurements.jsonl files)")
+    parser.add_argument("--corpus", action="store_true",
+                        help="fit the speed model to the evidence corpus instead (no DIR); writes speed.json")
     parser.add_argument("--out", default=None, metavar="DIR",
                         help="where calibration files go (default: profiles/calibration, which plan reads)")
     parser.add_argument("--gpu", metavar="NAME",
@@ -42,7 +51,51 @@ def _pct(x: float | None) -> str:
     return "n/a" if x is None else f"{x * 100:.1f} %"
 
 
+def run_corpus(args: argparse.Namespace) -> int:
+    """Fit the speed parameters to the corpus, with the leave-one-source-out error, and write speed.json."""
+    import json
+    from pathlib import Path
+
+    from planner.app.calibration_io import CALIBRATION_DIR, SPEED_FILE
+    from planner.app.commands.common import print_json
+    from planner.fileio import atomic_write_text
+    from validation.corpus import load
+    from validation.corpus_fit import fit_document, leave_one_source_out
+
+    cases = load().speed
+    sources = sorted({c.source for c in cases})
+    done: list[str] = []
+
+    def progress(src: str) -> None:
+        done.append(src)
+        if not args.json:
+            print(f"  held out {len(done)}/{len(sources)}: {src}", flush=True)
+
+    fit = leave_one_source_out(cases, progress)
+    doc = fit_document(fit, cases)
+    doc["summary"] = fit.summary()
+    path = Path(args.out or CALIBRATION_DIR) / SPEED_FILE
+    if not args.dry_run:
+        atomic_write_text(path, json.dumps(doc, indent=1) + "\n")
+    s = doc["summary"]
+    if args.json:
+        print_json(doc)
+    else:
+        print(f"{s['records']} records from {s['sources']} sources: held-out (leave one source out) median |error| "
+              f"{s['loso_median_abs_error'] * 100:.1f} %, in-sample {s['in_sample_median_abs_error'] * 100:.1f} %")
+        for fam, med in s["family_median_error"].items():
+            print(f"  {fam:16s} {s['family_records'][fam]:4d} records, held-out median {med * 100:+.1f} %")
+        print(("would write " if args.dry_run else "wrote ") + str(path))
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
+    if args.corpus:
+        if args.dirs or args.gpu or args.recipe:
+            raise CliError("--corpus fits the speed model to the published runs; drop DIR, --gpu and --recipe")
+        return run_corpus(args)
+    if not args.dirs:
+        raise CliError("give the validation output folders (DIR ...), or --corpus")
     from pathlib import Path
 
     from planner.app.calibration_io import CALIBRATION_DIR

@@ -14,7 +14,9 @@ from typing import Any, get_args
 
 from planner.app.errors import CliError
 from planner.engine.evaluate import DEFAULT_HEADROOM, check_efficiency, check_headroom
-from planner.engine.setup import Attention, Checkpointing, Loss, Method, Optimizer, Recipe, Setup, default_recipe
+from planner.engine.setup import (
+    Attention, Checkpointing, Framework, Loss, Method, Optimizer, Recipe, Setup, default_recipe,
+)
 from profiles.errors import InputError
 from profiles.cluster import Cluster, parse_cluster
 from profiles.registry import get_model
@@ -38,6 +40,17 @@ def positive_float(text: str) -> float:
         raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
     if not v > 0 or v != v or v == float("inf"):
         raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return v
+
+
+def fraction_arg(text: str) -> float:
+    """A number in (0, 1]."""
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {text!r}") from None
+    if not 0 < v <= 1:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {text!r}")
     return v
 
 
@@ -125,7 +138,14 @@ def add_setup_args(parser: argparse.ArgumentParser, search: bool = False) -> Non
                    help="step the optimizer per parameter during backward (needs --grad-accum 1)")
     g.add_argument("--activation-offload", action="store_true",
                    help="offload checkpointed block inputs to CPU (needs --checkpointing full)")
-    g.add_argument("--compile", action="store_true", help="torch.compile the model")
+    g.add_argument("--compile", action="store_true", help="torch.compile the model (fused elementwise kernels)")
+    g.add_argument("--fused-kernels", action="store_true",
+                   help="Liger / Triton fused RMSNorm, SwiGLU and RoPE (LLaMA-Factory enable_liger_kernel)")
+    g.add_argument("--framework", choices=get_args(Framework), default=d.framework,
+                   help=f"the trainer that runs the plan (its per-step overhead) (default: {d.framework})")
+    g.add_argument("--padding-efficiency", type=fraction_arg, default=d.padding_efficiency, metavar="F",
+                   help="real tokens / processed positions, in (0, 1]: padding or unfilled packs "
+                        "(default: 1.0, rows full; --dataset measures it)")
     g.add_argument("--allow-long-seq", action="store_true",
                    help="allow --seq beyond the model's max positions (you extend RoPE yourself)")
 
@@ -156,6 +176,7 @@ def setup_from_args(args: argparse.Namespace, cluster: Cluster) -> Setup:
         lora_train_lm_head=args.lora_train_lm_head, freeze_layers=args.freeze_layers,
         double_quant=args.double_quant, optimizer_in_backward=args.optimizer_in_backward,
         activation_offload=args.activation_offload, compile=args.compile, allow_long_seq=args.allow_long_seq,
+        fused_kernels=args.fused_kernels, framework=args.framework, padding_efficiency=args.padding_efficiency,
     )
     try:
         return Setup(**fields)
@@ -218,12 +239,12 @@ def fixed_from_args(args: argparse.Namespace) -> dict:
         fixed["fsdp"] = args.fsdp
         fixed.setdefault("zero", 0)
     for name in ("lora_rank", "lora_alpha", "lora_targets", "lora_dropout", "freeze_layers", "double_quant",
-                 "attention", "checkpoint_every"):
+                 "attention", "checkpoint_every", "framework", "padding_efficiency"):
         v = getattr(args, name, None)
         if v is not None:
             fixed[name] = v
     for flag in ("dora", "lora_train_embeddings", "lora_train_lm_head", "optimizer_in_backward",
-                 "activation_offload", "compile", "allow_long_seq"):
+                 "activation_offload", "compile", "fused_kernels", "allow_long_seq"):
         if getattr(args, flag, False):
             fixed[flag] = True
     if args.activation_offload:
