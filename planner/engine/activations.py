@@ -16,6 +16,8 @@ kept as :func:`korthikanti_layer_bytes` for comparison only.
 
 from __future__ import annotations
 
+import functools
+
 from dataclasses import dataclass, field
 
 from planner.engine.dtypes import RecipeBytes
@@ -81,6 +83,17 @@ def _norm_saved(h: int, rb: RecipeBytes, weight_trains: bool, fp32_output: bool 
 
 
 def layer_inventory(facts: ModelFacts, setup: Setup, rb: RecipeBytes, trains_layer: bool) -> LayerInventory:
+    """Saved tensors of one (average) block under ``setup`` (memoised on the fields that decide it)."""
+    key = setup.model_copy(update={"micro_batch": 1, "grad_accum": 1, "zero": 0, "fsdp": None, "offload": "none",
+                                   "optimizer": "adamw", "checkpointing": "none", "checkpoint_every": 1,
+                                   "loss": "plain", "framework": "hf", "padding_efficiency": 1.0,
+                                   "activation_offload": False, "compile": False, "fused_kernels": False,
+                                   "packing": True, "optimizer_in_backward": False})
+    return _layer_inventory(facts, key, rb, trains_layer)
+
+
+@functools.lru_cache(maxsize=4096)
+def _layer_inventory(facts: ModelFacts, setup: Setup, rb: RecipeBytes, trains_layer: bool) -> LayerInventory:
     """Saved tensors of one (average) block under ``setup``.
 
     ``trains_layer``: the block's own weights train (full fine-tuning, or a trainable block of the freeze

@@ -63,6 +63,7 @@ def evaluate(
     headroom: float = DEFAULT_HEADROOM,
     efficiency: float | None = None,
     data: DatasetShape | None = None,
+    explain: bool = True,
 ) -> Plan:
     """Memory, speed and fit of ``setup`` on ``cluster``: an unranked :class:`Plan`.
 
@@ -70,7 +71,8 @@ def evaluate(
     this GPU kind and recipe, if any, replaces the engine's defaults in both memory (eq. F1-F2) and speed
     (eq. S8). ``efficiency``: an explicit override of the speed model's large-GEMM ceiling. ``data``: a measured
     dataset (``--dataset``): memory at its longest padded batch and speed at its padding or packing
-    (:mod:`planner.engine.dataset`); the plan keeps ``setup`` as given.
+    (:mod:`planner.engine.dataset`); the plan keeps ``setup`` as given. ``explain=False`` leaves out the
+    assumption lines (the search explains only the plans it shows).
     Raises :class:`SetupError` (one line) for an impossible setup.
     """
     validate_setup(setup, model, cluster)
@@ -81,9 +83,9 @@ def evaluate(
     cal = book.lookup(cluster.gpu.name, setup.recipe)
     mem_setup, mem_note = memory_setup(setup, data) if data is not None else (setup, None)
     speed_s, speed_note = speed_setup(setup, data) if data is not None else (setup, None)
-    memory = estimate_memory(facts, cluster, mem_setup, cal)
+    memory = estimate_memory(facts, cluster, mem_setup, cal, explain=explain)
     speed = estimate_speed(facts, cluster, speed_s, cal, book.speed, efficiency=efficiency,
-                           paged_bytes=paged_overflow_bytes(memory))
+                           paged_bytes=paged_overflow_bytes(memory), explain=explain)
     if mem_note:
         kept = tuple(a for a in memory.assumptions if not a.startswith(WORST_CASE_PADDING))
         memory = memory.model_copy(update={"setup": setup, "assumptions": (*kept, mem_note)})

@@ -416,12 +416,13 @@ def host_bytes(
 
 
 def estimate_memory(
-    facts: ModelFacts, cluster: Cluster, setup: Setup, calibration: Calibration | None = None
+    facts: ModelFacts, cluster: Cluster, setup: Setup, calibration: Calibration | None = None, explain: bool = True
 ) -> MemoryEstimate:
     """Every byte of one steady-state training step on one GPU rank, by category and phase, and the host.
 
     Assumes a valid setup (:func:`planner.engine.rules.validate_setup`); call it through
-    :func:`planner.engine.evaluate.evaluate`, which checks the setup and builds ``facts`` once."""
+    :func:`planner.engine.evaluate.evaluate`, which checks the setup and builds ``facts`` once. ``explain=False``
+    skips the assumption lines (the search judges hundreds of candidates and explains only the ones it shows)."""
     model = facts.model
     rb = recipe_bytes(setup)
     counts = facts.trainable
@@ -506,7 +507,7 @@ def estimate_memory(
 
     host = host_bytes(model, cluster, setup, rb, ms)
     calib = calibration.label if calibration is not None else "uncalibrated"
-    assumptions = _assumptions(facts, cluster, setup, rb, acts)
+    assumptions = _assumptions(facts, cluster, setup, rb, acts) if explain else []
     return MemoryEstimate(
         model=model.name,
         gpu=cluster.gpu.name,

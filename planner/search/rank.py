@@ -242,7 +242,7 @@ def search(model: ModelProfile, cluster: Cluster, request: SearchRequest, with_s
             try:
                 setup = Setup(**dict(fam, micro_batch=mb, grad_accum=ga))
                 plan = evaluate(model, cluster, setup, request.calibration, headroom=request.headroom,
-                                efficiency=request.efficiency, data=request.dataset)
+                                efficiency=request.efficiency, data=request.dataset, explain=False)
             except SetupError as e:
                 first_error = first_error or str(e)
                 break
@@ -292,6 +292,9 @@ def search(model: ModelProfile, cluster: Cluster, request: SearchRequest, with_s
     for method in dict.fromkeys(p.setup.method for p in families):
         if not any(p.setup.method == method for p in ranked):
             ranked.append(next(p for p in families if p.setup.method == method))
+    # the plans shown are judged again with their assumption lines (candidates were judged without them)
+    ranked = [evaluate(model, cluster, p.setup, request.calibration, headroom=request.headroom,
+                       efficiency=request.efficiency, data=request.dataset) for p in ranked]
     plans = [
         p.model_copy(update={"rank": i + 1, "reasons": tuple(
             explain(p, i, ranked, rejected, usable)
