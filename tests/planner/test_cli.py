@@ -9,6 +9,7 @@ import sys
 
 import pytest
 
+from planner.engine.speed.step import BREAKDOWN
 from tests.helpers import run
 
 
@@ -72,7 +73,7 @@ def test_main_job_json_contract(capsys):
     assert d["plans"] and [p["rank"] for p in d["plans"]] == list(range(1, len(d["plans"]) + 1))
     for p in d["plans"]:
         assert set(p["speed"]) >= {"step_s", "tokens_per_s", "tokens_per_s_per_gpu", "mfu", "breakdown_s"}
-        assert set(p["speed"]["breakdown_s"]) == {"compute", "communication", "offload", "recompute"}
+        assert tuple(p["speed"]["breakdown_s"]) == BREAKDOWN
         per = p["memory"]["per_gpu"]
         assert per["peak_bytes"] <= 0.9 * per["capacity_bytes"]
         assert sum(per["categories"].values()) == per["peak_bytes"]

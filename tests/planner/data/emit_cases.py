@@ -8,6 +8,7 @@ output. The GPU profiles are test doubles with the figures of ``shared/reference
 from __future__ import annotations
 
 from planner.emit import Target
+from planner.engine.speed.step import BREAKDOWN
 from planner.engine.results import CATEGORIES, MemoryEstimate, Plan, SpeedEstimate
 from planner.engine.rules import validate_setup
 from planner.engine.setup import Setup
@@ -78,7 +79,8 @@ def make_speed(cluster, setup: Setup, step_s: float) -> SpeedEstimate:
     flops = 0.4 * peak * step_s * cluster.world_size
     return SpeedEstimate(
         step_s=step_s, tokens_per_step=tokens,
-        breakdown_s={"compute": step_s * 0.8, "communication": step_s * 0.15, "offload": step_s * 0.05, "recompute": 0.0},
+        breakdown_s={**dict.fromkeys(BREAKDOWN, 0.0), "gemm": step_s * 0.8, "communication": step_s * 0.15,
+                     "offload": step_s * 0.05},
         model_flops_per_step=flops, hardware_flops_per_step=flops * 1.3, peak_flops_per_gpu=peak, efficiency=0.5,
         world_size=cluster.world_size, assumptions=("hand-made test estimate",),
     )
