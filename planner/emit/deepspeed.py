@@ -49,7 +49,7 @@ from planner.engine.memory import zero_bucket_elements
 
 Flavour = Literal["explicit", "hf"]
 DEEPSPEED_VERSION = "0.19.8"
-"""The DeepSpeed whose config models the output is tested against (``tests/planner/test_emit_deepspeed.py``)."""
+"""The DeepSpeed whose config models the output is tested against (``tests/planner/emit/test_deepspeed.py``)."""
 STAGE3_MAX_LIVE_PARAMETERS = 1_000_000_000
 STAGE3_MAX_REUSE_DISTANCE = 1_000_000_000
 """Stage-3 release thresholds: the docs and code defaults agree (1e9 each); written so the file says them."""

@@ -1,6 +1,6 @@
 """LLaMA-Factory ``llamafactory-cli train`` YAML for a plan.
 
-Keys are checked against the argument dataclasses of LLaMA-Factory 0.9.5 (``tests/planner/data/
+Keys are checked against the argument dataclasses of LLaMA-Factory 0.9.5 (``tests/planner/emit/data/
 llamafactory_keys_0.9.5.json``; its TrainingArguments fields come from the installed transformers). Behaviour
 this file relies on, from that version's source:
 

@@ -1,7 +1,7 @@
 """torchtune recipe YAML for a plan, where torchtune can run it as planned.
 
 torchtune's development has stopped upstream; 0.6.1 is its last release and the version this output is checked
-against (``tests/planner/data/torchtune_0.6.1.json``, extracted from the wheel). What the recipes require, from
+against (``tests/planner/emit/data/torchtune_0.6.1.json``, extracted from the wheel). What the recipes require, from
 ``recipes/full_finetune_single_device.py`` and ``full_finetune_distributed.py`` of 0.6.1:
 ``optimizer_in_bwd`` refuses gradient accumulation > 1 and any ``clip_grad_norm``;
 ``enable_activation_offloading`` needs ``enable_activation_checkpointing``; ``dtype: fp16`` is refused.

@@ -159,6 +159,7 @@ def test_deepspeed_zero1_in_process_on_cpu(tmp_path):
     assert m.inventory["weights_trainable"] == 2 * 90_688  # bf16 module
 
 
+@pytest.mark.slow  # ~32 s on the 2-core CPU (pytest --durations): torchrun starts two processes
 def test_two_ranks_via_torchrun_on_cpu(tmp_path):
     """The multi-GPU path for real: torchrun starts two gloo ranks running DDP, each writes its record."""
     out = tmp_path / "ddp"

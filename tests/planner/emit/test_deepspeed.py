@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from planner.emit import NotExpressible, deepspeed as ds
 from planner.emit import accelerate as acc
 from planner.engine.memory import zero_bucket_elements
-from tests.planner.data.emit_cases import CASES, expressible, parse_with_deepspeed, random_targets, target
+from tests.planner.emit.data.emit_cases import CASES, expressible, parse_with_deepspeed, random_targets, target
 
 deepspeed = pytest.importorskip("deepspeed")
 DS_CASES = [c for c in CASES if expressible(c, ds.check)]
@@ -163,7 +163,7 @@ def test_random_plans_valid_for_deepspeed(t):
 
 
 def test_not_expressible_reasons_are_one_line():
-    from tests.planner.data.emit_cases import target as tg
+    from tests.planner.emit.data.emit_cases import target as tg
 
     t = tg("llama3.1-8b-lora-fsdp-4xA800")
     with pytest.raises(NotExpressible) as e:

@@ -9,7 +9,7 @@ import pytest
 
 from planner.emit import build_files, trainers_for
 from planner.emit.common import gib
-from tests.planner.data.emit_cases import CASES, target
+from tests.planner.emit.data.emit_cases import CASES, target
 
 
 @pytest.mark.parametrize("case", list(CASES))

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from planner.emit import TRAINERS, NotExpressible, build_files, emit_trainer
 from planner.emit.yamltext import dump
-from tests.planner.data.emit_cases import CASES, random_targets, target
+from tests.planner.emit.data.emit_cases import CASES, random_targets, target
 
 
 def read_back(files: dict[str, str]) -> list[dict]:

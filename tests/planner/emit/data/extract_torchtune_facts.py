@@ -2,11 +2,11 @@
 
 torchtune is not a dependency of tuneplan (and its development has stopped upstream), so these facts are
 extracted once, offline, into ``torchtune_<version>.json`` next to this script, and
-``tests/planner/test_emit_torchtune.py`` checks the generated configs against them.
+``tests/planner/emit/test_torchtune.py`` checks the generated configs against them.
 
 How (reproduce):
     pip download --no-deps torchtune==0.6.1 -d /tmp/tt
-    python tests/planner/data/extract_torchtune_facts.py /tmp/tt/torchtune-0.6.1-py3-none-any.whl
+    python tests/planner/emit/data/extract_torchtune_facts.py /tmp/tt/torchtune-0.6.1-py3-none-any.whl
 
 Nothing is imported from torchtune. With :mod:`ast` the script reads, for each fine-tuning recipe in
 ``recipes/*.py``, the top-level config keys the recipe reads (``cfg.x`` is *required*, ``cfg.get("x")`` is
@@ -144,7 +144,7 @@ def extract(wheel: Path) -> dict:
         configs = {n: read(n) for n in names if n.startswith("recipes/configs/") and n.endswith(".yaml")}
     return {
         "_comment": (
-            "Facts about torchtune extracted by tests/planner/data/extract_torchtune_facts.py from the wheel named in "
+            "Facts about torchtune extracted by tests/planner/emit/data/extract_torchtune_facts.py from the wheel named in "
             "'source' (ast over recipes/*.py and package __init__ files, PyYAML over recipes/configs). Do not edit: "
             "rerun the script."
         ),

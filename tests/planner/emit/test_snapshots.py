@@ -1,15 +1,15 @@
 """Golden snapshots: every file ``plan configs --trainer all`` writes for a handful of hand-made plans, stored
-under tests/planner/snapshots/<case>/. A difference in what a trainer *reads* fails the test; nothing is ever
+under tests/planner/emit/snapshots/<case>/. A difference in what a trainer *reads* fails the test; nothing is ever
 rewritten silently.
 
 What is compared is the settings, not the prose (a wording edit must not break it): JSON and YAML files as
 parsed data without comments, ``_comment`` keys or the plan's ``reasons`` / ``assumptions`` text; shell
-scripts without comment and ``echo`` lines. PLAN.md is prose and is checked by tests/planner/test_emit_plan_md.py.
+scripts without comment and ``echo`` lines. PLAN.md is prose and is checked by tests/planner/emit/test_plan_md.py.
 
 To accept a deliberate change, regenerate and review the diff:
 
-    TUNEPLAN_UPDATE_SNAPSHOTS=1 python -m pytest tests/planner/test_emit_snapshots.py
-    git diff tests/planner/snapshots
+    TUNEPLAN_UPDATE_SNAPSHOTS=1 python -m pytest tests/planner/emit/test_snapshots.py
+    git diff tests/planner/emit/snapshots
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import pytest
 import yaml
 
 from planner.emit import build_files, trainers_for
-from tests.planner.data.emit_cases import CASES, target
+from tests.planner.emit.data.emit_cases import CASES, target
 
 SNAPSHOTS = Path(__file__).parent / "snapshots"
 UPDATE = os.environ.get("TUNEPLAN_UPDATE_SNAPSHOTS") == "1"

@@ -10,8 +10,8 @@ import pytest
 import yaml
 
 from planner.app.cli import main
-from tests.planner.data.emit_cases import check_llamafactory_keys as check_keys_and_values
-from tests.planner.data.emit_cases import parse_with_deepspeed
+from tests.planner.emit.data.emit_cases import check_llamafactory_keys as check_keys_and_values
+from tests.planner.emit.data.emit_cases import parse_with_deepspeed
 
 
 def _run(argv, capsys):

@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 
 from planner.emit import NotExpressible, build_files
 from planner.emit import accelerate as acc
-from tests.planner.data.emit_cases import CASES, expressible, random_targets, target
+from tests.planner.emit.data.emit_cases import CASES, expressible, random_targets, target
 
 transformers = pytest.importorskip("transformers")
 HF_CASES = [c for c in CASES if expressible(c, lambda t: acc.check(t, acc.trainer_for(t.setup)))]

@@ -1,5 +1,5 @@
 """LLaMA-Factory YAML: every key is an argument of LLaMA-Factory 0.9.5 (key list extracted from its wheel into
-tests/planner/data/llamafactory_keys_0.9.5.json by extract_llamafactory_keys.py), every value with a closed set
+tests/planner/emit/data/llamafactory_keys_0.9.5.json by extract_llamafactory_keys.py), every value with a closed set
 of choices is one of them, and the file reads back to the plan's setup."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from planner.emit import NotExpressible
 from planner.emit import llamafactory as lf
 from planner.emit.accelerate import HF_OPTIM
 from profiles.registry import all_models
-from tests.planner.data.emit_cases import (
+from tests.planner.emit.data.emit_cases import (
     CASES,
     LF_KEYS as KEYS,
     check_llamafactory_keys as check_keys_and_values,

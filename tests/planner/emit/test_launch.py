@@ -13,7 +13,7 @@ import pytest
 
 from planner.emit import build_files, trainers_for
 from planner.fileio import write_files
-from tests.planner.data.emit_cases import CASES, target
+from tests.planner.emit.data.emit_cases import CASES, target
 
 BASH = shutil.which("bash")
 pytestmark = pytest.mark.skipif(BASH is None, reason="needs bash")

@@ -2,12 +2,12 @@
 
 Why: the LLaMA-Factory YAML that ``plan configs`` writes must only use keys LLaMA-Factory parses, but installing
 LLaMA-Factory would change this environment's transformers. So the key list is extracted once, offline, into
-``llamafactory_keys_<version>.json`` next to this script, and ``tests/planner/test_emit_llamafactory.py`` checks
+``llamafactory_keys_<version>.json`` next to this script, and ``tests/planner/emit/test_llamafactory.py`` checks
 every generated key against it.
 
 How (reproduce):
     pip download --no-deps llamafactory==0.9.5 -d /tmp/lf
-    python tests/planner/data/extract_llamafactory_keys.py /tmp/lf/llamafactory-0.9.5-py3-none-any.whl
+    python tests/planner/emit/data/extract_llamafactory_keys.py /tmp/lf/llamafactory-0.9.5-py3-none-any.whl
 
 The script never imports LLaMA-Factory. It reads ``llamafactory/hparams/*.py`` with :mod:`ast`, collects the
 annotated fields of every ``@dataclass`` (skipping ``field(init=False)``, which HfArgumentParser does not
@@ -154,7 +154,7 @@ def extract(wheel: Path) -> dict:
     return {
         "_comment": (
             "Argument names accepted by `llamafactory-cli train`, extracted by "
-            "tests/planner/data/extract_llamafactory_keys.py (ast over llamafactory/hparams/*.py of the wheel; "
+            "tests/planner/emit/data/extract_llamafactory_keys.py (ast over llamafactory/hparams/*.py of the wheel; "
             "TrainingArguments adds transformers' Seq2SeqTrainingArguments fields from the transformers version below). "
             "Do not edit by hand: rerun the script."
         ),

@@ -1,5 +1,5 @@
 """torchtune YAML: what the 0.6.1 recipes require (facts extracted from the wheel into
-tests/planner/data/torchtune_0.6.1.json by extract_torchtune_facts.py), the optimizer-in-backward and
+tests/planner/emit/data/torchtune_0.6.1.json by extract_torchtune_facts.py), the optimizer-in-backward and
 activation-offloading rules, the model table against torchtune's shipped configs, and clear refusals."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from planner.emit import NotExpressible
 from planner.emit import torchtune as tt
 from profiles.registry import all_models
-from tests.planner.data.emit_cases import random_targets, target
+from tests.planner.emit.data.emit_cases import random_targets, target
 
 FACTS = json.loads((Path(__file__).parent / "data" / f"torchtune_{tt.TORCHTUNE_VERSION}.json").read_text())
 OUR_TOP_LEVEL = {"model_dir"}
