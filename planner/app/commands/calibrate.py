@@ -77,6 +77,8 @@ def run(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
+    from planner.app.render.fit import print_table
+
     console = Console(soft_wrap=True)
     if not results:
         console.print(f"no usable runs in {', '.join(args.dirs)} ({len(skipped)} record(s) skipped); calibration "
@@ -88,7 +90,8 @@ def run(args: argparse.Namespace) -> int:
     t = Table(title="calibration (hold-out: leave-one-out mean / max relative error)")
     for col in ("GPU", "recipe", "runs", "fixed overhead", "allocator factor", "efficiency", "hold-out reserved",
                 "hold-out device used", "hold-out tokens/s", "hold-out peak (engine)"):
-        t.add_column(col, justify="right" if col not in ("GPU", "recipe") else "left")
+        # figures never shrink; the table splits into parts that repeat GPU and recipe (planner.app.render.fit)
+        t.add_column(col, justify="right" if col not in ("GPU", "recipe") else "left", no_wrap=True)
     for r in results:
         c = r.calibration
         def he(k: str, h: dict = c.holdout_error) -> str:
@@ -98,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
         t.add_row(c.gpu, c.recipe, str(c.n_runs), f"{c.fixed_overhead_bytes / 2**20:,.0f} MiB",
                   f"{c.allocator_factor:.3f}", "n/a" if c.mfu is None else f"{c.mfu:.3f}", he("allocator_factor"),
                   he("fixed_overhead"), he("mfu"), he("peak_total"))
-    console.print(t)
+    print_table(console, t, keep=2)
     for r in results:
         path = r.path or out_dir / calibration_filename(r.gpu, r.recipe)
         console.print(f"{'would write' if args.dry_run else 'wrote'} {path}: {r.calibration.label}", highlight=False)
