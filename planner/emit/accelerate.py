@@ -25,6 +25,7 @@ from planner.emit.common import (
     SGD_MOMENTUM,
     WARMUP_FRACTION,
     Emitted,
+    Job,
     NotExpressible,
     Target,
     half_dtype,
@@ -71,9 +72,16 @@ def trainer_for(setup: Setup) -> str:
     return {"deepspeed": "hf-deepspeed", "fsdp": "hf-fsdp", "ddp": "hf-ddp"}[backend_of(setup)]
 
 
-def check(t: Target, trainer: str) -> None:
+def check(t: Job, trainer: str) -> None:
     """Raise :class:`NotExpressible` unless the HF Trainer with ``trainer``'s backend runs the plan as planned."""
     s = t.setup
+    # what no re-plan of the sharding changes comes first, so that the search reports it (planner.emit.refusal)
+    if s.optimizer_in_backward:
+        raise NotExpressible(trainer, "the HF Trainer has no optimizer-in-backward; use --trainer torchtune")
+    if s.method == "freeze":
+        raise NotExpressible(
+            trainer, "the HF Trainer has no setting to freeze all but the last blocks; use --trainer llamafactory"
+        )
     want = TRAINER_OF[trainer]
     have = backend_of(s)
     if want != have:
@@ -83,12 +91,6 @@ def check(t: Target, trainer: str) -> None:
         )
     if have == "deepspeed":
         ds.check(t, trainer)
-    if s.optimizer_in_backward:
-        raise NotExpressible(trainer, "the HF Trainer has no optimizer-in-backward; use --trainer torchtune")
-    if s.method == "freeze":
-        raise NotExpressible(
-            trainer, "the HF Trainer has no setting to freeze all but the last blocks; use --trainer llamafactory"
-        )
 
 
 def _checkpointing_kwargs(s: Setup) -> dict[str, Any]:

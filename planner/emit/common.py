@@ -99,6 +99,33 @@ class Target:
         return f"{name}-{self.setup.method}"
 
 
+@dataclass(frozen=True)
+class Candidate:
+    """A setup for a model on a cluster before anything is estimated: all a trainer's ``check`` reads (a
+    :class:`Target` has the same attributes). The search filters candidates with
+    :func:`planner.emit.refusal`, so that ``plan configs --trainer X`` ranks only what X can run."""
+
+    model: ModelProfile
+    cluster: Cluster
+    setup: Setup
+
+    @property
+    def facts(self) -> ModelFacts:
+        return model_facts(self.model, self.setup)
+
+    @property
+    def world_size(self) -> int:
+        return self.cluster.world_size
+
+    @property
+    def multi_node(self) -> bool:
+        return self.cluster.nodes > 1
+
+
+Job = Target | Candidate
+"""What a trainer's ``check`` accepts: a planned :class:`Target` or a bare :class:`Candidate`."""
+
+
 class NotExpressible(ValueError):
     """A trainer cannot run the plan as planned: one line saying why and what to do instead."""
 

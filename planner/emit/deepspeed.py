@@ -39,6 +39,7 @@ from planner.emit.common import (
     MAX_GRAD_NORM,
     SGD_MOMENTUM,
     WEIGHT_DECAY,
+    Job,
     NotExpressible,
     Target,
     half_dtype,
@@ -60,7 +61,7 @@ HF_FILENAME = "ds_config_hf.json"
 EXPLICIT_FILENAME = "ds_config.json"
 
 
-def check(t: Target, trainer: str = "hf-deepspeed") -> None:
+def check(t: Job, trainer: str = "hf-deepspeed") -> None:
     """Raise :class:`NotExpressible` unless DeepSpeed can run the plan with the bytes the planner counted."""
     s = t.setup
     if s.fsdp is not None:

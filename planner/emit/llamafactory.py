@@ -28,6 +28,7 @@ from planner.emit.common import (
     SGD_MOMENTUM,
     WARMUP_FRACTION,
     Emitted,
+    Job,
     NotExpressible,
     Target,
     half_dtype,
@@ -78,7 +79,7 @@ def template_for(model: ModelProfile) -> str:
     return TEMPLATES.get(model.model_type, "default")
 
 
-def check(t: Target) -> None:
+def check(t: Job) -> None:
     s = t.setup
     trainer = "llamafactory"
     if s.optimizer_in_backward:

@@ -24,6 +24,7 @@ from planner.emit.common import (
     MAX_GRAD_NORM,
     SGD_MOMENTUM,
     Emitted,
+    Job,
     NotExpressible,
     Target,
     header_lines,
@@ -130,18 +131,10 @@ def recipe_name(t: Target) -> str:
     return f"{kind}_finetune_{where}"
 
 
-def check(t: Target) -> TorchtuneModel:
+def check(t: Job) -> TorchtuneModel:
     """The model's torchtune entry, or :class:`NotExpressible` with the reason."""
     s, trainer = t.setup, "torchtune"
-    if s.zero > 0:
-        raise NotExpressible(trainer, f"the plan uses DeepSpeed ZeRO-{s.zero}; torchtune shards with FSDP2 only "
-                             "(re-plan with --fsdp full-shard)")
-    if t.world_size > 1 and s.fsdp is None:
-        raise NotExpressible(trainer, "the plan replicates the model (DDP); torchtune's distributed recipes always "
-                             "shard with FSDP2 (re-plan with --fsdp full-shard)")
-    if t.world_size == 1 and s.offload != "none":
-        raise NotExpressible(trainer, "torchtune's single-device recipes cannot offload parameters or optimizer "
-                             "states (only the distributed ones, through fsdp_cpu_offload)")
+    # what no re-plan of the sharding changes comes first, so that the search reports it (planner.emit.refusal)
     if s.recipe == "fp16-amp":
         raise NotExpressible(trainer, "torchtune trains in bf16 or fp32, not fp16 (its recipes refuse dtype fp16)")
     if s.method == "freeze":
@@ -153,6 +146,15 @@ def check(t: Target) -> TorchtuneModel:
     if s.method == "qlora" and entry.qlora is None:
         raise NotExpressible(trainer, f"torchtune {TORCHTUNE_VERSION} has no QLoRA builder for {t.model.name}; use "
                              "--method lora or --trainer llamafactory")
+    if s.zero > 0:
+        raise NotExpressible(trainer, f"the plan uses DeepSpeed ZeRO-{s.zero}; torchtune shards with FSDP2 only "
+                             "(re-plan with --fsdp full-shard)")
+    if t.world_size > 1 and s.fsdp is None:
+        raise NotExpressible(trainer, "the plan replicates the model (DDP); torchtune's distributed recipes always "
+                             "shard with FSDP2 (re-plan with --fsdp full-shard)")
+    if t.world_size == 1 and s.offload != "none":
+        raise NotExpressible(trainer, "torchtune's single-device recipes cannot offload parameters or optimizer "
+                             "states (only the distributed ones, through fsdp_cpu_offload)")
     if s.optimizer_in_backward and s.trains_adapters:
         raise NotExpressible(trainer, "torchtune's LoRA recipes have no optimizer_in_bwd")
     if s.loss == "liger":

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 from planner.engine.calibration import CalibrationBook
 from planner.engine.evaluate import DEFAULT_HEADROOM, check_efficiency, check_headroom, evaluate, usable_bytes
@@ -50,6 +50,11 @@ class SearchRequest:
     """every calibration known (the app layer reads them); None: uncalibrated"""
     efficiency: float | None = None
     """an explicit override of the speed model's achieved fraction of peak"""
+    admit: Callable[[Setup], str | None] | None = None
+    """the caller's filter: why a candidate is not searched at all (e.g. ``plan configs --trainer X``: X cannot
+    run it, :func:`planner.emit.refusal`), or None to search it. None: every candidate is searched"""
+    admit_label: str = ""
+    """what the filter stands for, for the notes and the error (e.g. ``--trainer hf-fsdp``)"""
 
 
 @dataclass(frozen=True)
@@ -72,6 +77,8 @@ class SearchResult:
     usable_bytes: int
     notes: list[str]
     suggestions: list[str]
+    excluded: int = 0
+    """candidate families the request's ``admit`` filter kept out of the search"""
 
 
 class SearchError(InputError):
@@ -229,6 +236,7 @@ def search(model: ModelProfile, cluster: Cluster, request: SearchRequest, with_s
     rejected: list[Rejection] = []
     considered = 0
     first_error: str | None = None
+    exclusions: dict[str, int] = {}
     for fam in candidate_families(model, cluster, request):
         for mb in _micro_batches(f, gb, world):
             ga = _grad_accum(gb, mb, world, f)
@@ -243,6 +251,10 @@ def search(model: ModelProfile, cluster: Cluster, request: SearchRequest, with_s
                 break
             except ValueError as e:
                 first_error = first_error or str(e).splitlines()[-1]
+                break
+            why = request.admit(setup) if request.admit is not None else None
+            if why is not None:  # a possible setup the caller cannot use; the micro-batch does not change that
+                exclusions[why] = exclusions.get(why, 0) + 1
                 break
             considered += 1
             mem, speed = plan.memory, plan.speed
@@ -269,6 +281,13 @@ def search(model: ModelProfile, cluster: Cluster, request: SearchRequest, with_s
                 )
                 continue
             fits.append((_score(plan, request.objective), plan))
+    excluded = sum(exclusions.values())
+    if considered == 0 and exclusions:  # possible setups existed, the caller's filter kept them all out
+        what = request.admit_label or "the filter"
+        # the reason that keeps out most of the search space (the emitters check what no re-plan changes first)
+        common = max(exclusions, key=lambda r: (exclusions[r], -list(exclusions).index(r)))
+        more = f" (and {len(exclusions) - 1} other reason{'s' if len(exclusions) > 2 else ''})" if len(exclusions) > 1 else ""
+        raise SearchError(f"no searched setup passes {what} on {cluster.label()}: {common}{more}")
     if considered == 0 and first_error:
         raise SearchError(first_error)
     fits.sort(key=lambda t: t[0])
@@ -300,8 +319,10 @@ def search(model: ModelProfile, cluster: Cluster, request: SearchRequest, with_s
         f"fits = peak per GPU <= {gib(usable)} ({1 - request.headroom:.0%} of {gib(cluster.gpu.memory_bytes)}, --headroom {request.headroom})",
         f"{considered} candidates estimated, {len(fits)} fit, {len(rejected)} rejected",
     ]
+    if excluded:
+        notes.append(f"{excluded} candidate families not searched: {request.admit_label or 'the filter'} cannot run them")
     suggestions = [] if plans or not with_suggestions else suggest(model, cluster, request, rejected, usable)
-    return SearchResult(model, cluster, request, plans, rejected, considered, gb, usable, notes, suggestions)
+    return SearchResult(model, cluster, request, plans, rejected, considered, gb, usable, notes, suggestions, excluded)
 
 
 def explain(plan: Plan, index: int, ranked: list[Plan], rejected: list[Rejection], usable: int) -> list[str]:

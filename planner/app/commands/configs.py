@@ -23,9 +23,10 @@ DESCRIPTION = """Write ready-to-run trainer configs for a plan into a folder: De
 HF-integration "auto" flavour), accelerate config + TrainingArguments, LLaMA-Factory YAML, torchtune YAML
 (where torchtune can express the plan), launch.sh and PLAN.md (the plan in words) with plan.json.
 
-The plan is the top one of a search (same flags as `plan`), the N-th with --pick N, or a plan.json written by
-an earlier run (--plan). A trainer that cannot run the plan as planned is skipped with the reason in PLAN.md;
-asking for only that trainer is an error.
+The plan is the top one of a search (same flags as `plan`) among the setups the named --trainer can run (with
+--trainer all: that at least one of them can run), the N-th with --pick N, or a plan.json written by an
+earlier run (--plan). With --trainer all, a trainer that cannot run the plan as planned is skipped with the
+reason in PLAN.md; a --plan file that the named trainer cannot run is an error.
 
 trainers: hf-deepspeed | hf-fsdp | hf-ddp (the HF Trainer under accelerate with that sharding),
           llamafactory, torchtune, all (the HF backend matching the plan, LLaMA-Factory and torchtune)
@@ -65,8 +66,13 @@ def _from_search(args: argparse.Namespace):  # noqa: ANN202
 
     if not args.model or not args.gpus:
         raise CliError("--model and --gpus are required (or pass --plan plan.json)")
+    from planner.emit import refusal
+
     model, cluster = resolve_target(args)
-    request = search_request(args, top=max(args.pick, 5))
+    # rank only what the named trainer(s) can run (each emitter's own check, planner.emit.refusal)
+    request = search_request(args, top=max(args.pick, 5),
+                             admit=lambda setup: refusal(args.trainer, model, cluster, setup),
+                             admit_label=f"--trainer {args.trainer}")
     try:
         result = search(model, cluster, request)
     except SearchError as e:
