@@ -94,6 +94,17 @@ def get_gpu(name: str) -> GpuProfile:
     return g
 
 
+def local_model_dir(model: ModelProfile) -> str | None:
+    """The folder a profile was read from, absolute, when ``--model`` named a local ``config.json`` or a folder
+    holding one (:func:`profiles.hf_config.profile_from_config_file` records the file's absolute path as the
+    profile's ``source``): what a trainer's ``from_pretrained`` loads. None for shipped profiles, hub ids (a
+    cached hub id loads by its id) and anything whose source is a URL."""
+    if model.hf_id or "://" in model.source:
+        return None
+    p = Path(model.source)
+    return str(p.parent) if p.is_absolute() and p.suffix == ".json" else None
+
+
 def get_model(name: str) -> ModelProfile:
     """Resolve ``--model``: a shipped name or alias, a ``config.json`` path or folder, or a cached hub id."""
     m = _model_index().get(fold(name))

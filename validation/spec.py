@@ -223,11 +223,12 @@ def expand_grid(grid: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def read_plan_file(path: str | Path) -> dict[str, Any]:
-    """Model, cluster and setup of a plan JSON (:func:`planner.plan_file.read_plan_file`, the one reader)."""
+    """Model name, model profile (stored in the file, else resolved by name), cluster and setup of a plan JSON
+    (:func:`planner.plan_file.read_plan_file`, the one reader)."""
     from planner.plan_file import read_plan_file as read
 
     pf = read(path)
-    return {"model": pf.model, "cluster": pf.cluster, "setup": pf.setup}
+    return {"model": pf.model, "profile": pf.load_model(), "cluster": pf.cluster, "setup": pf.setup}
 
 
 def cluster_from_json(c: dict[str, Any]) -> Cluster:

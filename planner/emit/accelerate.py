@@ -214,7 +214,7 @@ def model_settings(t: Target) -> dict[str, Any]:
         if s.zero == 3 or s.fsdp is not None:
             q["bnb_4bit_quant_storage"] = half  # sharded QLoRA: storage dtype must match the other params
         kwargs["quantization_config"] = q
-    out: dict[str, Any] = {"model_name_or_path": t.hf_id, "from_pretrained": kwargs}
+    out: dict[str, Any] = {"model_name_or_path": t.model_path, "from_pretrained": kwargs}
     if s.trains_adapters:
         targets = "all-linear" if s.lora_targets.strip() in ("all-linear", "all") else list(t.facts.lora_targets)
         lora: dict[str, Any] = {

@@ -16,6 +16,7 @@ from planner.engine.results import Plan
 from planner.engine.setup import Setup
 from planner.units import gib as _gib
 from profiles.cluster import Cluster
+from profiles.registry import local_model_dir
 from profiles.schema import ModelProfile
 
 Trainer = Literal["hf-deepspeed", "hf-fsdp", "hf-ddp", "llamafactory", "torchtune"]
@@ -88,9 +89,15 @@ class Target:
         return self.cluster.nodes > 1
 
     @property
-    def hf_id(self) -> str:
-        """What a trainer loads: the hub id, else the model name (a local path the user substitutes)."""
-        return self.model.hf_id or self.model.name
+    def local_dir(self) -> str | None:
+        """The local folder the model was given as (``--model path/to/config.json`` or its folder), absolute."""
+        return local_model_dir(self.model)
+
+    @property
+    def model_path(self) -> str:
+        """What a trainer loads (``model_name_or_path``): the hub id; the folder the user gave, absolute; else the
+        profile's name (a shipped profile without a hub id: a placeholder the user replaces)."""
+        return self.model.hf_id or self.local_dir or self.model.name
 
     @property
     def slug(self) -> str:

@@ -92,7 +92,7 @@ def llamafactory_config(t: Target) -> dict[str, Any]:
     """The YAML as a dict, in LLaMA-Factory's section order (model, method, dataset, output, train)."""
     check(t)
     s = t.setup
-    cfg: dict[str, Any] = {"model_name_or_path": t.hf_id}
+    cfg: dict[str, Any] = {"model_name_or_path": t.model_path}
     if not t.model.transformers_buildable:
         cfg["trust_remote_code"] = True
     cfg["flash_attn"] = FLASH_ATTN[s.attention]

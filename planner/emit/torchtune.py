@@ -178,7 +178,7 @@ def torchtune_config(t: Target) -> dict[str, Any]:
     entry = check(t)
     s = t.setup
     cfg: dict[str, Any] = {
-        "model_dir": f"/tmp/{t.hf_id.split('/')[-1]}",
+        "model_dir": t.local_dir or f"/tmp/{t.model_path.split('/')[-1]}",
         "output_dir": f"output/torchtune/{t.slug}",
     }
     builder = {"full": entry.full, "lora": entry.lora, "qlora": entry.qlora}[s.method]
@@ -282,7 +282,8 @@ def emit(t: Target) -> Emitted:
         "upstream; this is its last release",
         "bash launch.sh torchtune",
     )
-    header.insert(1, f"Weights: tune download {t.hf_id} --output-dir {cfg['model_dir']}")
+    header.insert(1, f"Weights: the checkpoint files in {t.local_dir}" if t.local_dir else
+                  f"Weights: tune download {t.model_path} --output-dir {cfg['model_dir']}")
     comments = dict(COMMENTS)
     if t.setup.optimizer_in_backward:
         comments["gradient_accumulation_steps"] = "must be 1 with optimizer_in_bwd"

@@ -103,13 +103,13 @@ def load_plan_json(args: argparse.Namespace):  # noqa: ANN202
     from planner.plan_file import read_plan_file
 
     pf = read_plan_file(args.plan)
-    d, name, cl = pf.plan, pf.model, pf.cluster
+    d, cl = pf.plan, pf.cluster
     try:
         setup = Setup(**pf.setup)
     except ValidationError as e:
         raise CliError(f"--plan {args.plan}: invalid setup: {str(e).splitlines()[-1].strip()}") from None
     old_peak = pf.peak_bytes if pf.peak_bytes is not None else 0
-    model = get_model(name)
+    model = pf.load_model()  # the stored profile: a plan made from a local config.json re-reads anywhere
     if args.model and get_model(args.model).name != model.name:
         raise CliError(f"--model {args.model} differs from the plan's model {model.name}; drop --model")
     cluster = make_cluster(get_gpu(cl["gpu"]), cl["gpus_per_node"], cl["nodes"], args.host_ram_gib, args.inter_node_gb_s)

@@ -39,6 +39,7 @@ def run(args: argparse.Namespace) -> int:
     from planner.app.calibration_io import load_calibration_book
     from planner.app.render.report import render_estimate
     from planner.engine.evaluate import evaluate
+    from planner.plan_file import model_keys
 
     model, cluster = resolve_target(args)
     setup = setup_from_args(args, cluster)
@@ -49,6 +50,7 @@ def run(args: argparse.Namespace) -> int:
         out["per_host"]["capacity_bytes"] = plan.host_capacity_bytes
         out["per_host"]["fits"] = plan.fits_host
         out["fits"] = plan.memory.fits and plan.fits_host
+        out.update(model_keys(model))  # so that plan configs / validate --plan re-read it anywhere
         print_json(out)
     else:
         render_estimate(Console(), plan.memory, plan.speed, plan.host_capacity_bytes)

@@ -66,6 +66,7 @@ def run(args: argparse.Namespace) -> int:
     from planner.app.render.report import render_search
     from planner.search.rank import SearchError, search
     from planner.engine.speed.train_time import train_time
+    from planner.plan_file import model_keys
 
     model, cluster = resolve_target(args)
     tokens = dataset_tokens(args)
@@ -87,6 +88,7 @@ def run(args: argparse.Namespace) -> int:
         out = {
             "schema_version": 1,
             "model": model.name,
+            **model_keys(model),
             "cluster": {"gpu": cluster.gpu.name, "gpus_per_node": cluster.gpus_per_node, "nodes": cluster.nodes},
             "global_batch": result.global_batch,
             "headroom": args.headroom,

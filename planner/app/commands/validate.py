@@ -99,7 +99,7 @@ def _specs(args: argparse.Namespace) -> list:
         return load_matrix(args.matrix, over)
     if args.plan:
         p = read_plan_file(args.plan)
-        model = resolve_model(args.model or p["model"])
+        model = resolve_model(args.model) if args.model else p["profile"]
         cluster = cluster_from(args.gpus) if args.gpus else cluster_from_json(p["cluster"])
         setup = make_setup(p["setup"], cluster, f"plan {args.plan}: ")
     else:

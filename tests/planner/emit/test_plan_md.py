@@ -54,7 +54,9 @@ def test_plan_md_without_deepspeed_has_no_deepspeed_section():
     assert "DeepSpeed values" not in md and "no QLoRA builder" in md
 
 
-def test_plan_json_is_plan_to_json():
+def test_plan_json_is_plan_to_json_with_the_model():
     t = target("llama3.2-3b-full-obwd-h100")
     files = build_files(t, trainers_for(t, "all")).files
-    assert json.loads(files["plan.json"]) == json.loads(json.dumps(t.plan.to_json()))
+    d = json.loads(files["plan.json"])
+    assert d.pop("model_profile") == json.loads(t.model.model_dump_json()) and d.pop("model_path") is None
+    assert d == json.loads(json.dumps(t.plan.to_json()))
