@@ -77,9 +77,16 @@ def read_plan_file(path: str | Path) -> PlanFile:
     try:
         mem = data["memory"] if isinstance(data.get("memory"), dict) else data  # estimate --json: the estimate
         peak = mem.get("per_gpu", {}).get("peak_bytes")
+        cluster = dict(mem["cluster"])
+        if not (isinstance(cluster.get("gpu"), str) and all(isinstance(cluster.get(k), int) and cluster[k] >= 1
+                                                              for k in ("gpus_per_node", "nodes"))):
+            raise PlanFileError(f"plan file {p}: cluster {cluster} needs gpu (a name), gpus_per_node and nodes "
+                                "(whole numbers >= 1)")
+        if not isinstance(data.get("setup") or mem["setup"], dict):
+            raise TypeError
         return PlanFile(
             model=str(mem["model"]),
-            cluster=dict(mem["cluster"]),
+            cluster=cluster,
             setup=dict(data.get("setup") or mem["setup"]),
             plan=data,
             peak_bytes=int(peak) if peak is not None else None,
@@ -87,6 +94,8 @@ def read_plan_file(path: str | Path) -> PlanFile:
             model_profile=data.get("model_profile", outer.get("model_profile")),
             model_path=data.get("model_path", outer.get("model_path")),
         )
+    except PlanFileError:
+        raise
     except (KeyError, TypeError, AttributeError, ValueError):
         raise PlanFileError(
             f"plan file {p} is not a plan (expected plan.json of plan configs, plan --json or plan estimate --json "

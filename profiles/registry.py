@@ -107,6 +107,9 @@ def local_model_dir(model: ModelProfile) -> str | None:
 
 def get_model(name: str) -> ModelProfile:
     """Resolve ``--model``: a shipped name or alias, a ``config.json`` path or folder, or a cached hub id."""
+    if not name.strip():
+        raise ProfileError("empty model name; give a name such as llama3-8b (list all: plan profiles models), "
+                           "a config.json path or a folder holding one")
     m = _model_index().get(fold(name))
     if m is not None:
         return m

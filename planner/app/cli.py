@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from profiles.errors import InputError
@@ -104,12 +105,23 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+BROKEN_PIPE_EXIT = 1
+"""Exit status when the reader of stdout went away (``plan ... --json | head -1``): 1, as in Python's documented
+recipe and as rich's console does for the tables (``Console.on_broken_pipe``)."""
+
+
 def entry() -> None:
-    """Console-script entry point."""
+    """Console-script entry point (``plan`` and ``python -m planner``). A reader that closes stdout early
+    (``| head``) ends the command quietly: no traceback, exit :data:`BROKEN_PIPE_EXIT`."""
     try:
         code = main()
-    except SystemExit as e:  # argparse exits
-        raise e
+        sys.stdout.flush()  # inside the try: the last buffered output can meet the closed pipe too
+    except BrokenPipeError:
+        # Python's documented recipe (library/signal.html, "Note on SIGPIPE"): point stdout at devnull so that
+        # the interpreter's own flush at exit does not raise again
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        sys.exit(BROKEN_PIPE_EXIT)
     sys.exit(code)
 
 

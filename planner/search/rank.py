@@ -156,6 +156,8 @@ def _micro_batches(fixed: dict, global_batch: int, world: int) -> list[int]:
     if "micro_batch" in fixed:
         return [fixed["micro_batch"]]
     per_rank = global_batch // world
+    if "grad_accum" in fixed:  # the global batch and the accumulation decide the micro-batch
+        return [per_rank // fixed["grad_accum"]]
     mbs, m = [], 1
     while m <= min(per_rank, MAX_MICRO_BATCH):
         if per_rank % m == 0:
@@ -229,6 +231,11 @@ def search(model: ModelProfile, cluster: Cluster, request: SearchRequest, with_s
     if "micro_batch" in f and (gb // world) % f["micro_batch"]:
         raise SearchError(
             f"global batch {gb} is not divisible into micro-batch {f['micro_batch']} x accumulation x "
+            f"data-parallel size {world}"
+        )
+    if "grad_accum" in f and "micro_batch" not in f and (gb // world) % f["grad_accum"]:
+        raise SearchError(
+            f"global batch {gb} is not divisible into accumulation {f['grad_accum']} x micro-batch x "
             f"data-parallel size {world}"
         )
     usable = usable_bytes(cluster.gpu.memory_bytes, request.headroom)

@@ -29,7 +29,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("dirs", nargs="+", metavar="DIR",
                         help="validation output folders (or their measurements.jsonl files)")
     parser.add_argument("--out", default=None, metavar="DIR",
-                        help="where calibration files go (default: profiles/calibration, which plan reads)")
+                        help="where calibration files go (default: profiles/calibration, or $TUNEPLAN_CALIBRATION_DIR; "
+                             "the folder plan reads)")
     parser.add_argument("--gpu", metavar="NAME",
                         help="GPU profile the runs were measured on, when the device name does not resolve to one")
     parser.add_argument("--recipe", metavar="RECIPE", help="fit only this precision recipe")
@@ -45,7 +46,7 @@ def _pct(x: float | None) -> str:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from planner.app.calibration_io import CALIBRATION_DIR
+    from planner.app.calibration_io import calibration_dir
     from planner.engine.calibration import calibration_filename
     from planner.app.commands.common import print_json
 
@@ -63,10 +64,13 @@ def run(args: argparse.Namespace) -> int:
         p = Path(d)
         if not p.exists():
             raise CliError(f"{d} does not exist; pass the --out folder of plan validate")
+    from planner.fileio import check_writable
     from validation.calibrate import fit, write
 
+    out_dir = Path(args.out if args.out is not None else calibration_dir())
+    if not args.dry_run:
+        check_writable(args.out if args.out is not None else out_dir)  # before fitting: nothing half-written
     results, skipped = fit(args.dirs, gpu=gpu, recipe=args.recipe)
-    out_dir = Path(args.out) if args.out else CALIBRATION_DIR
     if not args.dry_run:
         for r in results:
             write(r, out_dir)

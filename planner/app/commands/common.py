@@ -41,6 +41,16 @@ def positive_float(text: str) -> float:
     return v
 
 
+def non_negative_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}")
+    return v
+
+
 def unit_float(text: str) -> float:
     try:
         v = float(text)
@@ -137,7 +147,7 @@ def add_output_args(parser: argparse.ArgumentParser) -> None:
 def resolve_target(args: argparse.Namespace) -> tuple[ModelProfile, Cluster | None]:
     model = get_model(args.model)
     cluster = None
-    if getattr(args, "gpus", None):
+    if getattr(args, "gpus", None) is not None:  # an empty --gpus "" is a bad spec, not an absent one
         cluster = parse_cluster(args.gpus, args.host_ram_gib, args.inter_node_gb_s)
     return model, cluster
 

@@ -64,7 +64,7 @@ def _from_search(args: argparse.Namespace):  # noqa: ANN202
     from planner.app.commands.common import resolve_target, search_request
     from planner.search.rank import SearchError, search
 
-    if not args.model or not args.gpus:
+    if args.model is None or args.gpus is None:
         raise CliError("--model and --gpus are required (or pass --plan plan.json)")
     from planner.emit import refusal
 
@@ -110,10 +110,10 @@ def load_plan_json(args: argparse.Namespace):  # noqa: ANN202
         raise CliError(f"--plan {args.plan}: invalid setup: {str(e).splitlines()[-1].strip()}") from None
     old_peak = pf.peak_bytes if pf.peak_bytes is not None else 0
     model = pf.load_model()  # the stored profile: a plan made from a local config.json re-reads anywhere
-    if args.model and get_model(args.model).name != model.name:
+    if args.model is not None and get_model(args.model).name != model.name:
         raise CliError(f"--model {args.model} differs from the plan's model {model.name}; drop --model")
     cluster = make_cluster(get_gpu(cl["gpu"]), cl["gpus_per_node"], cl["nodes"], args.host_ram_gib, args.inter_node_gb_s)
-    if args.gpus:
+    if args.gpus is not None:
         from profiles.cluster import parse_cluster
 
         asked = parse_cluster(args.gpus)
@@ -131,8 +131,9 @@ def load_plan_json(args: argparse.Namespace):  # noqa: ANN202
 
 def run(args: argparse.Namespace) -> int:
     from planner.emit import NotExpressible, Target, build_files, trainers_for
-    from planner.fileio import write_files
+    from planner.fileio import check_output_folder, write_files
 
+    check_output_folder(args.out, args.force)  # before the search: a bad --out is said at once
     if args.plan:
         model, cluster, plan = load_plan_json(args)
     else:

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import argparse
 
-from planner.app.commands.common import add_setup_args, positive_float, positive_int, setup_from_args
+from planner.app.commands.common import (
+    add_setup_args,
+    non_negative_int,
+    positive_float,
+    positive_int,
+    setup_from_args,
+)
 from planner.app.errors import CliError
 
 NAME = "validate"
@@ -40,7 +46,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_setup_args(parser, search=False)
     r = parser.add_argument_group("how to run")
     r.add_argument("--steps", type=positive_int, default=3, metavar="N", help="timed steps after warm-up (default 3)")
-    r.add_argument("--warmup", type=int, default=2, metavar="K",
+    r.add_argument("--warmup", type=non_negative_int, default=2, metavar="K",
                    help="untimed steps first; the first allocates the optimizer states (default 2)")
     r.add_argument("--device", choices=["cuda", "cpu"], default=None,
                    help="where to run (default: cuda when available, else cpu); cpu runs tiny configs for tests")
@@ -52,7 +58,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="skip the profiled step (memory timeline, categories at the peak, allocator snapshot)")
     r.add_argument("--no-snapshot", dest="snapshot", action="store_false",
                    help="skip the CUDA allocator snapshot (_record_memory_history) of the profiled step")
-    r.add_argument("--profile-step", type=int, metavar="K",
+    r.add_argument("--profile-step", type=non_negative_int, metavar="K",
                    help="profile step K (0-based; default: one extra step after the timed ones)")
     r.add_argument("--out", default="validation-runs", metavar="DIR",
                    help="output folder: measurements.jsonl is appended, report.md rewritten (default: validation-runs)")
@@ -87,8 +93,6 @@ def _specs(args: argparse.Namespace) -> list:
     )
 
     device = _device(args.device)
-    if args.warmup < 0:
-        raise CliError(f"--warmup {args.warmup} is negative; use 0 or more")
     sources = [x for x in (args.plan, args.matrix) if x]
     if len(sources) > 1:
         raise CliError("give one of --plan or --matrix, not both")
@@ -99,11 +103,11 @@ def _specs(args: argparse.Namespace) -> list:
         return load_matrix(args.matrix, over)
     if args.plan:
         p = read_plan_file(args.plan)
-        model = resolve_model(args.model) if args.model else p["profile"]
-        cluster = cluster_from(args.gpus) if args.gpus else cluster_from_json(p["cluster"])
+        model = resolve_model(args.model) if args.model is not None else p["profile"]
+        cluster = cluster_from(args.gpus) if args.gpus is not None else cluster_from_json(p["cluster"])
         setup = make_setup(p["setup"], cluster, f"plan {args.plan}: ")
     else:
-        if not args.model or not args.gpus:
+        if args.model is None or args.gpus is None:
             raise CliError("give --plan FILE, --matrix FILE, or --model MODEL with --gpus SPEC")
         model = resolve_model(args.model)
         cluster = cluster_from(args.gpus, args.host_ram_gib, args.inter_node_gb_s)
@@ -130,9 +134,10 @@ def run(args: argparse.Namespace) -> int:
             if s.world_size > 1:
                 print("  " + " ".join(launch_command(s, Path(args.out), Path(args.out) / "spec.json")))
         return 0
+    from planner.fileio import check_writable
     from validation.runner import run_all
 
-    out = Path(args.out)
+    out = check_writable(args.out)  # appended to, never replaced; refused before anything runs
     skipped: list[str] = []
     done = run_all(specs, out, quiet=args.quiet, console=console, time_budget_s=args.time_budget, skipped=skipped)
     bad = [m for m in done if m.status != "ok"]
