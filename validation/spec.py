@@ -89,22 +89,16 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 def resolve_model(arg: str, base: Path | None = None) -> ModelProfile:
-    """``--model``: a ModelProfile YAML file (tiny test configs), else a shipped name / config.json / hub id.
-    A relative YAML path is looked up from the working directory, then ``base`` (a matrix file's folder), then
-    the project root (so ``validation/data/tiny-qwen2.yaml`` works from anywhere)."""
+    """``--model``, as :func:`profiles.registry.get_model` reads it (a name, a ModelProfile YAML file, a
+    config.json...). A relative YAML path is looked up from the working directory, then ``base`` (a matrix
+    file's folder), then the project root (so ``validation/data/tiny-qwen2.yaml`` works from anywhere)."""
+    from profiles.registry import get_model
+
     p = Path(arg)
     if p.suffix in (".yaml", ".yml") and not p.is_absolute() and not p.is_file():
         for root in [x for x in (base, REPO_ROOT) if x is not None]:
             if (root / p).is_file():
-                p = root / p
-                break
-    if p.suffix in (".yaml", ".yml") and p.is_file():
-        try:
-            return ModelProfile.model_validate(yaml.safe_load(p.read_text(encoding="utf-8")))
-        except ValidationError as e:
-            raise SpecError(f"invalid model profile {arg}: {str(e).splitlines()[-1].strip()}") from None
-    from profiles.registry import get_model
-
+                return get_model(str(root / p))
     return get_model(arg)
 
 

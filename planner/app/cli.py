@@ -59,7 +59,7 @@ def _top_help() -> str:
         "  plan estimate --model qwen2.5-7b --gpus 4090 --method qlora --checkpointing full",
         "  plan profiles models",
         "",
-        "search flags: plan --help-search",
+        "search flags: plan --help-search      version: plan --version",
     ]
     return "\n".join(lines)
 
@@ -75,6 +75,10 @@ def build_parser(name: str | None) -> OneLineParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     mod.add_arguments(parser)
+    from planner.app.version import tuneplan_version
+
+    parser.add_argument("--version", "-V", action="version", version=f"tuneplan {tuneplan_version()}",
+                        help="print tuneplan's version and exit")
     parser.set_defaults(_run=mod.run)
     return parser
 
@@ -83,6 +87,11 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
         print(_top_help())
+        return 0
+    if argv[0] in ("--version", "-V"):
+        from planner.app.version import tuneplan_version
+
+        print(f"tuneplan {tuneplan_version()}")
         return 0
     if argv[0] == "--help-search":
         build_parser(None).print_help()

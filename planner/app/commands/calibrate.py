@@ -65,8 +65,11 @@ def run(args: argparse.Namespace) -> int:
         if not p.exists():
             raise CliError(f"{d} does not exist; pass the --out folder of plan validate")
     from planner.fileio import check_writable
-    from validation.calibrate import fit, write
+    from validation.calibrate import fit, missing_sources, write
 
+    missing = missing_sources(args.dirs)
+    if len(missing) == len(args.dirs):
+        raise CliError(f"no measurements.jsonl in {', '.join(missing)}; pass the --out folder of plan validate")
     out_dir = Path(args.out if args.out is not None else calibration_dir())
     if not args.dry_run:
         check_writable(args.out if args.out is not None else out_dir)  # before fitting: nothing half-written
@@ -76,7 +79,8 @@ def run(args: argparse.Namespace) -> int:
             write(r, out_dir)
     if args.json:
         print_json({"calibrations": [r.calibration.model_dump(mode="json") for r in results],
-                    "files": [str(r.path) for r in results if r.path], "skipped": skipped})
+                    "files": [str(r.path) for r in results if r.path], "skipped": skipped,
+                    "no_measurements": missing})
         return 0 if results else 1
     from rich.console import Console
     from rich.table import Table
@@ -84,9 +88,13 @@ def run(args: argparse.Namespace) -> int:
     from planner.app.render.fit import print_table
 
     console = Console(soft_wrap=True)
+    for m in missing:
+        console.print(f"no measurements.jsonl in {m}; skipped", highlight=False)
     if not results:
-        console.print(f"no usable runs in {', '.join(args.dirs)} ({len(skipped)} record(s) skipped); calibration "
-                      "needs finished CUDA runs (see --verbose)")
+        held = (f"{len(skipped)} record{'s' if len(skipped) != 1 else ''} skipped" if skipped
+                else "they hold no measurement records")
+        console.print(f"no usable runs in {', '.join(args.dirs)} ({held}); calibration needs finished CUDA runs"
+                      + (" (see --verbose)" if skipped and not args.verbose else ""), highlight=False)
         if args.verbose:
             for s in skipped:
                 console.print(f"  skipped {s}", highlight=False)
@@ -115,7 +123,8 @@ def run(args: argparse.Namespace) -> int:
             for pr in r.per_run:
                 console.print(f"  {pr}", highlight=False)
     if skipped:
-        console.print(f"{len(skipped)} record(s) skipped" + (":" if args.verbose else " (--verbose lists them)"))
+        console.print(f"{len(skipped)} record{'s' if len(skipped) != 1 else ''} skipped"
+                      + (":" if args.verbose else " (--verbose lists them)"))
         if args.verbose:
             for s in skipped:
                 console.print(f"  {s}", highlight=False)

@@ -155,12 +155,9 @@ def _html_table(head: list[str], rows: list[list[str]]) -> str:
 
 
 def _provenance(argv: list[str] | None) -> str:
-    try:
-        from importlib.metadata import version
+    from planner.app.version import tuneplan_version
 
-        v = version("tuneplan")
-    except Exception:  # noqa: BLE001 - not installed as a distribution
-        v = "unknown"
+    v = tuneplan_version()
     cmd = "plan capacity " + " ".join(argv or [])
     return f"tuneplan {v}, {_dt.date.today().isoformat()}: `{cmd.strip()}`"
 
@@ -276,13 +273,11 @@ def write_report(result: Any, folder: Path, fmt: str, force: bool, argv: list[st
 
 
 def report_json(result: Any) -> dict:
-    from importlib.metadata import PackageNotFoundError, version
+    from planner.app.version import tuneplan_version
 
     d = result.to_json()
-    try:
-        d["tuneplan_version"] = version("tuneplan")
-    except PackageNotFoundError:
-        d["tuneplan_version"] = None
+    v = tuneplan_version()
+    d["tuneplan_version"] = None if v == "unknown" else v
     return d
 
 

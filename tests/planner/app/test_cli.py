@@ -141,3 +141,17 @@ def test_config_json_model(tmp_path, capsys):
 def test_zero_needs_the_deepspeed_recipe(capsys):
     code, _, err = run(["estimate", "--model", "llama3-8b", "--gpus", "8xA800", "--zero", "2", "--recipe", "hf-amp"], capsys)
     assert code == 2 and err.startswith("plan estimate: error: recipe 'hf-amp' is not what DeepSpeed runs under ZeRO-2")
+
+
+def test_version(capsys):
+    """``plan --version`` (and -V, and after any subcommand) prints the version pyproject.toml declares."""
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[3]
+    declared = re.search(r'^version = "([^"]+)"', (root / "pyproject.toml").read_text(), re.M).group(1)
+    for argv in (["--version"], ["-V"], ["estimate", "--version"], ["--model", "x", "--version"]):
+        code, out, err = run(argv, capsys)
+        assert code == 0 and out == f"tuneplan {declared}\n", (argv, out, err)
+    r = subprocess.run([sys.executable, "-m", "planner", "--version"], cwd=root, capture_output=True, text=True)
+    assert r.returncode == 0 and r.stdout == f"tuneplan {declared}\n" and r.stderr == ""

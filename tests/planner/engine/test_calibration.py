@@ -189,7 +189,7 @@ def test_cli_writes_the_file_that_plan_reads(tmp_path, capsys):
     out = tmp_path / "cal"
     assert main(["calibrate", str(d), "--out", str(out), "--verbose"]) == 0
     text = capsys.readouterr().out
-    assert "calibrated from 5 runs on H100 80GB SXM" in text and "2 record(s) skipped" in text
+    assert "calibrated from 5 runs on H100 80GB SXM" in text and "2 records skipped" in text
     assert "measured on the CPU" in text and "status oom" in text
     c = load_calibration(H100, "hf-amp", out)
     assert c is not None and c.n_runs == 5 and c.label == "calibrated from 5 runs on H100 80GB SXM"
@@ -216,3 +216,22 @@ def test_a_single_run_fits_but_has_no_holdout(tmp_path):
     [r], _ = fit([write_runs(tmp_path, synthetic_runs()[:1])])
     assert r.calibration.holdout_error["allocator_factor"].n == 0
     assert any("one run only" in n for n in r.calibration.notes)
+
+
+def test_cli_counts_records_not_folders(tmp_path, capsys):
+    """An empty folder holds no records: it is named, never counted as "1 record skipped"."""
+    from planner.app.cli import main
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(["calibrate", str(empty)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("plan calibrate: error: no measurements.jsonl in") and "skipped" not in err
+    run = synthetic_runs()[0].model_copy(update={"device": "cpu", "device_gpu": None})
+    d = write_runs(tmp_path, [run])
+    assert main(["calibrate", str(d), str(empty), "--out", str(tmp_path / "cal")]) == 1
+    out = capsys.readouterr().out
+    assert f"no measurements.jsonl in {empty}" in out and "(1 record skipped)" in out
+    assert main(["calibrate", str(d), str(empty), "--json", "--dry-run"]) == 1
+    d = json.loads(capsys.readouterr().out)
+    assert len(d["skipped"]) == 1 and d["no_measurements"] == [str(empty)]
