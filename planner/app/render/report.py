@@ -171,10 +171,17 @@ def render_search(console: Console, result, explain: bool = False, train_time=No
         t.add_column("setup", overflow="fold")
         t.add_column("reason", overflow="fold")
         for r in result.rejected:
-            t.add_row(r.setup.short(), r.reason)
+            t.add_row(candidate_label(r.setup), r.reason)
         print_table(console, t)
     elif result.rejected:
         console.print(f"[dim]{len(result.rejected)} candidates did not fit (--explain lists them)[/]")
+
+
+def candidate_label(setup) -> str:  # noqa: ANN001
+    """A rejected candidate's row label: the plan's short label and its precision recipe, so that candidates
+    differing only in the recipe (hf-amp / bf16) are told apart; with every dimension the search varies
+    (method, sharding, offload, checkpointing, micro-batch x accumulation, optimizer, loss, recipe)."""
+    return f"{setup.short()} · {setup.recipe}"
 
 
 def render_group(*items) -> Group:  # noqa: ANN002

@@ -145,3 +145,17 @@ def test_cli_capacity_at_width(width, monkeypatch, capsys):
     figures += [gib_num(c["plan"]["peak_bytes"]) for c in cells if c.get("plan")]
     figures += [f"{c['plan']['tokens_per_s']:,.0f}" for c in cells if c.get("plan")]
     _assert_whole(out, figures, width)
+
+
+def test_explain_rows_are_distinguishable(search_result):
+    """--explain lists every rejected candidate: no two rows may read the same (the recipe used to be missing,
+    so hf-amp and bf16 candidates looked identical)."""
+    from planner.app.render.report import candidate_label
+
+    labels = [candidate_label(r.setup) for r in search_result.rejected]
+    assert len(search_result.rejected) > 10
+    assert len(set(labels)) == len(labels), [x for x in labels if labels.count(x) > 1][:4]
+    c = _console(200)
+    render_search(c, search_result, explain=True)
+    out = _text(c)
+    assert all(label in out for label in labels)
