@@ -315,7 +315,7 @@ def search(model: ModelProfile, cluster: Cluster, request: SearchRequest, with_s
             ranked.append(next(p for p in families if p.setup.method == method))
     plans = [
         p.model_copy(update={"rank": i + 1, "reasons": tuple(
-            explain(p, i, ranked, rejected, usable)
+            explain(p, i, ranked, rejected, usable, model)
             + ([f"the best {p.setup.method} plan, shown beyond the top {request.top}"] if i >= request.top else [])
         )})
         for i, p in enumerate(ranked)
@@ -332,7 +332,28 @@ def search(model: ModelProfile, cluster: Cluster, request: SearchRequest, with_s
     return SearchResult(model, cluster, request, plans, rejected, considered, gb, usable, notes, suggestions, excluded)
 
 
-def explain(plan: Plan, index: int, ranked: list[Plan], rejected: list[Rejection], usable: int) -> list[str]:
+def sharding_traffic_note(model: ModelProfile, setup: Setup, world_size: int) -> str | None:
+    """What ZeRO-3 / FSDP full-shard costs in communication for *this* setup: the bytes per GPU per optimizer
+    step of the speed model's own collectives (:func:`planner.engine.speed.comm.communication_bytes_per_gpu`,
+    eqs. S10, S12) against the same setup under ZeRO-2. Not the paper's fixed 1.5x (Rajbhandari et al. 2020,
+    sec. 7: full fine-tuning, one micro-step): with adapters the gathers move the frozen base weights while
+    ZeRO-2 reduces only the tiny adapter gradients, and gradient accumulation repeats the gathers."""
+    if not (setup.zero == 3 or setup.fsdp == "full-shard") or world_size <= 1:
+        return None
+    from planner.engine.facts import model_facts
+    from planner.engine.speed.comm import communication_bytes_per_gpu
+
+    facts = model_facts(model, setup)
+    sharded = communication_bytes_per_gpu(facts, setup, world_size)
+    zero2 = communication_bytes_per_gpu(facts, setup.model_copy(update={"zero": 2, "fsdp": None}), world_size)
+    what = "all parameters (the frozen base too)" if setup.trains_adapters or setup.method == "freeze" else "parameters"
+    ratio = f"{sharded / zero2:,.1f}x" if zero2 else "more than"
+    return (f"parameters sharded: {what} gathered in forward and backward of every micro-step; "
+            f"{gib(sharded)} sent per GPU per step, {ratio} the {gib(zero2)} ZeRO-2 would send")
+
+
+def explain(plan: Plan, index: int, ranked: list[Plan], rejected: list[Rejection], usable: int,
+            model: ModelProfile) -> list[str]:
     """Why this plan ranks here: what it trades, and which faster candidates did not fit."""
     s, m, sp = plan.setup, plan.memory, plan.speed
     out: list[str] = []
@@ -347,8 +368,9 @@ def explain(plan: Plan, index: int, ranked: list[Plan], rejected: list[Rejection
         out.append("full fine-tuning: every parameter trains")
     if s.checkpointing == "full":
         out.append(f"activation checkpointing: recomputes the forward ({sp.breakdown_s.get('recompute', 0):.2f} s/step) to fit a larger micro-batch or model")
-    if s.zero == 3 or s.fsdp == "full-shard":
-        out.append("parameters sharded: gathered every micro-step (about 1.5x the communication of ZeRO-2)")
+    traffic = sharding_traffic_note(model, s, sp.world_size)
+    if traffic:
+        out.append(traffic)
     if s.offload != "none":
         out.append(f"offload {s.offload} to CPU: {gib(m.host_bytes)} host RAM per node, bounded by PCIe ({sp.breakdown_s.get('offload', 0):.2f} s/step)")
     if s.optimizer != "adamw":
