@@ -164,6 +164,12 @@ def accelerate_comments(t: Target) -> dict[str, str]:
     return out
 
 
+def deepspeed_owns_optimizer(s: Setup) -> bool:
+    """Whether DeepSpeed's optimizer block (``ds_config_hf.json``) replaces the HF Trainer's ``optim``: then
+    ``optim`` is not written, since it would not take effect (:data:`planner.emit.deepspeed.OPTIM_NOT_WRITTEN`)."""
+    return backend_of(s) == "deepspeed" and ds.owns_optimizer(s)
+
+
 def training_arguments(t: Target) -> dict[str, Any]:
     """``TrainingArguments`` keyword arguments for the plan (transformers 5: ``activation_checkpointing``,
     float ``warmup_steps`` as a fraction)."""
@@ -177,8 +183,9 @@ def training_arguments(t: Target) -> dict[str, Any]:
         "lr_scheduler_type": LR_SCHEDULER,
         "warmup_steps": WARMUP_FRACTION,
         "max_grad_norm": MAX_GRAD_NORM,
-        "optim": HF_OPTIM[s.optimizer],
     }
+    if not deepspeed_owns_optimizer(s):
+        args["optim"] = HF_OPTIM[s.optimizer]
     if s.optimizer == "sgd-momentum":
         args["optim_args"] = f"momentum={SGD_MOMENTUM}"
     args[half_dtype(s)] = True
@@ -273,7 +280,8 @@ def emit(t: Target, trainer: str) -> Emitted:
             "activation_checkpointing": "recompute each block in backward: the plan's checkpointing",
             "use_liger_kernel": "fused linear cross-entropy: logits never materialised",
         },
-        header=header_lines(t, "TrainingArguments for HfArgumentParser(TrainingArguments).parse_yaml_file", run),
+        header=header_lines(t, "TrainingArguments for HfArgumentParser(TrainingArguments).parse_yaml_file", run)
+        + ([ds.OPTIM_NOT_WRITTEN] if deepspeed_owns_optimizer(s) else []),
     )
     files[MODEL_FILE] = dump(
         model_settings(t),

@@ -148,8 +148,9 @@ def llamafactory_config(t: Target) -> dict[str, Any]:
         lr_scheduler_type=LR_SCHEDULER,
         warmup_steps=WARMUP_FRACTION,
         max_grad_norm=MAX_GRAD_NORM,
-        optim=acc.HF_OPTIM[s.optimizer],
     )
+    if not acc.deepspeed_owns_optimizer(s):  # else DeepSpeed's optimizer block runs and optim would be ignored
+        cfg["optim"] = acc.HF_OPTIM[s.optimizer]
     if s.optimizer == "sgd-momentum":
         cfg["optim_args"] = f"momentum={SGD_MOMENTUM}"
     if s.recipe != "bf16":
@@ -222,7 +223,8 @@ def emit(t: Target) -> Emitted:
         cfg,
         comments=COMMENTS,
         sections=SECTIONS,
-        header=header_lines(t, f"LLaMA-Factory {LLAMAFACTORY_VERSION} training config", "bash launch.sh llamafactory"),
+        header=header_lines(t, f"LLaMA-Factory {LLAMAFACTORY_VERSION} training config", "bash launch.sh llamafactory")
+        + ([ds.OPTIM_NOT_WRITTEN] if acc.deepspeed_owns_optimizer(s) else []),
     )
     return Emitted("llamafactory", files, {"llamafactory": launch_lines(t)}, tuple(notes(t)))
 

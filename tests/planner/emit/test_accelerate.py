@@ -58,9 +58,10 @@ def test_training_args_keys_are_transformers_fields():
     names = {o.value for o in OptimizerNames}
     assert set(acc.HF_OPTIM.values()) <= names
     for case in HF_CASES:
-        args = acc.training_arguments(target(case))
+        t = target(case)
+        args = acc.training_arguments(t)
         assert set(args) <= fields, set(args) - fields
-        assert args["optim"] in names
+        assert args["optim"] in names if "optim" in args else acc.deepspeed_owns_optimizer(t.setup)
 
 
 @pytest.mark.parametrize("case", ["llama3-8b-full-zero3-8xA800", "qwen2.5-7b-qlora-4090"])
@@ -144,3 +145,64 @@ def test_random_plans_hf_files(t):
     both = acc_cfg.get("fsdp_config", {}).get("fsdp_activation_checkpointing") and args["activation_checkpointing"]
     assert not both
     build_files(t, [trainer])
+
+
+def _optimizer_transformers_builds(files: dict[str, str], args_key: str, args_file: str) -> str:
+    """Run transformers' own DeepSpeed integration (integrations/deepspeed.py ``deepspeed_optim_sched``) on the
+    emitted files: ``"deepspeed"`` when the DeepSpeed config's optimizer block wins, ``"trainer"`` when the
+    Trainer builds the optimizer that ``optim`` names."""
+    import json
+
+    from transformers import HfArgumentParser, TrainingArguments
+    from transformers.integrations.deepspeed import deepspeed_optim_sched
+
+    args = yaml.safe_load(files[args_file])
+    keep = {f.name for f in dataclasses.fields(TrainingArguments) if f.init}
+    args = {k: v for k, v in args.items() if k in keep}
+    ds_cfg = json.loads(files["ds_config_hf.json"])
+    (parsed,) = HfArgumentParser(TrainingArguments).parse_dict({**args, "use_cpu": True, "deepspeed": ds_cfg})
+    hf_ds = parsed.hf_deepspeed_config
+
+    class Trainer:  # what deepspeed_optim_sched asks of the Trainer
+        built = False
+
+        def create_optimizer(self):  # noqa: ANN202
+            Trainer.built = True
+            return object()
+
+        def create_scheduler(self, num_training_steps, optimizer):  # noqa: ANN001, ANN202
+            return None
+
+    opt, _ = deepspeed_optim_sched(Trainer(), hf_ds, parsed, 100, [])
+    return "trainer" if Trainer.built else "deepspeed"
+
+
+ZERO_OFFLOAD = [("llama3-70b-full-zero3-offload-2x8xH100", {}),
+                ("llama3-8b-full-zero3-8xA800", {"offload": "optimizer"}),
+                ("llama3-8b-full-zero3-8xA800", {"optimizer": "adamw-8bit"}),
+                ("llama3-8b-full-zero3-8xA800", {})]
+
+
+@pytest.mark.parametrize("case, change", ZERO_OFFLOAD)
+def test_every_optimizer_setting_written_takes_effect(case, change):
+    """With ZeRO optimizer offload the DeepSpeed config carries its own optimizer, and transformers then ignores
+    ``optim``: the HF Trainer's and LLaMA-Factory's files leave ``optim`` out and say why; without that block
+    ``optim`` is written and it is what the Trainer builds. Checked with transformers' own code."""
+    from planner.emit import deepspeed as ds
+    from planner.emit import llamafactory as lf
+
+    t = target(case)
+    if change:
+        from dataclasses import replace
+
+        t = replace(t, plan=t.plan.model_copy(update={"setup": t.setup.model_copy(update=change)}))
+    files = acc.emit(t, "hf-deepspeed").files
+    args = yaml.safe_load(files[acc.TRAINING_ARGS_FILE])
+    built = _optimizer_transformers_builds(files, "optim", acc.TRAINING_ARGS_FILE)
+    has_block = "optimizer" in __import__("json").loads(files["ds_config_hf.json"])
+    assert built == ("deepspeed" if has_block else "trainer")
+    assert ("optim" in args) == (built == "trainer")
+    assert ("No `optim` key" in files[acc.TRAINING_ARGS_FILE]) == has_block
+    lf_cfg = yaml.safe_load(lf.emit(t).files[lf.FILENAME])
+    assert ("optim" in lf_cfg) == (built == "trainer")
+    assert has_block == ds.owns_optimizer(t.setup)
