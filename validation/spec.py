@@ -225,7 +225,9 @@ def read_plan_file(path: str | Path) -> dict[str, Any]:
     return {"model": pf.model, "profile": pf.load_model(), "cluster": pf.cluster, "setup": pf.setup}
 
 
-def cluster_from_json(c: dict[str, Any]) -> Cluster:
+def cluster_from_json(c: dict[str, Any], host_ram_gib: float | None = None,
+                      inter_node_gb_s: float | None = None) -> Cluster:
     from profiles.registry import get_gpu
 
-    return make_cluster(get_gpu(str(c["gpu"])), int(c.get("gpus_per_node", 1)), int(c.get("nodes", 1)))
+    return make_cluster(get_gpu(str(c["gpu"])), int(c.get("gpus_per_node", 1)), int(c.get("nodes", 1)),
+                        host_ram_gib, inter_node_gb_s)

@@ -83,6 +83,19 @@ def build_parser(name: str | None) -> OneLineParser:
     return parser
 
 
+_UNSET = object()
+
+
+def explicit_dests(parser: argparse.ArgumentParser, argv: list[str]) -> frozenset[str]:
+    """The destinations the command line set, whatever their defaults: ``argv`` parsed once more into a
+    namespace that holds a sentinel for every destination (argparse fills a default only where the namespace
+    has none). Used by the one rule for flags a setup ignores (:func:`planner.app.commands.common.refuse_unused`)."""
+    dests = {a.dest for a in parser._actions if a.dest != argparse.SUPPRESS}
+    probe = argparse.Namespace(**{d: _UNSET for d in dests})
+    parser.parse_args(argv, namespace=probe)
+    return frozenset(d for d in dests if getattr(probe, d) is not _UNSET)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
@@ -103,7 +116,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"plan: error: {unknown_choice_message('command', argv[0], SUBCOMMANDS)}", file=sys.stderr)
         return 2
     parser = build_parser(name)
-    args = parser.parse_args(argv[1:] if name else argv)
+    rest = argv[1:] if name else argv
+    args = parser.parse_args(rest)
+    args._explicit = explicit_dests(parser, rest)
     try:
         return int(args._run(args) or 0)
     except InputError as e:

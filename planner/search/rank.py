@@ -19,6 +19,7 @@ from typing import Any, Callable, Literal
 from planner.engine.calibration import CalibrationBook
 from planner.engine.evaluate import DEFAULT_HEADROOM, check_efficiency, check_headroom, evaluate, usable_bytes
 from planner.engine.facts import resolve_lora_targets
+from planner.engine.rules import check_used
 from planner.engine.results import Plan
 from planner.engine.setup import Setup, SetupError, candidate_recipes
 from planner.units import gib
@@ -53,6 +54,9 @@ class SearchRequest:
     admit: Callable[[Setup], str | None] | None = None
     """the caller's filter: why a candidate is not searched at all (e.g. ``plan configs --trainer X``: X cannot
     run it, :func:`planner.emit.refusal`), or None to search it. None: every candidate is searched"""
+    explicit: frozenset[str] = frozenset()
+    """the Setup fields the user gave explicitly: one that every searched family ignores is refused
+    (:func:`planner.engine.rules.check_used`)"""
     admit_label: str = ""
     """what the filter stands for, for the notes and the error (e.g. ``--trainer hf-fsdp``)"""
 
@@ -238,13 +242,22 @@ def search(model: ModelProfile, cluster: Cluster, request: SearchRequest, with_s
             f"global batch {gb} is not divisible into accumulation {f['grad_accum']} x micro-batch x "
             f"data-parallel size {world}"
         )
+    families = candidate_families(model, cluster, request)
+    if request.explicit:
+        setups = []
+        for fam in families:
+            try:
+                setups.append(Setup(**dict(fam, micro_batch=1, grad_accum=1)))
+            except ValueError:
+                continue
+        check_used(setups, request.explicit, searched=True)
     usable = usable_bytes(cluster.gpu.memory_bytes, request.headroom)
     fits: list[tuple[tuple, Plan]] = []
     rejected: list[Rejection] = []
     considered = 0
     first_error: str | None = None
     exclusions: dict[str, int] = {}
-    for fam in candidate_families(model, cluster, request):
+    for fam in families:
         for mb in _micro_batches(f, gb, world):
             ga = _grad_accum(gb, mb, world, f)
             if ga is None:

@@ -28,6 +28,11 @@ The plan is the top one of a search (same flags as `plan`) among the setups the 
 earlier run (--plan). With --trainer all, a trainer that cannot run the plan as planned is skipped with the
 reason in PLAN.md; a --plan file that the named trainer cannot run is an error.
 
+With --plan, setup flags change the plan's setup (e.g. --micro-batch 2 --grad-accum 4): the result is
+re-estimated and PLAN.md says what changed and whether it still fits. Everywhere, a flag the chosen setup does
+not use (--lora-rank with --method full, --freeze-layers without --method freeze, --double-quant without
+qlora, --checkpoint-every without checkpointing; in a search: with no searched plan using it) is refused.
+
 trainers: hf-deepspeed | hf-fsdp | hf-ddp (the HF Trainer under accelerate with that sharding),
           llamafactory, torchtune, all (the HF backend matching the plan, LLaMA-Factory and torchtune)
 
@@ -51,7 +56,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="take the N-th ranked plan of the search (default: 1, the best)")
     which.add_argument("--plan", metavar="PLAN_JSON",
                        help="a plan.json from an earlier `plan configs`, `plan --json` output (its first plan) or "
-                            "`plan estimate --json` output; re-estimated with this tuneplan")
+                            "`plan estimate --json` output; re-estimated with this tuneplan. Setup flags given "
+                            "with --plan change the plan's setup (re-estimated; PLAN.md says what changed and "
+                            "whether it still fits); --global-batch is refused (the plan fixes the batch)")
     add_search_args(g)
     o = parser.add_argument_group("output")
     o.add_argument("--trainer", choices=TRAINER_CHOICES, default="all", help="which trainer's configs (default: all)")
@@ -91,23 +98,19 @@ def load_plan_json(args: argparse.Namespace):  # noqa: ANN202
     whose first plan is taken, or ``plan estimate --json`` output, the same forms ``plan validate --plan``
     reads). The setup is taken as written and re-estimated with this tuneplan (the file's numbers may come from
     another version); the search's reasons are kept."""
-    from pydantic import ValidationError
-
     from planner.app.calibration_io import load_calibration_book
+    from planner.app.commands.common import explicit_setup_fields, refuse_given, setup_with_overrides
     from planner.engine.evaluate import evaluate
-    from planner.engine.setup import Setup
+    from planner.engine.rules import flag_of
+    from planner.plan_file import read_plan_file
     from planner.units import gib
     from profiles.cluster import make_cluster
     from profiles.registry import get_gpu, get_model
 
-    from planner.plan_file import read_plan_file
-
+    refuse_given(args, ["global_batch"], "with --plan (the plan's micro-batch and accumulation fix the batch; "
+                                         "change them with --micro-batch / --grad-accum)")
     pf = read_plan_file(args.plan)
     d, cl = pf.plan, pf.cluster
-    try:
-        setup = Setup(**pf.setup)
-    except ValidationError as e:
-        raise CliError(f"--plan {args.plan}: invalid setup: {str(e).splitlines()[-1].strip()}") from None
     old_peak = pf.peak_bytes if pf.peak_bytes is not None else 0
     model = pf.load_model()  # the stored profile: a plan made from a local config.json re-reads anywhere
     if args.model is not None and get_model(args.model).name != model.name:
@@ -119,13 +122,24 @@ def load_plan_json(args: argparse.Namespace):  # noqa: ANN202
         asked = parse_cluster(args.gpus)
         if (asked.gpu.name, asked.gpus_per_node, asked.nodes) != (cluster.gpu.name, cluster.gpus_per_node, cluster.nodes):
             raise CliError(f"--gpus {args.gpus} differs from the plan's cluster {cluster.label()}; drop --gpus")
+    setup = setup_with_overrides(pf.setup, args, cluster, f"--plan {args.plan}: ", model)
     plan = evaluate(model, cluster, setup, load_calibration_book(), headroom=args.headroom)
     reasons = list(d.get("reasons", []))
     if "headroom_bytes" not in d:
         reasons.append("not ranked by a search (from plan estimate --json)")
+    overridden = sorted(f for f in explicit_setup_fields(args) if pf.setup.get(f) != getattr(setup, f))
+    if overridden:
+        reasons.append("setup changed on the command line: " + ", ".join(
+            f"{flag_of(f)} {getattr(setup, f)} (the plan had {pf.setup.get(f)})" for f in overridden))
     if plan.memory.peak_bytes != old_peak:
         reasons.append(f"re-estimated by this tuneplan: peak {gib(plan.memory.peak_bytes, 2)} per GPU "
                        f"(the plan.json said {gib(old_peak, 2)})")
+    if not plan.fits:
+        why = (f"peak {gib(plan.memory.peak_bytes, 2)} per GPU > {gib(plan.usable_bytes, 2)} usable"
+               if not plan.fits_gpu else f"host RAM {gib(plan.memory.host_bytes, 2)} per node > "
+               f"{gib(plan.host_capacity_bytes, 2)}")
+        reasons.append(f"DOES NOT FIT{' with the changes given' if overridden else ''}: {why} "
+                       "(plan estimate shows the breakdown)")
     return model, cluster, plan.model_copy(update={"rank": int(d.get("rank", 1)), "reasons": tuple(reasons)})
 
 
@@ -157,6 +171,8 @@ def run(args: argparse.Namespace) -> int:
         })
         return 0
     out = sys.stdout
+    if not plan.fits:
+        sys.stderr.write(f"warning: {next(r for r in plan.reasons if r.startswith('DOES NOT FIT'))}\n")
     out.write(f"plan {plan.rank}: {model.name} on {cluster.label()}: {plan.setup.short()}\n")
     out.write(f"wrote {len(written)} files to {args.out}: {', '.join(p.name for p in written)}\n")
     for r in bundle.refused:

@@ -42,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
     from planner.plan_file import model_keys
 
     model, cluster = resolve_target(args)
-    setup = setup_from_args(args, cluster)
+    setup = setup_from_args(args, cluster, model)
     plan = evaluate(model, cluster, setup, load_calibration_book(), efficiency=args.efficiency)
     if args.json:
         out = plan.memory.to_json()

@@ -59,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
     model, cluster = resolve_target(args)
     if cluster is None:
         raise CliError("--gpus is required, e.g. --gpus A800 or --gpus 8xH100")
-    setup = setup_from_args(args, cluster)
+    setup = setup_from_args(args, cluster, model)
     import validation.trace as vt  # torch-free; torch itself is imported only when the trace runs
 
     try:
