@@ -86,14 +86,27 @@ def build_parser(name: str | None) -> OneLineParser:
 _UNSET = object()
 
 
+class _UnsetList(list):
+    """The "not given" marker for appending actions (see :func:`explicit_dests`)."""
+
+
 def explicit_dests(parser: argparse.ArgumentParser, argv: list[str]) -> frozenset[str]:
     """The destinations the command line set, whatever their defaults: ``argv`` parsed once more into a
     namespace that holds a sentinel for every destination (argparse fills a default only where the namespace
     has none). Used by the one rule for flags a setup ignores (:func:`planner.app.commands.common.refuse_unused`)."""
-    dests = {a.dest for a in parser._actions if a.dest != argparse.SUPPRESS}
-    probe = argparse.Namespace(**{d: _UNSET for d in dests})
+    unset: dict[str, object] = {}
+    for a in parser._actions:
+        if a.dest == argparse.SUPPRESS:
+            continue
+        if isinstance(a, argparse._CountAction):
+            unset[a.dest] = None  # counts start from None
+        elif isinstance(a, (argparse._AppendAction, argparse._AppendConstAction)):
+            unset[a.dest] = _UnsetList()  # appending actions copy the list they find, so its identity changes
+        else:
+            unset[a.dest] = _UNSET
+    probe = argparse.Namespace(**unset)
     parser.parse_args(argv, namespace=probe)
-    return frozenset(d for d in dests if getattr(probe, d) is not _UNSET)
+    return frozenset(d for d, v in unset.items() if getattr(probe, d) is not v)
 
 
 def main(argv: list[str] | None = None) -> int:
