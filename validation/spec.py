@@ -131,8 +131,14 @@ def cluster_from(gpus: str, host_ram_gib: float | None = None, inter_node_gb_s: 
 
 
 def check(spec: RunSpec) -> RunSpec:
-    """Reject impossible setups (:func:`planner.engine.setup.validate_setup`) before anything runs."""
+    """Reject, before anything runs (and before ``--dry-run`` says it would): impossible setups
+    (:func:`planner.engine.rules.validate_setup`), a ``dataset`` that is not a file and ``weights`` that are not
+    a folder (else the run would fail after loading the model and leave an error record)."""
     validate_setup(spec.setup, spec.model, spec.cluster)
+    if spec.dataset is not None and not Path(spec.dataset).expanduser().is_file():
+        raise SpecError(f"dataset {spec.dataset!r} is not a file; give a JSONL file of samples")
+    if spec.weights is not None and not Path(spec.weights).expanduser().is_dir():
+        raise SpecError(f"weights {spec.weights!r} is not a folder; give a local checkpoint folder (from_pretrained)")
     return spec
 
 

@@ -172,3 +172,18 @@ def test_fixed_grad_accum_keeps_the_global_batch(capsys):
     assert {p["setup"]["micro_batch"] * p["setup"]["grad_accum"] * 8 for p in d["plans"]} == {d["global_batch"]}
     code, out, err = run(["--model", "llama3-8b", "--gpus", "8xA800", "--grad-accum", "3"], capsys)
     _one_line(code, out, err, "plan: error: ", "global batch 64 is not divisible into accumulation 3")
+
+
+@pytest.mark.parametrize("flag, value, message", [("--dataset", "missing.jsonl", "is not a file"),
+                                                  ("--weights", "missing-folder", "is not a folder"),
+                                                  ("--weights", "afile", "is not a folder")])
+def test_validate_checks_dataset_and_weights_before_running(flag, value, message, tmp_path, monkeypatch, capsys):
+    """Used to load the model, fail, and append an error record; now refused up front, even with --dry-run."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "afile").write_text("x")
+    out = tmp_path / "runs"
+    for extra in (["--dry-run"], ["--out", str(out)]):
+        code, stdout, err = run(["validate", "--model", TINY, "--gpus", "H100", "--device", "cpu", "--seq", "32",
+                                 "--quiet", flag, value, *extra], capsys)
+        _one_line(code, stdout, err, "plan validate: error: ", message)
+    assert not out.exists()
