@@ -17,7 +17,9 @@ from planner.app.commands.common import (
 NAME = "estimate"
 HELP = "every byte and second of one explicit setup"
 DESCRIPTION = """Estimate one explicit setup: memory per GPU by category and phase, host RAM, speed.
-Unset flags take the trainers' defaults (see each flag).
+Unset flags take the trainers' defaults (see each flag). A flag the setup does not use (--lora-rank with
+--method full, --double-quant without qlora, --checkpoint-every without checkpointing) is refused.
+Exit status: 0 fits, 1 does not fit (GPU memory or host RAM), 2 bad input.
 
 examples:
   plan estimate --model llama3-8b --gpus 8xA800 --zero 3 --checkpointing full --micro-batch 4

@@ -22,6 +22,8 @@ NAME = None
 HELP = "rank the training plans that fit"
 DESCRIPTION = """Rank the training plans that fit the cluster, fastest first, each with its memory breakdown,
 its speed, and why it beat the others. Every setup flag you pass fixes that dimension; the rest are searched.
+A flag that no searched plan uses (--lora-rank with --method full, --freeze-layers without --method freeze)
+is refused.
 
 examples:
   plan --model llama3-8b --gpus 8xA800
