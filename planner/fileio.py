@@ -13,8 +13,9 @@ of ours but the error base class.
   the new ones moved in, and only then the old ones deleted (on a failure the old entries are put back).
   A folder that holds the current working directory is refused: replacing it would delete where you stand.
 
-Errors are one-line :class:`OutputError` messages naming the path: a path that is a file, a folder that
-cannot be written (permissions, a read-only file system), a refused replacement.
+Errors are one-line :class:`OutputError` messages naming the path: an empty path, a path that is a file (or
+lies below one), a folder that cannot be written (permissions, a read-only file system), a refused
+replacement. :func:`check_writable` and :func:`check_output_folder` say so before any work is done.
 """
 
 from __future__ import annotations
@@ -46,12 +47,37 @@ def _os_error(what: str, path: Path, e: OSError) -> OutputError:
     return OutputError(f"cannot write {what} {path}: {e.strerror or e}")
 
 
-def check_output_folder(out_dir: str | os.PathLike[str], force: bool, what: str = "--out") -> Path:
-    """Refuse, before any work, what :func:`write_files` would refuse: a file, a non-empty folder without
-    ``force``, a folder holding the working directory. Returns the path."""
+def check_writable(out_dir: str | os.PathLike[str], what: str = "--out") -> Path:
+    """Refuse, before any work, a folder that cannot be written: an empty path, a path that is a file or lies
+    below one, a folder (or, for a new one, the nearest existing folder above it) without write permission or
+    on a read-only file system. Creates nothing. Returns the path."""
+    if not str(out_dir).strip():
+        raise OutputError(f"{what} is empty; give a folder, e.g. {what} runs/plan1")
     dest = Path(out_dir)
     if dest.exists() and not dest.is_dir():
         raise OutputError(f"{what} {dest} exists and is not a folder; choose another path")
+    base = dest.absolute()
+    while not base.exists() and base != base.parent:
+        base = base.parent
+    if not base.is_dir():
+        raise OutputError(f"{what} {dest}: {base} is a file, not a folder; choose another path")
+    if not os.access(base, os.W_OK | os.X_OK):
+        why = "a read-only file system" if _read_only(base) else "no write permission"
+        raise OutputError(f"cannot write {what} {dest}: {base} is not writable ({why}); choose another folder")
+    return dest
+
+
+def _read_only(path: Path) -> bool:
+    try:
+        return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+    except (OSError, AttributeError):
+        return False
+
+
+def check_output_folder(out_dir: str | os.PathLike[str], force: bool, what: str = "--out") -> Path:
+    """Refuse, before any work, what :func:`write_files` would refuse: what :func:`check_writable` refuses,
+    a non-empty folder without ``force``, a folder holding the working directory. Returns the path."""
+    dest = check_writable(out_dir, what)
     if dest.is_dir():
         try:
             non_empty = any(dest.iterdir())
@@ -155,8 +181,16 @@ def _fsync_dir(path: Path) -> None:
 
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
     """Write ``text`` to ``path`` via a temporary file in the same folder and ``os.replace``: a reader sees
-    the old file or the new one, never half of either."""
+    the old file or the new one, never half of either. A file system error is a one-line :class:`OutputError`
+    naming the path."""
     path = Path(path)
+    try:
+        _atomic_write_text(path, text)
+    except OSError as e:
+        raise _os_error("file", path, e) from None
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:

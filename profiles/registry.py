@@ -2,8 +2,9 @@
 
 Lookup is case-insensitive over names and aliases, with separators folded (``llama3-8b``,
 ``Llama-3-8B``, ``meta-llama/Meta-Llama-3-8B`` all resolve). An unknown name raises :class:`ProfileError`
-with the closest matches. ``--model`` may also be a path to a ``config.json``, a folder holding one, or a
-hub id whose config sits in the local Hugging Face cache (see :mod:`profiles.hf_config`).
+with the closest matches. ``--model`` may also be a model profile YAML file, a path to a ``config.json``, a
+folder holding one, or a hub id whose config sits in the local Hugging Face cache (see
+:mod:`profiles.hf_config`).
 """
 
 from __future__ import annotations
@@ -94,11 +95,62 @@ def get_gpu(name: str) -> GpuProfile:
     return g
 
 
+def local_model_dir(model: ModelProfile) -> str | None:
+    """The folder a profile was read from, absolute, when ``--model`` named a local ``config.json`` or a folder
+    holding one (:func:`profiles.hf_config.profile_from_config_file` records the file's absolute path as the
+    profile's ``source``): what a trainer's ``from_pretrained`` loads. None for shipped profiles, hub ids (a
+    cached hub id loads by its id) and anything whose source is a URL."""
+    if model.hf_id or "://" in model.source:
+        return None
+    p = Path(model.source)
+    return str(p.parent) if p.is_absolute() and p.suffix == ".json" else None
+
+
+def validation_message(e: ValidationError) -> str:
+    """pydantic's first error in one line: ``num_layers: Field required`` (and how many more there are)."""
+    errs = e.errors()
+    if not errs:
+        return str(e).splitlines()[0]
+    first = errs[0]
+    where = ".".join(str(x) for x in first.get("loc", ())) or "value"
+    more = f" (and {len(errs) - 1} more)" if len(errs) > 1 else ""
+    return f"{where}: {first.get('msg', 'invalid')}{more}"
+
+
+def read_model_profile(path: str | Path) -> ModelProfile:
+    """A :class:`ModelProfile` YAML file (the format of ``profiles/models/*.yaml``); :class:`ProfileError` (one
+    line) if it cannot be read, is not YAML, or does not validate."""
+    p = Path(path).expanduser()
+    try:
+        data = yaml.load(p.read_text(encoding="utf-8"), Loader=_Loader)
+    except FileNotFoundError:
+        raise ProfileError(f"no such model profile file {str(path)!r}") from None
+    except OSError as e:
+        raise ProfileError(f"cannot read model profile {path}: {e.strerror or e}") from None
+    except UnicodeDecodeError:
+        raise ProfileError(f"model profile {path} is not UTF-8 text") from None
+    except yaml.YAMLError as e:
+        raise ProfileError(f"model profile {path} is not valid YAML: {str(e).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise ProfileError(f"model profile {path}: expected a mapping of ModelProfile fields "
+                           f"(see profiles/models/*.yaml), got {type(data).__name__}")
+    try:
+        return ModelProfile.model_validate(data)
+    except ValidationError as e:
+        raise ProfileError(f"invalid model profile {path}: {validation_message(e)}") from None
+
+
 def get_model(name: str) -> ModelProfile:
-    """Resolve ``--model``: a shipped name or alias, a ``config.json`` path or folder, or a cached hub id."""
+    """Resolve ``--model``: a shipped name or alias, a model profile YAML file (``*.yaml``, the format of
+    ``profiles/models/``), a ``config.json`` path or folder, or a cached hub id."""
+    if not name.strip():
+        raise ProfileError("empty model name; give a name such as llama3-8b (list all: plan profiles models), "
+                           "a config.json path or a folder holding one")
     m = _model_index().get(fold(name))
     if m is not None:
         return m
+    if Path(name).suffix.lower() in (".yaml", ".yml"):
+        return read_model_profile(name)
     from profiles.hf_config import find_config, profile_from_config_file
 
     path = find_config(name)

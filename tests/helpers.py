@@ -13,3 +13,68 @@ def run(argv: list[str], capsys) -> tuple[int, str, str]:
         code = e.code
     out, err = capsys.readouterr()
     return code, out, err
+
+
+def read_only(monkeypatch, folder) -> None:  # noqa: ANN001
+    """Make ``folder`` (and everything below it) behave like a read-only file system for this test, even when
+    the tests run as root (which ignores permission bits): ``os.access`` says not writable, and creating,
+    opening for writing, renaming or replacing anything below it raises ``EROFS``."""
+    import builtins
+    import errno
+    import io
+    import os
+    from pathlib import Path
+
+    root = Path(folder).resolve()
+
+    def below(path) -> bool:  # noqa: ANN001
+        try:
+            p = Path(os.fsdecode(path)).absolute().resolve()
+        except (TypeError, ValueError):
+            return False
+        return p == root or root in p.parents
+
+    def refuse(path) -> OSError:  # noqa: ANN001
+        return OSError(errno.EROFS, os.strerror(errno.EROFS), os.fsdecode(path))
+
+    real_access, real_mkdir, real_open, real_rename, real_replace = os.access, os.mkdir, os.open, os.rename, os.replace
+    real_io_open = io.open
+    write_flags = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_TRUNC
+
+    def access(path, mode, *a, **kw):  # noqa: ANN001, ANN002, ANN003, ANN202
+        if mode & os.W_OK and below(path):
+            return False
+        return real_access(path, mode, *a, **kw)
+
+    def mkdir(path, *a, **kw):  # noqa: ANN001, ANN002, ANN003, ANN202
+        if below(path):
+            raise refuse(path)
+        return real_mkdir(path, *a, **kw)
+
+    def os_open(path, flags, *a, **kw):  # noqa: ANN001, ANN002, ANN003, ANN202
+        if flags & write_flags and below(path):
+            raise refuse(path)
+        return real_open(path, flags, *a, **kw)
+
+    def rename(src, dst, *a, **kw):  # noqa: ANN001, ANN002, ANN003, ANN202
+        if below(src) or below(dst):
+            raise refuse(dst)
+        return real_rename(src, dst, *a, **kw)
+
+    def replace(src, dst, *a, **kw):  # noqa: ANN001, ANN002, ANN003, ANN202
+        if below(src) or below(dst):
+            raise refuse(dst)
+        return real_replace(src, dst, *a, **kw)
+
+    def io_open(file, mode="r", *a, **kw):  # noqa: ANN001, ANN002, ANN003, ANN202
+        if isinstance(file, (str, bytes, os.PathLike)) and any(c in mode for c in "wax+") and below(file):
+            raise refuse(file)
+        return real_io_open(file, mode, *a, **kw)
+
+    monkeypatch.setattr(os, "access", access)
+    monkeypatch.setattr(os, "mkdir", mkdir)
+    monkeypatch.setattr(os, "open", os_open)
+    monkeypatch.setattr(os, "rename", rename)
+    monkeypatch.setattr(os, "replace", replace)
+    monkeypatch.setattr(builtins, "open", io_open)
+    monkeypatch.setattr(io, "open", io_open)

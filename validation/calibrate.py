@@ -58,14 +58,19 @@ class FitResult:
     per_run: list[dict] = field(default_factory=list)
 
 
+def missing_sources(sources: Sequence[str | Path]) -> list[str]:
+    """The sources that hold no measurements file at all (not records: nothing to skip)."""
+    return [str(src) for src in sources if not measurements_path(src).is_file()]
+
+
 def collect(sources: Sequence[str | Path], gpu: str | None = None) -> tuple[list[Sample], list[str]]:
-    """Usable samples from measurement files or folders, and one line per skipped record."""
+    """Usable samples from measurement files or folders, and one line per skipped *record* (a source without
+    a measurements file has no records: :func:`missing_sources` names those)."""
     samples: list[Sample] = []
     skipped: list[str] = []
     for src in sources:
         path = measurements_path(src)
-        if not path.exists():
-            skipped.append(f"{src}: no measurements.jsonl")
+        if not path.is_file():
             continue
         for m in read_measurements(path):
             why = None
@@ -129,6 +134,8 @@ def achieved_efficiency(s: Sample) -> float | None:
             return evaluate(model, cluster, setup, efficiency=e).speed.step_s
 
         lo, hi = EFFICIENCY_BOUNDS
+        if step(lo) <= step(hi) * (1 + 1e-6):  # the step does not depend on the GEMM ceiling: the host's
+            return None  # launches bind (docs/speed.md S26), so the run says nothing about GEMM efficiency
         if step(hi) >= s.step_s:  # even at 100 % the model is slower than measured
             return hi
         if step(lo) <= s.step_s:

@@ -150,16 +150,61 @@ def category_rows(m: Measurement) -> list[Row]:
     return rows
 
 
+INVENTORY_MOMENTS = {
+    "weights_trainable": "after load",
+    "weights_frozen": "after load",
+    "gradients": "after backward, before the optimizer step",
+    "optimizer_states": "after the first optimizer step",
+    "master_weights": "after the first optimizer step",
+}
+"""When the runner takes each model-state inventory (validation/runner.py)."""
+
+
+def engine_model_states(m: Measurement) -> Any:
+    """The engine's model states (eq. M5) for the run's model, cluster and setup: the bytes a rank holds
+    between phases, independent of which phase is the peak. None when they cannot be recomputed."""
+    from planner.engine.dtypes import recipe_bytes
+    from planner.engine.facts import model_facts
+    from planner.engine.memory import model_states
+    from planner.engine.setup import Setup
+    from profiles.cluster import make_cluster
+    from profiles.registry import get_gpu
+    from profiles.schema import ModelProfile
+
+    try:
+        model = ModelProfile.model_validate(m.model_profile)
+        setup = Setup(**m.setup)
+        c = m.cluster
+        cluster = make_cluster(get_gpu(str(c["gpu"])), int(c["gpus_per_node"]), int(c["nodes"]))
+        return model_states(model_facts(model, setup), cluster, setup, recipe_bytes(setup))
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
 def inventory_rows(m: Measurement) -> list[Row]:
-    """Model states: the estimate's categories against the exact tensor inventory."""
-    est = m.estimate
+    """Model states: the exact tensor inventory against the engine's figure *for the same moment*.
+
+    The inventory is taken between phases (:data:`INVENTORY_MOMENTS`); the estimate's categories are those at
+    its peak phase, where the gradients may not exist yet (a forward peak) or are already freed. So each row
+    compares with the engine's model states (eq. M5), which hold between phases. Where the inventory cannot
+    see what the engine counts, the row says "not comparable" instead of an error: DeepSpeed keeps gradients
+    in its own flat buffers (``p.grad`` stays empty); optimizer-in-backward frees each gradient as it steps.
+    Buffers (RoPE tables and the like) are listed on their own: the engine does not count them."""
+    ms = engine_model_states(m) if m.estimate else None
+    setup = m.setup
+    deepspeed = setup.get("zero", 0) > 0 or setup.get("recipe") == "deepspeed-bf16"
     rows = []
-    for cat in ("weights_trainable", "weights_frozen", "gradients", "optimizer_states", "master_weights"):
-        e = est["per_gpu"]["categories"][cat] if est else None
+    for cat, when in INVENTORY_MOMENTS.items():
         v = m.inventory.get(cat) if m.inventory else None
-        if cat == "weights_frozen" and v is not None:
-            v += m.inventory.get("buffers", 0)
-        rows.append(Row(cat, e, v, "tensor inventory"))
+        e = getattr(ms, cat) if ms is not None else None
+        source = f"tensor inventory, {when}"
+        if cat == "gradients" and deepspeed:
+            e, source = None, "not comparable: DeepSpeed holds gradients in its own buffers, not p.grad"
+        elif cat == "gradients" and setup.get("optimizer_in_backward"):
+            e, source = None, "not comparable: optimizer-in-backward frees each gradient as it steps"
+        rows.append(Row(cat, e, v, source))
+    if m.inventory and "buffers" in m.inventory:
+        rows.append(Row("buffers", None, m.inventory["buffers"], "not estimated: the engine leaves buffers out"))
     return rows
 
 

@@ -18,6 +18,8 @@ import contextlib
 import json
 import os
 import resource
+import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -198,6 +200,47 @@ def now_us() -> int:
     return time.time_ns() // 1000
 
 
+KINETO_NOISE_PREFIX = b"USDT:"
+"""libkineto (torch 2.13) writes ``USDT:<time> <pid> SyncActivityProfilerHandler.cpp:52] profiler_start`` and
+``... profiler_stop`` to stderr each time a profiler starts and stops (``USDT_EMIT_START_TRACE`` /
+``USDT_EMIT_STOP_TRACE`` in libkineto's ``Logger.h``). Its severity, ``LoggerOutputType::USDT = 5``, ranks
+above ``ERROR = 4``, so the only switch, ``KINETO_LOG_LEVEL=6``, would silence kineto's real errors with them;
+:func:`without_kineto_markers` drops exactly these lines instead."""
+
+
+@contextlib.contextmanager
+def without_kineto_markers() -> Iterator[None]:
+    """Around a profiler's start or stop: whatever reaches file descriptor 2 meanwhile is held in a temporary
+    file, then written back to the real stderr without the lines that start with :data:`KINETO_NOISE_PREFIX`.
+    Everything else (kineto's warnings and errors, Python's own output) gets through, in order. A no-op when
+    descriptor 2 is closed."""
+    fd = 2  # where libkineto's C++ std::cerr writes, whatever Python's sys.stderr is
+    try:
+        saved = os.dup(fd)
+    except OSError:
+        yield
+        return
+    try:
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        pass
+    with tempfile.TemporaryFile() as held:
+        os.dup2(held.fileno(), fd)
+        try:
+            yield
+        finally:
+            try:
+                sys.stderr.flush()
+            except (OSError, ValueError):
+                pass
+            os.dup2(saved, fd)
+            os.close(saved)
+            held.seek(0)
+            kept = [ln for ln in held.read().splitlines(keepends=True) if not ln.startswith(KINETO_NOISE_PREFIX)]
+            if kept:
+                os.write(fd, b"".join(kept))
+
+
 class StepProfiler:
     """``with StepProfiler(device) as sp: ...; sp.mark('forward') ...`` profiles memory for that block."""
 
@@ -219,14 +262,16 @@ class StepProfiler:
 
         acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if self.device == "cuda" else [])
         self._prof = profile(activities=acts, profile_memory=True, record_shapes=True, with_stack=True)
-        self._prof.__enter__()
+        with without_kineto_markers():
+            self._prof.__enter__()
         self._start = now_us()
         return self
 
     def __exit__(self, *exc: Any) -> None:
         if self.device == "cuda":
             torch.cuda.synchronize()
-        self._prof.__exit__(*exc)
+        with without_kineto_markers():
+            self._prof.__exit__(*exc)
         if exc[0] is not None:
             return
         from torch.profiler._memory_profiler import _CATEGORY_TO_INDEX, MemoryProfileTimeline

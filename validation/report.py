@@ -236,7 +236,7 @@ def _run_section(m: Measurement, out_dir: Path) -> list[str]:
         lines += ["By category at the peak (groups both sides can measure):", ""]
         lines += _table(category_rows(m), what="category") + [""]
         if m.inventory:
-            lines += ["Model states (exact tensor inventory; frozen weights include buffers):", ""]
+            lines += ["Model states (exact tensor inventory against the engine's model states at the same moment):", ""]
             lines += _table(inventory_rows(m), what="category") + [""]
         sr = speed_row(m)
         if sr.measured is not None:

@@ -89,22 +89,16 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 def resolve_model(arg: str, base: Path | None = None) -> ModelProfile:
-    """``--model``: a ModelProfile YAML file (tiny test configs), else a shipped name / config.json / hub id.
-    A relative YAML path is looked up from the working directory, then ``base`` (a matrix file's folder), then
-    the project root (so ``validation/data/tiny-qwen2.yaml`` works from anywhere)."""
+    """``--model``, as :func:`profiles.registry.get_model` reads it (a name, a ModelProfile YAML file, a
+    config.json...). A relative YAML path is looked up from the working directory, then ``base`` (a matrix
+    file's folder), then the project root (so ``validation/data/tiny-qwen2.yaml`` works from anywhere)."""
+    from profiles.registry import get_model
+
     p = Path(arg)
     if p.suffix in (".yaml", ".yml") and not p.is_absolute() and not p.is_file():
         for root in [x for x in (base, REPO_ROOT) if x is not None]:
             if (root / p).is_file():
-                p = root / p
-                break
-    if p.suffix in (".yaml", ".yml") and p.is_file():
-        try:
-            return ModelProfile.model_validate(yaml.safe_load(p.read_text(encoding="utf-8")))
-        except ValidationError as e:
-            raise SpecError(f"invalid model profile {arg}: {str(e).splitlines()[-1].strip()}") from None
-    from profiles.registry import get_model
-
+                return get_model(str(root / p))
     return get_model(arg)
 
 
@@ -137,8 +131,14 @@ def cluster_from(gpus: str, host_ram_gib: float | None = None, inter_node_gb_s: 
 
 
 def check(spec: RunSpec) -> RunSpec:
-    """Reject impossible setups (:func:`planner.engine.setup.validate_setup`) before anything runs."""
+    """Reject, before anything runs (and before ``--dry-run`` says it would): impossible setups
+    (:func:`planner.engine.rules.validate_setup`), a ``dataset`` that is not a file and ``weights`` that are not
+    a folder (else the run would fail after loading the model and leave an error record)."""
     validate_setup(spec.setup, spec.model, spec.cluster)
+    if spec.dataset is not None and not Path(spec.dataset).expanduser().is_file():
+        raise SpecError(f"dataset {spec.dataset!r} is not a file; give a JSONL file of samples")
+    if spec.weights is not None and not Path(spec.weights).expanduser().is_dir():
+        raise SpecError(f"weights {spec.weights!r} is not a folder; give a local checkpoint folder (from_pretrained)")
     return spec
 
 
@@ -223,14 +223,17 @@ def expand_grid(grid: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def read_plan_file(path: str | Path) -> dict[str, Any]:
-    """Model, cluster and setup of a plan JSON (:func:`planner.plan_file.read_plan_file`, the one reader)."""
+    """Model name, model profile (stored in the file, else resolved by name), cluster and setup of a plan JSON
+    (:func:`planner.plan_file.read_plan_file`, the one reader)."""
     from planner.plan_file import read_plan_file as read
 
     pf = read(path)
-    return {"model": pf.model, "cluster": pf.cluster, "setup": pf.setup}
+    return {"model": pf.model, "profile": pf.load_model(), "cluster": pf.cluster, "setup": pf.setup}
 
 
-def cluster_from_json(c: dict[str, Any]) -> Cluster:
+def cluster_from_json(c: dict[str, Any], host_ram_gib: float | None = None,
+                      inter_node_gb_s: float | None = None) -> Cluster:
     from profiles.registry import get_gpu
 
-    return make_cluster(get_gpu(str(c["gpu"])), int(c.get("gpus_per_node", 1)), int(c.get("nodes", 1)))
+    return make_cluster(get_gpu(str(c["gpu"])), int(c.get("gpus_per_node", 1)), int(c.get("nodes", 1)),
+                        host_ram_gib, inter_node_gb_s)

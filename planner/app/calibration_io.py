@@ -1,10 +1,15 @@
 """Read calibration files (``profiles/calibration/<gpu-slug>__<recipe>.json``) into the typed
-:class:`~planner.engine.calibration.CalibrationBook` the engine receives. The only place they are read."""
+:class:`~planner.engine.calibration.CalibrationBook` the engine receives. The only place they are read.
+
+The folder is ``profiles/calibration/`` unless the environment variable :data:`CALIBRATION_DIR_ENV`
+(``TUNEPLAN_CALIBRATION_DIR``) names another: ``plan``, ``plan estimate``, ``plan capacity`` and ``plan configs``
+read it, and ``plan calibrate`` writes there by default."""
 
 from __future__ import annotations
 
 import functools
 import json
+import os
 from pathlib import Path
 
 from planner.engine.speed.params import SpeedParams
@@ -22,6 +27,16 @@ SPEED_FILE = "speed.json"
 """The speed model's corpus fit in that folder (``plan calibrate --corpus`` and benchmarks/accuracy_vs_corpus.py
 write it): the :class:`~planner.engine.speed.params.SpeedParams` every estimate uses."""
 
+CALIBRATION_DIR_ENV = "TUNEPLAN_CALIBRATION_DIR"
+"""Environment variable naming another calibration folder (a user's own runs, a test's temporary folder)."""
+
+
+def calibration_dir() -> Path:
+    """The calibration folder: ``$TUNEPLAN_CALIBRATION_DIR`` when set and not empty, else
+    :data:`CALIBRATION_DIR`."""
+    env = os.environ.get(CALIBRATION_DIR_ENV, "").strip()
+    return Path(env).expanduser() if env else CALIBRATION_DIR
+
 
 def _read(path: Path) -> Calibration:
     try:
@@ -32,19 +47,21 @@ def _read(path: Path) -> Calibration:
 
 
 def load_calibration(gpu_name: str, recipe: str, directory: str | Path | None = None) -> Calibration | None:
-    """The calibration for ``gpu_name`` and ``recipe`` from ``directory`` (default :data:`CALIBRATION_DIR`),
+    """The calibration for ``gpu_name`` and ``recipe`` from ``directory`` (default :func:`calibration_dir`),
     or None when no file exists. A file that exists but does not validate raises :class:`CalibrationError`."""
-    base = Path(directory) if directory is not None else CALIBRATION_DIR
+    base = Path(directory) if directory is not None else calibration_dir()
     path = base / calibration_filename(gpu_name, recipe)
     return _read(path) if path.is_file() else None
 
 
 def load_calibration_book(directory: str | Path | None = None) -> CalibrationBook:
-    """Every ``*.json`` calibration in ``directory`` (default :data:`CALIBRATION_DIR`) as one book; an absent
+    """Every ``*.json`` calibration in ``directory`` (default :func:`calibration_dir`) as one book; an absent
     folder is an empty book. Memoised per folder and file modification times."""
-    base = Path(directory) if directory is not None else CALIBRATION_DIR
+    base = Path(directory) if directory is not None else calibration_dir()
     files = sorted(p for p in base.glob("*.json") if p.name != SPEED_FILE) if base.is_dir() else []
     speed = base / SPEED_FILE
+    if not speed.is_file():
+        speed = CALIBRATION_DIR / SPEED_FILE  # a folder of one's own runs still plans with the shipped speed fit
     stamp = speed.stat().st_mtime_ns if speed.is_file() else None
     return _book(tuple((str(p), p.stat().st_mtime_ns) for p in files), str(speed), stamp)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from profiles.errors import InputError
@@ -62,7 +63,7 @@ def _top_help() -> str:
         "  plan estimate --model qwen2.5-7b --gpus 4090 --method qlora --checkpointing full",
         "  plan profiles models",
         "",
-        "search flags: plan --help-search",
+        "search flags: plan --help-search      version: plan --version",
     ]
     return "\n".join(lines)
 
@@ -78,14 +79,49 @@ def build_parser(name: str | None) -> OneLineParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     mod.add_arguments(parser)
+    from planner.app.version import tuneplan_version
+
+    parser.add_argument("--version", "-V", action="version", version=f"tuneplan {tuneplan_version()}",
+                        help="print tuneplan's version and exit")
     parser.set_defaults(_run=mod.run)
     return parser
+
+
+_UNSET = object()
+
+
+class _UnsetList(list):
+    """The "not given" marker for appending actions (see :func:`explicit_dests`)."""
+
+
+def explicit_dests(parser: argparse.ArgumentParser, argv: list[str]) -> frozenset[str]:
+    """The destinations the command line set, whatever their defaults: ``argv`` parsed once more into a
+    namespace that holds a sentinel for every destination (argparse fills a default only where the namespace
+    has none). Used by the one rule for flags a setup ignores (:func:`planner.app.commands.common.refuse_unused`)."""
+    unset: dict[str, object] = {}
+    for a in parser._actions:
+        if a.dest == argparse.SUPPRESS:
+            continue
+        if isinstance(a, argparse._CountAction):
+            unset[a.dest] = None  # counts start from None
+        elif isinstance(a, (argparse._AppendAction, argparse._AppendConstAction)):
+            unset[a.dest] = _UnsetList()  # appending actions copy the list they find, so its identity changes
+        else:
+            unset[a.dest] = _UNSET
+    probe = argparse.Namespace(**unset)
+    parser.parse_args(argv, namespace=probe)
+    return frozenset(d for d, v in unset.items() if getattr(probe, d) is not v)
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
         print(_top_help())
+        return 0
+    if argv[0] in ("--version", "-V"):
+        from planner.app.version import tuneplan_version
+
+        print(f"tuneplan {tuneplan_version()}")
         return 0
     if argv[0] == "--help-search":
         build_parser(None).print_help()
@@ -97,7 +133,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"plan: error: {unknown_choice_message('command', argv[0], SUBCOMMANDS)}", file=sys.stderr)
         return 2
     parser = build_parser(name)
-    args = parser.parse_args(argv[1:] if name else argv)
+    rest = argv[1:] if name else argv
+    args = parser.parse_args(rest)
+    args._explicit = explicit_dests(parser, rest)
     try:
         return int(args._run(args) or 0)
     except InputError as e:
@@ -108,12 +146,23 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+BROKEN_PIPE_EXIT = 1
+"""Exit status when the reader of stdout went away (``plan ... --json | head -1``): 1, as in Python's documented
+recipe and as rich's console does for the tables (``Console.on_broken_pipe``)."""
+
+
 def entry() -> None:
-    """Console-script entry point."""
+    """Console-script entry point (``plan`` and ``python -m planner``). A reader that closes stdout early
+    (``| head``) ends the command quietly: no traceback, exit :data:`BROKEN_PIPE_EXIT`."""
     try:
         code = main()
-    except SystemExit as e:  # argparse exits
-        raise e
+        sys.stdout.flush()  # inside the try: the last buffered output can meet the closed pipe too
+    except BrokenPipeError:
+        # Python's documented recipe (library/signal.html, "Note on SIGPIPE"): point stdout at devnull so that
+        # the interpreter's own flush at exit does not raise again
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        sys.exit(BROKEN_PIPE_EXIT)
     sys.exit(code)
 
 

@@ -12,7 +12,10 @@ and text; only :mod:`planner.fileio` touches the file system. :func:`build_files
 * :mod:`~planner.emit.plan_md` - ``PLAN.md`` and ``plan.json``
 
 A trainer that cannot run the plan as planned raises :class:`~planner.emit.common.NotExpressible`; with
-several trainers requested, :func:`build_files` records the reason in PLAN.md instead of a file.
+several trainers requested, :func:`build_files` records the reason in PLAN.md instead of a file. What each
+trainer refuses is known once, in its emitter's ``check``; :func:`check_trainer` is the one entry to those,
+used by the emitters before writing and, through :func:`refusal`, by the search as a filter (``plan configs
+--trainer X`` ranks only what X can run).
 """
 
 from __future__ import annotations
@@ -20,9 +23,41 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from planner.emit import accelerate, launch, llamafactory, plan_md, torchtune
-from planner.emit.common import TRAINERS, Emitted, NotExpressible, Target
+from planner.emit.common import TRAINERS, Candidate, Emitted, Job, NotExpressible, Target
+from planner.engine.setup import Setup
+from profiles.cluster import Cluster
+from profiles.schema import ModelProfile
 
-__all__ = ["TRAINERS", "Bundle", "NotExpressible", "Target", "build_files", "emit_trainer", "trainers_for"]
+__all__ = ["TRAINERS", "Bundle", "Candidate", "NotExpressible", "Target", "build_files", "check_trainer",
+           "emit_trainer", "refusal", "trainers_for"]
+
+
+def check_trainer(trainer: str, job: Job) -> None:
+    """Raise :class:`NotExpressible` unless ``trainer`` runs ``job``'s setup as planned: each trainer's own
+    ``check`` (the emitter calls the same function before it writes anything)."""
+    if trainer in accelerate.TRAINER_OF:
+        accelerate.check(job, trainer)
+    elif trainer == "llamafactory":
+        llamafactory.check(job)
+    elif trainer == "torchtune":
+        torchtune.check(job)
+    else:
+        raise ValueError(f"unknown trainer {trainer!r}; valid: {', '.join(TRAINERS)}")
+
+
+def refusal(choice: str, model: ModelProfile, cluster: Cluster, setup: Setup) -> str | None:
+    """Why ``plan configs --trainer choice`` could not write ``setup``, or None when it could: with ``all``,
+    None as soon as one of :func:`trainers_for` runs it. The search's filter (``SearchRequest.admit``)."""
+    job = Candidate(model, cluster, setup)
+    reasons: list[str] = []
+    for name in trainers_for(job, choice):
+        try:
+            check_trainer(name, job)
+        except NotExpressible as e:
+            reasons.append(str(e))
+        else:
+            return None
+    return "; ".join(reasons)
 
 
 def emit_trainer(t: Target, trainer: str) -> Emitted:
@@ -36,7 +71,7 @@ def emit_trainer(t: Target, trainer: str) -> Emitted:
     raise ValueError(f"unknown trainer {trainer!r}; valid: {', '.join(TRAINERS)}")
 
 
-def trainers_for(t: Target, choice: str) -> list[str]:
+def trainers_for(t: Job, choice: str) -> list[str]:
     """``all`` -> the HF backend matching the plan, LLaMA-Factory and torchtune; otherwise the one named."""
     if choice == "all":
         return [accelerate.trainer_for(t.setup), "llamafactory", "torchtune"]

@@ -21,6 +21,7 @@ from planner.emit import deepspeed as ds
 from planner.emit.common import (
     SGD_MOMENTUM,
     Emitted,
+    Job,
     NotExpressible,
     Target,
     half_dtype,
@@ -76,9 +77,16 @@ def trainer_for(setup: Setup) -> str:
     return {"deepspeed": "hf-deepspeed", "fsdp": "hf-fsdp", "ddp": "hf-ddp"}[backend_of(setup)]
 
 
-def check(t: Target, trainer: str) -> None:
+def check(t: Job, trainer: str) -> None:
     """Raise :class:`NotExpressible` unless the HF Trainer with ``trainer``'s backend runs the plan as planned."""
     s = t.setup
+    # what no re-plan of the sharding changes comes first, so that the search reports it (planner.emit.refusal)
+    if s.optimizer_in_backward:
+        raise NotExpressible(trainer, "the HF Trainer has no optimizer-in-backward; use --trainer torchtune")
+    if s.method == "freeze":
+        raise NotExpressible(
+            trainer, "the HF Trainer has no setting to freeze all but the last blocks; use --trainer llamafactory"
+        )
     want = TRAINER_OF[trainer]
     have = backend_of(s)
     if want != have:
@@ -88,12 +96,6 @@ def check(t: Target, trainer: str) -> None:
         )
     if have == "deepspeed":
         ds.check(t, trainer)
-    if s.optimizer_in_backward:
-        raise NotExpressible(trainer, "the HF Trainer has no optimizer-in-backward; use --trainer torchtune")
-    if s.method == "freeze":
-        raise NotExpressible(
-            trainer, "the HF Trainer has no setting to freeze all but the last blocks; use --trainer llamafactory"
-        )
 
 
 def _checkpointing_kwargs(s: Setup) -> dict[str, Any]:
@@ -167,6 +169,12 @@ def accelerate_comments(t: Target) -> dict[str, str]:
     return out
 
 
+def deepspeed_owns_optimizer(s: Setup) -> bool:
+    """Whether DeepSpeed's optimizer block (``ds_config_hf.json``) replaces the HF Trainer's ``optim``: then
+    ``optim`` is not written, since it would not take effect (:data:`planner.emit.deepspeed.OPTIM_NOT_WRITTEN`)."""
+    return backend_of(s) == "deepspeed" and ds.owns_optimizer(s)
+
+
 def training_arguments(t: Target) -> dict[str, Any]:
     """``TrainingArguments`` keyword arguments for the plan (transformers 5: ``activation_checkpointing``,
     float ``warmup_steps`` as a fraction)."""
@@ -182,8 +190,9 @@ def training_arguments(t: Target) -> dict[str, Any]:
         "warmup_steps": hp.warmup_ratio.value,
         "weight_decay": hp.weight_decay.value,
         "max_grad_norm": hp.max_grad_norm.value,
-        "optim": HF_OPTIM[s.optimizer],
     }
+    if not deepspeed_owns_optimizer(s):
+        args["optim"] = HF_OPTIM[s.optimizer]
     if hp.val_size.value:
         args.update(eval_strategy="steps", eval_steps=hp.eval_steps.value, per_device_eval_batch_size=s.micro_batch)
     if hp.neftune_alpha.value is not None:
@@ -223,7 +232,7 @@ def model_settings(t: Target) -> dict[str, Any]:
         if s.zero == 3 or s.fsdp is not None:
             q["bnb_4bit_quant_storage"] = half  # sharded QLoRA: storage dtype must match the other params
         kwargs["quantization_config"] = q
-    out: dict[str, Any] = {"model_name_or_path": t.hf_id, "from_pretrained": kwargs}
+    out: dict[str, Any] = {"model_name_or_path": t.model_path, "from_pretrained": kwargs}
     if s.trains_adapters:
         targets = "all-linear" if s.lora_targets.strip() in ("all-linear", "all") else list(t.facts.lora_targets)
         lora: dict[str, Any] = {
@@ -289,7 +298,8 @@ def emit(t: Target, trainer: str) -> Emitted:
             "warmup_steps": "a float < 1 is a fraction of the steps (transformers >= 5): " + t.hp.warmup_ratio.comment,
             "eval_strategy": "evaluate on the held-out split (hf_model.yaml data.val_size) your script passes as eval_dataset",
         },
-        header=header_lines(t, "TrainingArguments for HfArgumentParser(TrainingArguments).parse_yaml_file", run),
+        header=header_lines(t, "TrainingArguments for HfArgumentParser(TrainingArguments).parse_yaml_file", run)
+        + ([ds.OPTIM_NOT_WRITTEN] if deepspeed_owns_optimizer(s) else []),
     )
     files[MODEL_FILE] = dump(
         model_settings(t),

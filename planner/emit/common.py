@@ -16,6 +16,7 @@ from planner.engine.results import Plan
 from planner.engine.setup import Setup
 from planner.units import gib as _gib
 from profiles.cluster import Cluster
+from profiles.registry import local_model_dir
 from profiles.schema import ModelProfile
 
 Trainer = Literal["hf-deepspeed", "hf-fsdp", "hf-ddp", "llamafactory", "torchtune"]
@@ -113,15 +114,48 @@ class Target:
         return self.cluster.nodes > 1
 
     @property
-    def hf_id(self) -> str:
-        """What a trainer loads: the hub id, else the model name (a local path the user substitutes)."""
-        return self.model.hf_id or self.model.name
+    def local_dir(self) -> str | None:
+        """The local folder the model was given as (``--model path/to/config.json`` or its folder), absolute."""
+        return local_model_dir(self.model)
+
+    @property
+    def model_path(self) -> str:
+        """What a trainer loads (``model_name_or_path``): the hub id; the folder the user gave, absolute; else the
+        profile's name (a shipped profile without a hub id: a placeholder the user replaces)."""
+        return self.model.hf_id or self.local_dir or self.model.name
 
     @property
     def slug(self) -> str:
         """A file-system friendly name: ``llama-3-8b-full``."""
         name = re.sub(r"[^a-z0-9.]+", "-", self.model.name.lower()).strip("-")
         return f"{name}-{self.setup.method}"
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A setup for a model on a cluster before anything is estimated: all a trainer's ``check`` reads (a
+    :class:`Target` has the same attributes). The search filters candidates with
+    :func:`planner.emit.refusal`, so that ``plan configs --trainer X`` ranks only what X can run."""
+
+    model: ModelProfile
+    cluster: Cluster
+    setup: Setup
+
+    @property
+    def facts(self) -> ModelFacts:
+        return model_facts(self.model, self.setup)
+
+    @property
+    def world_size(self) -> int:
+        return self.cluster.world_size
+
+    @property
+    def multi_node(self) -> bool:
+        return self.cluster.nodes > 1
+
+
+Job = Target | Candidate
+"""What a trainer's ``check`` accepts: a planned :class:`Target` or a bare :class:`Candidate`."""
 
 
 class NotExpressible(ValueError):

@@ -37,16 +37,18 @@ from planner.emit.common import (
     ADAM_BETAS,
     ADAM_EPS,
     SGD_MOMENTUM,
+    Job,
     NotExpressible,
     Target,
     half_dtype,
     header_lines,
 )
 from planner.engine.memory import zero_bucket_elements
+from planner.engine.setup import Setup
 
 Flavour = Literal["explicit", "hf"]
 DEEPSPEED_VERSION = "0.19.8"
-"""The DeepSpeed whose config models the output is tested against (``tests/planner/test_emit_deepspeed.py``)."""
+"""The DeepSpeed whose config models the output is tested against (``tests/planner/emit/test_deepspeed.py``)."""
 STAGE3_MAX_LIVE_PARAMETERS = 1_000_000_000
 STAGE3_MAX_REUSE_DISTANCE = 1_000_000_000
 """Stage-3 release thresholds: the docs and code defaults agree (1e9 each); written so the file says them."""
@@ -57,7 +59,7 @@ HF_FILENAME = "ds_config_hf.json"
 EXPLICIT_FILENAME = "ds_config.json"
 
 
-def check(t: Target, trainer: str = "hf-deepspeed") -> None:
+def check(t: Job, trainer: str = "hf-deepspeed") -> None:
     """Raise :class:`NotExpressible` unless DeepSpeed can run the plan with the bytes the planner counted."""
     s = t.setup
     if s.fsdp is not None:
@@ -78,17 +80,36 @@ def check(t: Target, trainer: str = "hf-deepspeed") -> None:
         raise NotExpressible(trainer, "DeepSpeed has no optimizer-in-backward; use --trainer torchtune")
 
 
+TRANSFORMERS_VERSION = "5.24.0"
+"""The transformers whose DeepSpeed integration the HF-flavour rules below follow."""
+
+
+def owns_optimizer(s: Setup) -> bool:
+    """Whether the HF-flavour config (``ds_config_hf.json``) carries DeepSpeed's own optimizer block: with
+    optimizer offload of AdamW, where DeepSpeed must step the offloaded states with ``DeepSpeedCPUAdam``."""
+    return s.offload != "none" and s.optimizer == "adamw"
+
+
+OPTIM_NOT_WRITTEN = (
+    f"No `optim` key: {HF_FILENAME} holds DeepSpeed's optimizer block (AdamW, stepped by DeepSpeedCPUAdam on the "
+    f"offloaded states); transformers {TRANSFORMERS_VERSION} then builds DeepSpeed's optimizer and ignores `optim` "
+    "(integrations/deepspeed.py, deepspeed_optim_sched). learning_rate, adam_beta1/2, adam_epsilon and "
+    "weight_decay (their defaults where not written) fill its \"auto\" values."
+)
+"""What the HF Trainer's files say instead of an ``optim`` that would not take effect."""
+
+
 def _optimizer_block(t: Target, flavour: Flavour) -> dict[str, Any] | None:
     """DeepSpeed's own optimizer, or None to let the training script (HF Trainer) build it.
 
-    HF flavour: only with optimizer offload, where DeepSpeed must run ``DeepSpeedCPUAdam`` on the CPU (a torch
-    optimizer would step on the CPU unfused); the HF Trainer then ignores ``optim``. Explicit flavour: every
-    optimizer DeepSpeed can build (AdamW, SGD); 8-bit AdamW and Adafactor stay with the script.
+    HF flavour: only when :func:`owns_optimizer` (a torch optimizer would step on the CPU unfused); the HF
+    Trainer then ignores ``optim``, so its files leave ``optim`` out and say why (:data:`OPTIM_NOT_WRITTEN`).
+    Explicit flavour: every optimizer DeepSpeed can build (AdamW, SGD); 8-bit AdamW and Adafactor stay with the
+    script.
     """
     s = t.setup
-    offload = s.offload != "none"
     if flavour == "hf":
-        if not offload or s.optimizer != "adamw":
+        if not owns_optimizer(s):
             return None
         return {"type": "AdamW", "params": {"lr": "auto", "betas": "auto", "eps": "auto", "weight_decay": "auto"}}
     lr = t.hp.learning_rate.value

@@ -1,6 +1,6 @@
 """LLaMA-Factory ``llamafactory-cli train`` YAML for a plan.
 
-Keys are checked against the argument dataclasses of LLaMA-Factory 0.9.5 (``tests/planner/data/
+Keys are checked against the argument dataclasses of LLaMA-Factory 0.9.5 (``tests/planner/emit/data/
 llamafactory_keys_0.9.5.json``; its TrainingArguments fields come from the installed transformers). Behaviour
 this file relies on, from that version's source:
 
@@ -24,6 +24,7 @@ from planner.emit import deepspeed as ds
 from planner.emit.common import (
     SGD_MOMENTUM,
     Emitted,
+    Job,
     NotExpressible,
     Target,
     half_dtype,
@@ -74,7 +75,7 @@ def template_for(model: ModelProfile) -> str:
     return TEMPLATES.get(model.model_type, "default")
 
 
-def check(t: Target) -> None:
+def check(t: Job) -> None:
     s = t.setup
     trainer = "llamafactory"
     if s.optimizer_in_backward:
@@ -88,7 +89,7 @@ def llamafactory_config(t: Target) -> dict[str, Any]:
     check(t)
     s = t.setup
     hp = t.hp
-    cfg: dict[str, Any] = {"model_name_or_path": t.hf_id}
+    cfg: dict[str, Any] = {"model_name_or_path": t.model_path}
     if not t.model.transformers_buildable:
         cfg["trust_remote_code"] = True
     cfg["flash_attn"] = FLASH_ATTN[s.attention]
@@ -152,8 +153,9 @@ def llamafactory_config(t: Target) -> dict[str, Any]:
         warmup_steps=hp.warmup_ratio.value,
         weight_decay=hp.weight_decay.value,
         max_grad_norm=hp.max_grad_norm.value,
-        optim=acc.HF_OPTIM[s.optimizer],
     )
+    if not acc.deepspeed_owns_optimizer(s):  # else DeepSpeed's optimizer block runs and optim would be ignored
+        cfg["optim"] = acc.HF_OPTIM[s.optimizer]
     if hp.neftune_alpha.value is not None:
         cfg["neftune_noise_alpha"] = hp.neftune_alpha.value
     if hp.val_size.value:
@@ -238,7 +240,8 @@ def emit(t: Target) -> Emitted:
         cfg,
         comments=comments,
         sections=SECTIONS,
-        header=header_lines(t, f"LLaMA-Factory {LLAMAFACTORY_VERSION} training config", "bash launch.sh llamafactory"),
+        header=header_lines(t, f"LLaMA-Factory {LLAMAFACTORY_VERSION} training config", "bash launch.sh llamafactory")
+        + ([ds.OPTIM_NOT_WRITTEN] if acc.deepspeed_owns_optimizer(s) else []),
     )
     return Emitted("llamafactory", files, {"llamafactory": launch_lines(t)}, tuple(notes(t)))
 

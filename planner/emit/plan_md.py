@@ -6,6 +6,7 @@ import json
 
 from planner.emit import deepspeed as ds
 from planner.emit.common import TRAINERS, Emitted, NotExpressible, Target, gib, header_lines
+from planner.plan_file import model_keys
 from planner.units import gib_num
 from planner.engine.results import CATEGORIES, PHASES
 from planner.engine.setup import ATTENTION, CHECKPOINTING, LOSSES, METHODS, OPTIMIZERS, RECIPES
@@ -45,7 +46,9 @@ DEEPSPEED_CHOICES = [
 
 
 def plan_json(t: Target) -> str:
-    return json.dumps(t.plan.to_json(), indent=2) + "\n"
+    """``Plan.to_json()`` plus the model's profile and local folder (:func:`planner.plan_file.model_keys`), so
+    ``plan configs --plan`` and ``plan validate --plan`` re-read it anywhere."""
+    return json.dumps({**t.plan.to_json(), **model_keys(t.model)}, indent=2) + "\n"
 
 
 def _setup_words(t: Target) -> list[str]:

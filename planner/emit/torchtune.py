@@ -1,7 +1,7 @@
 """torchtune recipe YAML for a plan, where torchtune can run it as planned.
 
 torchtune's development has stopped upstream; 0.6.1 is its last release and the version this output is checked
-against (``tests/planner/data/torchtune_0.6.1.json``, extracted from the wheel). What the recipes require, from
+against (``tests/planner/emit/data/torchtune_0.6.1.json``, extracted from the wheel). What the recipes require, from
 ``recipes/full_finetune_single_device.py`` and ``full_finetune_distributed.py`` of 0.6.1:
 ``optimizer_in_bwd`` refuses gradient accumulation > 1 and any ``clip_grad_norm``;
 ``enable_activation_offloading`` needs ``enable_activation_checkpointing``; ``dtype: fp16`` is refused.
@@ -28,6 +28,7 @@ from typing import Any
 from planner.emit.common import (
     SGD_MOMENTUM,
     Emitted,
+    Job,
     NotExpressible,
     Target,
     header_lines,
@@ -42,7 +43,7 @@ WARMUP_STEPS = 100
 when the run's length is unknown (no ``--dataset``)."""
 TT_SCHEDULERS = {"cosine": "torchtune.training.lr_schedulers.get_cosine_schedule_with_warmup"}
 """Scheduler name -> torchtune 0.6.1 builder: its ``training.lr_schedulers`` has only the cosine schedule with
-warm-up (``lr_schedulers`` in tests/planner/data/torchtune_0.6.1.json)."""
+warm-up (``lr_schedulers`` in tests/planner/emit/data/torchtune_0.6.1.json)."""
 
 
 def warmup_steps(t: Target) -> int:
@@ -147,18 +148,10 @@ def recipe_name(t: Target) -> str:
     return f"{kind}_finetune_{where}"
 
 
-def check(t: Target) -> TorchtuneModel:
+def check(t: Job) -> TorchtuneModel:
     """The model's torchtune entry, or :class:`NotExpressible` with the reason."""
     s, trainer = t.setup, "torchtune"
-    if s.zero > 0:
-        raise NotExpressible(trainer, f"the plan uses DeepSpeed ZeRO-{s.zero}; torchtune shards with FSDP2 only "
-                             "(re-plan with --fsdp full-shard)")
-    if t.world_size > 1 and s.fsdp is None:
-        raise NotExpressible(trainer, "the plan replicates the model (DDP); torchtune's distributed recipes always "
-                             "shard with FSDP2 (re-plan with --fsdp full-shard)")
-    if t.world_size == 1 and s.offload != "none":
-        raise NotExpressible(trainer, "torchtune's single-device recipes cannot offload parameters or optimizer "
-                             "states (only the distributed ones, through fsdp_cpu_offload)")
+    # what no re-plan of the sharding changes comes first, so that the search reports it (planner.emit.refusal)
     if s.recipe == "fp16-amp":
         raise NotExpressible(trainer, "torchtune trains in bf16 or fp32, not fp16 (its recipes refuse dtype fp16)")
     if s.method == "freeze":
@@ -170,9 +163,19 @@ def check(t: Target) -> TorchtuneModel:
     if s.method == "qlora" and entry.qlora is None:
         raise NotExpressible(trainer, f"torchtune {TORCHTUNE_VERSION} has no QLoRA builder for {t.model.name}; use "
                              "--method lora or --trainer llamafactory")
-    if t.hp.scheduler.value not in TT_SCHEDULERS:
+    if s.zero > 0:
+        raise NotExpressible(trainer, f"the plan uses DeepSpeed ZeRO-{s.zero}; torchtune shards with FSDP2 only "
+                             "(re-plan with --fsdp full-shard)")
+    if t.world_size > 1 and s.fsdp is None:
+        raise NotExpressible(trainer, "the plan replicates the model (DDP); torchtune's distributed recipes always "
+                             "shard with FSDP2 (re-plan with --fsdp full-shard)")
+    if t.world_size == 1 and s.offload != "none":
+        raise NotExpressible(trainer, "torchtune's single-device recipes cannot offload parameters or optimizer "
+                             "states (only the distributed ones, through fsdp_cpu_offload)")
+    hp = t.hp if isinstance(t, Target) else None  # a search candidate has no hyper-parameters yet
+    if hp is not None and hp.scheduler.value not in TT_SCHEDULERS:
         raise NotExpressible(trainer, f"torchtune {TORCHTUNE_VERSION} has only a cosine schedule with warm-up, not "
-                             f"{t.hp.scheduler.value!r}; drop --scheduler or use another trainer")
+                             f"{hp.scheduler.value!r}; drop --scheduler or use another trainer")
     if s.optimizer_in_backward and s.trains_adapters:
         raise NotExpressible(trainer, "torchtune's LoRA recipes have no optimizer_in_bwd")
     if s.loss == "liger":
@@ -196,7 +199,7 @@ def torchtune_config(t: Target) -> dict[str, Any]:
     entry = check(t)
     s = t.setup
     cfg: dict[str, Any] = {
-        "model_dir": f"/tmp/{t.hf_id.split('/')[-1]}",
+        "model_dir": t.local_dir or f"/tmp/{t.model_path.split('/')[-1]}",
         "output_dir": f"output/torchtune/{t.slug}",
     }
     builder = {"full": entry.full, "lora": entry.lora, "qlora": entry.qlora}[s.method]
@@ -317,7 +320,8 @@ def emit(t: Target) -> Emitted:
         "upstream; this is its last release",
         "bash launch.sh torchtune",
     )
-    header.insert(1, f"Weights: tune download {t.hf_id} --output-dir {cfg['model_dir']}")
+    header.insert(1, f"Weights: the checkpoint files in {t.local_dir}" if t.local_dir else
+                  f"Weights: tune download {t.model_path} --output-dir {cfg['model_dir']}")
     comments = {**COMMENTS, **hp_comments(t, HP_KEYS)}
     hp = t.hp
     comments["lr_scheduler.num_warmup_steps"] = (

@@ -69,3 +69,47 @@ def validate_setup(setup: Setup, model: ModelProfile, cluster: Cluster) -> None:
         resolve_lora_targets(model, setup.lora_targets)
     elif setup.lora_train_embeddings or setup.lora_train_lm_head:
         raise SetupError("--lora-train-embeddings/--lora-train-lm-head apply to LoRA/QLoRA only")
+
+
+ADAPTER_FIELDS = ("lora_rank", "lora_alpha", "lora_targets", "lora_dropout")
+"""Adapter settings a non-adapter setup ignores (``--dora`` and ``--lora-train-*`` with full fine-tuning are
+refused by :func:`validate_setup` instead, as impossible)."""
+
+
+def ignored_fields(setup: Setup) -> dict[str, tuple[str, str]]:
+    """The Setup fields ``setup`` does not use: field -> (what would use it, what the setup has instead). The
+    one list behind the one rule for flags (:func:`check_used`: an explicitly given flag that the setup
+    ignores is refused). Fields that make a setup impossible rather than unused (``--dora`` with full
+    fine-tuning, ``--activation-offload`` without checkpointing) are :func:`validate_setup`'s."""
+    out: dict[str, tuple[str, str]] = {}
+    method = f"--method {setup.method}"
+    if not setup.trains_adapters:
+        for f in ADAPTER_FIELDS:
+            out[f] = ("--method lora or qlora", method)
+    if setup.method != "freeze":
+        out["freeze_layers"] = ("--method freeze", method)
+    if setup.method != "qlora":
+        out["double_quant"] = ("--method qlora (its NF4 block constants)", method)
+    if setup.checkpointing == "none":
+        out["checkpoint_every"] = ("--checkpointing full or selective", "--checkpointing none")
+    return out
+
+
+def flag_of(field: str) -> str:
+    """The command-line flag of a Setup field (``seq_len`` is ``--seq``)."""
+    return "--seq" if field == "seq_len" else "--" + field.replace("_", "-")
+
+
+def check_used(setups: list[Setup], explicit: set[str] | frozenset[str], searched: bool = False) -> None:
+    """The one rule for flags: a Setup field given explicitly that every one of ``setups`` ignores (one setup
+    for ``plan estimate`` / ``trace`` / ``validate`` and a plan file's overrides; every searched family for
+    ``plan`` and ``plan configs``) is refused with one line naming it. Raises :class:`SetupError`."""
+    for field in sorted(explicit):
+        why = [ignored_fields(s).get(field) for s in setups]
+        if not setups or not all(why):
+            continue
+        flag, (needs, has) = flag_of(field), why[0]  # type: ignore[misc]
+        if searched:
+            raise SetupError(f"{flag} is not used by any plan the search tries: it applies to {needs}; "
+                             f"drop {flag} or ask for {needs}")
+        raise SetupError(f"{flag} is not used: it applies to {needs}, and the setup has {has}; drop {flag}")

@@ -13,7 +13,7 @@ each question cheap the search is restricted, never widened:
   peak, which is also what the memory-versus-sequence figure draws. A probe also fixes the two dimensions
   that never raise memory, :data:`PROBE_DOMINANT` (full activation checkpointing, the fused Liger loss): the
   smallest peak of the restricted space equals that of the whole space (checked over 651 model x cluster x
-  method x sequence combinations, and pinned by ``tests/planner/test_capacity.py``), at a quarter of the
+  method x sequence combinations, and pinned by ``tests/planner/search/test_capacity.py``), at a quarter of the
   cost. About 5-30 ms per probe on a 2-core CPU, most of it in :func:`planner.engine.speed.flops_per_token`.
 * the plan shown for a cell (its speed and memory breakdown) is the fastest plan of the unrestricted search
   with the method and sequence fixed (``top=1``), as ``plan --method M`` would rank it first.

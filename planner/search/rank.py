@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 from planner.engine.calibration import CalibrationBook
 from planner.engine.dataset import DatasetShape
 from planner.engine.evaluate import DEFAULT_HEADROOM, check_efficiency, check_headroom, evaluate, usable_bytes
 from planner.engine.facts import resolve_lora_targets
+from planner.engine.rules import check_used
 from planner.engine.results import Plan
 from planner.engine.setup import Setup, SetupError, candidate_recipes
 from planner.units import gib
@@ -53,6 +54,14 @@ class SearchRequest:
     """an explicit override of the speed model's achieved fraction of peak"""
     dataset: DatasetShape | None = None
     """a measured dataset (``plan --dataset``): memory at its longest batch, speed at its padding / packing"""
+    admit: Callable[[Setup], str | None] | None = None
+    """the caller's filter: why a candidate is not searched at all (e.g. ``plan configs --trainer X``: X cannot
+    run it, :func:`planner.emit.refusal`), or None to search it. None: every candidate is searched"""
+    explicit: frozenset[str] = frozenset()
+    """the Setup fields the user gave explicitly: one that every searched family ignores is refused
+    (:func:`planner.engine.rules.check_used`)"""
+    admit_label: str = ""
+    """what the filter stands for, for the notes and the error (e.g. ``--trainer hf-fsdp``)"""
 
 
 @dataclass(frozen=True)
@@ -75,6 +84,8 @@ class SearchResult:
     usable_bytes: int
     notes: list[str]
     suggestions: list[str]
+    excluded: int = 0
+    """candidate families the request's ``admit`` filter kept out of the search"""
 
 
 class SearchError(InputError):
@@ -154,6 +165,8 @@ def _micro_batches(fixed: dict, global_batch: int, world: int) -> list[int]:
     if "micro_batch" in fixed:
         return [fixed["micro_batch"]]
     per_rank = global_batch // world
+    if "grad_accum" in fixed:  # the global batch and the accumulation decide the micro-batch
+        return [per_rank // fixed["grad_accum"]]
     mbs, m = [], 1
     while m <= min(per_rank, MAX_MICRO_BATCH):
         if per_rank % m == 0:
@@ -229,12 +242,27 @@ def search(model: ModelProfile, cluster: Cluster, request: SearchRequest, with_s
             f"global batch {gb} is not divisible into micro-batch {f['micro_batch']} x accumulation x "
             f"data-parallel size {world}"
         )
+    if "grad_accum" in f and "micro_batch" not in f and (gb // world) % f["grad_accum"]:
+        raise SearchError(
+            f"global batch {gb} is not divisible into accumulation {f['grad_accum']} x micro-batch x "
+            f"data-parallel size {world}"
+        )
+    families = candidate_families(model, cluster, request)
+    if request.explicit:
+        setups = []
+        for fam in families:
+            try:
+                setups.append(Setup(**dict(fam, micro_batch=1, grad_accum=1)))
+            except ValueError:
+                continue
+        check_used(setups, request.explicit, searched=True)
     usable = usable_bytes(cluster.gpu.memory_bytes, request.headroom)
     fits: list[tuple[tuple, Plan]] = []
     rejected: list[Rejection] = []
     considered = 0
     first_error: str | None = None
-    for fam in candidate_families(model, cluster, request):
+    exclusions: dict[str, int] = {}
+    for fam in families:
         for mb in _micro_batches(f, gb, world):
             ga = _grad_accum(gb, mb, world, f)
             if ga is None:
@@ -248,6 +276,10 @@ def search(model: ModelProfile, cluster: Cluster, request: SearchRequest, with_s
                 break
             except ValueError as e:
                 first_error = first_error or str(e).splitlines()[-1]
+                break
+            why = request.admit(setup) if request.admit is not None else None
+            if why is not None:  # a possible setup the caller cannot use; the micro-batch does not change that
+                exclusions[why] = exclusions.get(why, 0) + 1
                 break
             considered += 1
             mem, speed = plan.memory, plan.speed
@@ -274,6 +306,13 @@ def search(model: ModelProfile, cluster: Cluster, request: SearchRequest, with_s
                 )
                 continue
             fits.append((_score(plan, request.objective), plan))
+    excluded = sum(exclusions.values())
+    if considered == 0 and exclusions:  # possible setups existed, the caller's filter kept them all out
+        what = request.admit_label or "the filter"
+        # the reason that keeps out most of the search space (the emitters check what no re-plan changes first)
+        common = max(exclusions, key=lambda r: (exclusions[r], -list(exclusions).index(r)))
+        more = f" (and {len(exclusions) - 1} other reason{'s' if len(exclusions) > 2 else ''})" if len(exclusions) > 1 else ""
+        raise SearchError(f"no searched setup passes {what} on {cluster.label()}: {common}{more}")
     if considered == 0 and first_error:
         raise SearchError(first_error)
     fits.sort(key=lambda t: t[0])
@@ -297,7 +336,7 @@ def search(model: ModelProfile, cluster: Cluster, request: SearchRequest, with_s
                        efficiency=request.efficiency, data=request.dataset) for p in ranked]
     plans = [
         p.model_copy(update={"rank": i + 1, "reasons": tuple(
-            explain(p, i, ranked, rejected, usable)
+            explain(p, i, ranked, rejected, usable, model)
             + ([f"the best {p.setup.method} plan, shown beyond the top {request.top}"] if i >= request.top else [])
         )})
         for i, p in enumerate(ranked)
@@ -308,11 +347,34 @@ def search(model: ModelProfile, cluster: Cluster, request: SearchRequest, with_s
         f"fits = peak per GPU <= {gib(usable)} ({1 - request.headroom:.0%} of {gib(cluster.gpu.memory_bytes)}, --headroom {request.headroom})",
         f"{considered} candidates estimated, {len(fits)} fit, {len(rejected)} rejected",
     ]
+    if excluded:
+        notes.append(f"{excluded} candidate families not searched: {request.admit_label or 'the filter'} cannot run them")
     suggestions = [] if plans or not with_suggestions else suggest(model, cluster, request, rejected, usable)
-    return SearchResult(model, cluster, request, plans, rejected, considered, gb, usable, notes, suggestions)
+    return SearchResult(model, cluster, request, plans, rejected, considered, gb, usable, notes, suggestions, excluded)
 
 
-def explain(plan: Plan, index: int, ranked: list[Plan], rejected: list[Rejection], usable: int) -> list[str]:
+def sharding_traffic_note(model: ModelProfile, setup: Setup, world_size: int) -> str | None:
+    """What ZeRO-3 / FSDP full-shard costs in communication for *this* setup: the bytes per GPU per optimizer
+    step of the speed model's own collectives (:func:`planner.engine.speed.comm.communication_bytes_per_gpu`,
+    eqs. S10, S12) against the same setup under ZeRO-2. Not the paper's fixed 1.5x (Rajbhandari et al. 2020,
+    sec. 7: full fine-tuning, one micro-step): with adapters the gathers move the frozen base weights while
+    ZeRO-2 reduces only the tiny adapter gradients, and gradient accumulation repeats the gathers."""
+    if not (setup.zero == 3 or setup.fsdp == "full-shard") or world_size <= 1:
+        return None
+    from planner.engine.facts import model_facts
+    from planner.engine.speed.comm import communication_bytes_per_gpu
+
+    facts = model_facts(model, setup)
+    sharded = communication_bytes_per_gpu(facts, setup, world_size)
+    zero2 = communication_bytes_per_gpu(facts, setup.model_copy(update={"zero": 2, "fsdp": None}), world_size)
+    what = "all parameters (the frozen base too)" if setup.trains_adapters or setup.method == "freeze" else "parameters"
+    ratio = f"{sharded / zero2:,.1f}x" if zero2 else "more than"
+    return (f"parameters sharded: {what} gathered in forward and backward of every micro-step; "
+            f"{gib(sharded)} sent per GPU per step, {ratio} the {gib(zero2)} ZeRO-2 would send")
+
+
+def explain(plan: Plan, index: int, ranked: list[Plan], rejected: list[Rejection], usable: int,
+            model: ModelProfile) -> list[str]:
     """Why this plan ranks here: what it trades, and which faster candidates did not fit."""
     s, m, sp = plan.setup, plan.memory, plan.speed
     out: list[str] = []
@@ -327,8 +389,9 @@ def explain(plan: Plan, index: int, ranked: list[Plan], rejected: list[Rejection
         out.append("full fine-tuning: every parameter trains")
     if s.checkpointing == "full":
         out.append(f"activation checkpointing: recomputes the forward ({sp.breakdown_s.get('recompute', 0):.2f} s/step) to fit a larger micro-batch or model")
-    if s.zero == 3 or s.fsdp == "full-shard":
-        out.append("parameters sharded: gathered every micro-step (about 1.5x the communication of ZeRO-2)")
+    traffic = sharding_traffic_note(model, s, sp.world_size)
+    if traffic:
+        out.append(traffic)
     if s.offload != "none":
         out.append(f"offload {s.offload} to CPU: {gib(m.host_bytes)} host RAM per node, bounded by PCIe ({sp.breakdown_s.get('offload', 0):.2f} s/step)")
     if s.optimizer != "adamw":

@@ -320,3 +320,50 @@ def test_memory_as_the_driver_reports_it():
     assert get_gpu("mi300x").memory_mib == 205_822_885_888 // 2**20
     assert get_gpu("910b").memory_mib == 62_432
     assert "memory_mib" in get_gpu("a800").unverified
+
+
+# ---- a model profile YAML file as --model (get_model, so every command takes it) -----------------------------
+
+
+def test_model_profile_yaml_resolves_everywhere(tmp_path):
+    import yaml as _yaml
+
+    from profiles.registry import get_model as _get
+
+    src = Path(__file__).resolve().parents[2] / "validation" / "data" / "tiny-qwen2.yaml"
+    m = _get(str(src))
+    assert m.name == "tiny-qwen2" and m == ModelProfile.model_validate(_yaml.safe_load(src.read_text()))
+    (tmp_path / "bad.yaml").write_text("x: [\n")
+    (tmp_path / "list.yaml").write_text("- 1\n")
+    (tmp_path / "partial.yaml").write_text("name: x\n")
+    cases = {"bad.yaml": "is not valid YAML", "list.yaml": "expected a mapping of ModelProfile fields",
+             "partial.yaml": "invalid model profile", "missing.yaml": "no such model profile file"}
+    for name, msg in cases.items():
+        with pytest.raises(ProfileError) as e:
+            _get(str(tmp_path / name))
+        assert msg in str(e.value) and "\n" not in str(e.value), str(e.value)
+    with pytest.raises(ProfileError, match=r"partial.yaml: source: Field required \(and \d+ more\)"):
+        _get(str(tmp_path / "partial.yaml"))
+
+
+@pytest.mark.parametrize("argv", [
+    ["--gpus", "1xH100", "--top", "1"],
+    ["estimate", "--gpus", "1xH100"],
+    ["capacity", "--gpus", "1xH100", "--method", "lora"],
+    ["profiles", "show"],
+])
+def test_model_profile_yaml_on_the_command_line(argv, capsys, tmp_path):
+    from tests.helpers import run
+
+    src = str(Path(__file__).resolve().parents[2] / "validation" / "data" / "tiny-qwen2.yaml")
+    if argv[0] == "profiles":
+        full = [*argv, src]
+    elif argv[0] == "capacity":
+        full = [*argv, "--models", src]
+    else:
+        full = [*argv, "--model", src]
+    code, out, err = run(full, capsys)
+    assert code in (0, 1) and "tiny-qwen2" in out, err
+    (tmp_path / "bad.yaml").write_text("name: x\n")
+    code, out, err = run([x if x != src else str(tmp_path / "bad.yaml") for x in full], capsys)
+    assert code == 2 and err.count("\n") == 1 and "invalid model profile" in err, err

@@ -61,7 +61,7 @@ def test_injected_oom_on_cuda_is_a_result(tmp_path, monkeypatch):
 
 def test_calibrate_from_cuda_runs(tmp_path):
     from planner.app.cli import main
-    from planner.engine.calibration import load_calibration
+    from planner.app.calibration_io import load_calibration
     from validation.measurement import append_measurement
     from validation.runner import run_one
 

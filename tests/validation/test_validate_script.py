@@ -10,6 +10,8 @@ import sys
 import tarfile
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "validation" / "gpu" / "run_h100.sh"
 
@@ -33,6 +35,7 @@ def test_h100_matrix_is_valid_and_every_run_fits():
     assert [s.model.name for s in specs][-3:] == ["Qwen2.5-7B"] * 3  # the slowest last: the budget cuts them first
 
 
+@pytest.mark.slow  # ~27 s on the 2-core CPU (pytest --durations)
 def test_script_dry_run(tmp_path):
     out, work = tmp_path / "out", tmp_path / "work"
     env = {**os.environ, "OUT": str(out), "TUNEPLAN_WORK": str(work), "PYTHON": sys.executable}

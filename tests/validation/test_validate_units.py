@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from planner.fileio import OutputError
+
 from profiles.errors import InputError as CliError  # every one-line input error
 from validation.measurement import (
     MEASUREMENTS_FILE,
@@ -48,7 +50,7 @@ def test_append_is_atomic_when_the_write_fails(tmp_path, monkeypatch):
         raise OSError("disk full")
 
     monkeypatch.setattr(os, "replace", boom)
-    with pytest.raises(OSError):
+    with pytest.raises(OutputError, match="disk full"):  # one line naming the file, not a traceback
         append_measurement(tmp_path, record("b"))
     monkeypatch.undo()
     assert (tmp_path / MEASUREMENTS_FILE).read_text() == before

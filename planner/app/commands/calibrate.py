@@ -38,7 +38,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--corpus", action="store_true",
                         help="fit the speed model to the evidence corpus instead (no DIR); writes speed.json")
     parser.add_argument("--out", default=None, metavar="DIR",
-                        help="where calibration files go (default: profiles/calibration, which plan reads)")
+                        help="where calibration files go (default: profiles/calibration, or $TUNEPLAN_CALIBRATION_DIR; "
+                             "the folder plan reads)")
     parser.add_argument("--gpu", metavar="NAME",
                         help="GPU profile the runs were measured on, when the device name does not resolve to one")
     parser.add_argument("--recipe", metavar="RECIPE", help="fit only this precision recipe")
@@ -56,7 +57,7 @@ def run_corpus(args: argparse.Namespace) -> int:
     import json
     from pathlib import Path
 
-    from planner.app.calibration_io import CALIBRATION_DIR, SPEED_FILE
+    from planner.app.calibration_io import SPEED_FILE, calibration_dir
     from planner.app.commands.common import print_json
     from planner.fileio import atomic_write_text
     from validation.corpus import load
@@ -74,7 +75,7 @@ def run_corpus(args: argparse.Namespace) -> int:
     fit = leave_one_source_out(cases, progress)
     doc = fit_document(fit, cases)
     doc["summary"] = fit.summary()
-    path = Path(args.out or CALIBRATION_DIR) / SPEED_FILE
+    path = Path(args.out) / SPEED_FILE if args.out else calibration_dir() / SPEED_FILE
     if not args.dry_run:
         atomic_write_text(path, json.dumps(doc, indent=1) + "\n")
     s = doc["summary"]
@@ -98,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
         raise CliError("give the validation output folders (DIR ...), or --corpus")
     from pathlib import Path
 
-    from planner.app.calibration_io import CALIBRATION_DIR
+    from planner.app.calibration_io import calibration_dir
     from planner.engine.calibration import calibration_filename
     from planner.app.commands.common import print_json
 
@@ -116,24 +117,37 @@ def run(args: argparse.Namespace) -> int:
         p = Path(d)
         if not p.exists():
             raise CliError(f"{d} does not exist; pass the --out folder of plan validate")
-    from validation.calibrate import fit, write
+    from planner.fileio import check_writable
+    from validation.calibrate import fit, missing_sources, write
 
+    missing = missing_sources(args.dirs)
+    if len(missing) == len(args.dirs):
+        raise CliError(f"no measurements.jsonl in {', '.join(missing)}; pass the --out folder of plan validate")
+    out_dir = Path(args.out if args.out is not None else calibration_dir())
+    if not args.dry_run:
+        check_writable(args.out if args.out is not None else out_dir)  # before fitting: nothing half-written
     results, skipped = fit(args.dirs, gpu=gpu, recipe=args.recipe)
-    out_dir = Path(args.out) if args.out else CALIBRATION_DIR
     if not args.dry_run:
         for r in results:
             write(r, out_dir)
     if args.json:
         print_json({"calibrations": [r.calibration.model_dump(mode="json") for r in results],
-                    "files": [str(r.path) for r in results if r.path], "skipped": skipped})
+                    "files": [str(r.path) for r in results if r.path], "skipped": skipped,
+                    "no_measurements": missing})
         return 0 if results else 1
     from rich.console import Console
     from rich.table import Table
 
+    from planner.app.render.fit import print_table
+
     console = Console(soft_wrap=True)
+    for m in missing:
+        console.print(f"no measurements.jsonl in {m}; skipped", highlight=False)
     if not results:
-        console.print(f"no usable runs in {', '.join(args.dirs)} ({len(skipped)} record(s) skipped); calibration "
-                      "needs finished CUDA runs (see --verbose)")
+        held = (f"{len(skipped)} record{'s' if len(skipped) != 1 else ''} skipped" if skipped
+                else "they hold no measurement records")
+        console.print(f"no usable runs in {', '.join(args.dirs)} ({held}); calibration needs finished CUDA runs"
+                      + (" (see --verbose)" if skipped and not args.verbose else ""), highlight=False)
         if args.verbose:
             for s in skipped:
                 console.print(f"  skipped {s}", highlight=False)
@@ -141,7 +155,8 @@ def run(args: argparse.Namespace) -> int:
     t = Table(title="calibration (hold-out: leave-one-out mean / max relative error)")
     for col in ("GPU", "recipe", "runs", "fixed overhead", "allocator factor", "efficiency", "hold-out reserved",
                 "hold-out device used", "hold-out tokens/s", "hold-out peak (engine)"):
-        t.add_column(col, justify="right" if col not in ("GPU", "recipe") else "left")
+        # figures never shrink; the table splits into parts that repeat GPU and recipe (planner.app.render.fit)
+        t.add_column(col, justify="right" if col not in ("GPU", "recipe") else "left", no_wrap=True)
     for r in results:
         c = r.calibration
         def he(k: str, h: dict = c.holdout_error) -> str:
@@ -151,7 +166,7 @@ def run(args: argparse.Namespace) -> int:
         t.add_row(c.gpu, c.recipe, str(c.n_runs), f"{c.fixed_overhead_bytes / 2**20:,.0f} MiB",
                   f"{c.allocator_factor:.3f}", "n/a" if c.mfu is None else f"{c.mfu:.3f}", he("allocator_factor"),
                   he("fixed_overhead"), he("mfu"), he("peak_total"))
-    console.print(t)
+    print_table(console, t, keep=2)
     for r in results:
         path = r.path or out_dir / calibration_filename(r.gpu, r.recipe)
         console.print(f"{'would write' if args.dry_run else 'wrote'} {path}: {r.calibration.label}", highlight=False)
@@ -161,7 +176,8 @@ def run(args: argparse.Namespace) -> int:
             for pr in r.per_run:
                 console.print(f"  {pr}", highlight=False)
     if skipped:
-        console.print(f"{len(skipped)} record(s) skipped" + (":" if args.verbose else " (--verbose lists them)"))
+        console.print(f"{len(skipped)} record{'s' if len(skipped) != 1 else ''} skipped"
+                      + (":" if args.verbose else " (--verbose lists them)"))
         if args.verbose:
             for s in skipped:
                 console.print(f"  {s}", highlight=False)

@@ -170,9 +170,9 @@ def run(args: argparse.Namespace) -> int:
 
     fmt = check_format(args.format)
     methods = parse_methods(args.method)
-    if args.model and args.models:
+    if args.model is not None and args.models is not None:
         raise CliError("give --model M or --models LIST, not both")
-    if not args.gpus and not args.model:
+    if args.gpus is None and args.model is None:
         raise CliError("give --gpus SPEC (what fits on it) or --model M without --gpus (which GPUs fit it)")
     out = check_out(args.out, args.force)
     if out is not None:
@@ -185,9 +185,9 @@ def run(args: argparse.Namespace) -> int:
 
     book = load_calibration_book()
     try:
-        if args.gpus:
+        if args.gpus is not None:
             cluster = parse_cluster(args.gpus, args.host_ram_gib, args.inter_node_gb_s)
-            models = parse_models(args.model or args.models)
+            models = parse_models(args.model if args.model is not None else args.models)
             ctx, step = _progress_runner(len(models) * len(methods), "capacity")
             with ctx:
                 result = C.capacity_for_cluster(models, cluster, methods, args.seq, args.headroom,

@@ -14,6 +14,7 @@ from typing import Any, get_args
 
 from planner.app.errors import CliError
 from planner.engine.evaluate import DEFAULT_HEADROOM, check_efficiency, check_headroom
+from planner.engine.rules import check_used, validate_setup
 from planner.engine.setup import (
     Attention, Checkpointing, Framework, Loss, Method, Optimizer, Recipe, Setup, default_recipe,
 )
@@ -51,6 +52,16 @@ def fraction_arg(text: str) -> float:
         raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {text!r}") from None
     if not 0 < v <= 1:
         raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {text!r}")
+    return v
+
+
+def non_negative_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}")
     return v
 
 
@@ -150,6 +161,36 @@ def add_setup_args(parser: argparse.ArgumentParser, search: bool = False) -> Non
                    help="allow --seq beyond the model's max positions (you extend RoPE yourself)")
 
 
+SETUP_FIELD_OF: dict[str, str] = {
+    name: ("seq_len" if name == "seq" else name)
+    for name in ("method", "recipe", "optimizer", "zero", "fsdp", "offload", "checkpointing", "checkpoint_every",
+                 "attention", "loss", "micro_batch", "grad_accum", "seq", "packing", "lora_rank", "lora_alpha",
+                 "lora_targets", "lora_dropout", "dora", "lora_train_embeddings", "lora_train_lm_head",
+                 "freeze_layers", "double_quant", "optimizer_in_backward", "activation_offload", "compile",
+                 "allow_long_seq")
+}
+"""argparse destination of every Setup flag (:func:`add_setup_args`) -> the Setup field it sets."""
+
+
+def explicit(args: argparse.Namespace) -> frozenset[str]:
+    """The destinations the command line set (:func:`planner.app.cli.explicit_dests`); empty when a command
+    is called without the CLI."""
+    return getattr(args, "_explicit", frozenset())
+
+
+def explicit_setup_fields(args: argparse.Namespace) -> frozenset[str]:
+    """The Setup fields whose flags the command line gave, whatever their values."""
+    return frozenset(SETUP_FIELD_OF[d] for d in explicit(args) if d in SETUP_FIELD_OF)
+
+
+def refuse_given(args: argparse.Namespace, dests: tuple[str, ...] | list[str], why: str) -> None:
+    """The one rule for flags, for flags that a whole mode ignores (``--global-batch`` with ``--plan``, setup
+    flags with ``--matrix``): refuse the first one given, naming it and why."""
+    for d in dests:
+        if d in explicit(args):
+            raise CliError(f"--{d.replace('_', '-')} is not used {why}; drop it")
+
+
 def add_output_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print JSON (integer bytes) instead of tables")
 
@@ -157,13 +198,15 @@ def add_output_args(parser: argparse.ArgumentParser) -> None:
 def resolve_target(args: argparse.Namespace) -> tuple[ModelProfile, Cluster | None]:
     model = get_model(args.model)
     cluster = None
-    if getattr(args, "gpus", None):
+    if getattr(args, "gpus", None) is not None:  # an empty --gpus "" is a bad spec, not an absent one
         cluster = parse_cluster(args.gpus, args.host_ram_gib, args.inter_node_gb_s)
     return model, cluster
 
 
-def setup_from_args(args: argparse.Namespace, cluster: Cluster) -> Setup:
-    """A fully resolved Setup from explicit flags (``plan estimate`` and friends)."""
+def setup_from_args(args: argparse.Namespace, cluster: Cluster, model: ModelProfile | None = None) -> Setup:
+    """A fully resolved Setup from explicit flags (``plan estimate`` and friends). With ``model``, an
+    impossible setup is refused first (:func:`planner.engine.rules.validate_setup`), then a flag the setup
+    ignores (:func:`planner.engine.rules.check_used`)."""
     zero = args.zero if args.zero is not None else 0
     recipe = args.recipe or default_recipe(cluster.gpu.supports_bf16, zero, args.fsdp)
     fields = dict(
@@ -179,9 +222,44 @@ def setup_from_args(args: argparse.Namespace, cluster: Cluster) -> Setup:
         fused_kernels=args.fused_kernels, framework=args.framework, padding_efficiency=args.padding_efficiency,
     )
     try:
-        return Setup(**fields)
+        setup = Setup(**fields)
     except Exception as e:  # pydantic ValidationError -> one line
         raise CliError(f"invalid setup: {str(e).splitlines()[-1].strip()}") from None
+    if model is not None:
+        validate_setup(setup, model, cluster)
+    check_used([setup], explicit_setup_fields(args))  # the one rule for flags the setup ignores
+    return setup
+
+
+def setup_with_overrides(base: dict[str, Any], args: argparse.Namespace, cluster: Cluster, where: str,
+                         model: ModelProfile) -> Setup:
+    """A plan file's setup with the setup flags given on the command line applied on top (``--plan`` with
+    ``plan configs`` / ``plan validate``): each given flag replaces the plan's value; what the plan derived
+    from a replaced value is derived again (the recipe from --zero / --fsdp unless --recipe is given, the LoRA
+    alpha from --lora-rank unless --lora-alpha is given). Flags the resulting setup ignores are refused, as
+    everywhere (:func:`planner.engine.rules.check_used`)."""
+    given = explicit_setup_fields(args)
+    dest_of = {f: d for d, f in SETUP_FIELD_OF.items()}
+    fields = dict(base)
+    for f in given:
+        fields[f] = getattr(args, dest_of[f])
+    if "fsdp" in given and fields.get("fsdp") and "zero" not in given:
+        fields["zero"] = 0
+    if "zero" in given and fields.get("zero") and "fsdp" not in given:
+        fields["fsdp"] = None
+    if given & {"zero", "fsdp"} and "recipe" not in given:
+        fields["recipe"] = default_recipe(cluster.gpu.supports_bf16, fields.get("zero", 0), fields.get("fsdp"))
+    if "lora_rank" in given and "lora_alpha" not in given:
+        fields["lora_alpha"] = None  # Setup: 2 x rank
+    if "activation_offload" in given and fields.get("activation_offload") and "checkpointing" not in given:
+        fields["checkpointing"] = "full"
+    try:
+        setup = Setup(**fields)
+    except Exception as e:  # pydantic ValidationError -> one line
+        raise CliError(f"{where}invalid setup: {str(e).splitlines()[-1].strip()}") from None
+    validate_setup(setup, model, cluster)
+    check_used([setup], given)
+    return setup
 
 
 def print_json(obj: Any) -> None:
@@ -261,4 +339,4 @@ def search_request(args: argparse.Namespace, **kw: Any):  # noqa: ANN201
     from planner.search.rank import SearchRequest
 
     return SearchRequest(fixed=fixed_from_args(args), global_batch=args.global_batch, headroom=args.headroom,
-                         calibration=load_calibration_book(), **kw)
+                         calibration=load_calibration_book(), explicit=explicit_setup_fields(args), **kw)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from planner.app.commands.common import (
     add_search_args,
+    explicit,
     add_setup_args,
     add_target_args,
     positive_int,
@@ -23,9 +24,15 @@ DESCRIPTION = """Write ready-to-run trainer configs for a plan into a folder: De
 HF-integration "auto" flavour), accelerate config + TrainingArguments, LLaMA-Factory YAML, torchtune YAML
 (where torchtune can express the plan), launch.sh and PLAN.md (the plan in words) with plan.json.
 
-The plan is the top one of a search (same flags as `plan`), the N-th with --pick N, or a plan.json written by
-an earlier run (--plan). A trainer that cannot run the plan as planned is skipped with the reason in PLAN.md;
-asking for only that trainer is an error.
+The plan is the top one of a search (same flags as `plan`) among the setups the named --trainer can run (with
+--trainer all: that at least one of them can run), the N-th with --pick N, or a plan.json written by an
+earlier run (--plan). With --trainer all, a trainer that cannot run the plan as planned is skipped with the
+reason in PLAN.md; a --plan file that the named trainer cannot run is an error.
+
+With --plan, setup flags change the plan's setup (e.g. --micro-batch 2 --grad-accum 4): the result is
+re-estimated and PLAN.md says what changed and whether it still fits. Everywhere, a flag the chosen setup does
+not use (--lora-rank with --method full, --freeze-layers without --method freeze, --double-quant without
+qlora, --checkpoint-every without checkpointing; in a search: with no searched plan using it) is refused.
 
 trainers: hf-deepspeed | hf-fsdp | hf-ddp (the HF Trainer under accelerate with that sharding),
           llamafactory, torchtune, all (the HF backend matching the plan, LLaMA-Factory and torchtune)
@@ -55,7 +62,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="take the N-th ranked plan of the search (default: 1, the best)")
     which.add_argument("--plan", metavar="PLAN_JSON",
                        help="a plan.json from an earlier `plan configs`, `plan --json` output (its first plan) or "
-                            "`plan estimate --json` output; re-estimated with this tuneplan")
+                            "`plan estimate --json` output; re-estimated with this tuneplan. Setup flags given "
+                            "with --plan change the plan's setup (re-estimated; PLAN.md says what changed and "
+                            "whether it still fits); --global-batch is refused (the plan fixes the batch)")
     add_search_args(g)
     o = parser.add_argument_group("output")
     o.add_argument("--trainer", choices=TRAINER_CHOICES, default="all", help="which trainer's configs (default: all)")
@@ -150,13 +159,20 @@ def _from_search(args: argparse.Namespace):  # noqa: ANN202
     from planner.app.commands.common import resolve_target, search_request
     from planner.search.rank import SearchError, search
 
-    if not args.model or not args.gpus:
+    if args.model is None or args.gpus is None:
         raise CliError("--model and --gpus are required (or pass --plan plan.json)")
+    from planner.emit import refusal
+
     model, cluster = resolve_target(args)
     from planner.app.commands.data import dataset_from_args
 
     data = dataset_from_args(args, model)
-    request = search_request(args, top=max(args.pick, 5), dataset=data)
+    if args.trainer == "torchtune" and "framework" not in explicit(args):
+        args.framework = "torchtune"  # its speed is torchtune's (per-step overhead, docs/speed.md S26)
+    # rank only what the named trainer(s) can run (each emitter's own check, planner.emit.refusal)
+    request = search_request(args, top=max(args.pick, 5), dataset=data,
+                             admit=lambda setup: refusal(args.trainer, model, cluster, setup),
+                             admit_label=f"--trainer {args.trainer}")
     try:
         result = search(model, cluster, request)
     except SearchError as e:
@@ -175,29 +191,25 @@ def load_plan_json(args: argparse.Namespace):  # noqa: ANN202
     whose first plan is taken, or ``plan estimate --json`` output, the same forms ``plan validate --plan``
     reads). The setup is taken as written and re-estimated with this tuneplan (the file's numbers may come from
     another version); the search's reasons are kept."""
-    from pydantic import ValidationError
-
     from planner.app.calibration_io import load_calibration_book
+    from planner.app.commands.common import explicit_setup_fields, refuse_given, setup_with_overrides
     from planner.engine.evaluate import evaluate
-    from planner.engine.setup import Setup
+    from planner.engine.rules import flag_of
+    from planner.plan_file import read_plan_file
     from planner.units import gib
     from profiles.cluster import make_cluster
     from profiles.registry import get_gpu, get_model
 
-    from planner.plan_file import read_plan_file
-
+    refuse_given(args, ["global_batch"], "with --plan (the plan's micro-batch and accumulation fix the batch; "
+                                         "change them with --micro-batch / --grad-accum)")
     pf = read_plan_file(args.plan)
-    d, name, cl = pf.plan, pf.model, pf.cluster
-    try:
-        setup = Setup(**pf.setup)
-    except ValidationError as e:
-        raise CliError(f"--plan {args.plan}: invalid setup: {str(e).splitlines()[-1].strip()}") from None
+    d, cl = pf.plan, pf.cluster
     old_peak = pf.peak_bytes if pf.peak_bytes is not None else 0
-    model = get_model(name)
-    if args.model and get_model(args.model).name != model.name:
+    model = pf.load_model()  # the stored profile: a plan made from a local config.json re-reads anywhere
+    if args.model is not None and get_model(args.model).name != model.name:
         raise CliError(f"--model {args.model} differs from the plan's model {model.name}; drop --model")
     cluster = make_cluster(get_gpu(cl["gpu"]), cl["gpus_per_node"], cl["nodes"], args.host_ram_gib, args.inter_node_gb_s)
-    if args.gpus:
+    if args.gpus is not None:
         from profiles.cluster import parse_cluster
 
         asked = parse_cluster(args.gpus)
@@ -206,20 +218,32 @@ def load_plan_json(args: argparse.Namespace):  # noqa: ANN202
     from planner.app.commands.data import dataset_from_args
 
     data = dataset_from_args(args, model)
+    setup = setup_with_overrides(pf.setup, args, cluster, f"--plan {args.plan}: ", model)
     plan = evaluate(model, cluster, setup, load_calibration_book(), headroom=args.headroom, data=data)
     reasons = list(d.get("reasons", []))
     if "headroom_bytes" not in d:
         reasons.append("not ranked by a search (from plan estimate --json)")
+    overridden = sorted(f for f in explicit_setup_fields(args) if pf.setup.get(f) != getattr(setup, f))
+    if overridden:
+        reasons.append("setup changed on the command line: " + ", ".join(
+            f"{flag_of(f)} {getattr(setup, f)} (the plan had {pf.setup.get(f)})" for f in overridden))
     if plan.memory.peak_bytes != old_peak:
         reasons.append(f"re-estimated by this tuneplan: peak {gib(plan.memory.peak_bytes, 2)} per GPU "
                        f"(the plan.json said {gib(old_peak, 2)})")
+    if not plan.fits:
+        why = (f"peak {gib(plan.memory.peak_bytes, 2)} per GPU > {gib(plan.usable_bytes, 2)} usable"
+               if not plan.fits_gpu else f"host RAM {gib(plan.memory.host_bytes, 2)} per node > "
+               f"{gib(plan.host_capacity_bytes, 2)}")
+        reasons.append(f"DOES NOT FIT{' with the changes given' if overridden else ''}: {why} "
+                       "(plan estimate shows the breakdown)")
     return model, cluster, plan.model_copy(update={"rank": int(d.get("rank", 1)), "reasons": tuple(reasons)}), data
 
 
 def run(args: argparse.Namespace) -> int:
     from planner.emit import NotExpressible, Target, build_files, trainers_for
-    from planner.fileio import write_files
+    from planner.fileio import check_output_folder, write_files
 
+    check_output_folder(args.out, args.force)  # before the search: a bad --out is said at once
     if args.plan:
         model, cluster, plan, data = load_plan_json(args)
     else:
@@ -243,6 +267,8 @@ def run(args: argparse.Namespace) -> int:
         })
         return 0
     out = sys.stdout
+    if not plan.fits:
+        sys.stderr.write(f"warning: {next(r for r in plan.reasons if r.startswith('DOES NOT FIT'))}\n")
     out.write(f"plan {plan.rank}: {model.name} on {cluster.label()}: {plan.setup.short()}\n")
     out.write(f"wrote {len(written)} files to {args.out}: {', '.join(p.name for p in written)}\n")
     for r in bundle.refused:

@@ -17,7 +17,9 @@ from planner.app.commands.common import (
 NAME = "estimate"
 HELP = "every byte and second of one explicit setup"
 DESCRIPTION = """Estimate one explicit setup: memory per GPU by category and phase, host RAM, speed.
-Unset flags take the trainers' defaults (see each flag).
+Unset flags take the trainers' defaults (see each flag). A flag the setup does not use (--lora-rank with
+--method full, --double-quant without qlora, --checkpoint-every without checkpointing) is refused.
+Exit status: 0 fits, 1 does not fit (GPU memory or host RAM), 2 bad input.
 
 examples:
   plan estimate --model llama3-8b --gpus 8xA800 --zero 3 --checkpointing full --micro-batch 4
@@ -43,12 +45,13 @@ def run(args: argparse.Namespace) -> int:
     from planner.app.calibration_io import load_calibration_book
     from planner.app.render.report import render_estimate
     from planner.engine.evaluate import evaluate
+    from planner.plan_file import model_keys
 
     from planner.app.commands.data import dataset_from_args
     from planner.engine.dataset import data_train_time
 
     model, cluster = resolve_target(args)
-    setup = setup_from_args(args, cluster)
+    setup = setup_from_args(args, cluster, model)
     data = dataset_from_args(args, model)
     plan = evaluate(model, cluster, setup, load_calibration_book(), efficiency=args.efficiency, data=data)
     epoch = data_train_time(plan.speed, setup, cluster.world_size, data) if data is not None else None
@@ -60,6 +63,7 @@ def run(args: argparse.Namespace) -> int:
         out["per_host"]["capacity_bytes"] = plan.host_capacity_bytes
         out["per_host"]["fits"] = plan.fits_host
         out["fits"] = plan.memory.fits and plan.fits_host
+        out.update(model_keys(model))  # so that plan configs / validate --plan re-read it anywhere
         print_json(out)
     else:
         render_estimate(Console(), plan.memory, plan.speed, plan.host_capacity_bytes)

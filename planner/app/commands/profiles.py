@@ -52,6 +52,7 @@ def run(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     from planner.app.errors import CliError
+    from planner.app.render.fit import print_table
     from profiles.errors import ProfileError
     from profiles.params import param_counts
     from profiles.registry import all_gpus, all_models, get_gpu, get_model
@@ -76,8 +77,8 @@ def run(args: argparse.Namespace) -> int:
             print_json(data)
             return 0
         t = Table(title=obj.name, title_justify="left", show_edge=False)
-        t.add_column("field", style="bold")
-        t.add_column("value")
+        t.add_column("field", style="bold", no_wrap=True)
+        t.add_column("value", overflow="fold")
         for k, v in data.items():
             if k == "linear_layers":
                 v = ", ".join(f"{x['name']} {x['in_features']}x{x['out_features']} (x{x['count']})" for x in v)
@@ -103,7 +104,10 @@ def run(args: argparse.Namespace) -> int:
     if show_models:
         t = Table(title=f"models ({len(all_models())})", title_justify="left", show_edge=False, header_style="bold")
         for col in ("name", "params", "active", "layers", "hidden", "heads/kv", "vocab", "max pos", "aliases"):
-            t.add_column(col, justify="right" if col not in ("name", "aliases") else "left")
+            if col == "aliases":
+                t.add_column(col)  # wraps between aliases; the table splits rather than cut one
+            else:
+                t.add_column(col, justify="left" if col == "name" else "right", no_wrap=True)
         for m in all_models():
             pc = param_counts(m)
             t.add_row(
@@ -111,16 +115,19 @@ def run(args: argparse.Namespace) -> int:
                 str(m.hidden_size), f"{m.num_heads}/{m.num_kv_heads}", f"{m.vocab_size:,}", f"{m.max_positions:,}",
                 ", ".join(m.aliases[:3]),
             )
-        console.print(t)
+        print_table(console, t)
     if show_gpus:
         t = Table(title=f"GPUs ({len(all_gpus())})", title_justify="left", show_edge=False, header_style="bold")
         for col in ("name", "memory GiB", "BF16 TFLOPS", "FP8 TFLOPS", "HBM GB/s", "link GB/s", "aliases"):
-            t.add_column(col, justify="left" if col in ("name", "aliases") else "right")
+            if col in ("name", "aliases"):
+                t.add_column(col)  # wraps at spaces ("A100 80GB SXM"); the table splits rather than cut a word
+            else:
+                t.add_column(col, justify="right", no_wrap=True)
         for g in all_gpus():
             t.add_row(
                 g.name, gib_num(g.memory_bytes, 1), f"{g.bf16_tflops:g}" if g.bf16_tflops else "-",
                 f"{g.fp8_tflops:g}" if g.fp8_tflops else "-", f"{g.hbm_bandwidth_gb_s:,.0f}",
                 f"{g.intra_node_bandwidth_gb_s:g} {g.interconnect}", ", ".join(g.aliases[:3]),
             )
-        console.print(t)
+        print_table(console, t)
     return 0

@@ -22,6 +22,8 @@ NAME = None
 HELP = "rank the training plans that fit"
 DESCRIPTION = """Rank the training plans that fit the cluster, fastest first, each with its memory breakdown,
 its speed, and why it beat the others. Every setup flag you pass fixes that dimension; the rest are searched.
+A flag that no searched plan uses (--lora-rank with --method full, --freeze-layers without --method freeze)
+is refused.
 
 examples:
   plan --model llama3-8b --gpus 8xA800
@@ -70,6 +72,7 @@ def run(args: argparse.Namespace) -> int:
     from planner.app.render.report import render_search
     from planner.search.rank import SearchError, search
     from planner.engine.speed.train_time import train_time
+    from planner.plan_file import model_keys
 
     model, cluster = resolve_target(args)
     from planner.app.commands.data import dataset_from_args
@@ -100,6 +103,7 @@ def run(args: argparse.Namespace) -> int:
         out = {
             "schema_version": 1,
             "model": model.name,
+            **model_keys(model),
             "cluster": {"gpu": cluster.gpu.name, "gpus_per_node": cluster.gpus_per_node, "nodes": cluster.nodes},
             "global_batch": result.global_batch,
             "headroom": args.headroom,

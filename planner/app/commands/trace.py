@@ -59,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
     model, cluster = resolve_target(args)
     if cluster is None:
         raise CliError("--gpus is required, e.g. --gpus A800 or --gpus 8xH100")
-    setup = setup_from_args(args, cluster)
+    setup = setup_from_args(args, cluster, model)
     import validation.trace as vt  # torch-free; torch itself is imported only when the trace runs
 
     try:
@@ -110,6 +110,7 @@ def _print_tables(result, detail: bool) -> None:  # type: ignore[no-untyped-def]
     from rich.console import Console
     from rich.table import Table
 
+    from planner.app.render.fit import print_table
     from planner.engine.results import CATEGORIES, PHASES
 
     est = result.estimate
@@ -117,9 +118,9 @@ def _print_tables(result, detail: bool) -> None:  # type: ignore[no-untyped-def]
     title = (f"{est.model} on {est.gpu} · {est.setup.recipe} · {est.setup.short()} · "
              f"seq {est.setup.seq_len} · traced")
     t = Table(title=title, title_justify="left")
-    t.add_column("per GPU, at the peak", no_wrap=True)
-    t.add_column("GiB", justify="right")
-    t.add_column("share", justify="right")
+    t.add_column("per GPU, at the peak", overflow="fold")
+    t.add_column("GiB", justify="right", no_wrap=True)
+    t.add_column("share", justify="right", no_wrap=True)
     peak = est.peak_bytes or 1
     for k in CATEGORIES:
         v = est.categories[k]
@@ -128,30 +129,30 @@ def _print_tables(result, detail: bool) -> None:  # type: ignore[no-untyped-def]
     t.add_row(f"[bold]peak ({est.peak_phase})[/bold]", f"[bold]{gib_num(est.peak_bytes)}[/bold]", "")
     cap = est.capacity_bytes
     t.add_row("capacity", gib_num(cap), "fits" if est.fits else "[red]does not fit[/red]")
-    console.print(t)
+    print_table(console, t)
 
     steps = sorted({r.step for r in result.records})
     p = Table(title="peak of each phase (GiB)", title_justify="left")
-    p.add_column("phase")
+    p.add_column("phase", overflow="fold")
     for s in steps:
-        p.add_column(f"step {s}", justify="right")
+        p.add_column(f"step {s}", justify="right", no_wrap=True)
     for ph in PHASES:
         cells = []
         for s in steps:
             vals = [r.peak_bytes for r in result.records if r.step == s and _phase_name(r.phase) == ph]
             cells.append(gib_num(max(vals)) if vals else "-")
         p.add_row(ph, *cells)
-    console.print(p)
+    print_table(console, p)
     if detail:
         d = Table(title="categories at each phase's peak, last step (GiB)", title_justify="left")
-        d.add_column("category")
+        d.add_column("category", overflow="fold")
         recs = result.phase_records()
         for r in recs:
-            d.add_column(_phase_name(r.phase), justify="right")
+            d.add_column(_phase_name(r.phase), justify="right", no_wrap=True)
         for k in CATEGORIES:
             if any(r.categories.get(k) for r in recs):
                 d.add_row(k, *[gib_num(r.categories.get(k, 0)) for r in recs])
-        console.print(d)
+        print_table(console, d)
     if est.host_bytes:
         console.print(f"host RAM per node: {gib_num(est.host_bytes)} GiB "
                       + ", ".join(f"{k} {gib_num(v)}" for k, v in est.host_categories.items()))

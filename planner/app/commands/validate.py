@@ -4,7 +4,16 @@ from __future__ import annotations
 
 import argparse
 
-from planner.app.commands.common import add_setup_args, positive_float, positive_int, setup_from_args
+from planner.app.commands.common import (
+    SETUP_FIELD_OF,
+    add_setup_args,
+    non_negative_int,
+    positive_float,
+    positive_int,
+    refuse_given,
+    setup_from_args,
+    setup_with_overrides,
+)
 from planner.app.errors import CliError
 
 NAME = "validate"
@@ -20,8 +29,13 @@ launched with torchrun or the deepspeed launcher, each rank reporting. Feed DIR 
 examples:
   plan validate --model qwen2.5-0.5b --gpus H100 --method lora --seq 2048 --out runs/q05
   plan validate --plan plan.json --steps 5 --out runs/plan1
+  plan validate --plan plan.json --seq 1024 --out runs/plan1-short   # the plan with a shorter sequence
   plan validate --matrix validation/gpu/matrix_h100.yaml --out runs/h100
   plan validate --model validation/data/tiny-qwen2.yaml --gpus H100 --device cpu --seq 64 --out /tmp/v
+
+With --plan, setup flags change the plan's setup (re-estimated for the comparison); with --matrix only
+--device applies, and any other run or setup flag is refused (put it in the matrix file). A flag the setup
+does not use (--lora-rank with --method full, ...) is refused.
 
 exit status: 0 every run ran, 1 a run ran out of memory, could not run here, or failed, 2 bad input.
 """
@@ -29,7 +43,8 @@ exit status: 0 every run ran, 1 a run ran out of memory, could not run here, or 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     src = parser.add_argument_group("what to run (one of)")
-    src.add_argument("--plan", metavar="FILE", help="a plan JSON: plan --json (its first plan) or plan estimate --json")
+    src.add_argument("--plan", metavar="FILE", help="a plan JSON: plan.json of plan configs, plan --json (its first "
+                     "plan) or plan estimate --json; setup flags given with it change its setup")
     src.add_argument("--matrix", metavar="FILE", help="a YAML list of runs (see docs/validation.md)")
     src.add_argument("--model", metavar="MODEL",
                      help="model name or alias, a config.json path or folder, a hub id in the local HF cache, or a "
@@ -40,7 +55,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_setup_args(parser, search=False)
     r = parser.add_argument_group("how to run")
     r.add_argument("--steps", type=positive_int, default=3, metavar="N", help="timed steps after warm-up (default 3)")
-    r.add_argument("--warmup", type=int, default=2, metavar="K",
+    r.add_argument("--warmup", type=non_negative_int, default=2, metavar="K",
                    help="untimed steps first; the first allocates the optimizer states (default 2)")
     r.add_argument("--device", choices=["cuda", "cpu"], default=None,
                    help="where to run (default: cuda when available, else cpu); cpu runs tiny configs for tests")
@@ -52,7 +67,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="skip the profiled step (memory timeline, categories at the peak, allocator snapshot)")
     r.add_argument("--no-snapshot", dest="snapshot", action="store_false",
                    help="skip the CUDA allocator snapshot (_record_memory_history) of the profiled step")
-    r.add_argument("--profile-step", type=int, metavar="K",
+    r.add_argument("--profile-step", type=non_negative_int, metavar="K",
                    help="profile step K (0-based; default: one extra step after the timed ones)")
     r.add_argument("--out", default="validation-runs", metavar="DIR",
                    help="output folder: measurements.jsonl is appended, report.md rewritten (default: validation-runs)")
@@ -87,27 +102,34 @@ def _specs(args: argparse.Namespace) -> list:
     )
 
     device = _device(args.device)
-    if args.warmup < 0:
-        raise CliError(f"--warmup {args.warmup} is negative; use 0 or more")
     sources = [x for x in (args.plan, args.matrix) if x]
     if len(sources) > 1:
         raise CliError("give one of --plan or --matrix, not both")
     run = dict(steps=args.steps, warmup=args.warmup, device=device, weights=args.weights, dataset=args.dataset,
                timeline=args.timeline, snapshot=args.snapshot, profile_step=args.profile_step)
     if args.matrix:
+        # the matrix file says what to run; of the flags only --device applies to it (the one rule: a flag that
+        # would be ignored is refused)
+        refuse_given(args, ["model", "gpus", "host_ram_gib", "inter_node_gb_s", "steps", "warmup", "weights",
+                            "dataset", "timeline", "snapshot", "profile_step", *SETUP_FIELD_OF],
+                     "with --matrix (put it in the matrix file, under defaults: or a run)")
         over = {"device": device} if args.device else {}
         return load_matrix(args.matrix, over)
     if args.plan:
         p = read_plan_file(args.plan)
-        model = resolve_model(args.model or p["model"])
-        cluster = cluster_from(args.gpus) if args.gpus else cluster_from_json(p["cluster"])
-        setup = make_setup(p["setup"], cluster, f"plan {args.plan}: ")
+        model = resolve_model(args.model) if args.model is not None else p["profile"]
+        if args.gpus is not None:
+            cluster = cluster_from(args.gpus, args.host_ram_gib, args.inter_node_gb_s)
+        else:
+            cluster = cluster_from_json(p["cluster"], args.host_ram_gib, args.inter_node_gb_s)
+        where = f"plan {args.plan}: "
+        setup = setup_with_overrides(make_setup(p["setup"], cluster, where).model_dump(), args, cluster, where, model)
     else:
-        if not args.model or not args.gpus:
+        if args.model is None or args.gpus is None:
             raise CliError("give --plan FILE, --matrix FILE, or --model MODEL with --gpus SPEC")
         model = resolve_model(args.model)
         cluster = cluster_from(args.gpus, args.host_ram_gib, args.inter_node_gb_s)
-        setup = setup_from_args(args, cluster)
+        setup = setup_from_args(args, cluster, model)
     if args.profile_step is not None and args.profile_step >= args.warmup + args.steps:
         raise CliError(f"--profile-step {args.profile_step} is past the last step ({args.warmup + args.steps - 1})")
     spec = RunSpec(label=default_label(model, setup), model=model, cluster=cluster, setup=setup, **run)
@@ -130,9 +152,10 @@ def run(args: argparse.Namespace) -> int:
             if s.world_size > 1:
                 print("  " + " ".join(launch_command(s, Path(args.out), Path(args.out) / "spec.json")))
         return 0
+    from planner.fileio import check_writable
     from validation.runner import run_all
 
-    out = Path(args.out)
+    out = check_writable(args.out)  # appended to, never replaced; refused before anything runs
     skipped: list[str] = []
     done = run_all(specs, out, quiet=args.quiet, console=console, time_budget_s=args.time_budget, skipped=skipped)
     bad = [m for m in done if m.status != "ok"]

@@ -114,6 +114,8 @@ def render_table(result: Any) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    from planner.app.render.fit import print_table
+
     head, rows = cluster_rows(result) if result.kind == "cluster" else catalogue_rows(result)
     console = Console()
     console.print(f"[bold]{_title(result)}[/]")
@@ -127,14 +129,14 @@ def render_table(result: Any) -> None:
         nums.add_column(h, justify="left" if i < 2 else "right", no_wrap=True)
     plans.add_column(head[0], no_wrap=True)
     plans.add_column(head[1], no_wrap=True)
-    plans.add_column(head[-1])
+    plans.add_column(head[-1], overflow="fold")
     for i, r in enumerate(rows):
         last = i + 1 == len(rows) or rows[i + 1][0] != r[0]
         nums.add_row(*r[:-1], end_section=last)
         plans.add_row(r[0], r[1], r[-1], end_section=last)
-    console.print(nums)
+    print_table(console, nums, keep=2)  # too wide for the figures: parts that repeat model and method
     console.print()
-    console.print(plans)
+    print_table(console, plans, keep=2)
 
 
 def _md_table(head: list[str], rows: list[list[str]]) -> str:
@@ -153,12 +155,9 @@ def _html_table(head: list[str], rows: list[list[str]]) -> str:
 
 
 def _provenance(argv: list[str] | None) -> str:
-    try:
-        from importlib.metadata import version
+    from planner.app.version import tuneplan_version
 
-        v = version("tuneplan")
-    except Exception:  # noqa: BLE001 - not installed as a distribution
-        v = "unknown"
+    v = tuneplan_version()
     cmd = "plan capacity " + " ".join(argv or [])
     return f"tuneplan {v}, {_dt.date.today().isoformat()}: `{cmd.strip()}`"
 
@@ -274,13 +273,11 @@ def write_report(result: Any, folder: Path, fmt: str, force: bool, argv: list[st
 
 
 def report_json(result: Any) -> dict:
-    from importlib.metadata import PackageNotFoundError, version
+    from planner.app.version import tuneplan_version
 
     d = result.to_json()
-    try:
-        d["tuneplan_version"] = version("tuneplan")
-    except PackageNotFoundError:
-        d["tuneplan_version"] = None
+    v = tuneplan_version()
+    d["tuneplan_version"] = None if v == "unknown" else v
     return d
 
 

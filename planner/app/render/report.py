@@ -12,6 +12,7 @@ from rich.text import Text
 
 from planner.engine.results import CATEGORIES, PHASES, MemoryEstimate, Plan, SpeedEstimate
 
+from planner.app.render.fit import print_table
 from planner.units import gib_num as gib
 
 
@@ -20,36 +21,47 @@ def _bar(frac: float, width: int = 24) -> str:
     return "█" * n + "·" * (width - n)
 
 
-def memory_table(est: MemoryEstimate, title: str | None = None) -> Table:
-    """Per-GPU bytes by category at the peak, with a bar each, then the phases and the host."""
+def memory_table(est: MemoryEstimate, title: str | None = None, bar_width: int = 24) -> Table:
+    """Per-GPU bytes by category at the peak, with a bar each (``bar_width`` characters, none at 0), then the
+    phases. The figure columns never shrink (:mod:`planner.app.render.fit`)."""
     peak = est.peak_bytes
     t = Table(title=title, title_justify="left", show_edge=False, pad_edge=False)
-    t.add_column("per GPU at the peak", style="bold")
-    t.add_column("GiB", justify="right")
-    t.add_column("share", justify="right")
-    t.add_column("", no_wrap=True)
+    t.add_column("per GPU at the peak", style="bold", no_wrap=False, overflow="fold")
+    t.add_column("GiB", justify="right", no_wrap=True)
+    t.add_column("share", justify="right", no_wrap=True)
+    if bar_width:
+        t.add_column("", no_wrap=True)
+    bar = (lambda f: (_bar(f, bar_width),)) if bar_width else (lambda f: ())
     for k in CATEGORIES:
         v = est.categories[k]
         if v == 0:
             continue
-        t.add_row(k.replace("_", " "), gib(v), f"{v / peak:5.1%}", _bar(v / peak))
+        t.add_row(k.replace("_", " "), gib(v), f"{v / peak:5.1%}", *bar(v / peak))
     style = "green" if est.fits else "red"
     t.add_row(
-        Text("peak (" + est.peak_phase.replace("_", " ") + ")", style=style),
+        Text("peak (" + est.peak_phase.replace("_", " ") + ") of the GPU's " + gib(est.capacity_bytes) + " GiB",
+             style=style),
         Text(gib(peak), style=style),
         Text(f"{peak / est.capacity_bytes:5.1%}", style=style),
-        Text(f"of {gib(est.capacity_bytes)} GiB on {est.gpu}", style=style),
+        *(Text(b, style=style) for b in bar(peak / est.capacity_bytes)),
         end_section=True,
     )
     for ph in PHASES:
-        t.add_row(Text(ph.replace("_", " "), style="dim"), Text(gib(est.phases[ph]), style="dim"), "", "")
+        t.add_row(Text(ph.replace("_", " "), style="dim"), Text(gib(est.phases[ph]), style="dim"), "",
+                  *([""] if bar_width else []))
     return t
+
+
+def _bar_width(console: Console) -> int:
+    """The bars take what the figures leave of the line, up to 24 characters (none below 8)."""
+    w = min(24, console.width - 50)
+    return w if w >= 8 else 0
 
 
 def host_table(est: MemoryEstimate) -> Table:
     t = Table(show_edge=False, pad_edge=False)
-    t.add_column("host RAM per node", style="bold")
-    t.add_column("GiB", justify="right")
+    t.add_column("host RAM per node", style="bold", overflow="fold")
+    t.add_column("GiB", justify="right", no_wrap=True)
     for k, v in est.host_categories.items():
         if v:
             t.add_row(k.replace("_", " "), gib(v))
@@ -59,15 +71,15 @@ def host_table(est: MemoryEstimate) -> Table:
 
 def speed_table(sp: SpeedEstimate) -> Table:
     t = Table(show_edge=False, pad_edge=False)
-    t.add_column("speed", style="bold")
-    t.add_column("value", justify="right")
+    t.add_column("speed", style="bold", overflow="fold")
+    t.add_column("value", justify="right", no_wrap=True)
     t.add_row("step time", f"{sp.step_s:,.3f} s")
     for k, v in sp.breakdown_s.items():
         t.add_row(f"  {k}", f"{v:,.3f} s")
     t.add_row("tokens/s (cluster)", f"{sp.tokens_per_s:,.0f}")
     t.add_row("tokens/s per GPU", f"{sp.tokens_per_s_per_gpu:,.0f}")
     t.add_row("MFU", f"{sp.mfu:.1%}")
-    t.add_row("efficiency used", f"{sp.efficiency:.0%} of peak ({sp.calibration})")
+    t.add_row(f"efficiency used ({sp.calibration})", f"{sp.efficiency:.0%} of peak")
     return t
 
 
@@ -82,12 +94,12 @@ def render_estimate(
     )
     console.print(head + f"  ·  {s.short()}  ·  seq {s.seq_len}")
     console.print(f"recipe [bold]{s.recipe}[/]  ·  {est.calibration}")
-    console.print(memory_table(est))
+    print_table(console, memory_table(est, bar_width=_bar_width(console)))
     console.print()
-    console.print(host_table(est))
+    print_table(console, host_table(est))
     if speed is not None:
         console.print()
-        console.print(speed_table(speed))
+        print_table(console, speed_table(speed))
     verdict = "[green]fits[/]" if est.fits else "[red]does not fit[/]"
     console.print(f"\n{verdict}: peak {gib(est.peak_bytes)} GiB of {gib(est.capacity_bytes)} GiB per GPU")
     if host_capacity_bytes is not None and est.host_bytes > host_capacity_bytes:
@@ -102,11 +114,11 @@ def render_estimate(
 
 def plans_table(plans: list[Plan]) -> Table:
     t = Table(show_edge=False, pad_edge=False, header_style="bold")
-    t.add_column("#", justify="right")
-    t.add_column("plan: method, sharding, offload, ckpt, micro x accum, optimizer", no_wrap=True)
-    t.add_column("peak GiB", justify="right")
-    t.add_column("tokens/s", justify="right")
-    t.add_column("MFU", justify="right")
+    t.add_column("#", justify="right", no_wrap=True)
+    t.add_column("plan: method, sharding, offload, ckpt, micro x accum, optimizer", overflow="fold")
+    t.add_column("peak GiB", justify="right", no_wrap=True)
+    t.add_column("tokens/s", justify="right", no_wrap=True)
+    t.add_column("MFU", justify="right", no_wrap=True)
     for p in plans:
         t.add_row(
             str(p.rank),
@@ -121,9 +133,9 @@ def plans_table(plans: list[Plan]) -> Table:
 def breakdown_row_table(plans: list[Plan]) -> Table:
     """GiB per category for each plan side by side."""
     t = Table(show_edge=False, pad_edge=False, header_style="bold", title="memory per GPU at the peak (GiB)", title_justify="left")
-    t.add_column("category")
+    t.add_column("category", overflow="fold")
     for p in plans:
-        t.add_column(f"#{p.rank}", justify="right")
+        t.add_column(f"#{p.rank}", justify="right", no_wrap=True)
     for k in CATEGORIES:
         vals = [p.memory.categories[k] for p in plans]
         if not any(vals):
@@ -144,9 +156,9 @@ def render_search(console: Console, result, explain: bool = False, train_time=No
             console.print(f"  - {s}")
     else:
         console.print()
-        console.print(plans_table(result.plans))
+        print_table(console, plans_table(result.plans))
         console.print()
-        console.print(breakdown_row_table(result.plans))
+        print_table(console, breakdown_row_table(result.plans))
         for p in result.plans:
             body = [f"[bold]{p.setup.short()}[/]  recipe {p.setup.recipe}"]
             body += [f"• {r}" for r in p.reasons]
@@ -157,13 +169,20 @@ def render_search(console: Console, result, explain: bool = False, train_time=No
             console.print(Panel("\n".join(body), title=f"plan {p.rank}", title_align="left", expand=False))
     if explain and result.rejected:
         t = Table(title="rejected candidates", title_justify="left", show_edge=False, pad_edge=False)
-        t.add_column("setup")
-        t.add_column("reason")
+        t.add_column("setup", overflow="fold")
+        t.add_column("reason", overflow="fold")
         for r in result.rejected:
-            t.add_row(r.setup.short(), r.reason)
-        console.print(t)
+            t.add_row(candidate_label(r.setup), r.reason)
+        print_table(console, t)
     elif result.rejected:
         console.print(f"[dim]{len(result.rejected)} candidates did not fit (--explain lists them)[/]")
+
+
+def candidate_label(setup) -> str:  # noqa: ANN001
+    """A rejected candidate's row label: the plan's short label and its precision recipe, so that candidates
+    differing only in the recipe (hf-amp / bf16) are told apart; with every dimension the search varies
+    (method, sharding, offload, checkpointing, micro-batch x accumulation, optimizer, loss, recipe)."""
+    return f"{setup.short()} · {setup.recipe}"
 
 
 def render_group(*items) -> Group:  # noqa: ANN002
