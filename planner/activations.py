@@ -113,14 +113,14 @@ def layer_inventory(model: ModelProfile, setup: Setup, rb: RecipeBytes, trains_l
             else:
                 items.setdefault(f"input:{shared_key}", c * in_features)
         if lora and name in targets and not shared_key.startswith("expert_"):
-            if rb.adapter != c or rb.autocast:
+            if (rb.adapter != c and not rb.gathered) or rb.autocast:
                 # peft casts the input to the adapter dtype; autocast casts it back: a private copy per adapter
                 add(f"lora_input:{name}", c * in_features)
-            else:
+            else:  # same dtype (pure bf16, DeepSpeed) or adapters gathered in the compute dtype (FSDP, eq. M1b)
                 items.setdefault(f"input:{shared_key}", c * in_features)
-            if setup.lora_dropout > 0:
-                add(f"lora_dropout:{name}", rb.adapter * in_features + in_features)  # output + bool mask
-            add(f"lora_a_out:{name}", (c if rb.autocast else rb.adapter) * setup.lora_rank)
+            if setup.lora_dropout > 0:  # output (in the adapter's compute dtype) + bool mask
+                add(f"lora_dropout:{name}", (c if rb.gathered else rb.adapter) * in_features + in_features)
+            add(f"lora_a_out:{name}", (c if (rb.autocast or rb.gathered) else rb.adapter) * setup.lora_rank)
             if setup.dora:
                 add(f"dora:{name}", 2 * c * _out_features(model, name))
 

@@ -416,7 +416,12 @@ class CommBytes:
     persistent: int
     forward: int
     backward: int
+    """at the loss backward (every activation saved)"""
     optimizer: int
+    backward_top: int | None = None
+    """at the top block's backward (eq. A9's moment c); None: as ``backward``"""
+    backward_end: int | None = None
+    """at the end of backward (every gradient made); None: as ``backward``"""
 
 
 def comm_buffer_bytes(model: ModelProfile, cluster: Cluster, setup: Setup, rb: RecipeBytes, counts: TrainableCounts) -> CommBytes:
@@ -451,12 +456,63 @@ def comm_buffer_bytes(model: ModelProfile, cluster: Cluster, setup: Setup, rb: R
         # params + their 16-bit gradient (the gradient only exists when the base weights train)
         gathered_bwd = (2 if setup.method in ("full", "freeze") else 1) * largest * c + prefetch
         return CommBytes(buckets, gathered_fwd, gathered_bwd, 0)
-    block = layer_params(model) * c
-    root = model.vocab_size * model.hidden_size * c * (1 if model.tie_embeddings else 2)
+    return fsdp2_comm_bytes(model, cluster, setup, rb, counts)
+
+
+def fsdp2_comm_bytes(model: ModelProfile, cluster: Cluster, setup: Setup, rb: RecipeBytes,
+                     counts: TrainableCounts) -> CommBytes:
+    """Gathered parameters and FSDP2's collective buffers per GPU (eq. C4), as torch 2.13's ``fully_shard``
+    runs on the groups accelerate 1.15's ``fsdp2_prepare_model`` makes: one per decoder block, the input
+    embedding, a tail of final norm + LM head that stays gathered from forward to backward
+    (``reshard_after_forward=False``; with tied embeddings the embedding is in it), the root.
+    ``c`` is the gathered dtype (the compute dtype under mixed precision).
+
+    From ``_fsdp_param_group.py``: in forward a group's flat all-gather output is kept until the next
+    group's copy-out (``comm_ctx.all_gather_state``), so at the loss the tail is held twice (unsharded
+    parameters + its all-gather output); the loss backward holds the tail once; when the LM head's gradient
+    is reduced, the tail's unsharded gradient, the reduce-scatter input (a flat copy) and its output and
+    fp32 shard coexist with the next block's prefetched all-gather; the embedding's backward at the very end
+    does the same with the dense embedding gradient. A block in backward holds its parameters, their
+    unsharded gradients, the reduce-scatter input and the prefetched next block. Traced with real FSDP2 on
+    a fake process group (validation/trace/fsdp.py), equal byte for byte to two gloo ranks on the CPU.
+    Errs low by what CUDA streams add: an all-gather issued ahead on its stream, and the reduce-scatter
+    inputs FSDP2 keeps alive until the stream has used them (``reduce_scatter_states``)."""
+    N = cluster.world_size
+    c = rb.compute if rb.gathered else rb.trainable_weight if setup.method == "full" else rb.frozen_weight
+    V, h = model.vocab_size, model.hidden_size
+    head = V * h + (h if model.final_norm else 0)
+    emb = 0 if model.tie_embeddings else V * h
+    block = layer_params(model)
+    trains_base = setup.method == "full"
+    g_head = head if trains_base else 0
+    g_emb = emb if trains_base else 0
+    g_block = block if setup.method in ("full", "freeze") else counts.trainable // model.num_layers
+
+    def reduce(g: int) -> int:  # unsharded gradient + reduce-scatter input; output and fp32 shard (1/N)
+        return 2 * c * g + g * (c + 4) // N
+
     if setup.fsdp == "full-shard":
-        return CommBytes(0, root + 2 * block, root + 2 * block + block, 0)
-    full = param_counts(model).total * c
-    return CommBytes(0, full, full + block, 0)
+        forward = 2 * c * max(head, block)
+        block_bwd = c * block + reduce(g_block) + c * block  # itself, its gradients, the prefetched next
+        top = max(c * block + reduce(g_head), block_bwd)
+        end = max(reduce(g_emb), block_bwd)
+        return CommBytes(0, forward, c * head, 0, backward_top=top, backward_end=end)
+    # shard-grad-op: every group stays gathered from its forward to its backward
+    gathered = c * (head + emb + block * model.num_layers)
+    return CommBytes(0, gathered + c * max(head, block), gathered,
+                     0, backward_top=gathered + reduce(g_head), backward_end=c * (emb + block) + reduce(max(g_emb, g_block)))
+
+
+def gradients_persist(setup: Setup) -> bool:
+    """Whether gradient memory exists from the start of a step (before the forward), eq. M5b.
+
+    Gradients are made in backward and freed after the step: ``zero_grad(set_to_none=True)`` (torch / HF
+    Trainer); DeepSpeed ZeRO-1/2 frees the 16-bit gradients inside ``step()`` too (deepspeed 0.19.8
+    ``stage_1_and_2.py``: ``free_grad_in_param_list`` and ``zero_grad(set_to_none=True)``; the
+    ``grads_in_partition`` buffer is built in backward and dropped by ``_release_ipg_buffers``). They persist
+    under gradient accumulation (the next micro-batch adds to them) and under ZeRO-3, whose 16-bit gradient
+    partition is one flat buffer allocated with the optimizer (``stage3.py``: ``grad_partitions_flat_buffer``)."""
+    return setup.grad_accum > 1 or setup.zero == 3
 
 
 def framework_overhead_bytes(cluster: Cluster, calibration: object | None = None) -> int:
@@ -513,16 +569,13 @@ def estimate_memory(
     # temporaries: autocast's cached low-precision copies of fp32 trainable linear weights (alive from the
     # cast in forward until backward has used them), QLoRA's dequantised layer, adafactor's step buffers
     autocast_copies = rb.compute * counts.trainable_linear if rb.autocast else 0
-    autocast_copies = autocast_copies // (cluster.world_size if setup.fsdp == "full-shard" else 1)
     biggest_linear = max((x.weight_params for x in linear_layers(model)), default=0)
     dequant = rb.compute * biggest_linear if setup.method == "qlora" else 0
     dora_tmp = rb.adapter * biggest_linear if setup.dora else 0
     ckpt = setup.checkpointing == "full"
 
     gpu_grads = ms.gradients
-    # Gradients are allocated during backward and freed by zero_grad(set_to_none=True) after the step,
-    # except DeepSpeed's persistent partitions and when accumulating over micro-batches.
-    persistent_grads = gpu_grads if (setup.zero > 0 or setup.grad_accum > 1) else 0
+    persistent_grads = gpu_grads if gradients_persist(setup) else 0
     if setup.zero == 0 and not persistent_grads and rb.master:
         # DeepSpeed's stage-0 bf16 optimizer allocates its fp32 gradient buffers at initialisation
         persistent_grads = rb.grad32 * counts.trainable
@@ -559,11 +612,13 @@ def estimate_memory(
     bwd_c["activations"] = acts.saved + acts.backward_transient
     bwd_c["logits_loss"] = 0
     bwd_c["gradients"] = max(persistent_grads, min(head_grad, gpu_grads))
+    if cb.backward_top is not None:
+        bwd_c["comm_buffers"] = cb.persistent + cb.backward_top
     bwd_b = dict(base)
     bwd_b["gradients"] = gpu_grads
     bwd_b["activations"] = acts.backward_transient
     bwd_b["temporaries"] = dequant + dora_tmp + (rb.compute * biggest_linear if rb.autocast else 0)
-    bwd_b["comm_buffers"] = cb.persistent + cb.backward
+    bwd_b["comm_buffers"] = cb.persistent + (cb.backward if cb.backward_end is None else cb.backward_end)
     bwd = max((bwd_a, bwd_c, bwd_b), key=lambda d: sum(d.values()))
 
     opt = dict(base)

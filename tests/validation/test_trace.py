@@ -90,10 +90,9 @@ def test_recipe_dtypes():
         (dict(zero=0), set()),
         (dict(zero=1), {"optimizer_states", "master_weights", "grad_fp32", "optimizer_temp"}),
         (dict(zero=2), {"optimizer_states", "master_weights", "grad_fp32", "optimizer_temp", "gradients"}),
-        (dict(zero=3), {"optimizer_states", "master_weights", "grad_fp32", "optimizer_temp", "gradients",
+        (dict(zero=3), {"optimizer_states", "master_weights", "grad_fp32", "optimizer_temp", "ds_grad_partition",
                         "weights_trainable", "weights_frozen"}),
-        (dict(fsdp="shard-grad-op", recipe="hf-amp"), {"optimizer_states", "master_weights", "grad_fp32",
-                                                       "optimizer_temp", "gradients"}),
+        (dict(fsdp="shard-grad-op", recipe="hf-amp"), set()),  # FSDP2 runs for real: nothing to divide
     ],
 )
 def test_shard_divisors_follow_the_stage_rules(kw, sharded):

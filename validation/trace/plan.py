@@ -12,8 +12,10 @@ freeze under AMP keep the frozen base in the compute dtype; DeepSpeed's recipe (
 ``fp16-amp`` with ZeRO) casts the module to 16 bit and keeps an fp32 master copy, fp32 Adam states and an fp32
 gradient partition; ``bf16`` is pure bf16 (torchtune).
 
-Sharding (ZeRO / FSDP) is applied by dividing the traced bytes of each model-state kind by the world size
-according to :func:`shard_divisors`; activations are traced as one rank computes them.
+Sharding: FSDP is traced by running real FSDP2 (``fully_shard`` as accelerate prepares it) on rank 0 of a fake
+process group (:mod:`validation.trace.fsdp`), so the bytes are one rank's own; ZeRO is applied by dividing the
+traced bytes of each model-state kind by the world size according to :func:`shard_divisors`; activations are
+traced as one rank computes them.
 """
 
 from __future__ import annotations
@@ -49,10 +51,16 @@ KINDS: dict[str, str] = {
     "autocast_copy": "temporaries",
     "optimizer_temp": "temporaries",
     "offloaded_activations": "activations",
+    "fsdp_buffers": "comm_buffers",
+    "fsdp_unsharded_grad": "comm_buffers",
+    "ds_grad_partition": "gradients",
 }
 """Tracker tag -> MemoryEstimate category. ``buffers`` (RoPE inverse frequencies) count as frozen weights;
 ``grad_fp32`` is DeepSpeed's fp32 gradient partition; ``autocast_copy`` the 16-bit copies autocast makes of fp32
-weights; ``optimizer_temp`` everything the optimizer step allocates besides its states."""
+weights; ``optimizer_temp`` everything the optimizer step allocates besides its states; ``fsdp_buffers`` FSDP2's
+unsharded parameters and its all-gather / reduce-scatter buffers, ``fsdp_unsharded_grad`` the gradients of a
+gathered group before they are reduce-scattered (both comm buffers); ``ds_grad_partition`` DeepSpeed ZeRO-3's
+persistent 16-bit gradient partition."""
 
 
 @dataclass(frozen=True)
@@ -101,6 +109,12 @@ class TracePlan:
     """micro-batches traced per optimizer step: min(grad_accum, 2), the second shows accumulation"""
     optimizer_in_backward: bool = False
     """torchtune's optimizer-in-backward: each parameter steps as its gradient lands, then frees it"""
+    ds_grad_partition: bool = False
+    """DeepSpeed ZeRO-3: gradients land in one persistent flat 16-bit partition buffer allocated with the
+    optimizer (``stage3.py`` ``grad_partitions_flat_buffer``); each full gradient is freed once reduced"""
+    fsdp2: bool = False
+    """run real FSDP2 over a fake process group of ``world_size`` ranks (validation/trace/fsdp.py): model states
+    are one rank's real shards, so their divisors are 1"""
     substitutions: tuple[Substitution, ...] = ()
     assumptions: tuple[str, ...] = field(default_factory=tuple)
 
@@ -110,13 +124,15 @@ def shard_divisors(setup: Setup, world_size: int) -> tuple[dict[str, int], dict[
 
     Rules (ZeRO paper, Rajbhandari et al. 2020, sec. 5; DeepSpeed ``stage_1_and_2.py`` / ``stage3.py``; PyTorch
     FSDP ``ShardingStrategy``): ZeRO-1 partitions optimizer states, the fp32 master copy and the fp32 gradient
-    partition; ZeRO-2 also the 16-bit gradients; ZeRO-3 also the parameters (frozen ones too). FSDP
-    ``shard-grad-op`` is ZeRO-2, ``full-shard`` is ZeRO-3. The optimizer step runs on the shard only, so its
+    partition; ZeRO-2 also the 16-bit gradients; ZeRO-3 also the parameters (frozen ones too) and keeps its
+    16-bit gradients in a persistent partition (each full gradient is transient). FSDP is not divided: the
+    trace runs it for real (validation/trace/fsdp.py). The optimizer step runs on the shard only, so its
     temporaries divide like its states. ``--offload optimizer`` moves states, master, fp32 gradients and the
     step's temporaries to host RAM (DeepSpeed runs CPU Adam there); ``optimizer+params`` also the parameters.
     """
     n = max(1, world_size)
-    stage = {"shard-grad-op": 2, "full-shard": 3}[setup.fsdp] if setup.fsdp else setup.zero
+    # FSDP runs for real in the trace (validation/trace/fsdp.py): its shards need no division
+    stage = 0 if setup.fsdp else setup.zero
     d = {k: 1 for k in KINDS}
     if stage >= 1:
         for k in ("optimizer_states", "master_weights", "grad_fp32", "optimizer_temp"):
@@ -125,11 +141,14 @@ def shard_divisors(setup: Setup, world_size: int) -> tuple[dict[str, int], dict[
         d["gradients"] = n
     if stage >= 3:
         d["weights_trainable"] = d["weights_frozen"] = n
+        # stage3.py reduces each full 16-bit gradient into the persistent partition and frees it at once
+        d["gradients"] = 1
+        d["ds_grad_partition"] = n
     host: dict[str, int] = {"offloaded_activations": 1}
     d["offloaded_activations"] = 0  # saved block inputs under --activation-offload live in host RAM
     moved = []
     if setup.offload in ("optimizer", "optimizer+params"):
-        moved += ["optimizer_states", "master_weights", "grad_fp32", "optimizer_temp"]
+        moved += ["optimizer_states", "master_weights", "grad_fp32", "optimizer_temp", "ds_grad_partition"]
     if setup.offload == "optimizer+params":
         moved += ["weights_trainable", "weights_frozen"]
     for k in moved:
@@ -201,7 +220,9 @@ def plan_trace(model: ModelProfile, cluster: Cluster, setup: Setup, adam_impl: A
             notes.append(
                 "DeepSpeed ZeRO mixed precision emulated as deepspeed/runtime/zero/stage_1_and_2.py: 16-bit weights "
                 "and gradients, fp32 master weights and optimizer states created with the optimizer, the fp32 "
-                "gradient partition built from the 16-bit gradients in step() and released after it")
+                "gradient partition built from the 16-bit gradients in step() and released after it"
+                + ("; ZeRO-3 as stage3.py: a persistent flat 16-bit gradient partition (grad_partitions_flat_buffer) "
+                   "that each gradient is reduced into and then freed" if setup.zero == 3 else ""))
     elif setup.recipe == "bf16":
         weight, trainable, autocast = "bfloat16", "bfloat16", None
     else:  # hf-amp / fp16-amp without DeepSpeed
@@ -230,11 +251,22 @@ def plan_trace(model: ModelProfile, cluster: Cluster, setup: Setup, adam_impl: A
     if deepspeed and setup.zero == 0:  # BF16_Optimizer partitions the fp32 master and states (ZeRO-1 style)
         for k in ("optimizer_states", "master_weights", "optimizer_temp"):
             divisors[k] = n
-    if setup.zero or setup.fsdp:
+    if setup.zero:
         notes.append(
             f"one rank's share under {setup.sharding_label} over {n} GPUs: traced model-state bytes divided by {n} "
             "per the stage rules; activations traced as one rank computes them; "
             "gather and reduce buffers (comm_buffers) are not traced")
+    if setup.fsdp:
+        mp = {"hf-amp": "bf16", "fp16-amp": "fp16"}.get(setup.recipe)
+        notes.append(
+            f"FSDP2 run for real on rank 0 of a fake {n}-rank process group: accelerate's fsdp2_prepare_model (one "
+            "group per decoder block, the input embedding, the final norm + LM head kept gathered, the root), "
+            f"reshard_after_forward={setup.fsdp == 'full-shard'}"
+            + (f", MixedPrecisionPolicy(param_dtype={mp}, reduce_dtype={mp}, output_dtype={mp}) as accelerate sets "
+               f"it for mixed_precision={mp} (autocast on too, with nothing left to cast)" if mp else "")
+            + "; collectives move no data and run synchronously (no CUDA streams)")
+        if setup.offload != "none":
+            notes.append("FSDP CPU offload not run: the offloaded states are moved to host RAM by tag")
     if setup.offload != "none":
         notes.append(f"--offload {setup.offload}: the offloaded tensors are counted in host RAM, not on the GPU")
 
@@ -270,6 +302,8 @@ def plan_trace(model: ModelProfile, cluster: Cluster, setup: Setup, adam_impl: A
         host_divisors=host,
         micro_steps=min(setup.grad_accum, 2),
         optimizer_in_backward=in_backward,
+        ds_grad_partition=deepspeed and setup.zero == 3,
+        fsdp2=setup.fsdp is not None,
         substitutions=tuple(subs),
         assumptions=tuple(notes),
     )

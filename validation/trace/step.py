@@ -125,6 +125,14 @@ class StepRunner:
                 if plan.ds_persistent_fp32_grads:  # BF16_Optimizer.fp32_groups_gradients_flat, made at init
                     m.grad = torch.zeros_like(m)
                     tracker.track(m.grad, "grad_fp32")
+        self.grad_partition: dict[nn.Parameter, torch.Tensor] = {}
+        if plan.ds_grad_partition:  # stage3.py: grad_partitions_flat_buffer, allocated with the optimizer
+            flat = torch.zeros(sum(p.numel() for p in self.params), dtype=self.params[0].dtype)
+            tracker.track(flat, "ds_grad_partition")
+            offset = 0
+            for p in self.params:
+                self.grad_partition[p] = flat.narrow(0, offset, p.numel()).view_as(p)
+                offset += p.numel()
         opt_params = list(self.masters.values()) if plan.deepspeed else self.params
         self.in_backward: dict[nn.Parameter, torch.optim.Optimizer] = {}
         if plan.optimizer_in_backward:
@@ -143,6 +151,10 @@ class StepRunner:
     # -- hooks -------------------------------------------------------------------------------------------
     def _grad_ready(self, p: nn.Parameter) -> None:
         self.tracker.track(p.grad, "gradients")
+        if self.grad_partition:  # ZeRO-3: reduce into the partition buffer, free the full gradient
+            self.grad_partition[p].add_(p.grad)
+            p.grad = None
+            return
         if self.in_backward:  # torchtune optimizer-in-backward: step and free each gradient as it lands
             opt = self.in_backward[p]
             opt.step()
@@ -202,6 +214,10 @@ class StepRunner:
         grads = [p.grad for p in self.params if p.grad is not None]
         if plan.deepspeed:  # the 16-bit gradients into the fp32 ones
             for p, m in self.masters.items():
+                if p in self.grad_partition:  # ZeRO-3: the fp32 gradient comes from the 16-bit partition
+                    m.grad = self.grad_partition[p].float()
+                    self.tracker.track(m.grad, "grad_fp32")
+                    continue
                 if p.grad is None:
                     continue
                 if plan.ds_persistent_fp32_grads:  # BF16_Optimizer.update_hp_grads: hp.add_(lp.grad.float())
@@ -223,6 +239,8 @@ class StepRunner:
             with torch.no_grad():
                 for p, m in self.masters.items():
                     p.detach().copy_(m)  # 16-bit weights updated from the master, in place
+                    if p in self.grad_partition:
+                        self.grad_partition[p].zero_()
                     if plan.ds_persistent_fp32_grads:
                         m.grad.zero_()
                     else:
