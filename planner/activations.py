@@ -18,9 +18,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from typing import TYPE_CHECKING
+
 from planner.dtypes import RecipeBytes
 from planner.setup import Setup
 from profiles.schema import ModelProfile
+
+if TYPE_CHECKING:
+    from planner.lora_targets import LoraTargets
 
 
 def korthikanti_layer_bytes(seq_len: int, micro_batch: int, hidden: int, heads: int) -> int:
@@ -55,9 +60,13 @@ class LayerInventory:
     backward_per_token_per_seq: int = 0
     """eager attention's backward working set per score: the probabilities' gradient (bf16) and the
     softmax backward's fp32 gradient, for the one block in backward (eq. A9)"""
+    per_layer: int = 0
+    """saved bytes that do not scale with tokens (an average block): peft's merged expert weights (eq. A7b)"""
+    backward_per_layer: int = 0
+    """the gradient of the largest merged expert stack while its block runs backward (eq. A7b)"""
 
     def bytes(self, tokens: int, seq_len: int) -> int:
-        return self.per_token * tokens + self.per_token_per_seq * tokens * seq_len
+        return self.per_token * tokens + self.per_token_per_seq * tokens * seq_len + self.per_layer
 
 
 def effective_attention(model: ModelProfile, setup: Setup) -> str:
@@ -88,10 +97,12 @@ def layer_inventory(model: ModelProfile, setup: Setup, rb: RecipeBytes, trains_l
     h, c = model.hidden_size, rb.compute
     lora = setup.trains_adapters
     targets: set[str] = set()
+    experts_lora = False
     if lora:
-        from planner.setup import lora_target_names
+        from planner.lora_targets import lora_targets
 
-        targets = set(lora_target_names(setup, model))
+        lt = lora_targets(setup, model)
+        targets, experts_lora = set(lt.modules), lt.experts
     items: dict[str, int] = {}
     per_seq = 0
 
@@ -129,8 +140,9 @@ def layer_inventory(model: ModelProfile, setup: Setup, rb: RecipeBytes, trains_l
         for nm in ("q_proj", "k_proj", "v_proj") if not model.fused_qkv else ("qkv_proj",):
             linear_input(nm, h, "attn_in")
         qw, kvw = model.q_width, model.kv_width
-        if model.qk_norm:  # Qwen3: per-head RMSNorm on q and k, in fp32, before RoPE
-            add("qk_norm", 4 * (qw + kvw) + rb.residual * (qw + kvw) * int(trains_layer) + 4 * 2 * model.num_heads)
+        if model.qk_norm:  # Qwen3: per-head RMSNorm on q and k, in fp32, before RoPE; the normalised output
+            # goes back to the projections' dtype (the compute dtype), not the residual stream's
+            add("qk_norm", 4 * (qw + kvw) + c * (qw + kvw) * int(trains_layer) + 4 * 2 * model.num_heads)
         if effective_attention(model, setup) == "eager":
             rep = model.num_heads // model.num_kv_heads
             add("q_rot", c * qw)
@@ -193,6 +205,7 @@ def layer_inventory(model: ModelProfile, setup: Setup, rb: RecipeBytes, trains_l
                 items[key] = int(items[key] * copies)
 
     transient = 0
+    per_layer = backward_per_layer = 0
     if model.moe is None:
         mlp(model.intermediate_size, "", 1)
         transient = c * model.intermediate_size
@@ -208,33 +221,73 @@ def layer_inventory(model: ModelProfile, setup: Setup, rb: RecipeBytes, trains_l
                     items[k] = int(items[k] * dense_frac)
         before = dict(items)
         k = e.experts_per_token
+        f = e.expert_intermediate_size
         add("router_softmax", 4 * e.num_experts)  # fp32 routing probabilities (saved)
         add("routing_indices", 4 * 8 * k)  # int64 index tensors of the token -> expert dispatch
+        ce = expert_compute_bytes(rb, trains_layer)
         if trains_layer:
+            add("router_input", c * h)  # the trained router linear's (bf16) input
             add("router_logits", c * e.num_experts)
-            add("routed_inputs", c * h * k)  # tokens gathered per expert, saved by the trained expert matmuls
-            mlp(e.expert_intermediate_size, "expert_", k)
+        if trains_layer or experts_lora:
+            # expert weights that need a gradient (trained, or peft's merged W + BA): the grouped matmuls save
+            # their inputs too: routed tokens, the fused gate/up output, the activation and the product
+            add("routed_inputs", ce * h * k)
+            add("expert_gate_up_out", 2 * ce * f * k)
+            add("expert_act_out", ce * f * k)
+            add("expert_down_in", ce * f * k)
         else:
-            # frozen experts (LoRA never adapts them): gate_up output (gate for the activation, up for the
-            # product) and the activation output; the inputs and the product are not saved
-            add("expert_gate_up_out", 2 * c * e.expert_intermediate_size * k)
-            add("expert_act_out", c * e.expert_intermediate_size * k)
-        add("routed_outputs", c * h * k)  # expert outputs, kept by the routing-weight multiply
+            # frozen experts: gate_up output (gate for the activation, up for the product) and the activation
+            # output; the inputs and the product are not saved
+            add("expert_gate_up_out", 2 * ce * f * k)
+            add("expert_act_out", ce * f * k)
+        add("routed_outputs", ce * h * k)  # expert outputs, kept by the routing-weight multiply
         if e.shared_experts:
             mlp(e.shared_expert_intermediate_size, "shared_", 1)
         for k in items:
             if k not in before:
                 items[k] = int(items[k] * moe_frac)
         transient = c * max(model.intermediate_size * dense_frac, e.expert_intermediate_size * e.experts_per_token)
-
+        if experts_lora:
+            merged, merged_grad = expert_lora_merged_bytes(model, lt, c)
+            per_layer, backward_per_layer = int(merged * moe_frac), merged_grad
     per_token = sum(items.values())
     # eager backward: the probabilities' bf16 gradient and the softmax backward's fp32 gradient while the bf16
     # probabilities are released: 5 bytes per score beyond the saved ones (traced, docs/accuracy.md)
     bwd_seq = 5 * model.num_heads if per_seq else 0
     fwd_seq = 3 * model.num_heads if per_seq else 0
     return LayerInventory(
-        per_token, per_seq, transient, items, forward_per_token_per_seq=fwd_seq, backward_per_token_per_seq=bwd_seq
+        per_token, per_seq, transient, items, forward_per_token_per_seq=fwd_seq, backward_per_token_per_seq=bwd_seq,
+        per_layer=per_layer, backward_per_layer=backward_per_layer,
     )
+
+
+def expert_compute_bytes(rb: RecipeBytes, trains_layer: bool) -> int:
+    """Bytes per element of the routed experts' activations (eq. A7a). transformers 5.24 runs the experts with
+    ``torch.nn.functional.grouped_mm(input.to(weight.dtype), weight)`` (``integrations/moe.py``), and grouped_mm is
+    not autocast-enabled, so the experts compute in the dtype their weights are stored in: fp32 when they train
+    under AMP (hf-amp full or freeze), the compute dtype otherwise. torch 2.13's CUDA ``_grouped_mm`` accepts
+    fp32 (``_grouped_mm_validate_inputs``) and runs non-bf16 inputs through its per-group ``mm`` fallback
+    (``GroupedBlas.cpp``), so a GPU run keeps these fp32 tensors as the trace does."""
+    if trains_layer and rb.autocast:
+        return rb.trainable_weight
+    return rb.compute
+
+
+def expert_lora_merged_bytes(model: ModelProfile, targets: "LoraTargets", compute: int) -> tuple[int, int]:
+    """peft 0.21.2's LoRA on routed experts (eq. A7b): ``ParamWrapper`` registers a parametrization that folds
+    ``W + scaling * B A`` into one full-size expert stack per forward (``_LoraFactorsProxy``: ``torch.baddbmm``
+    in the weight's dtype, cached for the module's forward by ``parametrize.cached()``), and the grouped matmul
+    saves that merged stack for its backward. Returns (saved bytes per MoE block, the extra its backward holds:
+    the down stack's gradient while both stacks are saved, then the gate/up stack's gradient once the down stack
+    is freed). Traced on DeepSeek-V2-Lite (64 experts, h 2048, F 1408, bf16): 704 + 352 MiB saved per MoE block,
+    352 MiB more at its backward peak."""
+    e = model.moe
+    if e is None:
+        return 0, 0
+    h, f = model.hidden_size, e.expert_intermediate_size
+    gate_up = compute * e.num_experts * 2 * f * h if targets.expert_gate_up else 0
+    down = compute * e.num_experts * f * h if targets.expert_down else 0
+    return gate_up + down, max(down, gate_up - down)
 
 
 def _out_features(model: ModelProfile, name: str) -> int:

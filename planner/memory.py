@@ -74,39 +74,47 @@ class TrainableCounts:
     frozen_linear: int
     """frozen parameters inside linear layers (what QLoRA quantises)"""
     trainable_linear: int
-    """trainable parameters that sit in linear layers (what autocast casts per use)"""
+    """trainable parameters that sit in ``nn.Linear`` layers (what autocast casts per use; not routed experts)"""
 
 
 def lora_adapter_params(model: ModelProfile, setup: Setup) -> int:
     """LoRA adapter parameters: ``r * (in + out)`` per adapted linear (Hu et al. 2021, arXiv:2106.09685,
     sec. 4), plus DoRA's magnitude vector of ``out`` per adapted linear (Liu et al. 2024, arXiv:2402.09353).
-    Routed MoE experts are not ``nn.Linear`` in transformers >= 5 (3-D tensors), so ``all-linear`` skips them.
+    Which linears are adapted is peft's decision (:func:`planner.lora_targets.lora_targets`, eq. M2b): routed
+    MoE experts are not ``nn.Linear`` in transformers >= 5, but peft 0.21 moves expert projection names onto
+    the experts' 3-D parameters for the qwen2_moe family (then the dense and shared MLPs lose theirs).
     Golden: rank 8 on a 4096 x 11008 matrix gives 8 * (4096 + 11008) = 120,832."""
-    targets = set(lora_target_names(setup, model))
+    from planner.lora_targets import expert_adapter_params, lora_targets
+
+    t = lora_targets(setup, model)
     total = 0
     for x in linear_layers(model):
-        if x.name.startswith("experts.") or x.name.split(".")[-1] not in targets:
+        if x.name.startswith("experts.") or x.name.split(".")[-1] not in t.modules:
             continue
         if x.name in ("gate", "shared_expert_gate"):
             continue
         per = setup.lora_rank * (x.in_features + x.out_features) + (x.out_features if setup.dora else 0)
         total += per * x.count
-    return total
+    return total + expert_adapter_params(model, t, setup.lora_rank)
 
 
 def trainable_counts(model: ModelProfile, setup: Setup) -> TrainableCounts:
     """Which parameters train under ``setup.method`` (eq. M2)."""
     pc = param_counts(model)
     lin_total = sum(x.params for x in linear_layers(model))
+    # routed experts run through grouped_mm, which autocast does not cast (transformers integrations/moe.py,
+    # eq. A7a): only the nn.Linear weights (and the LM head) get a per-use low-precision copy
+    lin_cast = sum(x.params for x in linear_layers(model) if not x.name.startswith("experts."))
     head = model.vocab_size * model.hidden_size
     if setup.method == "full":
-        lin = lin_total + head  # a tied embedding is still cast per use as the LM head's weight
+        lin = lin_cast + head  # a tied embedding is still cast per use as the LM head's weight
         return TrainableCounts(pc.total, pc.total, 0, 0, 0, lin)
     if setup.method == "freeze":
         k = setup.freeze_layers
         train = layer_params(model) * k
-        lin_train = lin_total * k // model.num_layers
-        return TrainableCounts(train, train, 0, pc.total - train, lin_total - lin_train, lin_train)
+        lin_train = lin_cast * k // model.num_layers
+        return TrainableCounts(train, train, 0, pc.total - train, lin_total - lin_total * k // model.num_layers,
+                               lin_train)
     adapter = lora_adapter_params(model, setup)
     extra = 0
     if setup.lora_train_embeddings:
@@ -137,13 +145,21 @@ def adafactor_state_elements(model: ModelProfile, setup: Setup, counts: Trainabl
     """Adafactor's factored second moment (Shazeer & Stern 2018, arXiv:1804.04235, alg. 4): a row and a
     column vector per matrix, a full vector for 1-D parameters; no first moment (HF default beta1=None)."""
     if setup.method in ("lora", "qlora"):
-        targets = set(lora_target_names(setup, model))
+        from planner.lora_targets import lora_targets
+
+        lt = lora_targets(setup, model)
+        targets = lt.modules
         n = 0
         for x in linear_layers(model):
             if x.name.startswith("experts.") or x.name.split(".")[-1] not in targets:
                 continue
             r = setup.lora_rank
             n += x.count * ((r + x.in_features) + (x.out_features + r))
+        if lt.experts and model.moe is not None:  # peft's stacked expert factors, 2-D per MoE layer
+            e, h, f, r = model.moe.num_experts, model.hidden_size, model.moe.expert_intermediate_size, setup.lora_rank
+            per_layer = ((e * 2 * r + h) + (2 * f + e * 2 * r)) * lt.expert_gate_up + (
+                (e * r + f) + (h + e * r)) * lt.expert_down
+            n += per_layer * (model.num_layers - model.moe.dense_layers)
         if setup.lora_train_embeddings:
             n += model.vocab_size + model.hidden_size
         if setup.lora_train_lm_head:
@@ -203,16 +219,16 @@ def model_states(model: ModelProfile, cluster: Cluster, setup: Setup, rb: Recipe
     optimizer peak. ZeRO-3 (``stage3.py``) keeps 16-bit param and gradient partitions, fp32 master and Adam
     (16 B/N) and converts a sub-group's gradients to fp32 at the step (+4 B/N): DeepSpeed's estimator's 18 B/N
     lies between the two (documented difference, tested). ZeRO-1 keeps the full 16-bit gradients
-    (2 B) and shards the rest; ZeRO-0 with DeepSpeed's bf16 optimizer keeps all 20 B. FSDP full-shard
-    shards weights, gradients and states; shard-grad-op shards gradients and states (its gathered weights
-    are counted in comm buffers, eq. C4). DDP replicates everything. Optimizer offload moves fp32 grads,
+    (2 B) and shards the rest; ZeRO-0 with DeepSpeed's bf16 optimizer keeps all 20 B. FSDP (FSDP2, both
+    strategies) shards weights, gradients and states; shard-grad-op (``reshard_after_forward=False``) keeps
+    the gathered compute-dtype copies from forward to backward, counted in comm buffers (eq. C4). DDP replicates everything. Optimizer offload moves fp32 grads,
     master and states to the host; parameter offload also the 16-bit weights (ZeRO-3 only).
     """
     N = cluster.world_size
     z, fsdp = setup.zero, setup.fsdp
     deepspeed = z > 0
     step_only = 0
-    shard_w = z == 3 or fsdp == "full-shard"
+    shard_w = z == 3 or fsdp is not None  # FSDP2 keeps parameters sharded at rest for both strategies
     shard_g = z >= 2 or fsdp is not None
     shard_o = z >= 1 or fsdp is not None
     P_t = counts.trainable
@@ -385,7 +401,8 @@ def activation_bytes(model: ModelProfile, setup: Setup, rb: RecipeBytes) -> Acti
         bwd_extra
         + inv.transient_per_token * T * 3
         + rb.compute * model.hidden_size * T * 2
-        + inv.backward_per_token_per_seq * T * s
+        # the MLP runs backward (and frees its saved tensors, merged expert weights included) before attention
+        + max(inv.backward_per_token_per_seq * T * s, inv.backward_per_layer)
     )
     return ActivationBytes(int(saved), int(fwd_transient), int(bwd_transient), inv, active_layers, ck)
 

@@ -19,7 +19,7 @@ from typing import Any, Iterator
 import torch
 from torch import nn
 
-from planner.setup import Setup, lora_target_names
+from planner.setup import Setup
 from profiles.schema import ModelProfile
 from validation.build import _recast_trainable, attn_implementation, decoder_layers
 from validation.trace.plan import TracePlan
@@ -116,10 +116,11 @@ def build_model(model: ModelProfile, setup: Setup, plan: TracePlan, num_layers: 
 def _apply_lora(net: nn.Module, model: ModelProfile, setup: Setup, plan: TracePlan) -> nn.Module:
     from peft import LoraConfig, get_peft_model
 
-    targets = lora_target_names(setup, model)
-    # MoE experts in transformers >= 5 are 3-D parameters, not nn.Linear: peft targets the linear ones
-    linear_names = {n.split(".")[-1] for n, m in net.named_modules() if isinstance(m, nn.Linear)}
-    targets = [t for t in targets if t in linear_names]
+    from planner.lora_targets import lora_targets
+
+    # the names LLaMA-Factory / a peft user passes (all-linear = the nn.Linear modules); peft 0.21 itself moves
+    # expert projection names onto the fused 3-D expert parameters for the qwen2_moe family (planner.lora_targets)
+    targets = lora_targets(setup, model).passed_to_peft()
     modules_to_save = []
     if setup.lora_train_embeddings:
         modules_to_save.append("embed_tokens")

@@ -111,7 +111,7 @@ def run_trace(
             stack.enter_context(tag_fsdp_buffers(tracker))
         stack.enter_context(_quiet())
         if fake:
-            tracker.fake_mode = stack.enter_context(FakeTensorMode())
+            stack.enter_context(FakeTensorMode())
         stack.enter_context(real_run_semantics())
         stack.enter_context(_host_offload(tracker))
         net = build_model(model, setup, plan, num_layers=num_layers)

@@ -104,10 +104,6 @@ class StorageTracker(TorchDispatchMode):
         self.paused = 0
         """> 0 while a framework computes shapes on tensors that a real run never allocates (DTensor's sharding
         propagation runs the op on global-shape fake tensors, under the trace's own fake mode when one is active)"""
-        self.fake_mode: object | None = None
-        """the trace's own ``FakeTensorMode`` (None on real tensors): fake tensors of any other mode hold no
-        memory on a real run (DTensor's sharding propagation builds global-shape tensors under its own fake
-        mode) and are not counted"""
 
     # -- bookkeeping -------------------------------------------------------------------------------------
     def _settle(self) -> None:
@@ -251,9 +247,6 @@ class StorageTracker(TorchDispatchMode):
             tag = "autocast_copy" if self.default_tag == "activations" else None
         for t in tree_leaves(out):
             if isinstance(t, torch.Tensor) and t.device.type != "meta":
-                fm = getattr(t, "fake_mode", None)
-                if fm is not None and fm is not self.fake_mode:
-                    continue  # a shape-propagation tensor of another fake mode: no memory in a real run
                 key = id(t.untyped_storage())
                 if key in self._live:
                     continue
