@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from planner.activations import korthikanti_layer_bytes
 from planner.dtypes import recipe_bytes
+from planner.lora_targets import lora_targets
 from planner.memory import (
     allocated_bytes,
     estimate_memory,
@@ -304,9 +305,11 @@ def test_properties(kw, model):
     if kw["checkpointing"] == "none":
         ck = estimate_memory(m, cluster, Setup(recipe="deepspeed-bf16", zero=2, **{**kw, "checkpointing": "full"}))
         assert ck.peak_bytes <= e.peak_bytes
-    # LoRA < full; QLoRA weights < LoRA weights
-    if kw["method"] == "full":
-        lo = estimate_memory(m, cluster, Setup(recipe="deepspeed-bf16", zero=2, **{**kw, "method": "lora"}))
+    # LoRA < full; QLoRA weights < LoRA weights. Not for LoRA on fused MoE experts: peft 0.21 saves a merged
+    # copy of every expert stack per block (eq. A7b), which can exceed full fine-tuning's sharded states
+    lora_setup = Setup(recipe="deepspeed-bf16", zero=2, **{**kw, "method": "lora"})
+    if kw["method"] == "full" and not lora_targets(lora_setup, m).experts:
+        lo = estimate_memory(m, cluster, lora_setup)
         assert lo.peak_bytes < e.peak_bytes
     if kw["method"] == "lora":
         q = estimate_memory(m, cluster, Setup(recipe="deepspeed-bf16", zero=2, **{**kw, "method": "qlora"}))
