@@ -41,6 +41,11 @@ NF4_BLOCK = 64
 """Weights per fp32 absmax constant (QLoRA paper sec. 3, "blocksize 64")."""
 DQ_BLOCK = 256
 """Double quantisation: 8-bit constants quantised in blocks of 256 with one fp32 constant each (ibid.)."""
+BNB_PAGED_MIN_NUMEL = 100_000
+"""bitsandbytes pages an optimizer state only for tensors of at least 1e5 elements; smaller ones get ordinary
+``torch.zeros_like`` GPU tensors (``bitsandbytes/optim/optimizer.py`` ``get_state_buffer``, 0.49.2)."""
+BNB_MIN_8BIT_SIZE = 4096
+"""bitsandbytes 8-bit optimizers keep fp32 states for tensors under 4096 elements (``min_8bit_size``)."""
 BNB_8BIT_BLOCK = 256
 """bitsandbytes 8-bit optimizers allocate one fp32 absmax per 256 state values
 (``bitsandbytes/optim/optimizer.py``, ``Optimizer8bit.init_state``: ``blocks = n // 256``); the paper
@@ -174,14 +179,79 @@ def adafactor_state_elements(model: ModelProfile, setup: Setup, counts: Trainabl
     return n
 
 
+def trainable_tensor_sizes(model: ModelProfile, setup: Setup) -> list[tuple[int, int]]:
+    """(elements, count) of every trainable tensor (the optimizer keeps states per tensor): weight matrices
+    of the adapted or trained linears, embeddings / LM head, norm vectors; LoRA's A and B per adapted linear
+    and peft's stacked expert factors (eq. M2, M2b)."""
+    h, V = model.hidden_size, model.vocab_size
+    out: list[tuple[int, int]] = []
+    if setup.method in ("full", "freeze"):
+        frac = setup.freeze_layers / model.num_layers if setup.method == "freeze" else 1.0
+        for x in linear_layers(model):
+            out.append((x.params_each, max(1, round(x.count * frac))))
+        out.append((param_counts(model).norms // max(1, model.num_layers * max(model.norms_per_layer, 2)), 0))
+        if setup.method == "full":
+            out.append((V * h, 1 if model.tie_embeddings else 2))
+        return [t for t in out if t[1]]
+    from planner.lora_targets import lora_targets
+
+    t, r = lora_targets(setup, model), setup.lora_rank
+    for x in linear_layers(model):
+        if not x.name.startswith("experts.") and x.name.split(".")[-1] in t.modules and x.name not in ("gate",):
+            out += [(r * x.in_features, x.count), (x.out_features * r, x.count)]
+            if setup.dora:
+                out.append((x.out_features, x.count))
+    if t.experts and model.moe is not None:
+        e, f = model.moe.num_experts, model.moe.expert_intermediate_size
+        n = model.num_layers - model.moe.dense_layers
+        if t.expert_gate_up:
+            out += [(e * 2 * r * h, n), (2 * f * e * 2 * r, n)]
+        if t.expert_down:
+            out += [(e * r * f, n), (h * e * r, n)]
+    extra = int(setup.lora_train_embeddings) + int(setup.lora_train_lm_head)
+    if extra:
+        out.append((V * h, extra))
+    return out
+
+
+def paged_state_bytes(model: ModelProfile, setup: Setup) -> tuple[int, int]:
+    """bitsandbytes paged optimizers (eq. M4b): (bytes through torch's allocator, bytes in unified memory).
+
+    ``get_state_buffer`` allocates a state with ``cudaMallocManaged`` (``cget_managed_ptr``, wrapped by
+    ``torch.frombuffer`` as a *CPU* tensor, so torch's CUDA statistics never see it) for tensors of at least 1e5
+    elements, else with ``torch.zeros_like`` on the GPU. ``paged-adamw``: fp32 m and v (8 B per element).
+    ``paged-adamw-8bit``: uint8 m and v (2 B), fp32 states under 4096 elements, and one fp32 absmax per 256
+    values per state, always ordinary GPU tensors. LoRA adapters of rank 8 are mostly under 1e5 elements, so
+    their states are not paged at all. Exact per tensor (bitsandbytes 0.49.2)."""
+    eight = setup.optimizer == "paged-adamw-8bit"
+    gpu = managed = 0
+    for n, count in trainable_tensor_sizes(model, setup):
+        if eight and n < BNB_MIN_8BIT_SIZE:
+            state, absmax = 8 * n, 0
+        elif eight:
+            state, absmax = 2 * n, 2 * 4 * -(-n // BNB_8BIT_BLOCK)
+        else:
+            state, absmax = 8 * n, 0
+        if n >= BNB_PAGED_MIN_NUMEL:
+            managed += state * count
+            gpu += absmax * count
+        else:
+            gpu += (state + absmax) * count
+    return gpu, managed
+
+
 def optimizer_state_bytes_per_param(setup: Setup, rb: RecipeBytes) -> float:
     """Bytes of optimizer state per trainable parameter (eq. M4). Adafactor is handled by shape instead.
 
     AdamW: two states (m, v) at the recipe's state dtype (Loshchilov & Hutter 2019). 8-bit AdamW: two uint8
-    states plus one fp32 absmax per 256 values each (bitsandbytes ``Optimizer8bit.init_state``). SGD with momentum: one state.
+    states plus one fp32 absmax per 256 values each (bitsandbytes ``Optimizer8bit.init_state``). bitsandbytes'
+    32-bit (paged) AdamW keeps fp32 m and v whatever the parameter dtype (``Optimizer2State.init_state``,
+    ``optim_bits=32``). SGD with momentum: one state. Where paged states live: :func:`paged_state_bytes`.
     """
     if setup.optimizer == "adamw":
         return 2 * rb.state
+    if setup.optimizer == "paged-adamw":
+        return 8.0
     if setup.optimizer in ("adamw-8bit", "paged-adamw-8bit"):
         return 2 * (1 + 4 / BNB_8BIT_BLOCK)
     if setup.optimizer == "sgd-momentum":
@@ -203,6 +273,9 @@ class ModelStates:
     optimizer_step_temp: int
     gradients_step_only: int = 0
     """gradient bytes that exist only during the optimizer step (ZeRO-3's fp32 gradient partition)"""
+    paged_optimizer: int = 0
+    """optimizer states in CUDA unified memory (bitsandbytes paged optimizers, eq. M4b): outside torch's
+    allocator; resident on the GPU only while free device memory lets them be, host memory otherwise"""
 
 
 def _shard(n: float, sharded: bool, world: int) -> int:
@@ -252,8 +325,12 @@ def model_states(model: ModelProfile, cluster: Cluster, setup: Setup, rb: Recipe
         trainable_b, frozen_b = _shard(trainable_b, shard_w, N), _shard(frozen_b, shard_w, N)
 
     # optimizer states
+    paged = 0
     if setup.optimizer == "adafactor":
         opt = adafactor_state_elements(model, setup, counts) * 4
+    elif setup.optimizer in ("paged-adamw", "paged-adamw-8bit"):
+        opt, paged = paged_state_bytes(model, setup)
+        paged = _shard(paged, shard_o, N)
     else:
         opt = optimizer_state_bytes_per_param(setup, rb) * P_t
     master = rb.master * P_t
@@ -288,7 +365,8 @@ def model_states(model: ModelProfile, cluster: Cluster, setup: Setup, rb: Recipe
         # transformers' Adafactor steps one tensor at a time, building an fp32 update of its size
         step_temp = 3 * 4 * min(largest_layer_params(model), max(P_t, 1))
     return ModelStates(
-        trainable_b, frozen_b, int(g_gpu), int(opt), int(master), int(host_opt), int(host_params), step_temp, int(step_only)
+        trainable_b, frozen_b, int(g_gpu), int(opt), int(master), int(host_opt), int(host_params), step_temp, int(step_only),
+        paged_optimizer=int(paged),
     )
 
 
@@ -330,6 +408,8 @@ def logits_loss_bytes(model: ModelProfile, setup: Setup, rb: RecipeBytes, tokens
     h logits per token (fp32 + bf16), and the gradient of the hidden states (c*h) computed in the forward.
     """
     V, h, c, T = model.vocab_size, model.hidden_size, rb.compute, tokens
+    if setup.compile and setup.loss in ("plain", "chunked") and not model.final_logit_softcap:
+        return compiled_logits_loss_bytes(V, c, T, setup.loss)
     # Gemma-2 final soft-capping: tanh saves its bf16 output (2V); the divide is transient in forward
     cap_saved = 2 * V if model.final_logit_softcap else 0
     cap = cap_saved
@@ -343,6 +423,23 @@ def logits_loss_bytes(model: ModelProfile, setup: Setup, rb: RecipeBytes, tokens
     # liger
     fwd = T * (4 * h + c * h + c * h)
     return LogitsBytes(fwd, T * c * h, T * c * h + T * 6 * h)
+
+
+def compiled_logits_loss_bytes(vocab: int, compute: int, tokens: int, loss: str) -> LogitsBytes:
+    """Logits and loss under ``torch.compile`` (eq. L4). Inductor fuses the fp32 upcast into the cross-entropy
+    kernels and its partitioner saves the 16-bit logits and one row statistic instead of the fp32 log-softmax:
+    measured on torch 2.13 (``saved_tensors_hooks`` around ``torch.compile``'d ``cross_entropy(x.float(), y)``):
+    2.004 B per logit saved, against 4.002 eager. Chunked (torchtune compiles ``compute_cross_entropy``, the
+    upcast + CE of one chunk, ``training.compile_loss``): the model's bf16 chunks are kept as the saved inputs;
+    backward turns one chunk's saved logits into its bf16 gradient at a time (the CE nodes all run before the LM
+    head's). Plain (the HF Trainer compiles the whole model, loss included): the same saving on the full logits,
+    the bf16 gradient made next to them. Errs low by kernel workspaces inside the fused kernels; torchtune's own
+    plain path (``output(h).float()`` eager, then a compiled loss on fp32 logits) saves 4 B per logit instead."""
+    V, c, T = vocab, compute, tokens
+    if loss == "chunked":
+        chunk = -(-T // LOSS_CHUNKS)
+        return LogitsBytes(T * c * V, T * c * V, T * c * V + chunk * c * V)
+    return LogitsBytes(T * c * V, T * c * V, 2 * T * c * V)
 
 
 @dataclass(frozen=True)
@@ -561,13 +658,16 @@ def host_bytes(
     act = 0
     if setup.activation_offload:
         act = model.num_layers * rb.residual * model.hidden_size * T * g
-    return {
+    out = {
         "offloaded_optimizer": ms.host_optimizer * g,
         "offloaded_params": ms.host_params * g,
         "pinned_buffers": int(offloaded * (DS_ADDITIONAL_BUFFER_FACTOR - 1)),
         "offloaded_activations": act,
         "processes": HOST_PROCESS_BYTES * g,
     }
+    if ms.paged_optimizer:  # unified memory: backed by host pages whenever the GPU evicts them (eq. M4b)
+        out["paged_optimizer"] = ms.paged_optimizer * g
+    return out
 
 
 def estimate_memory(

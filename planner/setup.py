@@ -36,11 +36,14 @@ METHODS: dict[str, str] = {
     "freeze": "freeze tuning: only the last --freeze-layers blocks train (LLaMA-Factory finetuning_type: freeze)",
 }
 
-Optimizer = Literal["adamw", "adamw-8bit", "paged-adamw-8bit", "sgd", "sgd-momentum", "adafactor"]
+Optimizer = Literal["adamw", "adamw-8bit", "paged-adamw", "paged-adamw-8bit", "sgd", "sgd-momentum", "adafactor"]
 OPTIMIZERS: dict[str, str] = {
     "adamw": "AdamW, two fp32 states (m, v) per trainable parameter (bf16 under the pure-bf16 recipe)",
     "adamw-8bit": "bitsandbytes 8-bit AdamW: two uint8 states plus one fp32 absmax per 2048-value block",
-    "paged-adamw-8bit": "8-bit AdamW whose states live in CUDA unified memory and page out under pressure",
+    "paged-adamw": "bitsandbytes PagedAdamW (32-bit): fp32 m and v in CUDA unified memory (cudaMallocManaged), "
+    "outside torch's allocator; pages move to the host under memory pressure",
+    "paged-adamw-8bit": "bitsandbytes PagedAdamW8bit: 8-bit states in CUDA unified memory, outside torch's allocator; "
+    "pages move to the host under memory pressure",
     "sgd": "plain SGD: no state",
     "sgd-momentum": "SGD with momentum: one state per trainable parameter",
     "adafactor": "Adafactor: factored second moment (row + column vectors per matrix), no first moment",
@@ -193,9 +196,9 @@ def validate_setup(setup: Setup, model: ModelProfile, cluster: Cluster) -> None:
         raise SetupError("QLoRA with ZeRO-3 offload is not supported by bitsandbytes/DeepSpeed; use --offload none")
     if setup.method == "full" and setup.dora:
         raise SetupError("--dora applies to LoRA/QLoRA, not full fine-tuning; use --method lora")
-    if setup.method in ("full", "freeze") and setup.optimizer in ("paged-adamw-8bit",) and setup.zero:
-        raise SetupError("paged 8-bit AdamW is a bitsandbytes optimizer; DeepSpeed ZeRO cannot shard it; use --zero 0")
-    if setup.optimizer in ("adamw-8bit", "paged-adamw-8bit") and setup.offload != "none":
+    if setup.method in ("full", "freeze") and setup.optimizer in ("paged-adamw", "paged-adamw-8bit") and setup.zero:
+        raise SetupError(f"{setup.optimizer} is a bitsandbytes paged optimizer; DeepSpeed ZeRO cannot shard it; use --zero 0")
+    if setup.optimizer in ("adamw-8bit", "paged-adamw", "paged-adamw-8bit") and setup.offload != "none":
         raise SetupError(f"--optimizer {setup.optimizer} cannot be offloaded by DeepSpeed; use --optimizer adamw")
     if setup.method == "freeze" and setup.freeze_layers > model.num_layers:
         raise SetupError(f"--freeze-layers {setup.freeze_layers} exceeds the model's {model.num_layers} layers")

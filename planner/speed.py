@@ -573,6 +573,7 @@ def optimizer_step_bytes_per_param(setup: Setup) -> float:
     return {
         "adamw": 7 * s + copy,
         "adamw-8bit": 3 * s + 4 + copy,
+        "paged-adamw": 7 * 4.0 + copy,
         "paged-adamw-8bit": 3 * s + 4 + copy,
         "sgd": 3 * s + copy,
         "sgd-momentum": 5 * s + copy,

@@ -56,7 +56,7 @@ def not_runnable_reason(spec: RunSpec) -> str | None:
     needs_cuda = []
     if s.method == "qlora":
         needs_cuda.append("QLoRA (bitsandbytes NF4 kernels)")
-    if s.optimizer in ("adamw-8bit", "paged-adamw-8bit"):
+    if s.optimizer in ("adamw-8bit", "paged-adamw", "paged-adamw-8bit"):
         needs_cuda.append(f"--optimizer {s.optimizer} (bitsandbytes)")
     if s.attention == "flash":
         needs_cuda.append("FlashAttention-2")
@@ -69,7 +69,7 @@ def not_runnable_reason(spec: RunSpec) -> str | None:
     if dev == "cpu" and needs_cuda:
         return f"{', '.join(needs_cuda)} needs a CUDA device; on the CPU it cannot run (use --device cuda)"
     missing = []
-    if (s.method == "qlora" or s.optimizer in ("adamw-8bit", "paged-adamw-8bit")) and not _has("bitsandbytes"):
+    if (s.method == "qlora" or s.optimizer in ("adamw-8bit", "paged-adamw", "paged-adamw-8bit")) and not _has("bitsandbytes"):
         missing.append("bitsandbytes")
     if s.attention == "flash" and not _has("flash_attn"):
         missing.append("flash-attn")
@@ -324,10 +324,11 @@ def make_optimizer(params: list[nn.Parameter], setup: Setup, device: str) -> tup
             return torch.optim.AdamW(params, lr=LR, fused=True), "torch AdamW fused (adamw_torch_fused)"
         except (RuntimeError, ValueError):
             return torch.optim.AdamW(params, lr=LR, foreach=False), "torch AdamW for-loop (fused unsupported)"
-    if o in ("adamw-8bit", "paged-adamw-8bit"):
+    if o in ("adamw-8bit", "paged-adamw", "paged-adamw-8bit"):
         import bitsandbytes as bnb
 
-        cls = bnb.optim.PagedAdamW8bit if o.startswith("paged") else bnb.optim.AdamW8bit
+        cls = {"paged-adamw": bnb.optim.PagedAdamW, "paged-adamw-8bit": bnb.optim.PagedAdamW8bit,
+               "adamw-8bit": bnb.optim.AdamW8bit}[o]
         return cls(params, lr=LR), f"bitsandbytes {cls.__name__}"
     if o == "sgd":
         return torch.optim.SGD(params, lr=LR), "torch SGD"
