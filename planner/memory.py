@@ -215,7 +215,7 @@ def trainable_tensor_sizes(model: ModelProfile, setup: Setup) -> list[tuple[int,
 
 
 def paged_state_bytes(model: ModelProfile, setup: Setup) -> tuple[int, int]:
-    """bitsandbytes paged optimizers (eq. M4b): (bytes through torch's allocator, bytes in unified memory).
+    """bitsandbytes optimizers, paged or not (eq. M4b): (bytes through torch's allocator, bytes in unified memory).
 
     ``get_state_buffer`` allocates a state with ``cudaMallocManaged`` (``cget_managed_ptr``, wrapped by
     ``torch.frombuffer`` as a *CPU* tensor, so torch's CUDA statistics never see it) for tensors of at least 1e5
@@ -223,7 +223,8 @@ def paged_state_bytes(model: ModelProfile, setup: Setup) -> tuple[int, int]:
     ``paged-adamw-8bit``: uint8 m and v (2 B), fp32 states under 4096 elements, and one fp32 absmax per 256
     values per state, always ordinary GPU tensors. LoRA adapters of rank 8 are mostly under 1e5 elements, so
     their states are not paged at all. Exact per tensor (bitsandbytes 0.49.2)."""
-    eight = setup.optimizer == "paged-adamw-8bit"
+    eight = setup.optimizer in ("adamw-8bit", "paged-adamw-8bit")
+    paged = setup.optimizer in ("paged-adamw", "paged-adamw-8bit")
     gpu = managed = 0
     for n, count in trainable_tensor_sizes(model, setup):
         if eight and n < BNB_MIN_8BIT_SIZE:
@@ -232,7 +233,7 @@ def paged_state_bytes(model: ModelProfile, setup: Setup) -> tuple[int, int]:
             state, absmax = 2 * n, 2 * 4 * -(-n // BNB_8BIT_BLOCK)
         else:
             state, absmax = 8 * n, 0
-        if n >= BNB_PAGED_MIN_NUMEL:
+        if paged and n >= BNB_PAGED_MIN_NUMEL:
             managed += state * count
             gpu += absmax * count
         else:
@@ -328,7 +329,7 @@ def model_states(model: ModelProfile, cluster: Cluster, setup: Setup, rb: Recipe
     paged = 0
     if setup.optimizer == "adafactor":
         opt = adafactor_state_elements(model, setup, counts) * 4
-    elif setup.optimizer in ("paged-adamw", "paged-adamw-8bit"):
+    elif setup.optimizer in ("adamw-8bit", "paged-adamw", "paged-adamw-8bit"):
         opt, paged = paged_state_bytes(model, setup)
         paged = _shard(paged, shard_o, N)
     else:

@@ -54,13 +54,15 @@ KINDS: dict[str, str] = {
     "fsdp_buffers": "comm_buffers",
     "fsdp_unsharded_grad": "comm_buffers",
     "ds_grad_partition": "gradients",
+    "paged_optimizer": "optimizer_states",
 }
 """Tracker tag -> MemoryEstimate category. ``buffers`` (RoPE inverse frequencies) count as frozen weights;
 ``grad_fp32`` is DeepSpeed's fp32 gradient partition; ``autocast_copy`` the 16-bit copies autocast makes of fp32
 weights; ``optimizer_temp`` everything the optimizer step allocates besides its states; ``fsdp_buffers`` FSDP2's
 unsharded parameters and its all-gather / reduce-scatter buffers, ``fsdp_unsharded_grad`` the gradients of a
 gathered group before they are reduce-scattered (both comm buffers); ``ds_grad_partition`` DeepSpeed ZeRO-3's
-persistent 16-bit gradient partition."""
+persistent 16-bit gradient partition; ``paged_optimizer`` bitsandbytes' paged states (CUDA unified memory, outside
+torch's allocator: counted in host RAM, never on the GPU)."""
 
 
 @dataclass(frozen=True)
@@ -112,6 +114,10 @@ class TracePlan:
     ds_grad_partition: bool = False
     """DeepSpeed ZeRO-3: gradients land in one persistent flat 16-bit partition buffer allocated with the
     optimizer (``stage3.py`` ``grad_partitions_flat_buffer``); each full gradient is freed once reduced"""
+    bnb_states: bool = False
+    """a bitsandbytes optimizer (8-bit or paged): its states are emulated with the sizes bitsandbytes allocates"""
+    paged_states: bool = False
+    """paged bitsandbytes optimizer: states of tensors >= 1e5 elements live in unified memory (tag paged_optimizer)"""
     fsdp2: bool = False
     """run real FSDP2 over a fake process group of ``world_size`` ranks (validation/trace/fsdp.py): model states
     are one rank's real shards, so their divisors are 1"""
@@ -144,8 +150,9 @@ def shard_divisors(setup: Setup, world_size: int) -> tuple[dict[str, int], dict[
         # stage3.py reduces each full 16-bit gradient into the persistent partition and frees it at once
         d["gradients"] = 1
         d["ds_grad_partition"] = n
-    host: dict[str, int] = {"offloaded_activations": 1}
+    host: dict[str, int] = {"offloaded_activations": 1, "paged_optimizer": 1}
     d["offloaded_activations"] = 0  # saved block inputs under --activation-offload live in host RAM
+    d["paged_optimizer"] = 0  # bitsandbytes' paged states: unified memory, outside torch's allocator
     moved = []
     if setup.offload in ("optimizer", "optimizer+params"):
         moved += ["optimizer_states", "master_weights", "grad_fp32", "optimizer_temp", "ds_grad_partition"]
@@ -194,11 +201,16 @@ def plan_trace(model: ModelProfile, cluster: Cluster, setup: Setup, adam_impl: A
 
     optimizer = setup.optimizer
     eight_bit = optimizer in ("adamw-8bit", "paged-adamw-8bit")
-    if eight_bit:
+    paged = optimizer in ("paged-adamw", "paged-adamw-8bit")
+    bnb = eight_bit or paged
+    if bnb:
         subs.append(Substitution(
-            f"bitsandbytes {optimizer}", "AdamW states emulated as uint8 m and v plus fp32 block constants",
-            "bitsandbytes' 8-bit update is a CUDA kernel; the states are sized as bitsandbytes allocates them"
-            + ("; paged states are counted as resident on the GPU" if optimizer.startswith("paged") else "")))
+            f"bitsandbytes {optimizer}",
+            ("AdamW states emulated as uint8 m and v plus fp32 block constants" if eight_bit
+             else "AdamW states emulated as fp32 m and v"),
+            "bitsandbytes' update is a CUDA kernel; the states are sized as bitsandbytes allocates them"
+            + ("; states of tensors with >= 1e5 elements are paged (cudaMallocManaged, outside torch's allocator) "
+               "and counted in host RAM" if paged else "")))
         optimizer = "adamw"
     opt: Literal["adamw", "sgd", "sgd-momentum", "adafactor"] = optimizer  # type: ignore[assignment]
 
@@ -206,7 +218,7 @@ def plan_trace(model: ModelProfile, cluster: Cluster, setup: Setup, adam_impl: A
     deepspeed = setup.recipe == "deepspeed-bf16" or (setup.recipe == "fp16-amp" and setup.zero > 0)
     if deepspeed:
         weight, trainable, autocast = half, half, None
-        if opt == "adamw" and not eight_bit:
+        if opt == "adamw" and not bnb:
             subs.append(Substitution(
                 "DeepSpeed FusedAdam (CUDA)", f"torch AdamW {adam_impl} over fp32 master weights",
                 "same fp32 states; DeepSpeed's multi-tensor kernel keeps no per-parameter temporaries, like fused"))
@@ -232,7 +244,7 @@ def plan_trace(model: ModelProfile, cluster: Cluster, setup: Setup, adam_impl: A
     if setup.recipe == "fp16-amp":
         notes.append("fp16 loss scaling emulated: the loss is multiplied and the gradients unscaled in place "
                      "(GradScaler's inf check reads tensor values, which fake tensors do not have)")
-    if opt == "adamw" and not deepspeed and not eight_bit:
+    if opt == "adamw" and not deepspeed and not bnb:
         notes.append(f"optimizer implementation: {ADAM_IMPLS[adam_impl]}")
 
     in_backward = setup.optimizer_in_backward
@@ -291,6 +303,8 @@ def plan_trace(model: ModelProfile, cluster: Cluster, setup: Setup, adam_impl: A
         optimizer=opt,
         adam_impl=adam_impl,
         eight_bit_states=eight_bit,
+        bnb_states=bnb,
+        paged_states=paged,
         weight_dtype=weight,
         trainable_dtype=trainable,
         autocast_dtype=autocast,
