@@ -99,7 +99,7 @@ def test_shard_divisors_follow_the_stage_rules(kw, sharded):
     d, host = shard_divisors(Setup(**kw), 8)
     assert {k for k, v in d.items() if v == 8} == sharded
     assert d["activations"] == d["logits_loss"] == 1
-    assert host == {"offloaded_activations": 1}
+    assert host == {"offloaded_activations": 1, "paged_optimizer": 1}
 
 
 def test_offload_moves_states_to_the_host():
