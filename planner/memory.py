@@ -805,6 +805,21 @@ def _assumptions(
         out.append("DDP gradient buckets are a second gradient copy (gradient_as_bucket_view=False)")
     if setup.zero:
         out.append("ZeRO bucket sizes as the HF integration fills 'auto': reduce h^2, prefetch 0.9 h^2")
+    if setup.fsdp is not None:
+        out.append("FSDP2 as accelerate wraps it (block groups, embedding, norm + LM head kept gathered)"
+                   + ("; bf16 MixedPrecisionPolicy: bf16 gathered weights, no autocast copies (eq. M1b)"
+                      if rb.gathered else ""))
+    if setup.optimizer in ("paged-adamw", "paged-adamw-8bit"):
+        out.append("bitsandbytes paged states of tensors >= 1e5 elements live in CUDA unified memory, outside torch's "
+                   "allocator: counted in host RAM (eq. M4b)")
+    if setup.compile:
+        out.append("torch.compile: fused loss saves 16-bit logits (eq. L4); SiLU outputs recomputed (eq. A10)")
+    if setup.trains_adapters and model.moe is not None:
+        from planner.lora_targets import lora_targets
+
+        if lora_targets(setup, model).experts:
+            out.append("peft 0.21 adapts every routed expert (MLP targets moved to the fused expert parameters) and "
+                       "saves a merged copy of each expert stack per block (eq. M2b, A7b)")
     if not setup.packing:
         out.append("padding: every micro-batch padded to --seq (worst case)")
     from planner.activations import effective_attention

@@ -409,20 +409,25 @@ def _world_size() -> int:
 
 
 def wrap_distributed(net: nn.Module, setup: Setup, device: str) -> tuple[nn.Module, str]:
-    """DDP, or FSDP (``fully_shard`` per decoder block and at the root; ``full-shard`` reshards after forward,
-    ``shard-grad-op`` keeps parameters gathered until backward, like ZeRO-2)."""
+    """DDP, or FSDP2 wrapped as accelerate 1.15 wraps it for the HF Trainer (validation/trace/fsdp.py:
+    ``full-shard`` reshards after forward, ``shard-grad-op`` keeps parameters gathered until backward; the AMP
+    recipes get accelerate's bf16 ``MixedPrecisionPolicy``)."""
     if setup.fsdp is None:
         from torch.nn.parallel import DistributedDataParallel as DDP
 
         ids = [torch.cuda.current_device()] if device == "cuda" else None
         return DDP(net, device_ids=ids), "DDP (torch DistributedDataParallel)"
-    from torch.distributed.fsdp import fully_shard
+    from torch.distributed.device_mesh import init_device_mesh
 
+    from validation.trace.fsdp import MESH_DIM, accelerate_fsdp2, mixed_precision_name
+
+    # the same wrapping the trace runs: accelerate's fsdp2_prepare_model with the HF Trainer's plugin
+    mesh = init_device_mesh(device, (_world_size(),), mesh_dim_names=(MESH_DIM,))
+    net = accelerate_fsdp2(net, setup, mesh)
     reshard = setup.fsdp == "full-shard"
-    for layer in decoder_layers(net):
-        fully_shard(layer, reshard_after_forward=reshard)
-    fully_shard(net, reshard_after_forward=reshard)
-    return net, f"FSDP2 fully_shard per block, reshard_after_forward={reshard} ({setup.fsdp})"
+    mp = mixed_precision_name(setup)
+    return net, (f"FSDP2 as accelerate's fsdp2_prepare_model wraps it, reshard_after_forward={reshard} ({setup.fsdp})"
+                 + (f", MixedPrecisionPolicy param/reduce/output {mp}" if mp != "no" else ""))
 
 
 def fallback_deepspeed_config(spec: RunSpec) -> dict[str, Any]:
