@@ -57,7 +57,7 @@ def not_runnable_reason(spec: RunSpec) -> str | None:
     needs_cuda = []
     if s.method == "qlora":
         needs_cuda.append("QLoRA (bitsandbytes NF4 kernels)")
-    if s.optimizer in ("adamw-8bit", "paged-adamw-8bit"):
+    if s.optimizer in ("adamw-8bit", "paged-adamw", "paged-adamw-8bit"):
         needs_cuda.append(f"--optimizer {s.optimizer} (bitsandbytes)")
     if s.attention == "flash":
         needs_cuda.append("FlashAttention-2")
@@ -70,7 +70,7 @@ def not_runnable_reason(spec: RunSpec) -> str | None:
     if dev == "cpu" and needs_cuda:
         return f"{', '.join(needs_cuda)} needs a CUDA device; on the CPU it cannot run (use --device cuda)"
     missing = []
-    if (s.method == "qlora" or s.optimizer in ("adamw-8bit", "paged-adamw-8bit")) and not _has("bitsandbytes"):
+    if (s.method == "qlora" or s.optimizer in ("adamw-8bit", "paged-adamw", "paged-adamw-8bit")) and not _has("bitsandbytes"):
         missing.append("bitsandbytes")
     if s.attention == "flash" and not _has("flash_attn"):
         missing.append("flash-attn")
@@ -325,10 +325,11 @@ def make_optimizer(params: list[nn.Parameter], setup: Setup, device: str) -> tup
             return torch.optim.AdamW(params, lr=LR, fused=True), "torch AdamW fused (adamw_torch_fused)"
         except (RuntimeError, ValueError):
             return torch.optim.AdamW(params, lr=LR, foreach=False), "torch AdamW for-loop (fused unsupported)"
-    if o in ("adamw-8bit", "paged-adamw-8bit"):
+    if o in ("adamw-8bit", "paged-adamw", "paged-adamw-8bit"):
         import bitsandbytes as bnb
 
-        cls = bnb.optim.PagedAdamW8bit if o.startswith("paged") else bnb.optim.AdamW8bit
+        cls = {"paged-adamw": bnb.optim.PagedAdamW, "paged-adamw-8bit": bnb.optim.PagedAdamW8bit,
+               "adamw-8bit": bnb.optim.AdamW8bit}[o]
         return cls(params, lr=LR), f"bitsandbytes {cls.__name__}"
     if o == "sgd":
         return torch.optim.SGD(params, lr=LR), "torch SGD"
@@ -409,20 +410,25 @@ def _world_size() -> int:
 
 
 def wrap_distributed(net: nn.Module, setup: Setup, device: str) -> tuple[nn.Module, str]:
-    """DDP, or FSDP (``fully_shard`` per decoder block and at the root; ``full-shard`` reshards after forward,
-    ``shard-grad-op`` keeps parameters gathered until backward, like ZeRO-2)."""
+    """DDP, or FSDP2 wrapped as accelerate 1.15 wraps it for the HF Trainer (validation/trace/fsdp.py:
+    ``full-shard`` reshards after forward, ``shard-grad-op`` keeps parameters gathered until backward; the AMP
+    recipes get accelerate's bf16 ``MixedPrecisionPolicy``)."""
     if setup.fsdp is None:
         from torch.nn.parallel import DistributedDataParallel as DDP
 
         ids = [torch.cuda.current_device()] if device == "cuda" else None
         return DDP(net, device_ids=ids), "DDP (torch DistributedDataParallel)"
-    from torch.distributed.fsdp import fully_shard
+    from torch.distributed.device_mesh import init_device_mesh
 
+    from validation.trace.fsdp import MESH_DIM, accelerate_fsdp2, mixed_precision_name
+
+    # the same wrapping the trace runs: accelerate's fsdp2_prepare_model with the HF Trainer's plugin
+    mesh = init_device_mesh(device, (_world_size(),), mesh_dim_names=(MESH_DIM,))
+    net = accelerate_fsdp2(net, setup, mesh)
     reshard = setup.fsdp == "full-shard"
-    for layer in decoder_layers(net):
-        fully_shard(layer, reshard_after_forward=reshard)
-    fully_shard(net, reshard_after_forward=reshard)
-    return net, f"FSDP2 fully_shard per block, reshard_after_forward={reshard} ({setup.fsdp})"
+    mp = mixed_precision_name(setup)
+    return net, (f"FSDP2 as accelerate's fsdp2_prepare_model wraps it, reshard_after_forward={reshard} ({setup.fsdp})"
+                 + (f", MixedPrecisionPolicy param/reduce/output {mp}" if mp != "no" else ""))
 
 
 def fallback_deepspeed_config(spec: RunSpec) -> dict[str, Any]:

@@ -37,6 +37,7 @@ TRAINER_OF: dict[str, Backend] = {"hf-deepspeed": "deepspeed", "hf-fsdp": "fsdp"
 HF_OPTIM: dict[str, str] = {
     "adamw": "adamw_torch_fused",
     "adamw-8bit": "adamw_bnb_8bit",
+    "paged-adamw": "paged_adamw_32bit",
     "paged-adamw-8bit": "paged_adamw_8bit",
     "sgd": "sgd",
     "sgd-momentum": "sgd",

@@ -128,6 +128,7 @@ LORA_MLP = ("gate_proj", "up_proj", "down_proj")
 OPTIMIZERS: dict[str, dict[str, Any]] = {
     "adamw": {"_component_": "torch.optim.AdamW", "fused": True},
     "adamw-8bit": {"_component_": "bitsandbytes.optim.AdamW8bit"},
+    "paged-adamw": {"_component_": "bitsandbytes.optim.PagedAdamW"},
     "paged-adamw-8bit": {"_component_": "bitsandbytes.optim.PagedAdamW8bit"},
     "sgd": {"_component_": "torch.optim.SGD"},
     "sgd-momentum": {"_component_": "torch.optim.SGD", "momentum": SGD_MOMENTUM},

@@ -22,8 +22,10 @@ from dataclasses import dataclass, field
 
 from planner.engine.dtypes import RecipeBytes
 from planner.engine.facts import ModelFacts
+from planner.engine.lora_targets import LoraTargets
 from planner.engine.setup import Setup
 from profiles.schema import ModelProfile
+
 
 
 def korthikanti_layer_bytes(seq_len: int, micro_batch: int, hidden: int, heads: int) -> int:
@@ -58,9 +60,13 @@ class LayerInventory:
     backward_per_token_per_seq: int = 0
     """eager attention's backward working set per score: the probabilities' gradient (bf16) and the
     softmax backward's fp32 gradient, for the one block in backward (eq. A9)"""
+    per_layer: int = 0
+    """saved bytes that do not scale with tokens (an average block): peft's merged expert weights (eq. A7b)"""
+    backward_per_layer: int = 0
+    """the gradient of the largest merged expert stack while its block runs backward (eq. A7b)"""
 
     def bytes(self, tokens: int, seq_len: int) -> int:
-        return self.per_token * tokens + self.per_token_per_seq * tokens * seq_len
+        return self.per_token * tokens + self.per_token_per_seq * tokens * seq_len + self.per_layer
 
 
 def effective_attention(model: ModelProfile, setup: Setup) -> str:
@@ -87,7 +93,7 @@ def layer_inventory(facts: ModelFacts, setup: Setup, rb: RecipeBytes, trains_lay
     key = setup.model_copy(update={"micro_batch": 1, "grad_accum": 1, "zero": 0, "fsdp": None, "offload": "none",
                                    "optimizer": "adamw", "checkpointing": "none", "checkpoint_every": 1,
                                    "loss": "plain", "framework": "hf", "padding_efficiency": 1.0,
-                                   "activation_offload": False, "compile": False, "fused_kernels": False,
+                                   "activation_offload": False, "fused_kernels": False,
                                    "packing": True, "optimizer_in_backward": False})
     return _layer_inventory(facts, key, rb, trains_layer)
 
@@ -102,7 +108,8 @@ def _layer_inventory(facts: ModelFacts, setup: Setup, rb: RecipeBytes, trains_la
     model = facts.model
     h, c = model.hidden_size, rb.compute
     lora = setup.trains_adapters
-    targets = set(facts.lora_targets)
+    lt = facts.lora
+    targets, experts_lora = set(lt.modules), lt.experts
     items: dict[str, int] = {}
     per_seq = 0
 
@@ -124,14 +131,14 @@ def _layer_inventory(facts: ModelFacts, setup: Setup, rb: RecipeBytes, trains_la
             else:
                 items.setdefault(f"input:{shared_key}", c * in_features)
         if lora and name in targets and not shared_key.startswith("expert_"):
-            if rb.adapter != c or rb.autocast:
+            if (rb.adapter != c and not rb.gathered) or rb.autocast:
                 # peft casts the input to the adapter dtype; autocast casts it back: a private copy per adapter
                 add(f"lora_input:{name}", c * in_features)
-            else:
+            else:  # same dtype (pure bf16, DeepSpeed) or adapters gathered in the compute dtype (FSDP, eq. M1b)
                 items.setdefault(f"input:{shared_key}", c * in_features)
-            if setup.lora_dropout > 0:
-                add(f"lora_dropout:{name}", rb.adapter * in_features + in_features)  # output + bool mask
-            add(f"lora_a_out:{name}", (c if rb.autocast else rb.adapter) * setup.lora_rank)
+            if setup.lora_dropout > 0:  # output (in the adapter's compute dtype) + bool mask
+                add(f"lora_dropout:{name}", (c if rb.gathered else rb.adapter) * in_features + in_features)
+            add(f"lora_a_out:{name}", (c if (rb.autocast or rb.gathered) else rb.adapter) * setup.lora_rank)
             if setup.dora:
                 add(f"dora:{name}", 2 * c * facts.out_features(name))
 
@@ -140,8 +147,9 @@ def _layer_inventory(facts: ModelFacts, setup: Setup, rb: RecipeBytes, trains_la
         for nm in ("q_proj", "k_proj", "v_proj") if not model.fused_qkv else ("qkv_proj",):
             linear_input(nm, h, "attn_in")
         qw, kvw = model.q_width, model.kv_width
-        if model.qk_norm:  # Qwen3: per-head RMSNorm on q and k, in fp32, before RoPE
-            add("qk_norm", 4 * (qw + kvw) + rb.residual * (qw + kvw) * int(trains_layer) + 4 * 2 * model.num_heads)
+        if model.qk_norm:  # Qwen3: per-head RMSNorm on q and k, in fp32, before RoPE; the normalised output
+            # goes back to the projections' dtype (the compute dtype), not the residual stream's
+            add("qk_norm", 4 * (qw + kvw) + c * (qw + kvw) * int(trains_layer) + 4 * 2 * model.num_heads)
         if effective_attention(model, setup) == "eager":
             rep = model.num_heads // model.num_kv_heads
             add("q_rot", c * qw)
@@ -204,6 +212,7 @@ def _layer_inventory(facts: ModelFacts, setup: Setup, rb: RecipeBytes, trains_la
                 items[key] = int(items[key] * copies)
 
     transient = 0
+    per_layer = backward_per_layer = 0
     if model.moe is None:
         mlp(model.intermediate_size, "", 1)
         transient = c * model.intermediate_size
@@ -219,33 +228,98 @@ def _layer_inventory(facts: ModelFacts, setup: Setup, rb: RecipeBytes, trains_la
                     items[k] = int(items[k] * dense_frac)
         before = dict(items)
         k = e.experts_per_token
+        f = e.expert_intermediate_size
         add("router_softmax", 4 * e.num_experts)  # fp32 routing probabilities (saved)
         add("routing_indices", 4 * 8 * k)  # int64 index tensors of the token -> expert dispatch
+        ce = expert_compute_bytes(rb, trains_layer)
         if trains_layer:
+            add("router_input", c * h)  # the trained router linear's (bf16) input
             add("router_logits", c * e.num_experts)
-            add("routed_inputs", c * h * k)  # tokens gathered per expert, saved by the trained expert matmuls
-            mlp(e.expert_intermediate_size, "expert_", k)
+        if trains_layer or experts_lora:
+            # expert weights that need a gradient (trained, or peft's merged W + BA): the grouped matmuls save
+            # their inputs too: routed tokens, the fused gate/up output, the activation and the product
+            add("routed_inputs", ce * h * k)
+            add("expert_gate_up_out", 2 * ce * f * k)
+            add("expert_act_out", ce * f * k)
+            add("expert_down_in", ce * f * k)
         else:
-            # frozen experts (LoRA never adapts them): gate_up output (gate for the activation, up for the
-            # product) and the activation output; the inputs and the product are not saved
-            add("expert_gate_up_out", 2 * c * e.expert_intermediate_size * k)
-            add("expert_act_out", c * e.expert_intermediate_size * k)
-        add("routed_outputs", c * h * k)  # expert outputs, kept by the routing-weight multiply
+            # frozen experts: gate_up output (gate for the activation, up for the product) and the activation
+            # output; the inputs and the product are not saved
+            add("expert_gate_up_out", 2 * ce * f * k)
+            add("expert_act_out", ce * f * k)
+        add("routed_outputs", ce * h * k)  # expert outputs, kept by the routing-weight multiply
         if e.shared_experts:
             mlp(e.shared_expert_intermediate_size, "shared_", 1)
         for k in items:
             if k not in before:
                 items[k] = int(items[k] * moe_frac)
         transient = c * max(model.intermediate_size * dense_frac, e.expert_intermediate_size * e.experts_per_token)
-
+        if experts_lora:
+            merged, merged_grad = expert_lora_merged_bytes(model, lt, c)
+            per_layer, backward_per_layer = int(merged * moe_frac), merged_grad
+    if setup.compile:
+        for name in compiled_recomputed_items(items, rb):
+            items.pop(name)
     per_token = sum(items.values())
     # eager backward: the probabilities' bf16 gradient and the softmax backward's fp32 gradient while the bf16
     # probabilities are released: 5 bytes per score beyond the saved ones (traced, docs/accuracy.md)
     bwd_seq = 5 * model.num_heads if per_seq else 0
     fwd_seq = 3 * model.num_heads if per_seq else 0
     return LayerInventory(
-        per_token, per_seq, transient, items, forward_per_token_per_seq=fwd_seq, backward_per_token_per_seq=bwd_seq
+        per_token, per_seq, transient, items, forward_per_token_per_seq=fwd_seq, backward_per_token_per_seq=bwd_seq,
+        per_layer=per_layer, backward_per_layer=backward_per_layer,
     )
+
+
+COMPILE_RECOMPUTED_ACTIVATIONS = ("act_out", "dense_act_out", "shared_act_out", "expert_act_out")
+"""SiLU outputs: the partitioner recomputes ``silu(gate)`` from the saved gate output in backward (eq. A10)."""
+
+
+def compiled_recomputed_items(items: dict[str, int], rb: RecipeBytes) -> list[str]:
+    """Saved tensors that ``torch.compile`` (inductor) does not keep for backward (eq. A10): the SiLU outputs.
+
+    Inductor partitions the joint graph with ``min_cut_rematerialization_partition``, which recomputes cheap
+    elementwise ops in backward instead of saving their outputs. Measured on a transformers Llama block with
+    torch 2.13 (``torch.compile(backend="inductor")`` on the CPU, and the same partitioner through
+    ``aot_eager_decomp_partition``; saved tensors counted with ``saved_tensors_hooks``): the SiLU output
+    (``c*F`` per token) is recomputed from the gate output, and so are the fp32 copies of the RMSNorm inputs
+    (``4h`` per norm; 16-bit residual) or the fp32 normalised outputs (``4h`` per norm; fp32 residual under AMP):
+    44,592 -> 30,768 B/token at h 1024, F 2816. Only the SiLU part is applied: torchtune's published ladder
+    (Llama 3.2 3B, A100, torch of Nov 2024) shows a compile saving that the SiLU and the fused loss (eq. L4)
+    explain, and not the norm copies. So this errs high by ``4h`` per norm per token wherever the running torch
+    recomputes the norm copies too (torch 2.13 does), and by duplicate autocast casts under AMP. Eager attention
+    scores and MoE routing are left as they are (not measured)."""
+    del rb  # the norm copies depend on it; kept in the signature for when they are applied
+    return [k for k in items if k in COMPILE_RECOMPUTED_ACTIVATIONS]
+
+
+def expert_compute_bytes(rb: RecipeBytes, trains_layer: bool) -> int:
+    """Bytes per element of the routed experts' activations (eq. A7a). transformers 5.24 runs the experts with
+    ``torch.nn.functional.grouped_mm(input.to(weight.dtype), weight)`` (``integrations/moe.py``), and grouped_mm is
+    not autocast-enabled, so the experts compute in the dtype their weights are stored in: fp32 when they train
+    under AMP (hf-amp full or freeze), the compute dtype otherwise. torch 2.13's CUDA ``_grouped_mm`` accepts
+    fp32 (``_grouped_mm_validate_inputs``) and runs non-bf16 inputs through its per-group ``mm`` fallback
+    (``GroupedBlas.cpp``), so a GPU run keeps these fp32 tensors as the trace does."""
+    if trains_layer and rb.autocast:
+        return rb.trainable_weight
+    return rb.compute
+
+
+def expert_lora_merged_bytes(model: ModelProfile, targets: LoraTargets, compute: int) -> tuple[int, int]:
+    """peft 0.21.2's LoRA on routed experts (eq. A7b): ``ParamWrapper`` registers a parametrization that folds
+    ``W + scaling * B A`` into one full-size expert stack per forward (``_LoraFactorsProxy``: ``torch.baddbmm``
+    in the weight's dtype, cached for the module's forward by ``parametrize.cached()``), and the grouped matmul
+    saves that merged stack for its backward. Returns (saved bytes per MoE block, the extra its backward holds:
+    the down stack's gradient while both stacks are saved, then the gate/up stack's gradient once the down stack
+    is freed). Traced on DeepSeek-V2-Lite (64 experts, h 2048, F 1408, bf16): 704 + 352 MiB saved per MoE block,
+    352 MiB more at its backward peak."""
+    e = model.moe
+    if e is None:
+        return 0, 0
+    h, f = model.hidden_size, e.expert_intermediate_size
+    gate_up = compute * e.num_experts * 2 * f * h if targets.expert_gate_up else 0
+    down = compute * e.num_experts * f * h if targets.expert_down else 0
+    return gate_up + down, max(down, gate_up - down)
 
 
 def checkpointed_layer_bytes_per_token(rb: RecipeBytes, hidden: int) -> int:

@@ -10,6 +10,11 @@ NF4_BLOCK = 64
 """Weights per fp32 absmax constant (QLoRA paper sec. 3, "blocksize 64")."""
 DQ_BLOCK = 256
 """Double quantisation: 8-bit constants quantised in blocks of 256 with one fp32 constant each (ibid.)."""
+BNB_PAGED_MIN_NUMEL = 100_000
+"""bitsandbytes pages an optimizer state only for tensors of at least 1e5 elements; smaller ones get ordinary
+``torch.zeros_like`` GPU tensors (``bitsandbytes/optim/optimizer.py`` ``get_state_buffer``, 0.49.2)."""
+BNB_MIN_8BIT_SIZE = 4096
+"""bitsandbytes 8-bit optimizers keep fp32 states for tensors under 4096 elements (``min_8bit_size``)."""
 BNB_8BIT_BLOCK = 256
 """bitsandbytes 8-bit optimizers allocate one fp32 absmax per 256 state values
 (``bitsandbytes/optim/optimizer.py``, ``Optimizer8bit.init_state``: ``blocks = n // 256``); the paper

@@ -42,6 +42,10 @@ class RecipeBytes:
     """True when torch.autocast casts fp32 weights per use (a cached low-precision copy per weight)"""
     adapter: int
     """dtype of LoRA adapter weights"""
+    gathered: bool = False
+    """FSDP mixed precision (eq. M1b): every parameter reaches its module already cast to the compute dtype
+    (FSDP2 ``MixedPrecisionPolicy.param_dtype``), so autocast has nothing to cast and LoRA adapters compute in
+    the compute dtype although they are stored in fp32"""
 
 
 def recipe_bytes(setup: Setup) -> RecipeBytes:
@@ -55,6 +59,8 @@ def recipe_bytes(setup: Setup) -> RecipeBytes:
         return RecipeBytes(2, 2, 2, 4, 4, 4, 2, 2, False, 2)
     # hf-amp / fp16-amp without DeepSpeed: fp32 trainable weights under autocast
     full_model_fp32 = setup.method == "full"
+    if setup.fsdp is not None:
+        return fsdp_amp_recipe_bytes(full_model_fp32)
     return RecipeBytes(
         trainable_weight=4,
         frozen_weight=4 if full_model_fp32 else 2,
@@ -66,4 +72,28 @@ def recipe_bytes(setup: Setup) -> RecipeBytes:
         residual=4 if full_model_fp32 else 2,
         autocast=True,
         adapter=4,
+    )
+
+
+def fsdp_amp_recipe_bytes(full_model_fp32: bool) -> RecipeBytes:
+    """hf-amp / fp16-amp under FSDP (eq. M1b), as accelerate 1.15 sets it up for ``mixed_precision="bf16"``:
+    ``FullyShardedDataParallelPlugin.set_mixed_precision`` makes FSDP2 ``MixedPrecisionPolicy(param_dtype=bf16,
+    reduce_dtype=bf16, output_dtype=bf16)`` (FSDP1: ``MixedPrecision(param_dtype=bf16, ...)``) and
+    ``fsdp2_prepare_model`` upcasts trainable parameters to fp32. So the shards are fp32 (weights, gradients,
+    Adam states), but each module computes with bf16 copies gathered for it: the embedding output and so the
+    residual stream are bf16, and autocast (still on: accelerate's ``native_amp``) finds no fp32 weight to
+    cast, so none of the per-weight copies of plain AMP exist (traced with real FSDP2, docs/accuracy.md).
+    The frozen base of LoRA stays in its load dtype (only trainable parameters are upcast)."""
+    return RecipeBytes(
+        trainable_weight=4,
+        frozen_weight=4 if full_model_fp32 else 2,
+        grad16=0,
+        grad32=4,
+        master=0,
+        state=4,
+        compute=2,
+        residual=2,
+        autocast=False,
+        adapter=4,
+        gathered=True,
     )

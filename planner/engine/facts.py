@@ -6,12 +6,9 @@ targets, in every formula that needed them (six visits each per estimate). :func
 inventory once per model and *training choice* (method, LoRA targets / rank / DoRA, freeze depth, trained
 embeddings / head) and memoises it; every formula receives the same :class:`ModelFacts`.
 
-The rules that live here, each in one place:
-
-* which linear layers carry a LoRA adapter (:func:`adapter_applies`);
-* resolving ``--lora-targets`` to the model's layer names (:func:`resolve_lora_targets`);
-* which parameters train and how many (:class:`TrainableCounts`, eq. M2), and LoRA adapter sizes
-  (:func:`lora_adapter_params`).
+The rules that live here, each in one place: which parameters train and how many (:class:`TrainableCounts`,
+eq. M2) and LoRA adapter sizes (:func:`lora_adapter_params`). Which layers carry an adapter is
+:mod:`planner.engine.lora_targets`' decision (peft's own resolution), made once here.
 """
 
 from __future__ import annotations
@@ -19,7 +16,14 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 
-from planner.engine.setup import Setup, SetupError
+from planner.engine.lora_targets import (
+    LoraTargets,
+    adapter_applies,
+    expert_adapter_params,
+    lora_targets,
+    resolve_lora_targets,
+)
+from planner.engine.setup import Setup
 from profiles.params import (
     LinearLayer,
     ParamCounts,
@@ -29,49 +33,6 @@ from profiles.params import (
     param_counts,
 )
 from profiles.schema import ModelProfile
-
-ROUTER_NAMES = ("gate", "shared_expert_gate")
-"""Router projections: ``nn.Linear`` modules that peft's ``all-linear`` never adapts (they are excluded as
-classifier-like outputs of one or a few features) and that LoRA targets never name."""
-ALL_LINEAR = ("all-linear", "all")
-"""The values of ``--lora-targets`` that mean every adaptable linear layer (peft ``target_modules="all-linear"``,
-LLaMA-Factory ``lora_target: all``)."""
-
-
-def adapter_applies(layer: LinearLayer, targets: frozenset[str] | set[str]) -> bool:
-    """Whether LoRA adapts ``layer`` given the resolved target base names.
-
-    Never the router (:data:`ROUTER_NAMES`) and never routed experts, which are 3-D parameter tensors rather
-    than ``nn.Linear`` modules in transformers >= 5 (``modeling_qwen3_moe.py`` ``Qwen3MoeExperts``), so peft
-    cannot wrap them; otherwise when the layer's base name (``q_proj``, ``shared_experts.down_proj`` ->
-    ``down_proj``) is a target.
-    """
-    if layer.name in ROUTER_NAMES or layer.name.startswith("experts."):
-        return False
-    return layer.name.split(".")[-1] in targets
-
-
-def targetable_names(layers: tuple[LinearLayer, ...]) -> tuple[str, ...]:
-    """The base names ``--lora-targets`` may list for a model, sorted."""
-    return tuple(sorted({x.name.split(".")[-1] for x in layers if x.name not in ROUTER_NAMES}))
-
-
-def resolve_lora_targets(model: ModelProfile, lora_targets: str) -> tuple[str, ...]:
-    """``all-linear`` (or ``all``) -> every targetable base name; a comma list -> those names, each checked.
-
-    Raises :class:`SetupError` naming the bad target and the valid ones."""
-    base = targetable_names(linear_layers(model))
-    if lora_targets.strip() in ALL_LINEAR:
-        return base
-    wanted = tuple(t.strip() for t in lora_targets.split(",") if t.strip())
-    bad = [t for t in wanted if t not in base]
-    if bad or not wanted:
-        raise SetupError(
-            f"LoRA target {', '.join(bad) or repr(lora_targets)!s} is not a linear layer of {model.name}; "
-            f"valid: all-linear or a comma list of {', '.join(base)}"
-        )
-    return wanted
-
 
 @dataclass(frozen=True)
 class TrainableCounts:
@@ -86,7 +47,7 @@ class TrainableCounts:
     frozen_linear: int
     """frozen parameters inside linear layers (what QLoRA quantises)"""
     trainable_linear: int
-    """trainable parameters that sit in linear layers (what autocast casts per use)"""
+    """trainable parameters that sit in ``nn.Linear`` layers (what autocast casts per use; not routed experts)"""
 
 
 def lora_adapter_params(adapted: tuple[LinearLayer, ...], rank: int, dora: bool) -> int:
@@ -107,10 +68,11 @@ class ModelFacts:
     """exact parameter counts by group (:func:`profiles.params.param_counts`)"""
     linears: tuple[LinearLayer, ...]
     """every linear layer kind of the blocks, with counts"""
-    lora_targets: tuple[str, ...]
-    """resolved LoRA target base names; empty unless the method trains adapters"""
+    lora: LoraTargets
+    """what peft adapts (``nn.Linear`` module names and the routed experts' fused projections); empty unless
+    the method trains adapters"""
     adapted: tuple[LinearLayer, ...]
-    """the linear layer kinds that carry an adapter"""
+    """the ``nn.Linear`` layer kinds that carry an adapter"""
     trainable: TrainableCounts
     largest_module_params: int
     """the largest single module's own parameters (the unit ZeRO-3 gathers)"""
@@ -122,6 +84,10 @@ class ModelFacts:
     @property
     def name(self) -> str:
         return self.model.name
+
+    lora_targets: tuple[str, ...] = ()
+    """the ``nn.Linear`` module names that carry an adapter, in the order the user gave them (what the
+    emitters list)"""
 
     def out_features(self, base_name: str) -> int:
         """Output width of the linear layer with this base name (the hidden size when absent)."""
@@ -135,14 +101,18 @@ def _trainable_counts(model: ModelProfile, counts: ParamCounts, linears: tuple[L
                       freeze_layers: int, adapter: int, train_embeddings: bool, train_lm_head: bool) -> TrainableCounts:
     """Which parameters train under ``method`` (eq. M2)."""
     lin_total = sum(x.params for x in linears)
+    # routed experts run through grouped_mm, which autocast does not cast (transformers integrations/moe.py,
+    # eq. A7a): only the nn.Linear weights (and the LM head) get a per-use low-precision copy
+    lin_cast = sum(x.params for x in linears if not x.name.startswith("experts."))
     head = model.vocab_size * model.hidden_size
     if method == "full":
-        lin = lin_total + head  # a tied embedding is still cast per use as the LM head's weight
+        lin = lin_cast + head  # a tied embedding is still cast per use as the LM head's weight
         return TrainableCounts(counts.total, counts.total, 0, 0, 0, lin)
     if method == "freeze":
         train = layer_params(model) * freeze_layers
-        lin_train = lin_total * freeze_layers // model.num_layers
-        return TrainableCounts(train, train, 0, counts.total - train, lin_total - lin_train, lin_train)
+        lin_train = lin_cast * freeze_layers // model.num_layers
+        return TrainableCounts(train, train, 0, counts.total - train,
+                               lin_total - lin_total * freeze_layers // model.num_layers, lin_train)
     extra = (head if train_embeddings else 0) + (head if train_lm_head else 0)  # peft modules_to_save copies
     return TrainableCounts(adapter + extra, extra, adapter, counts.total, lin_total, adapter)
 
@@ -164,20 +134,20 @@ def model_facts(model: ModelProfile, setup: Setup) -> ModelFacts:
 
 
 @functools.lru_cache(maxsize=1024)
-def _model_facts(model: ModelProfile, method: str, lora_targets: str, rank: int, dora: bool, freeze_layers: int,
+def _model_facts(model: ModelProfile, method: str, targets: str, rank: int, dora: bool, freeze_layers: int,
                  train_embeddings: bool, train_lm_head: bool) -> ModelFacts:
     linears = linear_layers(model)
     counts = param_counts(model)
-    targets = resolve_lora_targets(model, lora_targets) if method in ("lora", "qlora") else ()
-    tset = frozenset(targets)
-    adapted = tuple(x for x in linears if adapter_applies(x, tset))
-    adapter = lora_adapter_params(adapted, rank, dora) if targets else 0
+    lora = lora_targets(model, targets) if method in ("lora", "qlora") else LoraTargets(frozenset())
+    adapted = tuple(x for x in linears if adapter_applies(x, lora.modules))
+    adapter = lora_adapter_params(adapted, rank, dora) + expert_adapter_params(model, lora, rank)
     trainable = _trainable_counts(model, counts, linears, method, freeze_layers, adapter, train_embeddings, train_lm_head)
     return ModelFacts(
         model=model,
         counts=counts,
         linears=linears,
-        lora_targets=targets,
+        lora=lora,
+        lora_targets=tuple(n for n in resolve_lora_targets(model, targets) if n in lora.modules) if targets else (),
         adapted=adapted,
         trainable=trainable,
         largest_module_params=largest_layer_params(model),

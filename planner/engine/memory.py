@@ -25,14 +25,20 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from planner.engine.activations import LayerInventory, checkpointed_layer_bytes_per_token, layer_inventory
-from planner.engine.bnb import adam8bit_state_bytes_per_param, quantized_frozen_bytes
+from planner.engine.bnb import (
+    BNB_8BIT_BLOCK,
+    BNB_MIN_8BIT_SIZE,
+    BNB_PAGED_MIN_NUMEL,
+    adam8bit_state_bytes_per_param,
+    quantized_frozen_bytes,
+)
 from planner.engine.calibration import Calibration
 from planner.engine.dtypes import RecipeBytes, recipe_bytes
 from planner.engine.facts import ModelFacts
 from planner.engine.results import CATEGORIES, MemoryEstimate
 from planner.engine.setup import RECIPES, Setup
-from profiles.cluster import Cluster
 from planner.units import GiB
+from profiles.cluster import Cluster
 from profiles.schema import ModelProfile
 
 MiB = 2**20
@@ -59,8 +65,14 @@ def adafactor_state_elements(facts: ModelFacts, setup: Setup) -> int:
     column vector per matrix, a full vector for 1-D parameters; no first moment (HF default beta1=None)."""
     model = facts.model
     if setup.trains_adapters:
+        lt = facts.lora
         r = setup.lora_rank
         n = sum(x.count * ((r + x.in_features) + (x.out_features + r)) for x in facts.adapted)
+        if lt.experts and model.moe is not None:  # peft's stacked expert factors, 2-D per MoE layer
+            e, h, f, r = model.moe.num_experts, model.hidden_size, model.moe.expert_intermediate_size, setup.lora_rank
+            per_layer = ((e * 2 * r + h) + (2 * f + e * 2 * r)) * lt.expert_gate_up + (
+                (e * r + f) + (h + e * r)) * lt.expert_down
+            n += per_layer * (model.num_layers - model.moe.dense_layers)
         if setup.lora_train_embeddings:
             n += model.vocab_size + model.hidden_size
         if setup.lora_train_lm_head:
@@ -75,14 +87,78 @@ def adafactor_state_elements(facts: ModelFacts, setup: Setup) -> int:
     return n
 
 
+def trainable_tensor_sizes(facts: ModelFacts, setup: Setup) -> list[tuple[int, int]]:
+    """(elements, count) of every trainable tensor (the optimizer keeps states per tensor): weight matrices
+    of the adapted or trained linears, embeddings / LM head, norm vectors; LoRA's A and B per adapted linear
+    and peft's stacked expert factors (eq. M2, M2b)."""
+    model = facts.model
+    h, V = model.hidden_size, model.vocab_size
+    out: list[tuple[int, int]] = []
+    if setup.method in ("full", "freeze"):
+        frac = setup.freeze_layers / model.num_layers if setup.method == "freeze" else 1.0
+        for x in facts.linears:
+            out.append((x.params_each, max(1, round(x.count * frac))))
+        out.append((facts.counts.norms // max(1, model.num_layers * max(model.norms_per_layer, 2)), 0))
+        if setup.method == "full":
+            out.append((V * h, 1 if model.tie_embeddings else 2))
+        return [t for t in out if t[1]]
+    t, r = facts.lora, setup.lora_rank
+    for x in facts.adapted:
+        out += [(r * x.in_features, x.count), (x.out_features * r, x.count)]
+        if setup.dora:
+            out.append((x.out_features, x.count))
+    if t.experts and model.moe is not None:
+        e, f = model.moe.num_experts, model.moe.expert_intermediate_size
+        n = model.num_layers - model.moe.dense_layers
+        if t.expert_gate_up:
+            out += [(e * 2 * r * h, n), (2 * f * e * 2 * r, n)]
+        if t.expert_down:
+            out += [(e * r * f, n), (h * e * r, n)]
+    extra = int(setup.lora_train_embeddings) + int(setup.lora_train_lm_head)
+    if extra:
+        out.append((V * h, extra))
+    return out
+
+
+def paged_state_bytes(facts: ModelFacts, setup: Setup) -> tuple[int, int]:
+    """bitsandbytes optimizers, paged or not (eq. M4b): (bytes through torch's allocator, bytes in unified memory).
+
+    ``get_state_buffer`` allocates a state with ``cudaMallocManaged`` (``cget_managed_ptr``, wrapped by
+    ``torch.frombuffer`` as a *CPU* tensor, so torch's CUDA statistics never see it) for tensors of at least 1e5
+    elements, else with ``torch.zeros_like`` on the GPU. ``paged-adamw``: fp32 m and v (8 B per element).
+    ``paged-adamw-8bit``: uint8 m and v (2 B), fp32 states under 4096 elements, and one fp32 absmax per 256
+    values per state, always ordinary GPU tensors. LoRA adapters of rank 8 are mostly under 1e5 elements, so
+    their states are not paged at all. Exact per tensor (bitsandbytes 0.49.2)."""
+    eight = setup.optimizer in ("adamw-8bit", "paged-adamw-8bit")
+    paged = setup.optimizer in ("paged-adamw", "paged-adamw-8bit")
+    gpu = managed = 0
+    for n, count in trainable_tensor_sizes(facts, setup):
+        if eight and n < BNB_MIN_8BIT_SIZE:
+            state, absmax = 8 * n, 0
+        elif eight:
+            state, absmax = 2 * n, 2 * 4 * -(-n // BNB_8BIT_BLOCK)
+        else:
+            state, absmax = 8 * n, 0
+        if paged and n >= BNB_PAGED_MIN_NUMEL:
+            managed += state * count
+            gpu += absmax * count
+        else:
+            gpu += (state + absmax) * count
+    return gpu, managed
+
+
 def optimizer_state_bytes_per_param(setup: Setup, rb: RecipeBytes) -> float:
     """Bytes of optimizer state per trainable parameter (eq. M4). Adafactor is handled by shape instead.
 
     AdamW: two states (m, v) at the recipe's state dtype (Loshchilov & Hutter 2019). 8-bit AdamW:
-    :func:`planner.engine.bnb.adam8bit_state_bytes_per_param`. SGD with momentum: one state.
+    :func:`planner.engine.bnb.adam8bit_state_bytes_per_param`. bitsandbytes'
+    32-bit (paged) AdamW keeps fp32 m and v whatever the parameter dtype (``Optimizer2State.init_state``,
+    ``optim_bits=32``). SGD with momentum: one state. Where paged states live: :func:`paged_state_bytes`.
     """
     if setup.optimizer == "adamw":
         return 2 * rb.state
+    if setup.optimizer == "paged-adamw":
+        return 8.0
     if setup.optimizer in ("adamw-8bit", "paged-adamw-8bit"):
         return adam8bit_state_bytes_per_param()
     if setup.optimizer == "sgd-momentum":
@@ -104,6 +180,9 @@ class ModelStates:
     optimizer_step_temp: int
     gradients_step_only: int = 0
     """gradient bytes that exist only during the optimizer step (ZeRO-3's fp32 gradient partition)"""
+    paged_optimizer: int = 0
+    """optimizer states in CUDA unified memory (bitsandbytes paged optimizers, eq. M4b): outside torch's
+    allocator; resident on the GPU only while free device memory lets them be, host memory otherwise"""
 
 
 def _shard(n: float, sharded: bool, world: int) -> int:
@@ -120,9 +199,9 @@ def model_states(facts: ModelFacts, cluster: Cluster, setup: Setup, rb: RecipeBy
     optimizer peak. ZeRO-3 (``stage3.py``) keeps 16-bit param and gradient partitions, fp32 master and Adam
     (16 B/N) and converts a sub-group's gradients to fp32 at the step (+4 B/N): DeepSpeed's estimator's 18 B/N
     lies between the two (documented difference, tested). ZeRO-1 keeps the full 16-bit gradients
-    (2 B) and shards the rest; ZeRO-0 with DeepSpeed's bf16 optimizer keeps all 20 B. FSDP full-shard
-    shards weights, gradients and states; shard-grad-op shards gradients and states (its gathered weights
-    are counted in comm buffers, eq. C4). DDP replicates everything. Optimizer offload moves fp32 grads,
+    (2 B) and shards the rest; ZeRO-0 with DeepSpeed's bf16 optimizer keeps all 20 B. FSDP (FSDP2, both
+    strategies) shards weights, gradients and states; shard-grad-op (``reshard_after_forward=False``) keeps
+    the gathered compute-dtype copies from forward to backward, counted in comm buffers (eq. C4). DDP replicates everything. Optimizer offload moves fp32 grads,
     master and states to the host; parameter offload also the 16-bit weights (ZeRO-3 only).
     """
     N = cluster.world_size
@@ -130,7 +209,7 @@ def model_states(facts: ModelFacts, cluster: Cluster, setup: Setup, rb: RecipeBy
     z, fsdp = setup.zero, setup.fsdp
     deepspeed = z > 0
     step_only = 0
-    shard_w = z == 3 or fsdp == "full-shard"
+    shard_w = z == 3 or fsdp is not None  # FSDP2 keeps parameters sharded at rest for both strategies
     shard_g = z >= 2 or fsdp is not None
     shard_o = z >= 1 or fsdp is not None
     P_t = counts.trainable
@@ -154,8 +233,12 @@ def model_states(facts: ModelFacts, cluster: Cluster, setup: Setup, rb: RecipeBy
         trainable_b, frozen_b = _shard(trainable_b, shard_w, N), _shard(frozen_b, shard_w, N)
 
     # optimizer states
+    paged = 0
     if setup.optimizer == "adafactor":
         opt = adafactor_state_elements(facts, setup) * 4
+    elif setup.optimizer in ("adamw-8bit", "paged-adamw", "paged-adamw-8bit"):
+        opt, paged = paged_state_bytes(facts, setup)
+        paged = _shard(paged, shard_o, N)
     else:
         opt = optimizer_state_bytes_per_param(setup, rb) * P_t
     master = rb.master * P_t
@@ -190,7 +273,8 @@ def model_states(facts: ModelFacts, cluster: Cluster, setup: Setup, rb: RecipeBy
         # transformers' Adafactor steps one tensor at a time, building an fp32 update of its size
         step_temp = 3 * 4 * min(facts.largest_module_params, max(P_t, 1))
     return ModelStates(
-        trainable_b, frozen_b, int(g_gpu), int(opt), int(master), int(host_opt), int(host_params), step_temp, int(step_only)
+        trainable_b, frozen_b, int(g_gpu), int(opt), int(master), int(host_opt), int(host_params), step_temp, int(step_only),
+        paged_optimizer=int(paged),
     )
 
 
@@ -232,6 +316,8 @@ def logits_loss_bytes(model: ModelProfile, setup: Setup, rb: RecipeBytes, tokens
     h logits per token (fp32 + bf16), and the gradient of the hidden states (c*h) computed in the forward.
     """
     V, h, c, T = model.vocab_size, model.hidden_size, rb.compute, tokens
+    if setup.compile and setup.loss in ("plain", "chunked") and not model.final_logit_softcap:
+        return compiled_logits_loss_bytes(V, c, T, setup.loss)
     # Gemma-2 final soft-capping: tanh saves its bf16 output (2V); the divide is transient in forward
     cap_saved = 2 * V if model.final_logit_softcap else 0
     cap = cap_saved
@@ -245,6 +331,23 @@ def logits_loss_bytes(model: ModelProfile, setup: Setup, rb: RecipeBytes, tokens
     # liger
     fwd = T * (4 * h + c * h + c * h)
     return LogitsBytes(fwd, T * c * h, T * c * h + T * 6 * h)
+
+
+def compiled_logits_loss_bytes(vocab: int, compute: int, tokens: int, loss: str) -> LogitsBytes:
+    """Logits and loss under ``torch.compile`` (eq. L4). Inductor fuses the fp32 upcast into the cross-entropy
+    kernels and its partitioner saves the 16-bit logits and one row statistic instead of the fp32 log-softmax:
+    measured on torch 2.13 (``saved_tensors_hooks`` around ``torch.compile``'d ``cross_entropy(x.float(), y)``):
+    2.004 B per logit saved, against 4.002 eager. Chunked (torchtune compiles ``compute_cross_entropy``, the
+    upcast + CE of one chunk, ``training.compile_loss``): the model's bf16 chunks are kept as the saved inputs;
+    backward turns one chunk's saved logits into its bf16 gradient at a time (the CE nodes all run before the LM
+    head's). Plain (the HF Trainer compiles the whole model, loss included): the same saving on the full logits,
+    the bf16 gradient made next to them. Errs low by kernel workspaces inside the fused kernels; torchtune's own
+    plain path (``output(h).float()`` eager, then a compiled loss on fp32 logits) saves 4 B per logit instead."""
+    V, c, T = vocab, compute, tokens
+    if loss == "chunked":
+        chunk = -(-T // LOSS_CHUNKS)
+        return LogitsBytes(T * c * V, T * c * V, T * c * V + chunk * c * V)
+    return LogitsBytes(T * c * V, T * c * V, 2 * T * c * V)
 
 
 @dataclass(frozen=True)
@@ -304,7 +407,8 @@ def activation_bytes(facts: ModelFacts, setup: Setup, rb: RecipeBytes) -> Activa
         bwd_extra
         + inv.transient_per_token * T * 3
         + rb.compute * model.hidden_size * T * 2
-        + inv.backward_per_token_per_seq * T * s
+        # the MLP runs backward (and frees its saved tensors, merged expert weights included) before attention
+        + max(inv.backward_per_token_per_seq * T * s, inv.backward_per_layer)
     )
     return ActivationBytes(int(saved), int(fwd_transient), int(bwd_transient), inv, active_layers, ck)
 
@@ -335,7 +439,12 @@ class CommBytes:
     persistent: int
     forward: int
     backward: int
+    """at the loss backward (every activation saved)"""
     optimizer: int
+    backward_top: int | None = None
+    """at the top block's backward (eq. A9's moment c); None: as ``backward``"""
+    backward_end: int | None = None
+    """at the end of backward (every gradient made); None: as ``backward``"""
 
 
 def comm_buffer_bytes(facts: ModelFacts, cluster: Cluster, setup: Setup, rb: RecipeBytes) -> CommBytes:
@@ -371,12 +480,63 @@ def comm_buffer_bytes(facts: ModelFacts, cluster: Cluster, setup: Setup, rb: Rec
         # params + their 16-bit gradient (the gradient only exists when the base weights train)
         gathered_bwd = (2 if setup.method in ("full", "freeze") else 1) * largest * c + prefetch
         return CommBytes(buckets, gathered_fwd, gathered_bwd, 0)
-    block = facts.block_params * c
-    root = model.vocab_size * model.hidden_size * c * (1 if model.tie_embeddings else 2)
+    return fsdp2_comm_bytes(facts, cluster, setup, rb)
+
+
+def fsdp2_comm_bytes(facts: ModelFacts, cluster: Cluster, setup: Setup, rb: RecipeBytes) -> CommBytes:
+    """Gathered parameters and FSDP2's collective buffers per GPU (eq. C4), as torch 2.13's ``fully_shard``
+    runs on the groups accelerate 1.15's ``fsdp2_prepare_model`` makes: one per decoder block, the input
+    embedding, a tail of final norm + LM head that stays gathered from forward to backward
+    (``reshard_after_forward=False``; with tied embeddings the embedding is in it), the root.
+    ``c`` is the gathered dtype (the compute dtype under mixed precision).
+
+    From ``_fsdp_param_group.py``: in forward a group's flat all-gather output is kept until the next
+    group's copy-out (``comm_ctx.all_gather_state``), so at the loss the tail is held twice (unsharded
+    parameters + its all-gather output); the loss backward holds the tail once; when the LM head's gradient
+    is reduced, the tail's unsharded gradient, the reduce-scatter input (a flat copy) and its output and
+    fp32 shard coexist with the next block's prefetched all-gather; the embedding's backward at the very end
+    does the same with the dense embedding gradient. A block in backward holds its parameters, their
+    unsharded gradients, the reduce-scatter input and the prefetched next block. Traced with real FSDP2 on
+    a fake process group (validation/trace/fsdp.py), equal byte for byte to two gloo ranks on the CPU.
+    Errs low by what CUDA streams add: an all-gather issued ahead on its stream, and the reduce-scatter
+    inputs FSDP2 keeps alive until the stream has used them (``reduce_scatter_states``)."""
+    model, counts = facts.model, facts.trainable
+    N = cluster.world_size
+    c = rb.compute if rb.gathered else rb.trainable_weight if setup.method == "full" else rb.frozen_weight
+    V, h = model.vocab_size, model.hidden_size
+    head = V * h + (h if model.final_norm else 0)
+    emb = 0 if model.tie_embeddings else V * h
+    block = facts.block_params
+    trains_base = setup.method == "full"
+    g_head = head if trains_base else 0
+    g_emb = emb if trains_base else 0
+    g_block = block if setup.method in ("full", "freeze") else counts.trainable // model.num_layers
+
+    def reduce(g: int) -> int:  # unsharded gradient + reduce-scatter input; output and fp32 shard (1/N)
+        return 2 * c * g + g * (c + 4) // N
+
     if setup.fsdp == "full-shard":
-        return CommBytes(0, root + 2 * block, root + 2 * block + block, 0)
-    full = facts.counts.total * c
-    return CommBytes(0, full, full + block, 0)
+        forward = 2 * c * max(head, block)
+        block_bwd = c * block + reduce(g_block) + c * block  # itself, its gradients, the prefetched next
+        top = max(c * block + reduce(g_head), block_bwd)
+        end = max(reduce(g_emb), block_bwd)
+        return CommBytes(0, forward, c * head, 0, backward_top=top, backward_end=end)
+    # shard-grad-op: every group stays gathered from its forward to its backward
+    gathered = c * (head + emb + block * model.num_layers)
+    return CommBytes(0, gathered + c * max(head, block), gathered,
+                     0, backward_top=gathered + reduce(g_head), backward_end=c * (emb + block) + reduce(max(g_emb, g_block)))
+
+
+def gradients_persist(setup: Setup) -> bool:
+    """Whether gradient memory exists from the start of a step (before the forward), eq. M5b.
+
+    Gradients are made in backward and freed after the step: ``zero_grad(set_to_none=True)`` (torch / HF
+    Trainer); DeepSpeed ZeRO-1/2 frees the 16-bit gradients inside ``step()`` too (deepspeed 0.19.8
+    ``stage_1_and_2.py``: ``free_grad_in_param_list`` and ``zero_grad(set_to_none=True)``; the
+    ``grads_in_partition`` buffer is built in backward and dropped by ``_release_ipg_buffers``). They persist
+    under gradient accumulation (the next micro-batch adds to them) and under ZeRO-3, whose 16-bit gradient
+    partition is one flat buffer allocated with the optimizer (``stage3.py``: ``grad_partitions_flat_buffer``)."""
+    return setup.grad_accum > 1 or setup.zero == 3
 
 
 def framework_overhead_bytes(cluster: Cluster, calibration: Calibration | None = None) -> int:
@@ -406,13 +566,16 @@ def host_bytes(
     act = 0
     if setup.activation_offload:
         act = model.num_layers * rb.residual * model.hidden_size * T * g
-    return {
+    out = {
         "offloaded_optimizer": ms.host_optimizer * g,
         "offloaded_params": ms.host_params * g,
         "pinned_buffers": int(offloaded * (DS_ADDITIONAL_BUFFER_FACTOR - 1)),
         "offloaded_activations": act,
         "processes": HOST_PROCESS_BYTES * g,
     }
+    if ms.paged_optimizer:  # unified memory: backed by host pages whenever the GPU evicts them (eq. M4b)
+        out["paged_optimizer"] = ms.paged_optimizer * g
+    return out
 
 
 def estimate_memory(
@@ -435,16 +598,13 @@ def estimate_memory(
     # temporaries: autocast's cached low-precision copies of fp32 trainable linear weights (alive from the
     # cast in forward until backward has used them), QLoRA's dequantised layer, adafactor's step buffers
     autocast_copies = rb.compute * counts.trainable_linear if rb.autocast else 0
-    autocast_copies = autocast_copies // (cluster.world_size if setup.fsdp == "full-shard" else 1)
     biggest_linear = facts.largest_linear_weight
     dequant = rb.compute * biggest_linear if setup.method == "qlora" else 0
     dora_tmp = rb.adapter * biggest_linear if setup.dora else 0
     ckpt = setup.checkpointing == "full"
 
     gpu_grads = ms.gradients
-    # Gradients are allocated during backward and freed by zero_grad(set_to_none=True) after the step,
-    # except DeepSpeed's persistent partitions and when accumulating over micro-batches.
-    persistent_grads = gpu_grads if (setup.zero > 0 or setup.grad_accum > 1) else 0
+    persistent_grads = gpu_grads if gradients_persist(setup) else 0
     if setup.zero == 0 and not persistent_grads and rb.master:
         # DeepSpeed's stage-0 bf16 optimizer allocates its fp32 gradient buffers at initialisation
         persistent_grads = rb.grad32 * counts.trainable
@@ -481,11 +641,13 @@ def estimate_memory(
     bwd_c["activations"] = acts.saved + acts.backward_transient
     bwd_c["logits_loss"] = 0
     bwd_c["gradients"] = max(persistent_grads, min(head_grad, gpu_grads))
+    if cb.backward_top is not None:
+        bwd_c["comm_buffers"] = cb.persistent + cb.backward_top
     bwd_b = dict(base)
     bwd_b["gradients"] = gpu_grads
     bwd_b["activations"] = acts.backward_transient
     bwd_b["temporaries"] = dequant + dora_tmp + (rb.compute * biggest_linear if rb.autocast else 0)
-    bwd_b["comm_buffers"] = cb.persistent + cb.backward
+    bwd_b["comm_buffers"] = cb.persistent + (cb.backward if cb.backward_end is None else cb.backward_end)
     bwd = max((bwd_a, bwd_c, bwd_b), key=lambda d: sum(d.values()))
 
     opt = dict(base)
@@ -555,6 +717,19 @@ def _assumptions(
         out.append("DDP gradient buckets are a second gradient copy (gradient_as_bucket_view=False)")
     if setup.zero:
         out.append("ZeRO bucket sizes as the HF integration fills 'auto': reduce h^2, prefetch 0.9 h^2")
+    if setup.fsdp is not None:
+        out.append("FSDP2 as accelerate wraps it (block groups, embedding, norm + LM head kept gathered)"
+                   + ("; bf16 MixedPrecisionPolicy: bf16 gathered weights, no autocast copies (eq. M1b)"
+                      if rb.gathered else ""))
+    if setup.optimizer in ("paged-adamw", "paged-adamw-8bit"):
+        out.append("bitsandbytes paged states of tensors >= 1e5 elements live in CUDA unified memory, outside torch's "
+                   "allocator: counted in host RAM (eq. M4b)")
+    if setup.compile:
+        out.append("torch.compile: fused loss saves 16-bit logits (eq. L4); SiLU outputs recomputed (eq. A10)")
+    if setup.trains_adapters and model.moe is not None:
+        if facts.lora.experts:
+            out.append("peft 0.21 adapts every routed expert (MLP targets moved to the fused expert parameters) and "
+                       "saves a merged copy of each expert stack per block (eq. M2b, A7b)")
     if not setup.packing:
         out.append("padding: every micro-batch padded to --seq (worst case)")
     if effective_attention(model, setup) != setup.attention:

@@ -5,7 +5,7 @@ estimate, configs and validation all go through it (via :func:`planner.engine.ev
 
 from __future__ import annotations
 
-from planner.engine.facts import resolve_lora_targets
+from planner.engine.lora_targets import lora_targets
 from planner.engine.setup import Setup, SetupError
 from profiles.cluster import Cluster
 from profiles.schema import ModelProfile
@@ -50,9 +50,10 @@ def validate_setup(setup: Setup, model: ModelProfile, cluster: Cluster) -> None:
         raise SetupError("QLoRA with ZeRO-3 offload is not supported by bitsandbytes/DeepSpeed; use --offload none")
     if setup.method in ("full", "freeze") and setup.dora:
         raise SetupError(f"--dora applies to LoRA/QLoRA, not --method {setup.method}; use --method lora")
-    if setup.method in ("full", "freeze") and setup.optimizer in ("paged-adamw-8bit",) and setup.zero:
-        raise SetupError("paged 8-bit AdamW is a bitsandbytes optimizer; DeepSpeed ZeRO cannot shard it; use --zero 0")
-    if setup.optimizer in ("adamw-8bit", "paged-adamw-8bit") and setup.offload != "none":
+    if setup.method in ("full", "freeze") and setup.optimizer in ("paged-adamw", "paged-adamw-8bit") and setup.zero:
+        raise SetupError(f"{setup.optimizer} is a bitsandbytes paged optimizer; DeepSpeed ZeRO cannot shard it; "
+                         "use --zero 0")
+    if setup.optimizer in ("adamw-8bit", "paged-adamw", "paged-adamw-8bit") and setup.offload != "none":
         raise SetupError(f"--optimizer {setup.optimizer} cannot be offloaded by DeepSpeed; use --optimizer adamw")
     if setup.method == "freeze" and setup.freeze_layers > model.num_layers:
         raise SetupError(f"--freeze-layers {setup.freeze_layers} exceeds the model's {model.num_layers} layers")
@@ -66,7 +67,7 @@ def validate_setup(setup: Setup, model: ModelProfile, cluster: Cluster) -> None:
     if setup.recipe == "fp16-amp" and gpu.fp16_tflops is None:
         raise SetupError(f"{gpu.name} has no fp16 tensor cores")
     if setup.trains_adapters:
-        resolve_lora_targets(model, setup.lora_targets)
+        lora_targets(model, setup.lora_targets)  # names the model lacks, and what peft itself refuses
     elif setup.lora_train_embeddings or setup.lora_train_lm_head:
         raise SetupError("--lora-train-embeddings/--lora-train-lm-head apply to LoRA/QLoRA only")
 

@@ -36,11 +36,14 @@ METHODS: dict[str, str] = {
     "freeze": "freeze tuning: only the last --freeze-layers blocks train (LLaMA-Factory finetuning_type: freeze)",
 }
 
-Optimizer = Literal["adamw", "adamw-8bit", "paged-adamw-8bit", "sgd", "sgd-momentum", "adafactor"]
+Optimizer = Literal["adamw", "adamw-8bit", "paged-adamw", "paged-adamw-8bit", "sgd", "sgd-momentum", "adafactor"]
 OPTIMIZERS: dict[str, str] = {
     "adamw": "AdamW, two fp32 states (m, v) per trainable parameter (bf16 under the pure-bf16 recipe)",
     "adamw-8bit": f"bitsandbytes 8-bit AdamW: two uint8 states plus one fp32 absmax per {BNB_8BIT_BLOCK}-value block",
-    "paged-adamw-8bit": "8-bit AdamW whose states live in CUDA unified memory and page out under pressure",
+    "paged-adamw": "bitsandbytes PagedAdamW (32-bit): fp32 m and v in CUDA unified memory (cudaMallocManaged), "
+    "outside torch's allocator; pages move to the host under memory pressure",
+    "paged-adamw-8bit": "bitsandbytes PagedAdamW8bit: 8-bit states in CUDA unified memory, outside torch's allocator; "
+    "pages move to the host under memory pressure",
     "sgd": "plain SGD: no state",
     "sgd-momentum": "SGD with momentum: one state per trainable parameter",
     "adafactor": "Adafactor: factored second moment (row + column vectors per matrix), no first moment",

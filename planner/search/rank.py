@@ -19,7 +19,7 @@ from typing import Any, Callable, Literal
 from planner.engine.calibration import CalibrationBook
 from planner.engine.dataset import DatasetShape
 from planner.engine.evaluate import DEFAULT_HEADROOM, check_efficiency, check_headroom, evaluate, usable_bytes
-from planner.engine.facts import resolve_lora_targets
+from planner.engine.lora_targets import lora_targets
 from planner.engine.rules import check_used
 from planner.engine.results import Plan
 from planner.engine.setup import Setup, SetupError, candidate_recipes
@@ -224,7 +224,7 @@ def search(model: ModelProfile, cluster: Cluster, request: SearchRequest, with_s
         raise SearchError(f"choose ZeRO or FSDP, not both (got --zero {f['zero']} and --fsdp {f['fsdp']})")
     if f.get("method", "lora") in ("lora", "qlora"):
         # an explicit but wrong --lora-targets is an error even though full fine-tuning plans would not use it
-        resolve_lora_targets(model, f.get("lora_targets", "all-linear"))
+        lora_targets(model, f.get("lora_targets", "all-linear"))
     if gb % world:
         raise SearchError(
             f"global batch {gb} is not divisible by the data-parallel size {world}; "

@@ -91,17 +91,16 @@ def test_recipe_dtypes():
         (dict(zero=0), set()),
         (dict(zero=1), {"optimizer_states", "master_weights", "grad_fp32", "optimizer_temp"}),
         (dict(zero=2), {"optimizer_states", "master_weights", "grad_fp32", "optimizer_temp", "gradients"}),
-        (dict(zero=3), {"optimizer_states", "master_weights", "grad_fp32", "optimizer_temp", "gradients",
+        (dict(zero=3), {"optimizer_states", "master_weights", "grad_fp32", "optimizer_temp", "ds_grad_partition",
                         "weights_trainable", "weights_frozen"}),
-        (dict(fsdp="shard-grad-op", recipe="hf-amp"), {"optimizer_states", "master_weights", "grad_fp32",
-                                                       "optimizer_temp", "gradients"}),
+        (dict(fsdp="shard-grad-op", recipe="hf-amp"), set()),  # FSDP2 runs for real: nothing to divide
     ],
 )
 def test_shard_divisors_follow_the_stage_rules(kw, sharded):
     d, host = shard_divisors(Setup(**kw), 8)
     assert {k for k, v in d.items() if v == 8} == sharded
     assert d["activations"] == d["logits_loss"] == 1
-    assert host == {"offloaded_activations": 1}
+    assert host == {"offloaded_activations": 1, "paged_optimizer": 1}
 
 
 def test_offload_moves_states_to_the_host():

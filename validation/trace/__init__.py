@@ -35,12 +35,13 @@ class NotTraceable(ValueError):
     """The model has no transformers class to build (remote-code architectures), or the request is invalid."""
 
 
-def require_torch(peft: bool = False) -> None:
-    """Raise :class:`TraceUnavailable` with the install command when the tracing libraries are missing."""
+def require_torch(peft: bool = False, accelerate: bool = False) -> None:
+    """Raise :class:`TraceUnavailable` with the install command when the tracing libraries are missing
+    (accelerate for FSDP: the trace shards the model with accelerate's own ``fsdp2_prepare_model``)."""
     import importlib.util
 
-    missing = [m for m in ("torch", "transformers") + (("peft",) if peft else ())
-               if importlib.util.find_spec(m) is None]
+    wanted = ("torch", "transformers") + (("peft",) if peft else ()) + (("accelerate",) if accelerate else ())
+    missing = [m for m in wanted if importlib.util.find_spec(m) is None]
     if missing:
         raise TraceUnavailable(f"tracing needs {', '.join(missing)}: {INSTALL_HINT}")
 
@@ -71,7 +72,7 @@ def trace_memory(
     if num_layers is not None and not 1 <= num_layers <= model.num_layers:
         raise NotTraceable(f"num_layers {num_layers} is not within 1..{model.num_layers} for {model.name}")
     validate_setup(setup, model, cluster)
-    require_torch(peft=setup.method in ("lora", "qlora"))
+    require_torch(peft=setup.method in ("lora", "qlora"), accelerate=setup.fsdp is not None)
     from validation.trace.runner import run_trace
 
     return run_trace(model, cluster, setup, steps=steps, adam_impl=adam_impl, num_layers=num_layers,

@@ -117,10 +117,10 @@ def build_model(model: ModelProfile, setup: Setup, plan: TracePlan, num_layers: 
 def _apply_lora(net: nn.Module, model: ModelProfile, setup: Setup, plan: TracePlan) -> nn.Module:
     from peft import LoraConfig, get_peft_model
 
-    targets = list(model_facts(model, setup).lora_targets)
-    # MoE experts in transformers >= 5 are 3-D parameters, not nn.Linear: peft targets the linear ones
-    linear_names = {n.split(".")[-1] for n, m in net.named_modules() if isinstance(m, nn.Linear)}
-    targets = [t for t in targets if t in linear_names]
+    # the names LLaMA-Factory / a peft user passes (all-linear = the nn.Linear modules); peft 0.21 itself moves
+    # expert projection names onto the fused 3-D expert parameters for the qwen2_moe family
+    # (planner.engine.lora_targets)
+    targets = model_facts(model, setup).lora.passed_to_peft()
     modules_to_save = []
     if setup.lora_train_embeddings:
         modules_to_save.append("embed_tokens")

@@ -3,7 +3,9 @@
 The engine's peak includes ``framework_overhead`` and ``allocator_margin``, which a trace cannot see; the
 comparison subtracts them (``planner.engine.memory.allocated_bytes``) and compares tensor bytes with tensor bytes.
 ``comm_buffers`` (DDP / ZeRO buckets, ZeRO-3 gathers) are not traced either (no process group): they are
-subtracted from the engine's peak too and shown as their own delta.
+subtracted from the engine's peak too and shown as their own delta. FSDP is the exception: the trace runs
+real FSDP2 over a fake process group, so its gathered parameters and collective buffers are traced and
+compared like any other category.
 Errors are signed, ``(estimate - trace) / trace``: positive means the engine errs high.
 
 :func:`per_layer_fit` measures one block's saved activations from traces of 1 and 2 blocks at two sequence
@@ -95,7 +97,7 @@ def compare_estimates(case: str, traced: MemoryEstimate, estimated: MemoryEstima
     at = (phase_categories or {}).get(estimated.peak_phase, traced.categories)
     t_cats = {k: at.get(k, 0) for k in CATEGORIES if k not in NOT_TRACED}
     e_cats = {k: estimated.categories[k] for k in CATEGORIES if k not in NOT_TRACED}
-    comm = e_cats["comm_buffers"]
+    comm = 0 if estimated.setup.fsdp else e_cats["comm_buffers"]  # FSDP: traced for real (fsdp.py)
     overhead = estimated.categories["framework_overhead"]
     # the engine's margin is a function of each phase's allocated bytes; recover the allocated totals
     e_alloc = {}

@@ -12,8 +12,10 @@ freeze under AMP keep the frozen base in the compute dtype; DeepSpeed's recipe (
 ``fp16-amp`` with ZeRO) casts the module to 16 bit and keeps an fp32 master copy, fp32 Adam states and an fp32
 gradient partition; ``bf16`` is pure bf16 (torchtune).
 
-Sharding (ZeRO / FSDP) is applied by dividing the traced bytes of each model-state kind by the world size
-according to :func:`shard_divisors`; activations are traced as one rank computes them.
+Sharding: FSDP is traced by running real FSDP2 (``fully_shard`` as accelerate prepares it) on rank 0 of a fake
+process group (:mod:`validation.trace.fsdp`), so the bytes are one rank's own; ZeRO is applied by dividing the
+traced bytes of each model-state kind by the world size according to :func:`shard_divisors`; activations are
+traced as one rank computes them.
 """
 
 from __future__ import annotations
@@ -49,10 +51,18 @@ KINDS: dict[str, str] = {
     "autocast_copy": "temporaries",
     "optimizer_temp": "temporaries",
     "offloaded_activations": "activations",
+    "fsdp_buffers": "comm_buffers",
+    "fsdp_unsharded_grad": "comm_buffers",
+    "ds_grad_partition": "gradients",
+    "paged_optimizer": "optimizer_states",
 }
 """Tracker tag -> MemoryEstimate category. ``buffers`` (RoPE inverse frequencies) count as frozen weights;
 ``grad_fp32`` is DeepSpeed's fp32 gradient partition; ``autocast_copy`` the 16-bit copies autocast makes of fp32
-weights; ``optimizer_temp`` everything the optimizer step allocates besides its states."""
+weights; ``optimizer_temp`` everything the optimizer step allocates besides its states; ``fsdp_buffers`` FSDP2's
+unsharded parameters and its all-gather / reduce-scatter buffers, ``fsdp_unsharded_grad`` the gradients of a
+gathered group before they are reduce-scattered (both comm buffers); ``ds_grad_partition`` DeepSpeed ZeRO-3's
+persistent 16-bit gradient partition; ``paged_optimizer`` bitsandbytes' paged states (CUDA unified memory, outside
+torch's allocator: counted in host RAM, never on the GPU)."""
 
 
 @dataclass(frozen=True)
@@ -101,6 +111,16 @@ class TracePlan:
     """micro-batches traced per optimizer step: min(grad_accum, 2), the second shows accumulation"""
     optimizer_in_backward: bool = False
     """torchtune's optimizer-in-backward: each parameter steps as its gradient lands, then frees it"""
+    ds_grad_partition: bool = False
+    """DeepSpeed ZeRO-3: gradients land in one persistent flat 16-bit partition buffer allocated with the
+    optimizer (``stage3.py`` ``grad_partitions_flat_buffer``); each full gradient is freed once reduced"""
+    bnb_states: bool = False
+    """a bitsandbytes optimizer (8-bit or paged): its states are emulated with the sizes bitsandbytes allocates"""
+    paged_states: bool = False
+    """paged bitsandbytes optimizer: states of tensors >= 1e5 elements live in unified memory (tag paged_optimizer)"""
+    fsdp2: bool = False
+    """run real FSDP2 over a fake process group of ``world_size`` ranks (validation/trace/fsdp.py): model states
+    are one rank's real shards, so their divisors are 1"""
     substitutions: tuple[Substitution, ...] = ()
     assumptions: tuple[str, ...] = field(default_factory=tuple)
 
@@ -110,13 +130,15 @@ def shard_divisors(setup: Setup, world_size: int) -> tuple[dict[str, int], dict[
 
     Rules (ZeRO paper, Rajbhandari et al. 2020, sec. 5; DeepSpeed ``stage_1_and_2.py`` / ``stage3.py``; PyTorch
     FSDP ``ShardingStrategy``): ZeRO-1 partitions optimizer states, the fp32 master copy and the fp32 gradient
-    partition; ZeRO-2 also the 16-bit gradients; ZeRO-3 also the parameters (frozen ones too). FSDP
-    ``shard-grad-op`` is ZeRO-2, ``full-shard`` is ZeRO-3. The optimizer step runs on the shard only, so its
+    partition; ZeRO-2 also the 16-bit gradients; ZeRO-3 also the parameters (frozen ones too) and keeps its
+    16-bit gradients in a persistent partition (each full gradient is transient). FSDP is not divided: the
+    trace runs it for real (validation/trace/fsdp.py). The optimizer step runs on the shard only, so its
     temporaries divide like its states. ``--offload optimizer`` moves states, master, fp32 gradients and the
     step's temporaries to host RAM (DeepSpeed runs CPU Adam there); ``optimizer+params`` also the parameters.
     """
     n = max(1, world_size)
-    stage = {"shard-grad-op": 2, "full-shard": 3}[setup.fsdp] if setup.fsdp else setup.zero
+    # FSDP runs for real in the trace (validation/trace/fsdp.py): its shards need no division
+    stage = 0 if setup.fsdp else setup.zero
     d = {k: 1 for k in KINDS}
     if stage >= 1:
         for k in ("optimizer_states", "master_weights", "grad_fp32", "optimizer_temp"):
@@ -125,11 +147,15 @@ def shard_divisors(setup: Setup, world_size: int) -> tuple[dict[str, int], dict[
         d["gradients"] = n
     if stage >= 3:
         d["weights_trainable"] = d["weights_frozen"] = n
-    host: dict[str, int] = {"offloaded_activations": 1}
+        # stage3.py reduces each full 16-bit gradient into the persistent partition and frees it at once
+        d["gradients"] = 1
+        d["ds_grad_partition"] = n
+    host: dict[str, int] = {"offloaded_activations": 1, "paged_optimizer": 1}
     d["offloaded_activations"] = 0  # saved block inputs under --activation-offload live in host RAM
+    d["paged_optimizer"] = 0  # bitsandbytes' paged states: unified memory, outside torch's allocator
     moved = []
     if setup.offload in ("optimizer", "optimizer+params"):
-        moved += ["optimizer_states", "master_weights", "grad_fp32", "optimizer_temp"]
+        moved += ["optimizer_states", "master_weights", "grad_fp32", "optimizer_temp", "ds_grad_partition"]
     if setup.offload == "optimizer+params":
         moved += ["weights_trainable", "weights_frozen"]
     for k in moved:
@@ -175,11 +201,16 @@ def plan_trace(model: ModelProfile, cluster: Cluster, setup: Setup, adam_impl: A
 
     optimizer = setup.optimizer
     eight_bit = optimizer in ("adamw-8bit", "paged-adamw-8bit")
-    if eight_bit:
+    paged = optimizer in ("paged-adamw", "paged-adamw-8bit")
+    bnb = eight_bit or paged
+    if bnb:
         subs.append(Substitution(
-            f"bitsandbytes {optimizer}", "AdamW states emulated as uint8 m and v plus fp32 block constants",
-            "bitsandbytes' 8-bit update is a CUDA kernel; the states are sized as bitsandbytes allocates them"
-            + ("; paged states are counted as resident on the GPU" if optimizer.startswith("paged") else "")))
+            f"bitsandbytes {optimizer}",
+            ("AdamW states emulated as uint8 m and v plus fp32 block constants" if eight_bit
+             else "AdamW states emulated as fp32 m and v"),
+            "bitsandbytes' update is a CUDA kernel; the states are sized as bitsandbytes allocates them"
+            + ("; states of tensors with >= 1e5 elements are paged (cudaMallocManaged, outside torch's allocator) "
+               "and counted in host RAM" if paged else "")))
         optimizer = "adamw"
     opt: Literal["adamw", "sgd", "sgd-momentum", "adafactor"] = optimizer  # type: ignore[assignment]
 
@@ -187,7 +218,7 @@ def plan_trace(model: ModelProfile, cluster: Cluster, setup: Setup, adam_impl: A
     deepspeed = setup.recipe == "deepspeed-bf16" or (setup.recipe == "fp16-amp" and setup.zero > 0)
     if deepspeed:
         weight, trainable, autocast = half, half, None
-        if opt == "adamw" and not eight_bit:
+        if opt == "adamw" and not bnb:
             subs.append(Substitution(
                 "DeepSpeed FusedAdam (CUDA)", f"torch AdamW {adam_impl} over fp32 master weights",
                 "same fp32 states; DeepSpeed's multi-tensor kernel keeps no per-parameter temporaries, like fused"))
@@ -201,7 +232,9 @@ def plan_trace(model: ModelProfile, cluster: Cluster, setup: Setup, adam_impl: A
             notes.append(
                 "DeepSpeed ZeRO mixed precision emulated as deepspeed/runtime/zero/stage_1_and_2.py: 16-bit weights "
                 "and gradients, fp32 master weights and optimizer states created with the optimizer, the fp32 "
-                "gradient partition built from the 16-bit gradients in step() and released after it")
+                "gradient partition built from the 16-bit gradients in step() and released after it"
+                + ("; ZeRO-3 as stage3.py: a persistent flat 16-bit gradient partition (grad_partitions_flat_buffer) "
+                   "that each gradient is reduced into and then freed" if setup.zero == 3 else ""))
     elif setup.recipe == "bf16":
         weight, trainable, autocast = "bfloat16", "bfloat16", None
     else:  # hf-amp / fp16-amp without DeepSpeed
@@ -211,7 +244,7 @@ def plan_trace(model: ModelProfile, cluster: Cluster, setup: Setup, adam_impl: A
     if setup.recipe == "fp16-amp":
         notes.append("fp16 loss scaling emulated: the loss is multiplied and the gradients unscaled in place "
                      "(GradScaler's inf check reads tensor values, which fake tensors do not have)")
-    if opt == "adamw" and not deepspeed and not eight_bit:
+    if opt == "adamw" and not deepspeed and not bnb:
         notes.append(f"optimizer implementation: {ADAM_IMPLS[adam_impl]}")
 
     in_backward = setup.optimizer_in_backward
@@ -230,11 +263,22 @@ def plan_trace(model: ModelProfile, cluster: Cluster, setup: Setup, adam_impl: A
     if deepspeed and setup.zero == 0:  # BF16_Optimizer partitions the fp32 master and states (ZeRO-1 style)
         for k in ("optimizer_states", "master_weights", "optimizer_temp"):
             divisors[k] = n
-    if setup.zero or setup.fsdp:
+    if setup.zero:
         notes.append(
             f"one rank's share under {setup.sharding_label} over {n} GPUs: traced model-state bytes divided by {n} "
             "per the stage rules; activations traced as one rank computes them; "
             "gather and reduce buffers (comm_buffers) are not traced")
+    if setup.fsdp:
+        mp = {"hf-amp": "bf16", "fp16-amp": "fp16"}.get(setup.recipe)
+        notes.append(
+            f"FSDP2 run for real on rank 0 of a fake {n}-rank process group: accelerate's fsdp2_prepare_model (one "
+            "group per decoder block, the input embedding, the final norm + LM head kept gathered, the root), "
+            f"reshard_after_forward={setup.fsdp == 'full-shard'}"
+            + (f", MixedPrecisionPolicy(param_dtype={mp}, reduce_dtype={mp}, output_dtype={mp}) as accelerate sets "
+               f"it for mixed_precision={mp} (autocast on too, with nothing left to cast)" if mp else "")
+            + "; collectives move no data and run synchronously (no CUDA streams)")
+        if setup.offload != "none":
+            notes.append("FSDP CPU offload not run: the offloaded states are moved to host RAM by tag")
     if setup.offload != "none":
         notes.append(f"--offload {setup.offload}: the offloaded tensors are counted in host RAM, not on the GPU")
 
@@ -259,6 +303,8 @@ def plan_trace(model: ModelProfile, cluster: Cluster, setup: Setup, adam_impl: A
         optimizer=opt,
         adam_impl=adam_impl,
         eight_bit_states=eight_bit,
+        bnb_states=bnb,
+        paged_states=paged,
         weight_dtype=weight,
         trainable_dtype=trainable,
         autocast_dtype=autocast,
@@ -270,6 +316,8 @@ def plan_trace(model: ModelProfile, cluster: Cluster, setup: Setup, adam_impl: A
         host_divisors=host,
         micro_steps=min(setup.grad_accum, 2),
         optimizer_in_backward=in_backward,
+        ds_grad_partition=deepspeed and setup.zero == 3,
+        fsdp2=setup.fsdp is not None,
         substitutions=tuple(subs),
         assumptions=tuple(notes),
     )

@@ -102,8 +102,23 @@ def run_trace(
 
     t0 = time.perf_counter()
     tracker = StorageTracker(plan.divisors, plan.host_divisors, vocab_size=model.vocab_size)
-    with _quiet(), (FakeTensorMode() if fake else contextlib.nullcontext()), real_run_semantics(), _host_offload(tracker):
+    with contextlib.ExitStack() as stack:
+        mesh = None
+        if plan.fsdp2:  # real FSDP2 on rank 0 of a fake process group (validation/trace/fsdp.py)
+            from validation.trace.fsdp import fake_process_group, tag_fsdp_buffers
+
+            mesh = stack.enter_context(fake_process_group(plan.world_size))
+            stack.enter_context(tag_fsdp_buffers(tracker))
+        stack.enter_context(_quiet())
+        if fake:
+            stack.enter_context(FakeTensorMode())
+        stack.enter_context(real_run_semantics())
+        stack.enter_context(_host_offload(tracker))
         net = build_model(model, setup, plan, num_layers=num_layers)
+        if mesh is not None:
+            from validation.trace.fsdp import accelerate_fsdp2
+
+            net = accelerate_fsdp2(net, setup, mesh)
         tick("build")
         with tracker:
             runner = StepRunner(net, plan, setup, tracker, model.final_logit_softcap, progress=tick)

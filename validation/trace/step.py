@@ -31,6 +31,8 @@ BNB_BLOCK = 256
 """bitsandbytes ``Optimizer8bit.init_state``: one fp32 absmax per 256 values (``blocks = n // 256``)"""
 BNB_MIN_8BIT_SIZE = 4096
 """bitsandbytes ``min_8bit_size``: smaller tensors keep fp32 states"""
+BNB_PAGED_MIN_NUMEL = 100_000
+"""bitsandbytes ``get_state_buffer``: only tensors of >= 1e5 elements get paged (unified-memory) states"""
 
 Progress = Callable[[str], None]
 
@@ -52,12 +54,16 @@ def _tagging_state(tracker: StorageTracker) -> defaultdict:
 
 
 class Emulated8bitAdamW(torch.optim.Optimizer):
-    """Allocates what bitsandbytes' blockwise 8-bit AdamW allocates (``Optimizer8bit.init_state``): uint8 m and
-    v, two fp32 absmax vectors of ``ceil(n / 256)``; tensors under 4096 values keep fp32 m and v. The update
-    itself is one fused CUDA kernel with no temporaries, emulated as an in-place no-op."""
+    """Allocates what bitsandbytes' AdamW allocates (``Optimizer2State.init_state``, 0.49.2): 8-bit: uint8 m and
+    v, two fp32 absmax vectors of ``ceil(n / 256)``, fp32 m and v under 4096 values; 32-bit: fp32 m and v. Paged
+    variants put m and v of tensors with >= 1e5 elements in unified memory (``get_state_buffer``): ``on_paged`` is
+    called with each such state (the trace tags it as host memory). The update itself is one fused CUDA kernel
+    with no temporaries, emulated as an in-place no-op."""
 
-    def __init__(self, params: Any) -> None:
+    def __init__(self, params: Any, eight_bit: bool = True, paged: bool = False,
+                 on_paged: Callable[[torch.Tensor], None] | None = None) -> None:
         super().__init__(params, {})
+        self.eight_bit, self.paged, self.on_paged = eight_bit, paged, on_paged
 
     @torch.no_grad()
     def step(self, closure: Any = None) -> None:  # type: ignore[override]
@@ -69,7 +75,7 @@ class Emulated8bitAdamW(torch.optim.Optimizer):
                 if not state:
                     n = p.numel()
                     state["step"] = 0
-                    if n >= BNB_MIN_8BIT_SIZE:
+                    if self.eight_bit and n >= BNB_MIN_8BIT_SIZE:
                         blocks = -(-n // BNB_BLOCK)
                         state["state1"] = torch.zeros_like(p, dtype=torch.uint8)
                         state["state2"] = torch.zeros_like(p, dtype=torch.uint8)
@@ -78,13 +84,18 @@ class Emulated8bitAdamW(torch.optim.Optimizer):
                     else:
                         state["state1"] = torch.zeros_like(p, dtype=torch.float32)
                         state["state2"] = torch.zeros_like(p, dtype=torch.float32)
+                    if self.paged and n >= BNB_PAGED_MIN_NUMEL and self.on_paged is not None:
+                        self.on_paged(state["state1"])
+                        self.on_paged(state["state2"])
                 state["step"] += 1
 
 
-def make_optimizer(params: list[nn.Parameter], plan: TracePlan) -> torch.optim.Optimizer:
+def make_optimizer(params: list[nn.Parameter], plan: TracePlan,
+                   tracker: StorageTracker | None = None) -> torch.optim.Optimizer:
     """The optimizer the trainer would build for ``plan`` (HF Trainer ``optim`` names in comments)."""
-    if plan.eight_bit_states:
-        return Emulated8bitAdamW(params)
+    if plan.bnb_states:
+        on_paged = (lambda t: tracker.track(t, "paged_optimizer")) if tracker is not None else None
+        return Emulated8bitAdamW(params, eight_bit=plan.eight_bit_states, paged=plan.paged_states, on_paged=on_paged)
     if plan.optimizer == "adamw":  # adamw_torch_fused (HF default), or the implementation asked for
         kw = {"fused": {"fused": True}, "foreach": {"foreach": True}, "for-loop": {"foreach": False}}[plan.adam_impl]
         return torch.optim.AdamW(params, lr=1e-5, weight_decay=0.0, **kw)
@@ -125,16 +136,24 @@ class StepRunner:
                 if plan.ds_persistent_fp32_grads:  # BF16_Optimizer.fp32_groups_gradients_flat, made at init
                     m.grad = torch.zeros_like(m)
                     tracker.track(m.grad, "grad_fp32")
+        self.grad_partition: dict[nn.Parameter, torch.Tensor] = {}
+        if plan.ds_grad_partition:  # stage3.py: grad_partitions_flat_buffer, allocated with the optimizer
+            flat = torch.zeros(sum(p.numel() for p in self.params), dtype=self.params[0].dtype)
+            tracker.track(flat, "ds_grad_partition")
+            offset = 0
+            for p in self.params:
+                self.grad_partition[p] = flat.narrow(0, offset, p.numel()).view_as(p)
+                offset += p.numel()
         opt_params = list(self.masters.values()) if plan.deepspeed else self.params
         self.in_backward: dict[nn.Parameter, torch.optim.Optimizer] = {}
         if plan.optimizer_in_backward:
             for p in opt_params:
-                o = make_optimizer([p], plan)
+                o = make_optimizer([p], plan, tracker)
                 o.state = _tagging_state(tracker)
                 self.in_backward[p] = o
             self.optimizer = None
         else:
-            self.optimizer = make_optimizer(opt_params, plan)
+            self.optimizer = make_optimizer(opt_params, plan, tracker)
             self.optimizer.state = _tagging_state(tracker)
         for p in self.params:
             p.register_post_accumulate_grad_hook(self._grad_ready)
@@ -143,6 +162,10 @@ class StepRunner:
     # -- hooks -------------------------------------------------------------------------------------------
     def _grad_ready(self, p: nn.Parameter) -> None:
         self.tracker.track(p.grad, "gradients")
+        if self.grad_partition:  # ZeRO-3: reduce into the partition buffer, free the full gradient
+            self.grad_partition[p].add_(p.grad)
+            p.grad = None
+            return
         if self.in_backward:  # torchtune optimizer-in-backward: step and free each gradient as it lands
             opt = self.in_backward[p]
             opt.step()
@@ -202,6 +225,10 @@ class StepRunner:
         grads = [p.grad for p in self.params if p.grad is not None]
         if plan.deepspeed:  # the 16-bit gradients into the fp32 ones
             for p, m in self.masters.items():
+                if p in self.grad_partition:  # ZeRO-3: the fp32 gradient comes from the 16-bit partition
+                    m.grad = self.grad_partition[p].float()
+                    self.tracker.track(m.grad, "grad_fp32")
+                    continue
                 if p.grad is None:
                     continue
                 if plan.ds_persistent_fp32_grads:  # BF16_Optimizer.update_hp_grads: hp.add_(lp.grad.float())
@@ -223,6 +250,8 @@ class StepRunner:
             with torch.no_grad():
                 for p, m in self.masters.items():
                     p.detach().copy_(m)  # 16-bit weights updated from the master, in place
+                    if p in self.grad_partition:
+                        self.grad_partition[p].zero_()
                     if plan.ds_persistent_fp32_grads:
                         m.grad.zero_()
                     else:

@@ -16,6 +16,11 @@ a divisor (ZeRO / FSDP share of one rank) and may live in host RAM instead (offl
 
 Peaks are evaluated lazily, at the next allocation or free after a change, so that a tensor allocated and
 tagged at once (an optimizer state created full-size and sharded at once) is never counted in between.
+
+Two things real FSDP2 does are followed too (``validation/trace/fsdp.py`` runs it): a ``DTensor`` is counted by
+its local shard (the mode lets DTensor desugar into local ops first, as torch's own ``MemTracker`` does), and
+``UntypedStorage.resize_`` (how FSDP2 frees and re-allocates unsharded parameters in place, which no
+``TorchDispatchMode`` sees) changes the bytes of the storage's record while the tracker is active.
 """
 
 from __future__ import annotations
@@ -32,6 +37,12 @@ from validation.trace.plan import KINDS
 _WEIGHT_TAGS = frozenset({"weights_trainable", "weights_frozen"})
 _CAST_OPS = frozenset({torch.ops.aten._to_copy.default})
 _CATEGORIES = tuple(dict.fromkeys(KINDS.values()))
+
+
+def _local(t: torch.Tensor) -> torch.Tensor:
+    """A DTensor's local shard (FSDP2 parameters, gradients and optimizer states); any other tensor as is."""
+    inner = getattr(t, "_local_tensor", None)
+    return inner if isinstance(inner, torch.Tensor) else t
 
 
 def _share(nbytes: int, div: int) -> int:
@@ -90,6 +101,9 @@ class StorageTracker(TorchDispatchMode):
         self._open: PhaseRecord | None = None
         self._dirty = False
         self.ops = 0
+        self.paused = 0
+        """> 0 while a framework computes shapes on tensors that a real run never allocates (DTensor's sharding
+        propagation runs the op on global-shape fake tensors, under the trace's own fake mode when one is active)"""
 
     # -- bookkeeping -------------------------------------------------------------------------------------
     def _settle(self) -> None:
@@ -127,7 +141,7 @@ class StorageTracker(TorchDispatchMode):
 
     def track(self, t: torch.Tensor, tag: str | None = None) -> None:
         """Count ``t``'s storage if it is new (with ``tag`` or the phase default); retag it if ``tag`` is given."""
-        st = t.untyped_storage()
+        st = _local(t).untyped_storage()
         key = id(st)
         rec = self._live.get(key)
         if rec is not None:
@@ -159,8 +173,39 @@ class StorageTracker(TorchDispatchMode):
         return [r for r in self._live.values() if r.seq > seq and (until is None or r.seq <= until)]
 
     def tag_of(self, t: torch.Tensor) -> str | None:
-        rec = self._live.get(id(t.untyped_storage()))
+        rec = self._live.get(id(_local(t).untyped_storage()))
         return rec.tag if rec else None
+
+    def _resized(self, st: torch.UntypedStorage) -> None:
+        """``st`` was resized in place (FSDP2's ``free_storage`` / ``alloc_storage``): recount its bytes."""
+        rec = self._live.get(id(st))
+        if rec is None or rec.nbytes == st.nbytes():
+            return
+        if self._dirty or st.nbytes() < rec.nbytes:
+            self._settle()
+        self._place(rec, -1)
+        new = self._make(st.nbytes(), rec.tag)
+        rec.nbytes, rec.dev, rec.host = new.nbytes, new.dev, new.host
+        self._place(rec, +1)
+        self._dirty = True
+
+    # -- mode entry: follow in-place storage resizes ---------------------------------------------------
+    def __enter__(self):  # type: ignore[no-untyped-def]
+        tracker = self
+        original = torch.UntypedStorage.resize_
+        self._orig_resize = original
+
+        def resize_(st: torch.UntypedStorage, size: int):  # type: ignore[no-untyped-def]
+            out = original(st, size)
+            tracker._resized(st)
+            return out
+
+        torch.UntypedStorage.resize_ = resize_  # type: ignore[method-assign]
+        return super().__enter__()
+
+    def __exit__(self, *args):  # type: ignore[no-untyped-def]
+        torch.UntypedStorage.resize_ = self._orig_resize  # type: ignore[method-assign]
+        return super().__exit__(*args)
 
     # -- phases ------------------------------------------------------------------------------------------
     def begin(self, phase: str, step: int, default_tag: str) -> PhaseRecord:
@@ -189,7 +234,11 @@ class StorageTracker(TorchDispatchMode):
 
     # -- dispatch ----------------------------------------------------------------------------------------
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if any(getattr(t, "__name__", "") == "DTensor" for t in types):
+            return NotImplemented  # let DTensor run its local ops, which come back through this mode
         out = func(*args, **(kwargs or {}))
+        if self.paused:
+            return out
         self.ops += 1
         if self.record_ops:
             self._op = func.__name__

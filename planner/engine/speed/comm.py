@@ -53,10 +53,12 @@ def grad_comm_bytes(setup: Setup) -> int:
     else its fp32 gradient (:func:`planner.engine.dtypes.recipe_bytes`, eq. M1).
 
     DeepSpeed bf16/fp16 (``communication_data_type`` defaults to the model dtype) and pure bf16: 2. HF AMP
-    and fp16 AMP keep fp32 weights, so DDP / FSDP reduce fp32 gradients: 4 (errs high when an FSDP
-    mixed-precision policy reduces in bf16).
+    and fp16 AMP under DDP keep fp32 weights and reduce fp32 gradients: 4. Under FSDP, accelerate's mixed
+    precision policy reduces in bf16 (``MixedPrecisionPolicy(reduce_dtype=bf16)``, eq. M1b): 2.
     """
     rb = recipe_bytes(setup)
+    if rb.gathered:
+        return rb.compute
     return rb.grad16 if rb.grad16 else rb.grad32
 
 

@@ -66,6 +66,7 @@ def optimizer_step_bytes_per_param(setup: Setup) -> float:
     return {
         "adamw": 7 * s + copy,
         "adamw-8bit": 3 * s + 4 + copy,
+        "paged-adamw": 7 * 4.0 + copy,  # bitsandbytes keeps 32-bit states whatever the recipe
         "paged-adamw-8bit": 3 * s + 4 + copy,
         "sgd": 3 * s + copy,
         "sgd-momentum": 5 * s + copy,

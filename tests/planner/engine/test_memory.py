@@ -303,9 +303,11 @@ def test_properties(kw, model):
     if kw["checkpointing"] == "none":
         ck = evaluate(m, cluster, Setup(recipe="deepspeed-bf16", zero=2, **{**kw, "checkpointing": "full"})).memory
         assert ck.peak_bytes <= e.peak_bytes
-    # LoRA < full; QLoRA weights < LoRA weights
-    if kw["method"] == "full":
-        lo = evaluate(m, cluster, Setup(recipe="deepspeed-bf16", zero=2, **{**kw, "method": "lora"})).memory
+    # LoRA < full; QLoRA weights < LoRA weights. Not for LoRA on fused MoE experts: peft 0.21 saves a merged
+    # copy of every expert stack per block (eq. A7b), which can exceed full fine-tuning's sharded states
+    lora_setup = Setup(recipe="deepspeed-bf16", zero=2, **{**kw, "method": "lora"})
+    if kw["method"] == "full" and not model_facts(m, lora_setup).lora.experts:
+        lo = evaluate(m, cluster, lora_setup).memory
         assert lo.peak_bytes < e.peak_bytes
     if kw["method"] == "lora":
         q = evaluate(m, cluster, Setup(recipe="deepspeed-bf16", zero=2, **{**kw, "method": "qlora"})).memory

@@ -1,0 +1,233 @@
+"""What a GPU holds beyond the tensors: allocated -> reserved -> device (docs/memory.md eq. R1-R7).
+
+The engine's categories are tensor bytes (what the FakeTensor trace counts). A real run reports three larger
+figures, each a function of the one before:
+
+* **allocated** (``torch.cuda.max_memory_allocated``): the tensors, each rounded up to 512 bytes by the caching
+  allocator, plus the cuBLAS workspaces, which torch allocates through that same allocator (eq. R1, R2);
+* **reserved** (``torch.cuda.max_memory_reserved``): allocated plus the allocator's segment rounding and the
+  cached blocks it cannot hand out again (fragmentation; worse when micro-batch shapes change) (eq. R3);
+* **device** (``nvidia-smi`` / NVML "used"): reserved plus the CUDA context, NCCL's communicator buffers and
+  the pages of bitsandbytes' paged optimizer states that happen to sit on the GPU (eq. R4-R6), none of which go
+  through torch's allocator.
+
+Every constant below is read from the library that sets it (file and version named) or from a published
+measurement (named). What no source fixes (the fragmentation fraction, the kernels a run loads into its
+context, NCCL's channel count on a given topology) is a parameter with a stated default, for calibration to
+fit; those defaults say which way they err. Pure functions, bytes in and bytes out, no torch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+KiB = 1024
+MiB = 1024**2
+GiB = 1024**3
+
+# ---- torch's CUDA caching allocator (c10/cuda/CUDACachingAllocator.cpp, torch 2.13) ----------------------
+ALLOC_MIN_BLOCK = 512
+"""``kMinBlockSize``: every allocation is rounded up to a multiple of 512 bytes."""
+ALLOC_SMALL_SIZE = 1 * MiB
+"""``kSmallSize``: the largest "small" allocation; small ones share 2 MiB segments (``kSmallBuffer``)."""
+ALLOC_SMALL_SEGMENT = 2 * MiB
+"""``kSmallBuffer``: segment size of the small pool."""
+ALLOC_LARGE_SEGMENT = 20 * MiB
+"""``kLargeBuffer``: allocations between 1 and 10 MiB are carved from 20 MiB segments."""
+ALLOC_MIN_LARGE = 10 * MiB
+"""``kMinLargeAlloc``: from 10 MiB up, an allocation gets its own segment ..."""
+ALLOC_ROUND_LARGE = 2 * MiB
+"""``kRoundLarge``: ... rounded up to a multiple of 2 MiB."""
+
+# ---- cuBLAS workspaces (aten/src/ATen/cuda/CublasHandlePool.cpp, torch 2.13) -------------------------------
+CUBLAS_WORKSPACE_SM90 = 4096 * KiB * 8
+"""``parseChosenWorkspaceSize`` default on compute capability 9.0 (H100 / H800 / H20 / H200): ``:4096:8``, 32 MiB."""
+CUBLAS_WORKSPACE_DEFAULT = 4096 * KiB * 2 + 16 * KiB * 8
+"""The default elsewhere: ``:4096:2:16:8``, 8.125 MiB. ``CUBLAS_WORKSPACE_CONFIG`` overrides both. cuBLASLt shares
+this workspace (``TORCH_CUBLASLT_UNIFIED_WORKSPACE`` defaults to on outside fbcode)."""
+CUBLAS_HANDLES_TRAINING = 2
+"""One workspace per (cuBLAS handle, stream); handles are thread-local, and a training step runs GEMMs on the
+main thread (forward) and on autograd's device thread (backward): two workspaces, both through the caching
+allocator (``getNewWorkspace``), so they are part of ``max_memory_allocated``."""
+
+COMPUTE_CAPABILITY: dict[str, tuple[int, int]] = {
+    "A100": (8, 0), "A800": (8, 0), "H100": (9, 0), "H800": (9, 0), "H20": (9, 0), "H200": (9, 0),
+    "B200": (10, 0), "RTX 3090": (8, 6), "RTX 4090": (8, 9), "RTX 5090": (12, 0), "RTX 6000 Ada": (8, 9),
+    "RTX A6000": (8, 6), "L20": (8, 9), "L40S": (8, 9), "L4": (8, 9), "T4": (7, 5), "V100": (7, 0),
+}
+"""GPU name prefix -> CUDA compute capability (NVIDIA's CUDA GPUs table, developer.nvidia.com/cuda-gpus)."""
+
+# ---- CUDA context -------------------------------------------------------------------------------------------
+CUDA_CONTEXT_LAZY = 426 * MiB
+"""A bare CUDA context with lazy module loading (the Linux default since CUDA 12.2, and what torch sets): 426 MiB
+in nvidia-smi on an RTX 6000 Ada with torch 2.10 + CUDA 13.0 (unslothai/unsloth-zoo PR #1053, measured table);
+256 MiB on an RTX 3090 with torch 2.7.1 + CUDA 12.8 (invoke-ai/InvokeAI #9413); "about 300-400 MB" (ptrblck in
+pytorch/pytorch #107667, #109888). The largest of those: a bare context, before the kernels a run loads."""
+CUDA_CONTEXT_EAGER = 1000 * MiB
+"""Without lazy loading (CUDA < 11.7, or ``CUDA_MODULE_LOADING=EAGER``) every kernel of every library is loaded
+at start: ">1000MB" (ptrblck, pytorch/pytorch #107667)."""
+LOADED_KERNELS_DEFAULT = 0
+"""Kernels a training run loads lazily on top of the bare context (cuBLAS/cuBLASLt GEMMs, attention, NCCL,
+fused optimizers, Triton): no published figure isolates them; 0 until calibration fits it (errs low)."""
+
+# ---- NCCL communicator buffers (NCCL src/init.cc computeBuffSizes) ------------------------------------------
+NCCL_SIMPLE_BUFFSIZE = 1 << 22
+"""``DEFAULT_BUFFSIZE``: 4 MiB per connection for the Simple protocol (``NCCL_BUFFSIZE``)."""
+NCCL_LL_BUFFSIZE = 8 * 512 * 8 * 16
+"""``DEFAULT_LL_BUFFSIZE`` = lines per thread 8 x 512 threads x 8 steps x 16-byte lines = 512 KiB."""
+NCCL_LL128_BUFFSIZE = 120 * 640 * 8 * 8
+"""``DEFAULT_LL128_BUFFSIZE`` = 120 elements per thread x 640 threads x 8 steps x 8 bytes = 4,915,200 B."""
+NCCL_CHANNELS_NVLINK = 16
+"""Channels NCCL builds on NVLink/NVSwitch nodes (it chooses up to ``NCCL_MAX_NCHANNELS``, 32, from the topology
+search; 16 on an 8-GPU NVSwitch node is the usual result) [assumption: topology-dependent, to be fitted]."""
+NCCL_CHANNELS_PCIE = 4
+"""Channels on PCIe-only nodes [assumption: topology-dependent, to be fitted]."""
+NCCL_PEERS_PER_CHANNEL = 2
+"""Connections per channel that own receive buffers: the ring's previous rank and one tree link [assumption]."""
+
+FRAGMENTATION_DEFAULT = 0.05
+"""Cached-but-unusable fraction of the memory freed and re-allocated within a step (activations, gradients,
+gathers), with static shapes [assumption until calibrated: the old engine-wide 5 % margin]. No source states it."""
+FRAGMENTATION_DYNAMIC_SHAPES = 0.25
+"""The same with micro-batch shapes that change from step to step (dynamic padding): cached blocks sized for
+earlier shapes cannot be split for later, larger ones [assumption until calibrated]."""
+
+
+def compute_capability(gpu_name: str) -> tuple[int, int] | None:
+    """The CUDA compute capability of a GPU profile's name (longest matching prefix), None if not NVIDIA."""
+    name = gpu_name.upper()
+    best = None
+    for prefix, cc in COMPUTE_CAPABILITY.items():
+        if name.startswith(prefix.upper()) and (best is None or len(prefix) > len(best[0])):
+            best = (prefix, cc)
+    return best[1] if best else None
+
+
+def allocator_block_bytes(nbytes: int) -> int:
+    """Eq. R1: bytes the caching allocator hands out for one tensor of ``nbytes`` (``round_size``: up to a
+    multiple of 512; ``roundup_power2_divisions`` is off by default). Exact."""
+    return max(ALLOC_MIN_BLOCK, -(-nbytes // ALLOC_MIN_BLOCK) * ALLOC_MIN_BLOCK)
+
+
+def allocator_segment_bytes(nbytes: int) -> int:
+    """Eq. R3a: the ``cudaMalloc`` a fresh request of ``nbytes`` triggers when no cached block fits
+    (``get_allocation_size``): a 2 MiB small segment up to 1 MiB, a 20 MiB segment up to 10 MiB, else the
+    request rounded up to 2 MiB. Exact; how many requests find no cached block is the fragmentation term."""
+    size = allocator_block_bytes(nbytes)
+    if size <= ALLOC_SMALL_SIZE:
+        return ALLOC_SMALL_SEGMENT
+    if size < ALLOC_MIN_LARGE:
+        return ALLOC_LARGE_SEGMENT
+    return -(-size // ALLOC_ROUND_LARGE) * ALLOC_ROUND_LARGE
+
+
+def cublas_workspace_bytes(gpu_name: str, handles: int = CUBLAS_HANDLES_TRAINING) -> int:
+    """Eq. R2: cuBLAS workspaces torch allocates (through the caching allocator, so inside ``allocated``):
+    32 MiB each on compute capability 9.0, 8.125 MiB elsewhere, one per (handle, stream) in use. Exact for the
+    defaults; errs low if more streams run GEMMs (e.g. overlapped communication kernels with their own GEMMs)."""
+    cc = compute_capability(gpu_name)
+    if cc is None:
+        return 0
+    per = CUBLAS_WORKSPACE_SM90 if cc == (9, 0) else CUBLAS_WORKSPACE_DEFAULT
+    return per * handles
+
+
+def allocated_bytes(tensor_peak: int, gpu_name: str, live_tensors: int = 0) -> int:
+    """Eq. R1-R2: ``max_memory_allocated`` from the engine's tensor peak: + the cuBLAS workspaces + at most 511
+    bytes of rounding per live tensor (``live_tensors``, 0 when unknown: the rounding is below 0.01 % for the
+    tensor sizes of LLM training). Errs low by the kernels' own scratch tensors (flash-attention backward
+    accumulators) that torch allocates and the trace cannot see."""
+    return tensor_peak + cublas_workspace_bytes(gpu_name) + (ALLOC_MIN_BLOCK - 1) * live_tensors
+
+
+def reserved_bytes(allocated_peak: int, churn_bytes: int, fragmentation: float = FRAGMENTATION_DEFAULT,
+                   expandable_segments: bool = False) -> int:
+    """Eq. R3: ``max_memory_reserved`` from the allocated peak.
+
+    ``churn_bytes`` is the memory freed and re-allocated within a step (activations, logits, gradients, gathered
+    parameters: everything but weights and optimizer states, which are allocated once and never fragment). A
+    fraction ``fragmentation`` of it stays cached in blocks the next requests cannot use; use
+    :data:`FRAGMENTATION_DYNAMIC_SHAPES` when micro-batch shapes vary. Segment rounding adds at most one 20 MiB
+    large segment's tail plus one 2 MiB small segment; ``expandable_segments:True`` maps physical memory in
+    2 MiB pages into one growing segment (torch docs, "Optimizing memory usage with PYTORCH_CUDA_ALLOC_CONF"),
+    which removes the 20 MiB tail and most of the fragmentation: pass the smaller fraction calibration finds for
+    it. Never below allocated."""
+    if fragmentation < 0:
+        raise ValueError(f"fragmentation must be >= 0, got {fragmentation}")
+    rounding = ALLOC_SMALL_SEGMENT + (0 if expandable_segments else ALLOC_LARGE_SEGMENT)
+    return allocated_peak + int(fragmentation * max(churn_bytes, 0)) + rounding
+
+
+def cuda_context_bytes(lazy_loading: bool = True, loaded_kernels: int = LOADED_KERNELS_DEFAULT) -> int:
+    """Eq. R4: the CUDA context per process, outside torch's allocator: the bare context (lazy loading: 426 MiB,
+    the largest of the published measurements; eager: 1000 MiB) plus the kernels a run loads (a parameter for
+    calibration). Errs low by those kernels until fitted."""
+    return (CUDA_CONTEXT_LAZY if lazy_loading else CUDA_CONTEXT_EAGER) + loaded_kernels
+
+
+def nccl_buffer_bytes(world_size: int, nvlink: bool, communicators: int = 1, channels: int | None = None,
+                      peers_per_channel: int = NCCL_PEERS_PER_CHANNEL) -> int:
+    """Eq. R5: NCCL's receive buffers per GPU, outside torch's allocator: for every communicator, channel and
+    peer connection one buffer per protocol (Simple 4 MiB + LL 512 KiB + LL128 4.69 MiB = 9.19 MiB, NCCL
+    ``computeBuffSizes``). 0 for one GPU. Channel count and peers follow the topology search: defaults are
+    [assumptions] to be fitted; NVLink SHARP (NVLS) buffers on NVSwitch systems come on top and are not counted
+    (errs low there). Each process group torch creates (FSDP, DeepSpeed's data-parallel groups) is a
+    communicator."""
+    if world_size <= 1:
+        return 0
+    ch = channels if channels is not None else (NCCL_CHANNELS_NVLINK if nvlink else NCCL_CHANNELS_PCIE)
+    per_connection = NCCL_SIMPLE_BUFFSIZE + NCCL_LL_BUFFSIZE + NCCL_LL128_BUFFSIZE
+    return communicators * ch * peers_per_channel * per_connection
+
+
+def paged_resident_bytes(paged_bytes: int, capacity: int, used_without_paged: int) -> int:
+    """Eq. R6: pages of bitsandbytes' paged optimizer states resident on the GPU at the optimizer step.
+
+    bitsandbytes allocates them with ``cudaMallocManaged(..., cudaMemAttachHost)`` and wraps them as CPU tensors
+    (``torch.frombuffer``), so ``max_memory_allocated`` and ``max_memory_reserved`` never include them; before each
+    parameter's update it prefetches that parameter's states to the GPU (``prefetch_state`` ->
+    ``cudaMemPrefetchAsync``). The driver keeps them there while memory is free and evicts them to the host under
+    pressure (QLoRA paper, sec. 2 "Paged Optimizers"). So nvidia-smi shows between 0 and all of them: the
+    smaller of the states and the free memory. Never raises what the run needs to fit."""
+    return max(0, min(paged_bytes, capacity - used_without_paged))
+
+
+@dataclass(frozen=True)
+class DevicePeak:
+    """The three figures of one peak, each containing the one before (eq. R7)."""
+
+    tensors: int
+    """the engine's tensor bytes (what the trace counts)"""
+    allocated: int
+    """``torch.cuda.max_memory_allocated``"""
+    reserved: int
+    """``torch.cuda.max_memory_reserved``"""
+    device: int
+    """nvidia-smi "used" for the process, with evictable paged-optimizer pages not counted"""
+    context: int
+    nccl: int
+    paged_resident: int
+    """paged-optimizer pages nvidia-smi may show on top of ``device`` (evicted first under pressure)"""
+
+    @property
+    def shown_by_nvidia_smi(self) -> int:
+        return self.device + self.paged_resident
+
+    def fits(self, capacity: int) -> bool:
+        """Whether the run fits: the device figure without the evictable pages, against the driver's capacity."""
+        return self.device <= capacity
+
+
+def device_peak_bytes(tensor_peak: int, churn_bytes: int, gpu_name: str, capacity: int, world_size: int,
+                      nvlink: bool, *, paged_bytes: int = 0, fragmentation: float = FRAGMENTATION_DEFAULT,
+                      expandable_segments: bool = False, lazy_loading: bool = True,
+                      loaded_kernels: int = LOADED_KERNELS_DEFAULT, communicators: int = 1) -> DevicePeak:
+    """Eq. R7: tensors -> allocated -> reserved -> device for one peak (see the module docstring); ``fits`` is
+    decided on ``device``. ``churn_bytes``: the peak's bytes other than weights and optimizer states."""
+    alloc = allocated_bytes(tensor_peak, gpu_name)
+    reserved = reserved_bytes(alloc, churn_bytes, fragmentation, expandable_segments)
+    context = cuda_context_bytes(lazy_loading, loaded_kernels)
+    nccl = nccl_buffer_bytes(world_size, nvlink, communicators)
+    device = reserved + context + nccl
+    return DevicePeak(tensor_peak, alloc, reserved, device, context, nccl,
+                      paged_resident_bytes(paged_bytes, capacity, device))
