@@ -8,6 +8,7 @@ and text; only :mod:`planner.fileio` touches the file system. :func:`build_files
 * :mod:`~planner.emit.accelerate` - accelerate config, TrainingArguments, model / LoRA settings (HF Trainer)
 * :mod:`~planner.emit.llamafactory` - LLaMA-Factory YAML
 * :mod:`~planner.emit.torchtune` - torchtune YAML (where torchtune can express the plan)
+* :mod:`~planner.emit.torchtitan` - torchtitan 0.2.2 TOML (FSDP2, float8, tensor / context parallelism)
 * :mod:`~planner.emit.launch` - ``launch.sh``
 * :mod:`~planner.emit.plan_md` - ``PLAN.md`` and ``plan.json``
 
@@ -19,7 +20,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from planner.emit import accelerate, launch, llamafactory, plan_md, torchtune
+from planner.emit import accelerate, launch, llamafactory, plan_md, torchtitan, torchtune
 from planner.emit.common import TRAINERS, Emitted, NotExpressible, Target
 
 __all__ = ["TRAINERS", "Bundle", "NotExpressible", "Target", "build_files", "emit_trainer", "trainers_for"]
@@ -33,13 +34,21 @@ def emit_trainer(t: Target, trainer: str) -> Emitted:
         return llamafactory.emit(t)
     if trainer == "torchtune":
         return torchtune.emit(t)
+    if trainer == "torchtitan":
+        return torchtitan.emit(t)
     raise ValueError(f"unknown trainer {trainer!r}; valid: {', '.join(TRAINERS)}")
 
 
 def trainers_for(t: Target, choice: str) -> list[str]:
-    """``all`` -> the HF backend matching the plan, LLaMA-Factory and torchtune; otherwise the one named."""
+    """``all`` -> the HF backend matching the plan, LLaMA-Factory, torchtune and torchtitan; otherwise the one named.
+    The first that can run the plan is launch.sh's default."""
     if choice == "all":
-        return [accelerate.trainer_for(t.setup), "llamafactory", "torchtune"]
+        order = [accelerate.trainer_for(t.setup), "llamafactory", "torchtune", "torchtitan"]
+        s = t.setup
+        if s.framework in ("torchtune", "torchtitan"):  # the trainer whose speed the plan was estimated for first
+            order.remove(s.framework)
+            order.insert(0, s.framework)
+        return order
     return [choice]
 
 

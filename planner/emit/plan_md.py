@@ -25,6 +25,7 @@ FILE_ROLES: dict[str, str] = {
     "llamafactory.yaml": "LLaMA-Factory `llamafactory-cli train` config",
     "llamafactory_accelerate.yaml": "accelerate FSDP config used to launch LLaMA-Factory",
     "torchtune.yaml": "torchtune recipe config (`tune run`)",
+    "torchtitan.toml": "torchtitan 0.2.2 job config (`torchrun -m torchtitan.train --job.config_file torchtitan.toml`)",
 }
 
 DEEPSPEED_CHOICES = [

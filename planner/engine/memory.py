@@ -31,6 +31,15 @@ from planner.engine.dtypes import RecipeBytes, recipe_bytes
 from planner.engine.facts import ModelFacts
 from planner.engine.results import CATEGORIES, MemoryEstimate
 from planner.engine.setup import RECIPES, Setup
+from planner.engine.techniques import (
+    cp_kv_gather_bytes,
+    fp8_temporary_bytes,
+    fp8_weight_params,
+    galore_bytes,
+    paged_state_bytes,
+    te_saved_input_saving,
+    tp_layer_bytes_per_token,
+)
 from profiles.cluster import Cluster
 from planner.units import GiB
 from profiles.schema import ModelProfile
@@ -83,6 +92,8 @@ def optimizer_state_bytes_per_param(setup: Setup, rb: RecipeBytes) -> float:
     """
     if setup.optimizer == "adamw":
         return 2 * rb.state
+    if setup.optimizer == "paged-adamw":
+        return 8.0  # bitsandbytes' 32-bit states are fp32 whatever the parameter dtype (Optimizer2State.init_state)
     if setup.optimizer in ("adamw-8bit", "paged-adamw-8bit"):
         return adam8bit_state_bytes_per_param()
     if setup.optimizer == "sgd-momentum":
@@ -104,6 +115,9 @@ class ModelStates:
     optimizer_step_temp: int
     gradients_step_only: int = 0
     """gradient bytes that exist only during the optimizer step (ZeRO-3's fp32 gradient partition)"""
+    paged_optimizer: int = 0
+    """optimizer states in CUDA unified memory (bitsandbytes paged optimizers, eq. M4b): outside torch's
+    allocator; resident on the GPU only while free device memory lets them be, host memory otherwise"""
 
 
 def _shard(n: float, sharded: bool, world: int) -> int:
@@ -154,8 +168,16 @@ def model_states(facts: ModelFacts, cluster: Cluster, setup: Setup, rb: RecipeBy
         trainable_b, frozen_b = _shard(trainable_b, shard_w, N), _shard(frozen_b, shard_w, N)
 
     # optimizer states
-    if setup.optimizer == "adafactor":
+    paged = 0
+    svd_temp = 0
+    if setup.galore_rank is not None:
+        gb = galore_bytes(facts, setup, rb)
+        opt, svd_temp = gb.states + gb.projectors, gb.svd_workspace
+    elif setup.optimizer == "adafactor":
         opt = adafactor_state_elements(facts, setup) * 4
+    elif setup.optimizer in ("paged-adamw", "paged-adamw-8bit"):
+        opt, paged = paged_state_bytes(facts, setup)
+        paged = _shard(paged, shard_o, N)
     else:
         opt = optimizer_state_bytes_per_param(setup, rb) * P_t
     master = rb.master * P_t
@@ -182,15 +204,17 @@ def model_states(facts: ModelFacts, cluster: Cluster, setup: Setup, rb: RecipeBy
             opt, g_gpu = 0, 0
         else:
             opt = _shard(opt, shard_o, N)
-    if setup.optimizer_in_backward:
-        # gradients are freed right after each parameter's update: at most the largest tensor's gradient
+    if setup.steps_in_backward:
+        # gradients are freed right after each parameter's update: at most the largest tensor's gradient (under
+        # FSDP2 the hook fires on the sharded gradient after the reduce-scatter: torchtune full_finetune_distributed)
         g_gpu = min(g_gpu, (rb.grad32 + rb.grad16) * facts.largest_module_params)
-    step_temp = 0
+    step_temp = svd_temp
     if setup.optimizer == "adafactor":
         # transformers' Adafactor steps one tensor at a time, building an fp32 update of its size
-        step_temp = 3 * 4 * min(facts.largest_module_params, max(P_t, 1))
+        step_temp = max(step_temp, 3 * 4 * min(facts.largest_module_params, max(P_t, 1)))
     return ModelStates(
-        trainable_b, frozen_b, int(g_gpu), int(opt), int(master), int(host_opt), int(host_params), step_temp, int(step_only)
+        trainable_b, frozen_b, int(g_gpu), int(opt), int(master), int(host_opt), int(host_params), int(step_temp),
+        int(step_only), paged_optimizer=int(paged),
     )
 
 
@@ -259,6 +283,21 @@ class ActivationBytes:
     checkpointed_layers: int
 
 
+def _layer_bytes(inv: LayerInventory, setup: Setup, rb: RecipeBytes, tokens: int, seq_len: int) -> float:
+    """One block's saved bytes for ``tokens`` local tokens: the inventory (eq. A1), with TransformerEngine's FP8
+    inputs (eq. F8) and tensor parallelism's split (eq. T1) applied."""
+    per_token = tp_layer_bytes_per_token(inv, setup.tp)
+    if setup.fp8 == "te":
+        per_token -= te_saved_input_saving(inv, rb.compute)
+    return per_token * tokens + inv.per_token_per_seq * tokens * seq_len / setup.tp
+
+
+def local_tokens(setup: Setup) -> int:
+    """Tokens of one micro-batch on one GPU: ``micro_batch x seq_len``, divided by the context-parallel degree
+    (each CP rank holds ``seq_len / cp`` of every row; eq. T2)."""
+    return setup.micro_batch * setup.seq_len // setup.cp
+
+
 def activation_bytes(facts: ModelFacts, setup: Setup, rb: RecipeBytes) -> ActivationBytes:
     """Saved activations of all blocks plus the per-block working sets (eq. A1).
 
@@ -266,45 +305,55 @@ def activation_bytes(facts: ModelFacts, setup: Setup, rb: RecipeBytes) -> Activa
     Full checkpointing every k-th block keeps only those blocks' inputs (eq. A8) and recomputes one block
     at a time in backward; selective checkpointing drops the attention core (the eager s^2 terms; with
     SDPA / flash it keeps almost everything). Activation offload keeps two block inputs on the GPU.
+    BAdam and LISA (eq. A10) train one / ``n`` blocks per step; the others pass gradients through with frozen
+    weights (their linear layers save no input): the worst step of the schedule, BAdam's block 0 or any LISA
+    draw, has every block in the backward path. Tensor parallelism divides all but the all-gathered block inputs
+    by ``tp`` (eq. T1), context parallelism the tokens by ``cp`` (eq. T2).
     """
     model = facts.model
-    T = setup.micro_batch * setup.seq_len
+    T = local_tokens(setup)
     s = setup.seq_len
     L = model.num_layers
+    tp = setup.tp
     trains_layer = setup.method in ("full", "freeze")
     inv = layer_inventory(facts, setup, rb, trains_layer)
     active_layers = setup.freeze_layers if setup.method == "freeze" else L
-    layer_full = inv.bytes(T, s)
+    layer_full = _layer_bytes(inv, setup, rb, T, s)
+    layer_avg = layer_full
+    if setup.method == "full" and (setup.badam or setup.lisa_layers):
+        n_train = 1 if setup.badam else min(setup.lisa_layers or 1, L)
+        through = _layer_bytes(layer_inventory(facts, setup, rb, False), setup, rb, T, s)
+        layer_avg = (n_train * layer_full + (L - n_train) * through) / L
     if setup.checkpointing == "full":
         ck = -(-active_layers // setup.checkpoint_every)  # blocks 0, k, 2k, ... are checkpointed
-        kept = checkpointed_layer_bytes_per_token(rb, model.hidden_size) * T
+        kept = checkpointed_layer_bytes_per_token(rb, model.hidden_size) * T / tp
         if setup.activation_offload:
-            saved = min(ck, 2) * kept + (active_layers - ck) * layer_full
+            saved = min(ck, 2) * kept + (active_layers - ck) * layer_avg
         else:
-            saved = ck * kept + (active_layers - ck) * layer_full
+            saved = ck * kept + (active_layers - ck) * layer_avg
         bwd_extra = layer_full  # one block recomputed at a time
     elif setup.checkpointing == "selective":
         ck = 0
-        scores = inv.per_token_per_seq * T * s
-        saved = active_layers * (layer_full - scores)
+        scores = inv.per_token_per_seq * T * s / tp
+        saved = active_layers * (layer_avg - scores)
         bwd_extra = scores
     else:
         ck = 0
-        saved = active_layers * layer_full
+        saved = active_layers * layer_avg
         bwd_extra = 0
     # final norm before the LM head (fp32 input + normalised output) and the token ids / labels
-    head_side = T * (4 * model.hidden_size + rb.compute * model.hidden_size) + T * 3 * 8
+    head_side = T * (4 * model.hidden_size + rb.compute * model.hidden_size) / tp + T * 3 * 8
     saved += head_side
     # the working set while a block runs forward: its largest intermediate, and in backward the gradients
     # of the MLP intermediates (grad of the product, then of activation and up), eq. A9
-    fwd_transient = max(inv.transient_per_token * T * 2, inv.forward_per_token_per_seq * T * s)
+    fwd_transient = max(inv.transient_per_token * T * 2 / tp, inv.forward_per_token_per_seq * T * s / tp)
     if setup.checkpointing == "full":
         fwd_transient += layer_full  # the block running forward holds all its intermediates until it exits
     bwd_transient = (
         bwd_extra
-        + inv.transient_per_token * T * 3
-        + rb.compute * model.hidden_size * T * 2
-        + inv.backward_per_token_per_seq * T * s
+        + inv.transient_per_token * T * 3 / tp
+        + rb.compute * model.hidden_size * T * 2 / tp
+        + inv.backward_per_token_per_seq * T * s / tp
     )
     return ActivationBytes(int(saved), int(fwd_transient), int(bwd_transient), inv, active_layers, ck)
 
@@ -373,6 +422,12 @@ def comm_buffer_bytes(facts: ModelFacts, cluster: Cluster, setup: Setup, rb: Rec
         return CommBytes(buckets, gathered_fwd, gathered_bwd, 0)
     block = facts.block_params * c
     root = model.vocab_size * model.hidden_size * c * (1 if model.tie_embeddings else 2)
+    if setup.fp8 == "tensorwise":
+        # torchao float8 all-gather (torchtitan enable_fsdp_float8_all_gather, tensorwise only): the converted
+        # linears' weights are gathered in fp8, 1 B per element (eq. F8)
+        block -= (c - 1) * fp8_weight_params(facts) // model.num_layers
+    # TP (eq. T4): each rank gathers its TP shard of every block, embedding and LM head (FSDP2 over DTensors)
+    block, root = block // setup.tp, root // setup.tp
     if setup.fsdp == "full-shard":
         return CommBytes(0, root + 2 * block, root + 2 * block + block, 0)
     full = facts.counts.total * c
@@ -399,24 +454,29 @@ def host_bytes(
 ) -> dict[str, int]:
     """Host RAM per node (eq. H1): offloaded optimizer states (fp32 master, grads, Adam) and parameters of
     every rank on the node, DeepSpeed's pinned/temporary buffer factor on top, offloaded activations, and
-    each process's own footprint."""
+    each process's own footprint. Paged optimizer states (eq. M4b) are budgeted in full on the host: unified memory
+    allocated with ``cudaMemAttachHost`` has host backing for whatever the GPU evicts (errs high by the resident
+    part)."""
     g = cluster.gpus_per_node
-    T = setup.micro_batch * setup.seq_len
+    T = local_tokens(setup)
     offloaded = (ms.host_optimizer + ms.host_params) * g
     act = 0
     if setup.activation_offload:
-        act = model.num_layers * rb.residual * model.hidden_size * T * g
-    return {
+        act = model.num_layers * rb.residual * model.hidden_size * T * g // setup.tp
+    out = {
         "offloaded_optimizer": ms.host_optimizer * g,
         "offloaded_params": ms.host_params * g,
         "pinned_buffers": int(offloaded * (DS_ADDITIONAL_BUFFER_FACTOR - 1)),
         "offloaded_activations": act,
         "processes": HOST_PROCESS_BYTES * g,
     }
+    if ms.paged_optimizer:
+        out["paged_optimizer"] = ms.paged_optimizer * g
+    return out
 
 
 def estimate_memory(
-    facts: ModelFacts, cluster: Cluster, setup: Setup, calibration: Calibration | None = None
+    facts: ModelFacts, cluster: Cluster, setup: Setup, calibration: Calibration | None = None, explain: bool = True
 ) -> MemoryEstimate:
     """Every byte of one steady-state training step on one GPU rank, by category and phase, and the host.
 
@@ -427,8 +487,10 @@ def estimate_memory(
     counts = facts.trainable
     ms = model_states(facts, cluster, setup, rb)
     acts = activation_bytes(facts, setup, rb)
-    T = setup.micro_batch * setup.seq_len
+    T = local_tokens(setup)
     lg = logits_loss_bytes(model, setup, rb, T)
+    if setup.tp > 1:  # loss parallel: the logits stay sharded by vocabulary (torchtitan default, eq. T1)
+        lg = LogitsBytes(lg.forward_peak // setup.tp, lg.saved // setup.tp, lg.backward_peak // setup.tp)
     cb = comm_buffer_bytes(facts, cluster, setup, rb)
 
     # temporaries: autocast's cached low-precision copies of fp32 trainable linear weights (alive from the
@@ -439,12 +501,18 @@ def estimate_memory(
     dequant = rb.compute * biggest_linear if setup.method == "qlora" else 0
     dora_tmp = rb.adapter * biggest_linear if setup.dora else 0
     ckpt = setup.checkpointing == "full"
+    # FP8 casts (eq. F8) and context parallelism's gathered K / V of one layer (eq. T3), forward and backward
+    fp8_fwd, fp8_bwd = fp8_temporary_bytes(facts, setup, T, cluster.gpu.arch) if setup.fp8 != "none" else (0, 0)
+    kv = cp_kv_gather_bytes(facts, setup, rb.compute)
+    dequant += kv
+    # layer-wise GaLore updates (and re-projects) inside backward: its SVD workspace lands there (eq. M4c)
+    bwd_step_temp = ms.optimizer_step_temp if setup.steps_in_backward else 0
 
     gpu_grads = ms.gradients
     # Gradients are allocated during backward and freed by zero_grad(set_to_none=True) after the step,
     # except DeepSpeed's persistent partitions and when accumulating over micro-batches.
     persistent_grads = gpu_grads if (setup.zero > 0 or setup.grad_accum > 1) else 0
-    if setup.zero == 0 and not persistent_grads and rb.master:
+    if setup.zero == 0 and not persistent_grads and rb.master and setup.uses_deepspeed:
         # DeepSpeed's stage-0 bf16 optimizer allocates its fp32 gradient buffers at initialisation
         persistent_grads = rb.grad32 * counts.trainable
 
@@ -462,7 +530,7 @@ def estimate_memory(
     after_load = dict(base)
     fwd = dict(base)
     fwd["activations"], fwd["logits_loss"] = forward_peak_parts(acts, lg)
-    fwd["temporaries"] = autocast_copies + dequant + dora_tmp
+    fwd["temporaries"] = autocast_copies + dequant + dora_tmp + fp8_fwd
     fwd["comm_buffers"] = cb.persistent + cb.forward
 
     # backward: the larger of (a) the loss backward with every activation still saved and (b) the end of
@@ -470,7 +538,7 @@ def estimate_memory(
     bwd_a = dict(base)
     bwd_a["activations"] = acts.saved
     bwd_a["logits_loss"] = lg.backward_peak
-    bwd_a["temporaries"] = (0 if ckpt else autocast_copies) + dequant + dora_tmp
+    bwd_a["temporaries"] = (0 if ckpt else autocast_copies) + dequant + dora_tmp + fp8_bwd
     bwd_a["comm_buffers"] = cb.persistent + cb.backward
     head_grad = 0
     if setup.method == "full" and not setup.zero and setup.fsdp is None:
@@ -483,7 +551,8 @@ def estimate_memory(
     bwd_b = dict(base)
     bwd_b["gradients"] = gpu_grads
     bwd_b["activations"] = acts.backward_transient
-    bwd_b["temporaries"] = dequant + dora_tmp + (rb.compute * biggest_linear if rb.autocast else 0)
+    bwd_b["temporaries"] = (dequant + dora_tmp + (rb.compute * biggest_linear if rb.autocast else 0) + fp8_bwd
+                            + bwd_step_temp)
     bwd_b["comm_buffers"] = cb.persistent + cb.backward
     bwd = max((bwd_a, bwd_c, bwd_b), key=lambda d: sum(d.values()))
 
@@ -506,7 +575,7 @@ def estimate_memory(
 
     host = host_bytes(model, cluster, setup, rb, ms)
     calib = calibration.label if calibration is not None else "uncalibrated"
-    assumptions = _assumptions(facts, cluster, setup, rb, acts)
+    assumptions = _assumptions(facts, cluster, setup, rb, acts) if explain else []
     return MemoryEstimate(
         model=model.name,
         gpu=cluster.gpu.name,
