@@ -305,7 +305,7 @@ def activation_bytes(facts: ModelFacts, setup: Setup, rb: RecipeBytes) -> Activa
     Full checkpointing every k-th block keeps only those blocks' inputs (eq. A8) and recomputes one block
     at a time in backward; selective checkpointing drops the attention core (the eager s^2 terms; with
     SDPA / flash it keeps almost everything). Activation offload keeps two block inputs on the GPU.
-    BAdam and LISA (eq. A10) train one / ``n`` blocks per step; the others pass gradients through with frozen
+    BAdam and LISA (eq. A11) train one / ``n`` blocks per step; the others pass gradients through with frozen
     weights (their linear layers save no input): the worst step of the schedule, BAdam's block 0 or any LISA
     draw, has every block in the backward path. Tensor parallelism divides all but the all-gathered block inputs
     by ``tp`` (eq. T1), context parallelism the tokens by ``cp`` (eq. T2).

@@ -165,6 +165,11 @@ def complexity(s: Setup) -> float:
     return c
 
 
+def setup_tier(s: Setup) -> int:
+    """:func:`tier` from the setup alone (paged states counted as on the GPU)."""
+    return 2 if s.offload != "none" else (1 if s.subspace_optimizer != "none" else 0)
+
+
 def tier(plan: Plan, paged_spill: int = 0) -> int:
     """The ranking tier (docs/planner.md "Ranking"), before speed: 0 = trains every parameter exactly, on the GPU;
     1 = GaLore / BAdam / LISA (a subspace per step, on the GPU); 2 = host-resident state (CPU offload, or paged
@@ -240,8 +245,9 @@ def search(model: ModelProfile, cluster: Cluster, request: SearchRequest, with_s
     status: dict[tuple, tuple[bool, bool]] = {}
     """family key -> (fits at some micro-batch, fits at the largest one): what the pruning rules read"""
     pruned: dict[str, int] = {}
+    prune = request.objective != "memory"  # the rules are about speed: a saver always lowers memory
     for fam in recipe_families(model, cluster, f):
-        dominated = next((sib for saver, sib in fam.siblings if sib in status and (
+        dominated = None if not prune else next((sib for saver, sib in fam.siblings if sib in status and (
             status[sib][1] or (saver == "offload" and status[sib][0]))), None)
         if dominated is not None:
             saver = next(sv for sv, sib in fam.siblings if sib == dominated)
@@ -370,7 +376,8 @@ def explain(plan: Plan, index: int, ranked: list[Plan], rejected: list[Rejection
     elif s.loss == "chunked":
         out.append("chunked cross-entropy: fp32 logits one chunk of 8 at a time")
     if index == 0 and tier(plan, paged_overflow_bytes(m, plan.usable_bytes)) == 2:
-        in_memory = [r for r in rejected if r.peak_bytes and r.setup.offload == "none" and "host RAM" not in r.reason]
+        in_memory = [r for r in rejected if r.peak_bytes and setup_tier(r.setup) < 2
+                     and not r.setup.optimizer.startswith("paged") and "host RAM" not in r.reason]
         if in_memory:
             closest = min(in_memory, key=lambda r: r.peak_bytes or 1 << 62)
             out.append(
@@ -379,7 +386,7 @@ def explain(plan: Plan, index: int, ranked: list[Plan], rejected: list[Rejection
     faster = [
         r for r in rejected
         if r.tokens_per_s and speed_bucket(r.tokens_per_s) > speed_bucket(sp.tokens_per_s) and r.peak_bytes
-        and "host RAM" not in r.reason
+        and "host RAM" not in r.reason and setup_tier(r.setup) <= setup_tier(s)
     ]
     if faster and index == 0:
         best = max(faster, key=lambda r: r.tokens_per_s or 0)

@@ -238,8 +238,7 @@ def torchtitan_families(model: ModelProfile, cluster: Cluster, fixed: dict) -> l
     out = []
     for fp8, tp, cp, recipe, ck in itertools.product(fp8s, tps, cps, _pick(f, "recipe", ["hf-amp", "bf16"]),
                                                      _pick(f, "checkpointing", ["none", "full"])):
-        if fp8 == "none" and tp == 1 and cp == 1:
-            continue  # plain FSDP2 is the HF space's (torchtitan can write it too)
+        # plain compiled FSDP2 stays in: it is the sibling TP / CP are pruned against (compile alone changes speed)
         if tp * cp > world or world % (tp * cp):
             continue
         for async_tp, off, obwd in itertools.product(
@@ -247,6 +246,8 @@ def torchtitan_families(model: ModelProfile, cluster: Cluster, fixed: dict) -> l
                 _pick(f, "offload", ["none", "optimizer+params"]), _pick(f, "optimizer_in_backward", [False, True])):
             if obwd and off != "none":
                 continue
+            if off != "none" and world // (tp * cp) <= 1:
+                continue  # torchtitan applies FSDP2 (and so its CPU offload) only with dp_shard > 1
             fam = dict(f)
             fam.update(method="full", zero=0, fsdp="full-shard", recipe=recipe, optimizer=f.get("optimizer", "adamw"),
                        checkpointing=ck, loss=f.get("loss", "plain"), fp8=fp8, tp=tp, cp=cp, async_tp=async_tp,

@@ -114,7 +114,7 @@ def test_fsdp_launch_goes_through_accelerate():
 
 def test_every_hf_optim_name_is_known_to_llamafactory_training_args():
     assert "optim" in KEYS["classes"]["TrainingArguments"]
-    assert set(HF_OPTIM) == {"adamw", "adamw-8bit", "paged-adamw-8bit", "sgd", "sgd-momentum", "adafactor"}
+    assert set(HF_OPTIM) == {"adamw", "adamw-8bit", "paged-adamw", "paged-adamw-8bit", "sgd", "sgd-momentum", "adafactor"}
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.filter_too_much, HealthCheck.too_slow])
