@@ -16,6 +16,7 @@ kept as :func:`korthikanti_layer_bytes` for comparison only.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 
 from planner.engine.dtypes import RecipeBytes
@@ -85,10 +86,19 @@ def layer_inventory(facts: ModelFacts, setup: Setup, rb: RecipeBytes, trains_lay
 
     ``trains_layer``: the block's own weights train (full fine-tuning, or a trainable block of the freeze
     method). LoRA / QLoRA blocks do not train their base weights but save adapter inputs (eq. A5).
+    Memoised on the setup fields it reads (the search asks for the same inventory hundreds of times).
     """
     model = facts.model
+    windowed = model.sliding_window is not None and setup.seq_len > model.sliding_window
+    return _layer_inventory(facts, setup.trains_adapters, setup.lora_dropout > 0, setup.lora_rank, setup.dora,
+                            effective_attention(model, setup), windowed, rb, trains_layer)
+
+
+@functools.lru_cache(maxsize=4096)
+def _layer_inventory(facts: ModelFacts, lora: bool, dropout: bool, lora_rank: int, dora: bool, attention: str,
+                     windowed: bool, rb: RecipeBytes, trains_layer: bool) -> LayerInventory:
+    model = facts.model
     h, c = model.hidden_size, rb.compute
-    lora = setup.trains_adapters
     targets = set(facts.lora_targets)
     items: dict[str, int] = {}
     per_seq = 0
@@ -116,10 +126,10 @@ def layer_inventory(facts: ModelFacts, setup: Setup, rb: RecipeBytes, trains_lay
                 add(f"lora_input:{name}", c * in_features)
             else:
                 items.setdefault(f"input:{shared_key}", c * in_features)
-            if setup.lora_dropout > 0:
+            if dropout:
                 add(f"lora_dropout:{name}", rb.adapter * in_features + in_features)  # output + bool mask
-            add(f"lora_a_out:{name}", (c if rb.autocast else rb.adapter) * setup.lora_rank)
-            if setup.dora:
+            add(f"lora_a_out:{name}", (c if rb.autocast else rb.adapter) * lora_rank)
+            if dora:
                 add(f"dora:{name}", 2 * c * facts.out_features(name))
 
     # ---- attention, eq. A3-A4
@@ -129,7 +139,7 @@ def layer_inventory(facts: ModelFacts, setup: Setup, rb: RecipeBytes, trains_lay
         qw, kvw = model.q_width, model.kv_width
         if model.qk_norm:  # Qwen3: per-head RMSNorm on q and k, in fp32, before RoPE
             add("qk_norm", 4 * (qw + kvw) + rb.residual * (qw + kvw) * int(trains_layer) + 4 * 2 * model.num_heads)
-        if effective_attention(model, setup) == "eager":
+        if attention == "eager":
             rep = model.num_heads // model.num_kv_heads
             add("q_rot", c * qw)
             add("k_expanded", c * kvw * (rep if rep > 1 else 1))
@@ -140,7 +150,6 @@ def layer_inventory(facts: ModelFacts, setup: Setup, rb: RecipeBytes, trains_lay
             linear_input("o_proj", qw, "o_in")
         else:
             # beyond the sliding window transformers builds a mask and repeats K/V for SDPA: expanded copies
-            windowed = model.sliding_window is not None and setup.seq_len > model.sliding_window
             kv_saved = qw if windowed else kvw
             add("q_rot", c * qw)
             add("k_rot", c * kv_saved)
@@ -166,7 +175,7 @@ def layer_inventory(facts: ModelFacts, setup: Setup, rb: RecipeBytes, trains_lay
         add("v", c * model.num_heads * nr)  # HF pads v to the qk head dim for SDPA / flash
         add("attn_out", c * model.num_heads * nr)
         add("softmax_lse", 4 * model.num_heads)
-        if setup.attention == "eager":
+        if attention == "eager":
             per_seq += 6 * model.num_heads
         linear_input("o_proj", model.num_heads * a.v_head_dim, "o_in")
 

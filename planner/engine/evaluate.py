@@ -98,7 +98,8 @@ def evaluate(
         memory = memory.model_copy(update={"setup": setup, "assumptions": (*kept, mem_note)})
     if speed_note:
         speed = speed.model_copy(update={"assumptions": (*speed.assumptions, speed_note)})
-    return Plan(
+    make = Plan if explain else Plan.model_construct  # explain=False: the search's candidates, re-made checked when shown
+    return make(
         setup=setup,
         memory=memory,
         speed=speed,

@@ -576,7 +576,8 @@ def estimate_memory(
     host = host_bytes(model, cluster, setup, rb, ms)
     calib = calibration.label if calibration is not None else "uncalibrated"
     assumptions = _assumptions(facts, cluster, setup, rb, acts) if explain else []
-    return MemoryEstimate(
+    make = MemoryEstimate if explain else MemoryEstimate.model_construct  # the search skips the checks, not the plans it shows
+    return make(
         model=model.name,
         gpu=cluster.gpu.name,
         gpus_per_node=cluster.gpus_per_node,

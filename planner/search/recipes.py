@@ -49,16 +49,19 @@ class Family:
     fields: dict[str, Any]
     bundle: str
     """``hf``, ``torchtune`` or ``torchtitan``: the trainer whose recipe this is"""
-    siblings: tuple[tuple[str, tuple], ...] = field(default=())
+    siblings: tuple[tuple[str, frozenset], ...] = field(default=())
     """(saver, key of the same family without it) for each memory saver it uses"""
 
     @property
-    def key(self) -> tuple:
+    def key(self) -> frozenset:
         return family_key(self.fields)
 
 
-def family_key(fields: dict[str, Any]) -> tuple:
-    return tuple(sorted((k, v) for k, v in fields.items() if k not in ("micro_batch", "grad_accum")))
+def family_key(fields: dict[str, Any]) -> frozenset:
+    f = dict(fields)
+    f.pop("micro_batch", None)
+    f.pop("grad_accum", None)
+    return frozenset(f.items())
 
 
 def _without(fields: dict[str, Any], saver: str) -> dict[str, Any] | None:
@@ -241,10 +244,12 @@ def torchtitan_families(model: ModelProfile, cluster: Cluster, fixed: dict) -> l
         # plain compiled FSDP2 stays in: it is the sibling TP / CP are pruned against (compile alone changes speed)
         if tp * cp > world or world % (tp * cp):
             continue
+        # async TP only (never slower by the model, and what torchtitan's TP benchmarks run); the optimizer in
+        # backward with pure bf16 only (with fp32 master weights it saves a gradient buffer of 16 B/param: no niche)
         for async_tp, off, obwd in itertools.product(
-                [f["async_tp"]] if "async_tp" in f else ([False, True] if tp > 1 else [False]),
+                [f["async_tp"]] if "async_tp" in f else [tp > 1],
                 _pick(f, "offload", ["none", "optimizer+params"]), _pick(f, "optimizer_in_backward", [False, True])):
-            if obwd and off != "none":
+            if obwd and (off != "none" or (recipe != "bf16" and "recipe" not in f)):
                 continue
             if off != "none" and world // (tp * cp) <= 1:
                 continue  # torchtitan applies FSDP2 (and so its CPU offload) only with dp_shard > 1

@@ -219,43 +219,49 @@ def _work(facts: ModelFacts, setup: Setup) -> MicroWork:
             d[rows] = d.get(rows, 0.0) + f * k
 
     fwd_units = 1.0 / 3.0  # a forward is a third of a block's kernels, forward + backward
+    # blocks with the same backward factors and MLP kind do the same work: add each group once, times its size
+    groups: dict[tuple, int] = {}
     for i in range(L):
-        ig, wg, rc = factors[i]  # expected input-gradient, weight-gradient, recompute passes (eq. S4b)
-        mlp = blocks["dense"] if i < dense_blocks else blocks["moe"]
+        key = (factors[i], i < dense_blocks)
+        groups[key] = groups.get(key, 0) + 1
+    for ((ig, wg, rc), is_dense), n in groups.items():
+        # ig, wg, rc: expected input-gradient, weight-gradient, recompute passes (eq. S4b); n blocks alike
+        mlp = blocks["dense"] if is_dense else blocks["moe"]
         bwd_share = fwd_units + (1.0 - fwd_units) * ig  # kernels and elementwise work: forward, plus backward
         for flops, ad_bytes, n_ad, f8, c_f, c_b in (blocks["attn"], mlp):
-            add(gemm, flops, 1.0 + ig + wg)
-            add(f8g, f8, 1.0 + ig + wg)
-            cast += c_f + c_b * ig
-            mem += ad_bytes * bwd_share
-            kernel_units += n_ad * ADAPTER_KERNELS / BASE_KERNELS_PER_BLOCK * bwd_share
-        kernel_units += bwd_share
+            add(gemm, flops, n * (1.0 + ig + wg))
+            add(f8g, f8, n * (1.0 + ig + wg))
+            cast += n * (c_f + c_b * ig)
+            mem += n * ad_bytes * bwd_share
+            kernel_units += n * n_ad * ADAPTER_KERNELS / BASE_KERNELS_PER_BLOCK * bwd_share
+        kernel_units += n * bwd_share
         if eager:
-            eager_f += core * (1.0 + 2.0 * ig)
-            score_b += scores * (EAGER_SCORE_BYTES_FORWARD + EAGER_SCORE_BYTES_BACKWARD * ig)
+            eager_f += n * core * (1.0 + 2.0 * ig)
+            score_b += n * scores * (EAGER_SCORE_BYTES_FORWARD + EAGER_SCORE_BYTES_BACKWARD * ig)
         else:
-            attn_f += core * (1.0 + FLASH_BACKWARD_FACTOR * ig)
-        ew += ew_block * bwd_share
-        if rc:
+            attn_f += n * core * (1.0 + FLASH_BACKWARD_FACTOR * ig)
+        ew += n * ew_block * bwd_share
+        r = n * rc
+        if r:
             if full_ckpt:
                 for flops, ad_bytes, n_ad, f8, c_f, _ in (blocks["attn"], mlp):
-                    add(rec, flops, rc)
-                    add(rec_f8, f8, rc)
-                    rec_cast += c_f * rc
-                    rec_mem += ad_bytes / 3.0 * rc
-                    kernel_units += n_ad * ADAPTER_KERNELS / BASE_KERNELS_PER_BLOCK * fwd_units * rc
-                rec_ew += ew_block / 3.0 * rc
-                kernel_units += fwd_units * rc
+                    add(rec, flops, r)
+                    add(rec_f8, f8, r)
+                    rec_cast += c_f * r
+                    rec_mem += ad_bytes / 3.0 * r
+                    kernel_units += n_ad * ADAPTER_KERNELS / BASE_KERNELS_PER_BLOCK * fwd_units * r
+                rec_ew += ew_block / 3.0 * r
+                kernel_units += fwd_units * r
                 if eager:
-                    rec_eager += core * rc
-                    rec_score += scores * EAGER_SCORE_BYTES_FORWARD * rc
+                    rec_eager += core * r
+                    rec_score += scores * EAGER_SCORE_BYTES_FORWARD * r
                 else:
-                    rec_attn += core * rc
+                    rec_attn += core * r
             elif eager:  # selective: the attention core only
-                rec_eager += core * rc
-                rec_score += scores * EAGER_SCORE_BYTES_FORWARD * rc
+                rec_eager += core * r
+                rec_score += scores * EAGER_SCORE_BYTES_FORWARD * r
             else:
-                rec_attn += core * rc
+                rec_attn += core * r
 
     # the LM head and the loss
     head_trains = (setup.method == "full" and not setup.badam) or (setup.trains_adapters and (

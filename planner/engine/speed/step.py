@@ -182,7 +182,8 @@ def estimate_speed(
     useful_tokens = tokens_per_step(setup, n)
     assumptions = (_assumptions(facts, cluster, setup, params, ceiling_source, peak, bool(colls), overlap, bw, ms)
                    if explain else [])
-    return SpeedEstimate(
+    make = SpeedEstimate if explain else SpeedEstimate.model_construct  # unchecked when explain=False (search, fit)
+    return make(
         step_s=step_s,
         tokens_per_step=useful_tokens,
         breakdown_s=breakdown,
