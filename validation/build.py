@@ -54,10 +54,16 @@ def uses_deepspeed(setup: Setup) -> bool:
 def not_runnable_reason(spec: RunSpec) -> str | None:
     """Why ``spec`` cannot run on its device with the installed packages, or None."""
     s, dev = spec.setup, spec.device
+    unbuilt = [name for name, on in (("GaLore", s.galore_rank is not None), ("BAdam", s.badam),
+                                     ("LISA", s.lisa_layers is not None), (f"FP8 {s.fp8}", s.fp8 != "none"),
+                                     ("tensor parallelism", s.tp > 1), ("context parallelism", s.cp > 1)) if on]
+    if unbuilt:
+        return (f"plan validate does not build {', '.join(unbuilt)} runs yet (the engine models them; measure with "
+                "the trainer the configs target)")
     needs_cuda = []
     if s.method == "qlora":
         needs_cuda.append("QLoRA (bitsandbytes NF4 kernels)")
-    if s.optimizer in ("adamw-8bit", "paged-adamw-8bit"):
+    if s.optimizer in ("adamw-8bit", "paged-adamw", "paged-adamw-8bit"):
         needs_cuda.append(f"--optimizer {s.optimizer} (bitsandbytes)")
     if s.attention == "flash":
         needs_cuda.append("FlashAttention-2")
@@ -70,7 +76,7 @@ def not_runnable_reason(spec: RunSpec) -> str | None:
     if dev == "cpu" and needs_cuda:
         return f"{', '.join(needs_cuda)} needs a CUDA device; on the CPU it cannot run (use --device cuda)"
     missing = []
-    if (s.method == "qlora" or s.optimizer in ("adamw-8bit", "paged-adamw-8bit")) and not _has("bitsandbytes"):
+    if (s.method == "qlora" or s.optimizer in ("adamw-8bit", "paged-adamw", "paged-adamw-8bit")) and not _has("bitsandbytes"):
         missing.append("bitsandbytes")
     if s.attention == "flash" and not _has("flash_attn"):
         missing.append("flash-attn")
@@ -325,10 +331,11 @@ def make_optimizer(params: list[nn.Parameter], setup: Setup, device: str) -> tup
             return torch.optim.AdamW(params, lr=LR, fused=True), "torch AdamW fused (adamw_torch_fused)"
         except (RuntimeError, ValueError):
             return torch.optim.AdamW(params, lr=LR, foreach=False), "torch AdamW for-loop (fused unsupported)"
-    if o in ("adamw-8bit", "paged-adamw-8bit"):
+    if o in ("adamw-8bit", "paged-adamw", "paged-adamw-8bit"):
         import bitsandbytes as bnb
 
-        cls = bnb.optim.PagedAdamW8bit if o.startswith("paged") else bnb.optim.AdamW8bit
+        cls = {"adamw-8bit": bnb.optim.AdamW8bit, "paged-adamw": bnb.optim.PagedAdamW,
+               "paged-adamw-8bit": bnb.optim.PagedAdamW8bit}[o]
         return cls(params, lr=LR), f"bitsandbytes {cls.__name__}"
     if o == "sgd":
         return torch.optim.SGD(params, lr=LR), "torch SGD"

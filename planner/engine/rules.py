@@ -151,6 +151,9 @@ def validate_techniques(setup: Setup, model: ModelProfile, cluster: Cluster) -> 
         if setup.zero:
             raise SetupError(f"--fp8 {setup.fp8} is modelled under FSDP2 (torchtitan), DDP or one GPU, not DeepSpeed "
                              f"ZeRO-{setup.zero}; use --fsdp full-shard")
+        if setup.fp8 == "te" and setup.model_parallel > 1:
+            raise SetupError("--fp8 te is modelled without tensor / context parallelism (torchtitan runs torchao "
+                             "float8 with them); use --fp8 tensorwise or rowwise")
     if setup.tp > 1 or setup.cp > 1:
         mp = setup.model_parallel
         if setup.fsdp is None:
