@@ -368,3 +368,28 @@ def test_every_ranked_plan_can_be_written_by_some_trainer():
                 build_files(t, trainers_for(t, "all"))
             except NotExpressible as e:  # pragma: no cover - the message is the point
                 pytest.fail(f"{p.setup.short()}: {e}")
+
+
+def test_tp_and_cp_memory_against_torchtitans_published_runs():
+    """torchtitan benchmarks/llama3_h100_202412_torchtitan.md (profiles/evidence/torchtitan-benchmark-2024-12.yaml):
+    Table 2 (Llama 3.1 8B, FSDP x CP on 8 GPUs, 32k-262k tokens, full AC, compile, float8) and Table 4 (Llama 3.1 70B,
+    FSDP 32 x TP 8 on 256 GPUs, full AC, compile, float8, sync and async TP). The records stay unmappable in the
+    corpus (Meta's 96 GB / 500 W H100 is not in the catalogue); memory does not depend on the part, so the engine's
+    peak on the 80 GB SXM profile is compared with the published reserved peak: within 3 % for CP and sync TP, 10 %
+    for async TP (whose fused matmul-collectives hold less). Their speed is not compared (a different part)."""
+    from profiles.evidence import corpus_records, memory_bytes
+
+    checked = 0
+    for r in corpus_records():
+        rec = r.record
+        if r.source.id != "torchtitan-benchmark-2024-12" or rec.setup.get("checkpointing") != "full":
+            continue
+        if rec.setup.get("pp", 1) > 1:
+            continue
+        fields = {k: v for k, v in rec.setup.items() if k in Setup.model_fields}
+        plan = evaluate(get_model(rec.model), parse_cluster(rec.gpus.lower().replace("h100-96gb", "h100")),
+                        Setup(**fields, framework="torchtitan"))
+        ratio = plan.memory.peak_bytes / memory_bytes(rec.measured.memory)
+        assert abs(ratio - 1) < (0.10 if fields.get("async_tp") else 0.03), (r.id, ratio)
+        checked += 1
+    assert checked == 6
