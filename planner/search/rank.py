@@ -418,7 +418,8 @@ def technique_reasons(plan: Plan, global_batch: int | None, world: int) -> list[
     if s.steps_in_backward:
         asked = f" (asked: {global_batch})" if global_batch and global_batch != s.micro_batch * dp else ""
         what = "layer-wise GaLore steps each parameter in backward" if s.galore_layerwise else "optimizer in backward"
-        out.append(f"{what}: no gradient accumulation and no gradient clipping, so global batch = micro-batch x GPUs "
+        ranks = "GPUs" if dp == world else "data-parallel ranks"
+        out.append(f"{what}: no gradient accumulation and no gradient clipping, so global batch = micro-batch x {ranks} "
                    f"= {s.micro_batch * dp}{asked}; frees the gradient buffer")
     if s.galore_rank is not None:
         out.append(f"GaLore rank {s.galore_rank}: each matrix's update lies in a rank-{s.galore_rank} subspace refreshed by "
