@@ -92,17 +92,8 @@ SourceKind = Literal["repo", "paper", "blog", "docs"]
 
 RESERVED_SETUP_KEYS: dict[str, str] = {
     "padding_efficiency": "real tokens / padded positions of the measured batches (1.0 = packed), when stated",
-    "fp8": "FP8 training: true or the recipe name (torchao 'tensorwise', 'rowwise', Transformer Engine)",
-    "tp": "tensor-parallel degree",
-    "cp": "context-parallel degree",
     "pp": "pipeline-parallel degree",
     "sequence_parallel": "sequence-parallel degree (DeepSpeed Ulysses / xtuner / ms-swift), 1 = off",
-    "async_tp": "torchtitan asynchronous tensor parallel on top of tp",
-    "galore_rank": "GaLore projection rank",
-    "galore_update_interval": "GaLore projection update interval (steps)",
-    "galore_layerwise": "GaLore applied layer by layer (optimizer in backward)",
-    "badam": "BAdam block-coordinate optimizer",
-    "lisa_layers": "LISA: number of randomly activated layers",
     "liger_kernels": "Liger fused RMSNorm / SwiGLU / RoPE beyond the loss",
     "unsloth": "Unsloth's patched kernels and offloaded gradient checkpointing",
     "fused_rmsnorm": "a fused (Triton) RMSNorm kernel (torchtitan norm_type fused_rmsnorm)",
@@ -124,7 +115,6 @@ expressed as a tuneplan Setup, and a consumer decides whether to use it (``docs/
 
 RESERVED_SETUP_VALUES: dict[str, dict[str, str]] = {
     "optimizer": {
-        "paged-adamw": "bitsandbytes PagedAdamW: 32-bit states in CUDA unified memory (not selectable yet)",
         "lion": "Lion (one state)",
     },
     "method": {

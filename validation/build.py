@@ -54,6 +54,12 @@ def uses_deepspeed(setup: Setup) -> bool:
 def not_runnable_reason(spec: RunSpec) -> str | None:
     """Why ``spec`` cannot run on its device with the installed packages, or None."""
     s, dev = spec.setup, spec.device
+    unbuilt = [name for name, on in (("GaLore", s.galore_rank is not None), ("BAdam", s.badam),
+                                     ("LISA", s.lisa_layers is not None), (f"FP8 {s.fp8}", s.fp8 != "none"),
+                                     ("tensor parallelism", s.tp > 1), ("context parallelism", s.cp > 1)) if on]
+    if unbuilt:
+        return (f"plan validate does not build {', '.join(unbuilt)} runs yet (the engine models them; measure with "
+                "the trainer the configs target)")
     needs_cuda = []
     if s.method == "qlora":
         needs_cuda.append("QLoRA (bitsandbytes NF4 kernels)")

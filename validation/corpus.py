@@ -3,8 +3,8 @@ becomes a model, a cluster, a :class:`~planner.engine.setup.Setup` and what was 
 whole job; a peak of a stated memory kind; a published out-of-memory).
 
 A record is skipped, with the reason kept, when it cannot be expressed: a model or GPU outside the catalogue,
-a technique tuneplan cannot model yet (FP8, tensor / pipeline / context / sequence parallelism, GaLore,
-quantisation other than NF4, ...), a throughput whose token count cannot be derived. Skipped records stay in
+a technique tuneplan cannot model yet (pipeline / sequence parallelism, quantisation other than NF4, ...), a
+throughput whose token count cannot be derived. Skipped records stay in
 the accuracy report's list, so nothing is silently dropped.
 
 Pure: reads the shipped corpus through :mod:`profiles.evidence`, imports no torch.
@@ -45,17 +45,8 @@ FRAMEWORK_OF: dict[str, str] = {
 through their per-step and per-layer overheads)."""
 
 NOT_MODELLED: dict[str, str] = {
-    "fp8": "FP8 training",
-    "tp": "tensor parallelism",
-    "cp": "context parallelism",
     "pp": "pipeline parallelism",
     "sequence_parallel": "sequence parallelism",
-    "async_tp": "asynchronous tensor parallelism",
-    "galore_rank": "GaLore",
-    "galore_update_interval": "GaLore",
-    "galore_layerwise": "GaLore",
-    "badam": "BAdam",
-    "lisa_layers": "LISA",
     "unsloth": "Unsloth's kernels",
     "ep": "expert parallelism",
     "quant_bits": "quantisation other than NF4",
@@ -64,13 +55,16 @@ NOT_MODELLED: dict[str, str] = {
     "zero_plus_plus": "ZeRO++",
 }
 """Reserved setup keys whose technique the engine cannot model yet: such records are skipped with this reason
-(when the value is not the neutral one: tp 1, fp8 false, ...)."""
+(when the value is not the neutral one: pp 1, unsloth false, ...). FP8, TP, CP, async TP, GaLore, BAdam and LISA
+left this table when they became Setup fields (issue 12)."""
 
 METADATA_KEYS = ("dataset", "avg_tokens", "run_steps", "run_tokens", "global_batch")
 """Reserved keys that describe the data or the run, used by the throughput conversion only."""
 
-NEUTRAL = {"tp": 1, "cp": 1, "pp": 1, "sequence_parallel": 1, "ep": 1, "fp8": False, "async_tp": False,
-           "badam": False, "unsloth": False, "zero_plus_plus": False, "galore_layerwise": False}
+NEUTRAL = {"pp": 1, "sequence_parallel": 1, "ep": 1, "unsloth": False, "zero_plus_plus": False}
+FP8_BOOLEANS = {False: "none"}
+"""A record's ``fp8: false`` is the Setup's ``fp8: none``; ``fp8: true`` without the recipe stays unmappable (the
+recipe decides the GEMM speed)."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -132,9 +126,10 @@ def _fields(rec: EvidenceRecord) -> tuple[dict[str, Any], list[str]]:
         notes.append("padding-free batches (varlen attention, no cross-row attention) modelled as packing")
     if raw.get("liger_kernels") or raw.get("fused_kernels") or raw.get("fused_rmsnorm"):
         fields["fused_kernels"] = True
-    if fields.get("optimizer") == "paged-adamw":
-        fields["optimizer"] = "adamw"
-        notes.append("32-bit paged AdamW modelled as AdamW (states counted on the GPU; no paging cost)")
+    if isinstance(fields.get("fp8"), bool):
+        if fields["fp8"] not in FP8_BOOLEANS:
+            raise ValueError("uses FP8 training without naming the recipe (fp8: true), not modelled")
+        fields["fp8"] = FP8_BOOLEANS[fields["fp8"]]
     fields["framework"] = FRAMEWORK_OF.get(rec.framework, "other")
     fields.setdefault("allow_long_seq", True)
     return fields, notes

@@ -8,6 +8,7 @@ and text; only :mod:`planner.fileio` touches the file system. :func:`build_files
 * :mod:`~planner.emit.accelerate` - accelerate config, TrainingArguments, model / LoRA settings (HF Trainer)
 * :mod:`~planner.emit.llamafactory` - LLaMA-Factory YAML
 * :mod:`~planner.emit.torchtune` - torchtune YAML (where torchtune can express the plan)
+* :mod:`~planner.emit.torchtitan` - torchtitan 0.2.2 TOML (FSDP2, float8, tensor / context parallelism)
 * :mod:`~planner.emit.launch` - ``launch.sh``
 * :mod:`~planner.emit.plan_md` - ``PLAN.md`` and ``plan.json``
 
@@ -22,7 +23,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from planner.emit import accelerate, launch, llamafactory, plan_md, torchtune
+from planner.emit import accelerate, launch, llamafactory, plan_md, torchtitan, torchtune
 from planner.emit.common import TRAINERS, Candidate, Emitted, Job, NotExpressible, Target
 from planner.engine.setup import Setup
 from profiles.cluster import Cluster
@@ -41,6 +42,8 @@ def check_trainer(trainer: str, job: Job) -> None:
         llamafactory.check(job)
     elif trainer == "torchtune":
         torchtune.check(job)
+    elif trainer == "torchtitan":
+        torchtitan.check(job)
     else:
         raise ValueError(f"unknown trainer {trainer!r}; valid: {', '.join(TRAINERS)}")
 
@@ -68,13 +71,21 @@ def emit_trainer(t: Target, trainer: str) -> Emitted:
         return llamafactory.emit(t)
     if trainer == "torchtune":
         return torchtune.emit(t)
+    if trainer == "torchtitan":
+        return torchtitan.emit(t)
     raise ValueError(f"unknown trainer {trainer!r}; valid: {', '.join(TRAINERS)}")
 
 
 def trainers_for(t: Job, choice: str) -> list[str]:
-    """``all`` -> the HF backend matching the plan, LLaMA-Factory and torchtune; otherwise the one named."""
+    """``all`` -> the HF backend matching the plan, LLaMA-Factory, torchtune and torchtitan; otherwise the one named.
+    The first that can run the plan is launch.sh's default."""
     if choice == "all":
-        return [accelerate.trainer_for(t.setup), "llamafactory", "torchtune"]
+        order = [accelerate.trainer_for(t.setup), "llamafactory", "torchtune", "torchtitan"]
+        s = t.setup
+        if s.framework in ("torchtune", "torchtitan"):  # the trainer whose speed the plan was estimated for first
+            order.remove(s.framework)
+            order.insert(0, s.framework)
+        return order
     return [choice]
 
 

@@ -45,6 +45,10 @@ HF_OPTIM: dict[str, str] = {
 }
 """Setup optimizer -> ``TrainingArguments.optim`` (members of ``transformers.training_args.OptimizerNames``)."""
 
+GALORE_HF_OPTIM: dict[str, str] = {"adamw": "galore_adamw", "adamw-8bit": "galore_adamw_8bit",
+                                    "adafactor": "galore_adafactor"}
+"""Setup optimizer -> transformers' GaLore ``optim`` (``OptimizerNames``; ``_layerwise`` appended for layer-wise)."""
+
 HF_ATTENTION: dict[str, str] = {"sdpa": "sdpa", "flash": "flash_attention_2", "eager": "eager"}
 """Setup attention -> ``attn_implementation`` of ``from_pretrained``."""
 
@@ -82,12 +86,9 @@ def check(t: Job, trainer: str) -> None:
     """Raise :class:`NotExpressible` unless the HF Trainer with ``trainer``'s backend runs the plan as planned."""
     s = t.setup
     # what no re-plan of the sharding changes comes first, so that the search reports it (planner.emit.refusal)
-    if s.optimizer_in_backward:
-        raise NotExpressible(trainer, "the HF Trainer has no optimizer-in-backward; use --trainer torchtune")
-    if s.method == "freeze":
-        raise NotExpressible(
-            trainer, "the HF Trainer has no setting to freeze all but the last blocks; use --trainer llamafactory"
-        )
+    if s.compile and not s.compile_loss:
+        raise NotExpressible(trainer, "the HF Trainer's torch_compile compiles the loss with the model (it runs in "
+                             "forward); an eager loss on compiled blocks is torchtitan's 2024 setup")
     want = TRAINER_OF[trainer]
     have = backend_of(s)
     if want != have:
@@ -97,6 +98,24 @@ def check(t: Job, trainer: str) -> None:
         )
     if have == "deepspeed":
         ds.check(t, trainer)
+    if s.optimizer_in_backward:
+        raise NotExpressible(trainer, "the HF Trainer has no optimizer-in-backward (only layer-wise GaLore / LOMO); "
+                             "use --trainer torchtune or torchtitan")
+    if s.tp > 1 or s.cp > 1:
+        raise NotExpressible(trainer, "tuneplan writes tensor / context parallelism for torchtitan only; use --trainer "
+                             "torchtitan")
+    if s.badam or s.lisa_layers:
+        raise NotExpressible(trainer, f"the HF Trainer has no {'BAdam' if s.badam else 'LISA'}; "
+                             + ("use --trainer llamafactory" if s.badam else "LMFlow runs LISA, which tuneplan does not write"))
+    if s.fp8 != "none":
+        raise NotExpressible(trainer, "tuneplan writes FP8 for LLaMA-Factory (rowwise, te) and torchtitan "
+                             "(tensorwise, rowwise); the HF Trainer needs accelerate FP8 recipe kwargs in your script")
+    if s.galore_rank is not None and s.optimizer not in GALORE_HF_OPTIM:
+        raise NotExpressible(trainer, f"the HF Trainer's GaLore wraps AdamW, 8-bit AdamW or Adafactor, not {s.optimizer}")
+    if s.method == "freeze":
+        raise NotExpressible(
+            trainer, "the HF Trainer has no setting to freeze all but the last blocks; use --trainer llamafactory"
+        )
 
 
 def _checkpointing_kwargs(s: Setup) -> dict[str, Any]:
@@ -194,6 +213,12 @@ def training_arguments(t: Target) -> dict[str, Any]:
     }
     if not deepspeed_owns_optimizer(s):
         args["optim"] = HF_OPTIM[s.optimizer]
+    if s.galore_rank is not None:
+        # transformers trainer_optimizer: optim_target_modules names the projected modules; optim_args its knobs
+        args["optim"] = GALORE_HF_OPTIM[s.optimizer] + ("_layerwise" if s.galore_layerwise else "")
+        args["optim_target_modules"] = "all-linear"
+        args["optim_args"] = (f"rank={s.galore_rank},update_proj_gap={s.galore_update_interval},"
+                              f"scale={2.0},proj_type=std")
     if hp.val_size.value:
         args.update(eval_strategy="steps", eval_steps=hp.eval_steps.value, per_device_eval_batch_size=s.micro_batch)
     if hp.neftune_alpha.value is not None:

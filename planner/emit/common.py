@@ -19,7 +19,7 @@ from profiles.cluster import Cluster
 from profiles.registry import local_model_dir
 from profiles.schema import ModelProfile
 
-Trainer = Literal["hf-deepspeed", "hf-fsdp", "hf-ddp", "llamafactory", "torchtune"]
+Trainer = Literal["hf-deepspeed", "hf-fsdp", "hf-ddp", "llamafactory", "torchtune", "torchtitan"]
 TRAINERS: dict[str, str] = {
     "hf-deepspeed": "HF Trainer launched by accelerate with a DeepSpeed ZeRO config (plus the explicit JSON for "
     "the plain `deepspeed` launcher)",
@@ -27,6 +27,7 @@ TRAINERS: dict[str, str] = {
     "hf-ddp": "HF Trainer launched by accelerate with plain data parallelism (or one GPU)",
     "llamafactory": "LLaMA-Factory `llamafactory-cli train` YAML",
     "torchtune": "torchtune recipe YAML for `tune run` (torchtune is no longer developed upstream)",
+    "torchtitan": "torchtitan 0.2.2 job config TOML for `torchrun -m torchtitan.train` (FSDP2, float8, TP, CP)",
 }
 
 

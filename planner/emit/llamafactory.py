@@ -75,11 +75,35 @@ def template_for(model: ModelProfile) -> str:
     return TEMPLATES.get(model.model_type, "default")
 
 
+GALORE_OPTIM: dict[str, str] = {"adamw": "adamw_torch", "adamw-8bit": "adamw_bnb_8bit",
+                                 "paged-adamw-8bit": "paged_adamw_8bit", "adafactor": "adafactor"}
+"""Setup optimizer -> the ``optim`` LLaMA-Factory 0.9.5 builds GaLore from (``train/trainer_utils.py``
+``_create_galore_optimizer`` raises for any other name, transformers' default ``adamw_torch_fused`` included)."""
+GALORE_SCALE = 2.0
+"""``galore_scale``: LLaMA-Factory's default and its GaLore example's value (HF's own default is 0.25)."""
+BADAM_SWITCH_INTERVAL = 50
+"""``badam_switch_interval``: LLaMA-Factory's default and its BAdam example's value."""
+
+
 def check(t: Job) -> None:
     s = t.setup
     trainer = "llamafactory"
+    if s.compile and not s.compile_loss:
+        raise NotExpressible(trainer, "LLaMA-Factory's torch_compile compiles the loss with the model; an eager loss "
+                             "on compiled blocks is torchtitan's 2024 setup")
     if s.optimizer_in_backward:
-        raise NotExpressible(trainer, "LLaMA-Factory has no optimizer-in-backward; use --trainer torchtune")
+        raise NotExpressible(trainer, "LLaMA-Factory has no optimizer-in-backward (only layer-wise GaLore); use "
+                             "--trainer torchtune or torchtitan")
+    if s.tp > 1 or s.cp > 1:
+        raise NotExpressible(trainer, f"LLaMA-Factory {LLAMAFACTORY_VERSION} runs no tensor or context parallelism "
+                             "(Megatron via use_mca is out of scope); use --trainer torchtitan")
+    if s.lisa_layers:
+        raise NotExpressible(trainer, f"LLaMA-Factory {LLAMAFACTORY_VERSION} has no LISA (PR #3103 was closed); LMFlow "
+                             "runs it, which tuneplan does not write")
+    if s.fp8 == "tensorwise":
+        raise NotExpressible(trainer, "LLaMA-Factory's torchao FP8 backend uses rowwise scaling (train/fp8_utils.py: "
+                             "Float8LinearConfig.from_recipe_name('rowwise')); re-plan with --fp8 rowwise or use "
+                             "--trainer torchtitan")
     if acc.backend_of(s) == "deepspeed":
         ds.check(t, trainer)  # also refuses pure bf16 under ZeRO, which LLaMA-Factory's parser refuses at ZeRO-3
 
@@ -122,7 +146,14 @@ def llamafactory_config(t: Target) -> dict[str, Any]:
             cfg["additional_target"] = ",".join(extra)
     if s.method == "freeze":
         cfg.update(freeze_trainable_layers=s.freeze_layers, freeze_trainable_modules="all")
-    if s.recipe == "bf16":
+    if s.galore_rank is not None:
+        cfg.update(use_galore=True, galore_target="all", galore_rank=s.galore_rank,
+                   galore_update_interval=s.galore_update_interval, galore_scale=GALORE_SCALE,
+                   galore_proj_type="std", galore_layerwise=s.galore_layerwise)
+    if s.badam:
+        cfg.update(use_badam=True, badam_mode="layer", badam_switch_mode="ascending",
+                   badam_switch_interval=BADAM_SWITCH_INTERVAL)
+    if s.recipe == "bf16" and not s.badam:
         cfg["pure_bf16"] = True
     if acc.backend_of(s) == "deepspeed":
         cfg["deepspeed"] = ds.HF_FILENAME
@@ -155,14 +186,16 @@ def llamafactory_config(t: Target) -> dict[str, Any]:
         max_grad_norm=hp.max_grad_norm.value,
     )
     if not acc.deepspeed_owns_optimizer(s):  # else DeepSpeed's optimizer block runs and optim would be ignored
-        cfg["optim"] = acc.HF_OPTIM[s.optimizer]
+        cfg["optim"] = GALORE_OPTIM[s.optimizer] if s.galore_rank is not None else acc.HF_OPTIM[s.optimizer]
+    if s.fp8 in ("rowwise", "te"):
+        cfg.update(fp8=True, fp8_backend="torchao" if s.fp8 == "rowwise" else "te")
     if hp.neftune_alpha.value is not None:
         cfg["neftune_noise_alpha"] = hp.neftune_alpha.value
     if hp.val_size.value:
         cfg.update(eval_strategy="steps", eval_steps=hp.eval_steps.value, per_device_eval_batch_size=s.micro_batch)
     if s.optimizer == "sgd-momentum":
         cfg["optim_args"] = f"momentum={SGD_MOMENTUM}"
-    if s.recipe != "bf16":
+    if s.recipe != "bf16" or s.badam:
         cfg[half_dtype(s)] = True
     if s.compile:
         cfg["torch_compile"] = True
@@ -188,6 +221,15 @@ COMMENTS = {
     "lora_rank": "higher trains more and needs more memory",
     "lora_alpha": "scale = alpha / rank",
     "pure_bf16": "bf16 weights, gradients and optimizer states, no fp32 master (the plan's recipe)",
+    "use_galore": "GaLore: Adam on rank-r projections of each block matrix's gradient",
+    "galore_target": "all = every nn.Linear of the blocks (not lm_head)",
+    "galore_update_interval": "recompute the projection (an SVD per matrix) every N steps",
+    "galore_scale": "LLaMA-Factory's default and its GaLore example's value",
+    "galore_layerwise": "step each parameter in backward: no gradient buffer, no accumulation",
+    "use_badam": "BAdam: one decoder block trains at a time; embeddings and LM head frozen",
+    "badam_switch_interval": "switch the trained block every N steps",
+    "fp8": "FP8 matmuls for the blocks' linear layers (Hopper / Ada / Blackwell)",
+    "fp8_backend": "torchao = rowwise scaling; te = TransformerEngine",
     "deepspeed": "ZeRO config (HF-integration flavour, auto values filled from this file)",
     "cutoff_len": "the plan's sequence length",
     "packing": "pack samples to full length: every micro-batch holds cutoff_len tokens",
@@ -218,6 +260,15 @@ def notes(t: Target) -> list[str]:
                    "needs FlashAttention-2 and micro-batch 1 to avoid a b x 1 x s x s mask")
     if s.fsdp is not None and s.offload == "optimizer":
         out.append("FSDP offloads parameters, gradients and optimizer states together (fsdp_offload_params)")
+    if s.galore_rank is not None and s.galore_layerwise:
+        out.append("layer-wise GaLore: LLaMA-Factory logs a zero gradient norm ('The displayed gradient norm will be "
+                   "all zeros in layerwise GaLore')")
+    if s.badam:
+        out.append("BAdam: bf16: true with the model kept in bf16 (LLaMA-Factory's BAdam example); BAdam keeps its own "
+                   "fp32 copy, gradient and Adam states of the active block")
+    if s.fp8 != "none":
+        out.append("LLaMA-Factory FP8 needs PyTorch 2.7+ (and accelerate's FP8 support); the torchao backend skips the "
+                   "embeddings and lm_head, as the plan counted")
     return out
 
 

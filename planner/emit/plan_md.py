@@ -9,7 +9,7 @@ from planner.emit.common import TRAINERS, Emitted, NotExpressible, Target, gib, 
 from planner.plan_file import model_keys
 from planner.units import gib_num
 from planner.engine.results import CATEGORIES, PHASES
-from planner.engine.setup import ATTENTION, CHECKPOINTING, LOSSES, METHODS, OPTIMIZERS, RECIPES
+from planner.engine.setup import ATTENTION, CHECKPOINTING, FP8, LOSSES, METHODS, OPTIMIZERS, RECIPES
 
 FILENAME = "PLAN.md"
 JSON_FILENAME = "plan.json"
@@ -26,6 +26,7 @@ FILE_ROLES: dict[str, str] = {
     "llamafactory.yaml": "LLaMA-Factory `llamafactory-cli train` config",
     "llamafactory_accelerate.yaml": "accelerate FSDP config used to launch LLaMA-Factory",
     "torchtune.yaml": "torchtune recipe config (`tune run`)",
+    "torchtitan.toml": "torchtitan 0.2.2 job config (`torchrun -m torchtitan.train --job.config_file torchtitan.toml`)",
 }
 
 DEEPSPEED_CHOICES = [
@@ -53,7 +54,7 @@ def plan_json(t: Target) -> str:
 
 def _setup_words(t: Target) -> list[str]:
     s = t.setup
-    gbatch = s.micro_batch * s.grad_accum * t.world_size
+    gbatch = s.micro_batch * s.grad_accum * s.data_parallel(t.world_size)
     lines = [
         f"- **Method**: {METHODS[s.method]}"
         + (f" (rank {s.lora_rank}, alpha {s.lora_alpha}, targets {s.lora_targets}{', DoRA' if s.dora else ''})"
@@ -66,7 +67,8 @@ def _setup_words(t: Target) -> list[str]:
         f"- **Activation checkpointing** `{s.checkpointing}`: {CHECKPOINTING[s.checkpointing]}"
         + (f", every {s.checkpoint_every} blocks" if s.checkpoint_every > 1 else "")
         + ("; checkpointed inputs offloaded to CPU RAM" if s.activation_offload else ""),
-        f"- **Batch**: micro-batch {s.micro_batch} x accumulation {s.grad_accum} x {t.world_size} GPU(s) = "
+        f"- **Batch**: micro-batch {s.micro_batch} x accumulation {s.grad_accum} x "
+        f"{s.data_parallel(t.world_size)} data-parallel rank(s) = "
         f"{gbatch} sequences of {s.seq_len} tokens per optimizer step"
         + (" (packed)" if s.packing else " (not packed: padding costs extra)"),
         f"- **Kernels**: attention `{s.attention}` ({ATTENTION[s.attention]}); loss `{s.loss}` ({LOSSES[s.loss]})"
@@ -74,6 +76,18 @@ def _setup_words(t: Target) -> list[str]:
     ]
     if s.method == "qlora":
         lines.append(f"- **Quantisation**: NF4 base, double quantisation {'on' if s.double_quant else 'off'}")
+    if s.galore_rank is not None:
+        lines.append(f"- **GaLore**: rank {s.galore_rank}, projection refreshed every {s.galore_update_interval} steps"
+                     + (", layer-wise (each parameter stepped in backward)" if s.galore_layerwise else ""))
+    if s.badam:
+        lines.append("- **BAdam**: one decoder block trains at a time (layer mode); embeddings and LM head frozen")
+    if s.lisa_layers:
+        lines.append(f"- **LISA**: {s.lisa_layers} sampled blocks per interval, embeddings and LM head always")
+    if s.fp8 != "none":
+        lines.append(f"- **FP8** `{s.fp8}`: {FP8[s.fp8]}")
+    if s.tp > 1 or s.cp > 1:
+        lines.append(f"- **Model parallelism**: tensor parallel {s.tp}{' (async)' if s.async_tp else ''} x context "
+                     f"parallel {s.cp} within the FSDP2 mesh; {s.data_parallel(t.world_size)} data-parallel ranks")
     return lines
 
 

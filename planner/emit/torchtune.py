@@ -75,6 +75,7 @@ class TorchtuneModel:
 
 
 _LLAMA3_TOK = ("torchtune.models.llama3.llama3_tokenizer", (("path", "original/tokenizer.model"),))
+_LLAMA2_TOK = ("torchtune.models.llama2.llama2_tokenizer", (("path", "tokenizer.model"),))
 _QWEN25_TOK = ("torchtune.models.qwen2_5.qwen2_5_tokenizer", (("path", "vocab.json"), ("merges_file", "merges.txt")))
 _GEMMA_TOK = ("torchtune.models.gemma.gemma_tokenizer", (("path", "tokenizer.model"),))
 _HF = "torchtune.training.FullModelHFCheckpointer"
@@ -97,7 +98,17 @@ def _m(module: str, base: str, qlora: bool, tok: tuple, ckpt_files: tuple, model
     )
 
 
+def _bins(n: int) -> tuple[str, ...]:
+    return tuple(f"pytorch_model-{i:05d}-of-{n:05d}.bin" for i in range(1, n + 1))
+
+
 TORCHTUNE_MODELS: dict[str, TorchtuneModel] = {
+    # Llama 2: the checkpoint layout of torchtune's llama2 configs (7B: eleuther_evaluation.yaml and
+    # 7B_full_low_memory.yaml, the chapter's 48 GB recipe; 13B: 13B_full.yaml; 70B: 70B_lora.yaml)
+    "Llama-2-7B": _m("llama2", "llama2_7b", True, _LLAMA2_TOK, _bins(2), "LLAMA2"),
+    "Llama-2-13B": _m("llama2", "llama2_13b", True, _LLAMA2_TOK, _bins(3), "LLAMA2"),
+    "Llama-2-70B": _m("llama2", "llama2_70b", True, _LLAMA2_TOK,
+                      (("filename_format", "pytorch_model-{}-of-{}.bin"), ("max_filename", "00015")), "LLAMA2"),
     # profile name -> builders; files from the shipped configs (which name the -Instruct uploads; the base
     # uploads are sharded the same way [unverified for the base repos])
     "Llama-3-8B": _m("llama3", "llama3_8b", True, _LLAMA3_TOK, ("consolidated.00.pth",), "LLAMA3",
@@ -155,6 +166,8 @@ def check(t: Job) -> TorchtuneModel:
     # what no re-plan of the sharding changes comes first, so that the search reports it (planner.emit.refusal)
     if s.recipe == "fp16-amp":
         raise NotExpressible(trainer, "torchtune trains in bf16 or fp32, not fp16 (its recipes refuse dtype fp16)")
+    if s.compile and not s.compile_loss:
+        raise NotExpressible(trainer, "torchtune's compile flag compiles the model and the loss together")
     if s.method == "freeze":
         raise NotExpressible(trainer, "torchtune has no freeze tuning; use --trainer llamafactory")
     entry = TORCHTUNE_MODELS.get(t.model.name)
@@ -182,6 +195,15 @@ def check(t: Job) -> TorchtuneModel:
     if s.loss == "liger":
         raise NotExpressible(trainer, f"torchtune {TORCHTUNE_VERSION} has no fused linear cross-entropy; re-plan "
                              "with --loss chunked (CEWithChunkedOutputLoss)")
+    if s.subspace_optimizer != "none":
+        raise NotExpressible(trainer, f"torchtune {TORCHTUNE_VERSION} has no {s.method_label} (LLaMA-Factory runs "
+                             "GaLore and BAdam; LMFlow runs LISA)")
+    if s.fp8 != "none" or s.tp > 1 or s.cp > 1:
+        raise NotExpressible(trainer, f"tuneplan writes FP8 / tensor / context parallelism for torchtitan, not torchtune "
+                             f"{TORCHTUNE_VERSION}; use --trainer torchtitan")
+    if t.world_size > 1 and s.optimizer in ("adamw-8bit", "paged-adamw", "paged-adamw-8bit"):
+        raise NotExpressible(trainer, f"torchtune runs bitsandbytes optimizers in its single-device recipe only "
+                             f"(memory_optimizations.rst); the plan uses {s.optimizer} on {t.world_size} GPUs")
     if s.trains_adapters:
         if s.lora_train_embeddings or s.lora_train_lm_head:
             raise NotExpressible(trainer, "torchtune's LoRA builders cannot train embed_tokens / lm_head fully")
@@ -244,7 +266,7 @@ def torchtune_config(t: Target) -> dict[str, Any]:
     cfg["gradient_accumulation_steps"] = s.grad_accum
     opt = dict(OPTIMIZERS[s.optimizer])
     opt["lr"] = hp.learning_rate.value
-    if s.optimizer in ("adamw", "adamw-8bit", "paged-adamw-8bit"):
+    if s.optimizer in ("adamw", "adamw-8bit", "paged-adamw", "paged-adamw-8bit"):
         opt["weight_decay"] = hp.weight_decay.value
     cfg["optimizer"] = opt
     cfg["lr_scheduler"] = {"_component_": TT_SCHEDULERS[hp.scheduler.value], "num_warmup_steps": warmup_steps(t)}

@@ -146,7 +146,7 @@ def steps_per_epoch(setup: Setup, world_size: int, data: DatasetShape) -> int:
     """Optimizer steps in one epoch: rows (or packs) / (micro-batch x accumulation x data-parallel ranks),
     rounded up (the HF Trainer steps on the last partial accumulation; ``dataloader_drop_last`` false)."""
     units = data.packing(setup.seq_len).packs if setup.packing else data.rows
-    return max(1, math.ceil(units / (setup.micro_batch * setup.grad_accum * world_size)))
+    return max(1, math.ceil(units / (setup.micro_batch * setup.grad_accum * setup.data_parallel(world_size))))
 
 
 def data_train_time(

@@ -52,6 +52,12 @@ def recipe_bytes(setup: Setup) -> RecipeBytes:
     """Resolve the byte sizes of ``setup.recipe`` for ``setup.method`` (eq. M1)."""
     r = setup.recipe
     deepspeed = setup.zero > 0
+    if setup.badam and setup.method == "full":
+        # BAdam (eq. M1c): the model stays bf16 (LLaMA-Factory model/adapter.py: "BAdam detected, remaining trainable
+        # params in half precision"); the active block gets an fp32 master copy, an fp32 gradient and fp32 Adam states
+        # (BAdam block_optim.py: param.clone().float(), _grad_to_hp), its bf16 gradient made in backward. Under ZeRO-3
+        # DeepSpeed's bf16 optimizer keeps the same set for the trainable (active) parameters.
+        return RecipeBytes(2, 2, 2, 4, 4, 4, 2, 2, False, 2)
     if r == "bf16":
         return RecipeBytes(2, 2, 2, 0, 0, 2, 2, 2, False, 2, )
     if r == "deepspeed-bf16" or (r == "fp16-amp" and deepspeed):

@@ -46,12 +46,18 @@ def usable_bytes(memory_bytes: int, headroom: float) -> int:
     return int(memory_bytes * (1 - check_headroom(headroom)))
 
 
-def paged_overflow_bytes(memory: MemoryEstimate) -> int:
-    """Optimizer state of a paged optimizer that does not fit the GPU beside everything else: the part of
-    the peak above the GPU's memory, at most the states themselves (0 for other optimizers)."""
-    if not memory.setup.optimizer.startswith("paged"):
+def paged_overflow_bytes(memory: MemoryEstimate, limit_bytes: int | None = None) -> int:
+    """Optimizer state of a paged optimizer that does not fit the GPU beside everything else (docs/memory.md
+    M4b): the unified-memory states (``host_categories["paged_optimizer"]``, per node, divided over its GPUs)
+    less what the peak leaves free below ``limit_bytes`` (default: the usable memory at the default headroom; the
+    headroom is kept for what the engine cannot see, so resident pages may not count on it), at least 0 (0 for
+    other optimizers). These bytes are what the driver pages in for the step and out again for the next forward
+    (docs/speed.md S16b)."""
+    managed = memory.host_categories.get("paged_optimizer", 0) // max(1, memory.gpus_per_node)
+    if not managed:
         return 0
-    return max(0, min(memory.categories["optimizer_states"], memory.peak_bytes - memory.capacity_bytes))
+    limit = limit_bytes if limit_bytes is not None else int(memory.capacity_bytes * (1 - DEFAULT_HEADROOM))
+    return max(0, min(managed, managed - (limit - memory.peak_bytes)))
 
 
 def evaluate(
@@ -72,7 +78,7 @@ def evaluate(
     (eq. S8). ``efficiency``: an explicit override of the speed model's large-GEMM ceiling. ``data``: a measured
     dataset (``--dataset``): memory at its longest padded batch and speed at its padding or packing
     (:mod:`planner.engine.dataset`); the plan keeps ``setup`` as given. ``explain=False`` leaves out the
-    assumption lines (the search explains only the plans it shows).
+    assumption lines (text only; the search re-evaluates the plans it shows with them).
     Raises :class:`SetupError` (one line) for an impossible setup.
     """
     validate_setup(setup, model, cluster)
@@ -85,13 +91,15 @@ def evaluate(
     speed_s, speed_note = speed_setup(setup, data) if data is not None else (setup, None)
     memory = estimate_memory(facts, cluster, mem_setup, cal, explain=explain)
     speed = estimate_speed(facts, cluster, speed_s, cal, book.speed, efficiency=efficiency,
-                           paged_bytes=paged_overflow_bytes(memory), explain=explain)
+                           paged_bytes=paged_overflow_bytes(memory, usable_bytes(cluster.gpu.memory_bytes, headroom)),
+                           explain=explain)
     if mem_note:
         kept = tuple(a for a in memory.assumptions if not a.startswith(WORST_CASE_PADDING))
         memory = memory.model_copy(update={"setup": setup, "assumptions": (*kept, mem_note)})
     if speed_note:
         speed = speed.model_copy(update={"assumptions": (*speed.assumptions, speed_note)})
-    return Plan(
+    make = Plan if explain else Plan.model_construct  # explain=False: the search's candidates, re-made checked when shown
+    return make(
         setup=setup,
         memory=memory,
         speed=speed,

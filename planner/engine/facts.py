@@ -98,13 +98,26 @@ class ModelFacts:
 
 
 def _trainable_counts(model: ModelProfile, counts: ParamCounts, linears: tuple[LinearLayer, ...], method: str,
-                      freeze_layers: int, adapter: int, train_embeddings: bool, train_lm_head: bool) -> TrainableCounts:
-    """Which parameters train under ``method`` (eq. M2)."""
+                      freeze_layers: int, adapter: int, train_embeddings: bool, train_lm_head: bool,
+                      subspace: str = "none", lisa_layers: int = 0) -> TrainableCounts:
+    """Which parameters train under ``method`` (eq. M2), and per step under BAdam / LISA (eq. M2c)."""
     lin_total = sum(x.params for x in linears)
     # routed experts run through grouped_mm, which autocast does not cast (transformers integrations/moe.py,
     # eq. A7a): only the nn.Linear weights (and the LM head) get a per-use low-precision copy
     lin_cast = sum(x.params for x in linears if not x.name.startswith("experts."))
     head = model.vocab_size * model.hidden_size
+    if method == "full" and subspace == "badam":
+        # one decoder block per step; embeddings and LM head never train (BAdam block_optim.py, include_embedding /
+        # include_lm_head False as LLaMA-Factory passes them)
+        block = layer_params(model)
+        return TrainableCounts(block, block, 0, counts.total - block, lin_total - lin_total // model.num_layers,
+                               lin_total // model.num_layers)
+    if method == "full" and subspace == "lisa":
+        # LMFlow DynamicLayerActivationCallback: n sampled blocks, plus embeddings, final norm and LM head always
+        always = counts.embedding + counts.lm_head + (counts.norms - layer_params_norms(model))
+        train = layer_params(model) * lisa_layers + always
+        lin_train = lin_total * lisa_layers // model.num_layers + head
+        return TrainableCounts(train, train, 0, counts.total - train, lin_total - lin_train + head, lin_train)
     if method == "full":
         lin = lin_cast + head  # a tied embedding is still cast per use as the LM head's weight
         return TrainableCounts(counts.total, counts.total, 0, 0, 0, lin)
@@ -117,10 +130,19 @@ def _trainable_counts(model: ModelProfile, counts: ParamCounts, linears: tuple[L
     return TrainableCounts(adapter + extra, extra, adapter, counts.total, lin_total, adapter)
 
 
+def layer_params_norms(model: ModelProfile) -> int:
+    """Norm parameters inside the decoder blocks (all blocks): the model's norms less the final norm."""
+    counts = param_counts(model)
+    per_width = {"rmsnorm": 1, "layernorm": 2, "layernorm-nonparametric": 0}[model.norm_kind]
+    final = model.hidden_size * per_width if model.final_norm else 0
+    return max(0, counts.norms - final)
+
+
 def model_facts(model: ModelProfile, setup: Setup) -> ModelFacts:
     """The :class:`ModelFacts` of ``model`` under ``setup``'s training choice (memoised on the fields that
     decide it). Raises :class:`SetupError` for LoRA targets the model does not have."""
     adapters = setup.trains_adapters
+    sub = setup.subspace_optimizer if setup.method == "full" else "none"
     return _model_facts(
         model,
         setup.method,
@@ -130,18 +152,21 @@ def model_facts(model: ModelProfile, setup: Setup) -> ModelFacts:
         setup.freeze_layers if setup.method == "freeze" else 0,
         setup.lora_train_embeddings and adapters,
         setup.lora_train_lm_head and adapters,
+        sub if sub in ("badam", "lisa") else "none",
+        (setup.lisa_layers or 0) if sub == "lisa" else 0,
     )
 
 
 @functools.lru_cache(maxsize=1024)
 def _model_facts(model: ModelProfile, method: str, targets: str, rank: int, dora: bool, freeze_layers: int,
-                 train_embeddings: bool, train_lm_head: bool) -> ModelFacts:
+                 train_embeddings: bool, train_lm_head: bool, subspace: str = "none", lisa_layers: int = 0) -> ModelFacts:
     linears = linear_layers(model)
     counts = param_counts(model)
     lora = lora_targets(model, targets) if method in ("lora", "qlora") else LoraTargets(frozenset())
     adapted = tuple(x for x in linears if adapter_applies(x, lora.modules))
     adapter = lora_adapter_params(adapted, rank, dora) + expert_adapter_params(model, lora, rank)
-    trainable = _trainable_counts(model, counts, linears, method, freeze_layers, adapter, train_embeddings, train_lm_head)
+    trainable = _trainable_counts(model, counts, linears, method, freeze_layers, adapter, train_embeddings, train_lm_head,
+                                  subspace, lisa_layers)
     return ModelFacts(
         model=model,
         counts=counts,

@@ -183,7 +183,7 @@ def recommend(
     unknown = set(ov) - set(FIELDS)
     if unknown:
         raise ValueError(f"unknown hyper-parameter override {sorted(unknown)}; valid: {', '.join(FIELDS)}")
-    gb = setup.micro_batch * setup.grad_accum * world_size
+    gb = setup.micro_batch * setup.grad_accum * setup.data_parallel(world_size)
     base, ref, src = base_learning_rate(model, setup)
     lr = sqrt_scaled_learning_rate(base, ref, gb)
     e, e_reason, e_src = epochs_for(rows)

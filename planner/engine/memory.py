@@ -26,9 +26,6 @@ from dataclasses import dataclass
 
 from planner.engine.activations import LayerInventory, checkpointed_layer_bytes_per_token, layer_inventory
 from planner.engine.bnb import (
-    BNB_8BIT_BLOCK,
-    BNB_MIN_8BIT_SIZE,
-    BNB_PAGED_MIN_NUMEL,
     adam8bit_state_bytes_per_param,
     quantized_frozen_bytes,
 )
@@ -37,6 +34,15 @@ from planner.engine.dtypes import RecipeBytes, recipe_bytes
 from planner.engine.facts import ModelFacts
 from planner.engine.results import CATEGORIES, MemoryEstimate
 from planner.engine.setup import RECIPES, Setup
+from planner.engine.techniques import (
+    cp_kv_gather_bytes,
+    fp8_temporary_bytes,
+    fp8_weight_params,
+    galore_bytes,
+    paged_state_bytes,
+    te_saved_input_saving,
+    tp_layer_bytes_per_token,
+)
 from planner.units import GiB
 from profiles.cluster import Cluster
 from profiles.schema import ModelProfile
@@ -87,66 +93,6 @@ def adafactor_state_elements(facts: ModelFacts, setup: Setup) -> int:
     return n
 
 
-def trainable_tensor_sizes(facts: ModelFacts, setup: Setup) -> list[tuple[int, int]]:
-    """(elements, count) of every trainable tensor (the optimizer keeps states per tensor): weight matrices
-    of the adapted or trained linears, embeddings / LM head, norm vectors; LoRA's A and B per adapted linear
-    and peft's stacked expert factors (eq. M2, M2b)."""
-    model = facts.model
-    h, V = model.hidden_size, model.vocab_size
-    out: list[tuple[int, int]] = []
-    if setup.method in ("full", "freeze"):
-        frac = setup.freeze_layers / model.num_layers if setup.method == "freeze" else 1.0
-        for x in facts.linears:
-            out.append((x.params_each, max(1, round(x.count * frac))))
-        out.append((facts.counts.norms // max(1, model.num_layers * max(model.norms_per_layer, 2)), 0))
-        if setup.method == "full":
-            out.append((V * h, 1 if model.tie_embeddings else 2))
-        return [t for t in out if t[1]]
-    t, r = facts.lora, setup.lora_rank
-    for x in facts.adapted:
-        out += [(r * x.in_features, x.count), (x.out_features * r, x.count)]
-        if setup.dora:
-            out.append((x.out_features, x.count))
-    if t.experts and model.moe is not None:
-        e, f = model.moe.num_experts, model.moe.expert_intermediate_size
-        n = model.num_layers - model.moe.dense_layers
-        if t.expert_gate_up:
-            out += [(e * 2 * r * h, n), (2 * f * e * 2 * r, n)]
-        if t.expert_down:
-            out += [(e * r * f, n), (h * e * r, n)]
-    extra = int(setup.lora_train_embeddings) + int(setup.lora_train_lm_head)
-    if extra:
-        out.append((V * h, extra))
-    return out
-
-
-def paged_state_bytes(facts: ModelFacts, setup: Setup) -> tuple[int, int]:
-    """bitsandbytes optimizers, paged or not (eq. M4b): (bytes through torch's allocator, bytes in unified memory).
-
-    ``get_state_buffer`` allocates a state with ``cudaMallocManaged`` (``cget_managed_ptr``, wrapped by
-    ``torch.frombuffer`` as a *CPU* tensor, so torch's CUDA statistics never see it) for tensors of at least 1e5
-    elements, else with ``torch.zeros_like`` on the GPU. ``paged-adamw``: fp32 m and v (8 B per element).
-    ``paged-adamw-8bit``: uint8 m and v (2 B), fp32 states under 4096 elements, and one fp32 absmax per 256
-    values per state, always ordinary GPU tensors. LoRA adapters of rank 8 are mostly under 1e5 elements, so
-    their states are not paged at all. Exact per tensor (bitsandbytes 0.49.2)."""
-    eight = setup.optimizer in ("adamw-8bit", "paged-adamw-8bit")
-    paged = setup.optimizer in ("paged-adamw", "paged-adamw-8bit")
-    gpu = managed = 0
-    for n, count in trainable_tensor_sizes(facts, setup):
-        if eight and n < BNB_MIN_8BIT_SIZE:
-            state, absmax = 8 * n, 0
-        elif eight:
-            state, absmax = 2 * n, 2 * 4 * -(-n // BNB_8BIT_BLOCK)
-        else:
-            state, absmax = 8 * n, 0
-        if paged and n >= BNB_PAGED_MIN_NUMEL:
-            managed += state * count
-            gpu += absmax * count
-        else:
-            gpu += (state + absmax) * count
-    return gpu, managed
-
-
 def optimizer_state_bytes_per_param(setup: Setup, rb: RecipeBytes) -> float:
     """Bytes of optimizer state per trainable parameter (eq. M4). Adafactor is handled by shape instead.
 
@@ -158,7 +104,7 @@ def optimizer_state_bytes_per_param(setup: Setup, rb: RecipeBytes) -> float:
     if setup.optimizer == "adamw":
         return 2 * rb.state
     if setup.optimizer == "paged-adamw":
-        return 8.0
+        return 8.0  # bitsandbytes' 32-bit states are fp32 whatever the parameter dtype (Optimizer2State.init_state)
     if setup.optimizer in ("adamw-8bit", "paged-adamw-8bit"):
         return adam8bit_state_bytes_per_param()
     if setup.optimizer == "sgd-momentum":
@@ -234,7 +180,11 @@ def model_states(facts: ModelFacts, cluster: Cluster, setup: Setup, rb: RecipeBy
 
     # optimizer states
     paged = 0
-    if setup.optimizer == "adafactor":
+    svd_temp = 0
+    if setup.galore_rank is not None:
+        gb = galore_bytes(facts, setup, rb)
+        opt, svd_temp = gb.states + gb.projectors, gb.svd_workspace
+    elif setup.optimizer == "adafactor":
         opt = adafactor_state_elements(facts, setup) * 4
     elif setup.optimizer in ("adamw-8bit", "paged-adamw", "paged-adamw-8bit"):
         opt, paged = paged_state_bytes(facts, setup)
@@ -265,16 +215,17 @@ def model_states(facts: ModelFacts, cluster: Cluster, setup: Setup, rb: RecipeBy
             opt, g_gpu = 0, 0
         else:
             opt = _shard(opt, shard_o, N)
-    if setup.optimizer_in_backward:
-        # gradients are freed right after each parameter's update: at most the largest tensor's gradient
+    if setup.steps_in_backward:
+        # gradients are freed right after each parameter's update: at most the largest tensor's gradient (under
+        # FSDP2 the hook fires on the sharded gradient after the reduce-scatter: torchtune full_finetune_distributed)
         g_gpu = min(g_gpu, (rb.grad32 + rb.grad16) * facts.largest_module_params)
-    step_temp = 0
+    step_temp = svd_temp
     if setup.optimizer == "adafactor":
         # transformers' Adafactor steps one tensor at a time, building an fp32 update of its size
-        step_temp = 3 * 4 * min(facts.largest_module_params, max(P_t, 1))
+        step_temp = max(step_temp, 3 * 4 * min(facts.largest_module_params, max(P_t, 1)))
     return ModelStates(
-        trainable_b, frozen_b, int(g_gpu), int(opt), int(master), int(host_opt), int(host_params), step_temp, int(step_only),
-        paged_optimizer=int(paged),
+        trainable_b, frozen_b, int(g_gpu), int(opt), int(master), int(host_opt), int(host_params), int(step_temp),
+        int(step_only), paged_optimizer=int(paged),
     )
 
 
@@ -316,7 +267,7 @@ def logits_loss_bytes(model: ModelProfile, setup: Setup, rb: RecipeBytes, tokens
     h logits per token (fp32 + bf16), and the gradient of the hidden states (c*h) computed in the forward.
     """
     V, h, c, T = model.vocab_size, model.hidden_size, rb.compute, tokens
-    if setup.compile and setup.loss in ("plain", "chunked") and not model.final_logit_softcap:
+    if setup.compile and setup.compile_loss and setup.loss in ("plain", "chunked") and not model.final_logit_softcap:
         return compiled_logits_loss_bytes(V, c, T, setup.loss)
     # Gemma-2 final soft-capping: tanh saves its bf16 output (2V); the divide is transient in forward
     cap_saved = 2 * V if model.final_logit_softcap else 0
@@ -362,6 +313,21 @@ class ActivationBytes:
     checkpointed_layers: int
 
 
+def _layer_bytes(inv: LayerInventory, setup: Setup, rb: RecipeBytes, tokens: int, seq_len: int) -> float:
+    """One block's saved bytes for ``tokens`` local tokens: the inventory (eq. A1), with TransformerEngine's FP8
+    inputs (eq. F8) and tensor parallelism's split (eq. T1) applied."""
+    per_token = tp_layer_bytes_per_token(inv, setup.tp)
+    if setup.fp8 == "te":
+        per_token -= te_saved_input_saving(inv, rb.compute)
+    return per_token * tokens + inv.per_token_per_seq * tokens * seq_len / setup.tp
+
+
+def local_tokens(setup: Setup) -> int:
+    """Tokens of one micro-batch on one GPU: ``micro_batch x seq_len``, divided by the context-parallel degree
+    (each CP rank holds ``seq_len / cp`` of every row; eq. T2)."""
+    return setup.micro_batch * setup.seq_len // setup.cp
+
+
 def activation_bytes(facts: ModelFacts, setup: Setup, rb: RecipeBytes) -> ActivationBytes:
     """Saved activations of all blocks plus the per-block working sets (eq. A1).
 
@@ -369,46 +335,56 @@ def activation_bytes(facts: ModelFacts, setup: Setup, rb: RecipeBytes) -> Activa
     Full checkpointing every k-th block keeps only those blocks' inputs (eq. A8) and recomputes one block
     at a time in backward; selective checkpointing drops the attention core (the eager s^2 terms; with
     SDPA / flash it keeps almost everything). Activation offload keeps two block inputs on the GPU.
+    BAdam and LISA (eq. A11) train one / ``n`` blocks per step; the others pass gradients through with frozen
+    weights (their linear layers save no input): the worst step of the schedule, BAdam's block 0 or any LISA
+    draw, has every block in the backward path. Tensor parallelism divides all but the all-gathered block inputs
+    by ``tp`` (eq. T1), context parallelism the tokens by ``cp`` (eq. T2).
     """
     model = facts.model
-    T = setup.micro_batch * setup.seq_len
+    T = local_tokens(setup)
     s = setup.seq_len
     L = model.num_layers
+    tp = setup.tp
     trains_layer = setup.method in ("full", "freeze")
     inv = layer_inventory(facts, setup, rb, trains_layer)
     active_layers = setup.freeze_layers if setup.method == "freeze" else L
-    layer_full = inv.bytes(T, s)
+    layer_full = _layer_bytes(inv, setup, rb, T, s)
+    layer_avg = layer_full
+    if setup.method == "full" and (setup.badam or setup.lisa_layers):
+        n_train = 1 if setup.badam else min(setup.lisa_layers or 1, L)
+        through = _layer_bytes(layer_inventory(facts, setup, rb, False), setup, rb, T, s)
+        layer_avg = (n_train * layer_full + (L - n_train) * through) / L
     if setup.checkpointing == "full":
         ck = -(-active_layers // setup.checkpoint_every)  # blocks 0, k, 2k, ... are checkpointed
-        kept = checkpointed_layer_bytes_per_token(rb, model.hidden_size) * T
+        kept = checkpointed_layer_bytes_per_token(rb, model.hidden_size) * T / tp
         if setup.activation_offload:
-            saved = min(ck, 2) * kept + (active_layers - ck) * layer_full
+            saved = min(ck, 2) * kept + (active_layers - ck) * layer_avg
         else:
-            saved = ck * kept + (active_layers - ck) * layer_full
+            saved = ck * kept + (active_layers - ck) * layer_avg
         bwd_extra = layer_full  # one block recomputed at a time
     elif setup.checkpointing == "selective":
         ck = 0
-        scores = inv.per_token_per_seq * T * s
-        saved = active_layers * (layer_full - scores)
+        scores = inv.per_token_per_seq * T * s / tp
+        saved = active_layers * (layer_avg - scores)
         bwd_extra = scores
     else:
         ck = 0
-        saved = active_layers * layer_full
+        saved = active_layers * layer_avg
         bwd_extra = 0
     # final norm before the LM head (fp32 input + normalised output) and the token ids / labels
-    head_side = T * (4 * model.hidden_size + rb.compute * model.hidden_size) + T * 3 * 8
+    head_side = T * (4 * model.hidden_size + rb.compute * model.hidden_size) / tp + T * 3 * 8
     saved += head_side
     # the working set while a block runs forward: its largest intermediate, and in backward the gradients
     # of the MLP intermediates (grad of the product, then of activation and up), eq. A9
-    fwd_transient = max(inv.transient_per_token * T * 2, inv.forward_per_token_per_seq * T * s)
+    fwd_transient = max(inv.transient_per_token * T * 2 / tp, inv.forward_per_token_per_seq * T * s / tp)
     if setup.checkpointing == "full":
         fwd_transient += layer_full  # the block running forward holds all its intermediates until it exits
     bwd_transient = (
         bwd_extra
-        + inv.transient_per_token * T * 3
-        + rb.compute * model.hidden_size * T * 2
+        + inv.transient_per_token * T * 3 / tp
+        + rb.compute * model.hidden_size * T * 2 / tp
         # the MLP runs backward (and frees its saved tensors, merged expert weights included) before attention
-        + max(inv.backward_per_token_per_seq * T * s, inv.backward_per_layer)
+        + max(inv.backward_per_token_per_seq * T * s / tp, inv.backward_per_layer / tp)
     )
     return ActivationBytes(int(saved), int(fwd_transient), int(bwd_transient), inv, active_layers, ck)
 
@@ -499,32 +475,40 @@ def fsdp2_comm_bytes(facts: ModelFacts, cluster: Cluster, setup: Setup, rb: Reci
     unsharded gradients, the reduce-scatter input and the prefetched next block. Traced with real FSDP2 on
     a fake process group (validation/trace/fsdp.py), equal byte for byte to two gloo ranks on the CPU.
     Errs low by what CUDA streams add: an all-gather issued ahead on its stream, and the reduce-scatter
-    inputs FSDP2 keeps alive until the stream has used them (``reduce_scatter_states``)."""
+    inputs FSDP2 keeps alive until the stream has used them (``reduce_scatter_states``).
+
+    Recipe-book terms: under TP (eq. T4) each rank gathers its TP shard of every group (FSDP2 over DTensors);
+    with torchao's float8 all-gather (torchtitan ``enable_fsdp_float8_all_gather``, tensorwise only; eq. F8) the
+    converted linears' weights are gathered in fp8, 1 B per element."""
     model, counts = facts.model, facts.trainable
     N = cluster.world_size
     c = rb.compute if rb.gathered else rb.trainable_weight if setup.method == "full" else rb.frozen_weight
     V, h = model.vocab_size, model.hidden_size
-    head = V * h + (h if model.final_norm else 0)
-    emb = 0 if model.tie_embeddings else V * h
-    block = facts.block_params
+    tp = setup.tp
+    head = (V * h + (h if model.final_norm else 0)) // tp
+    emb = (0 if model.tie_embeddings else V * h) // tp
+    block = facts.block_params // tp
+    pblock = c * block  # one block's gathered parameter bytes
+    if setup.fp8 == "tensorwise":
+        pblock -= (c - 1) * fp8_weight_params(facts) // model.num_layers // tp
     trains_base = setup.method == "full"
     g_head = head if trains_base else 0
     g_emb = emb if trains_base else 0
-    g_block = block if setup.method in ("full", "freeze") else counts.trainable // model.num_layers
+    g_block = block if setup.method in ("full", "freeze") else counts.trainable // model.num_layers // tp
 
     def reduce(g: int) -> int:  # unsharded gradient + reduce-scatter input; output and fp32 shard (1/N)
         return 2 * c * g + g * (c + 4) // N
 
     if setup.fsdp == "full-shard":
-        forward = 2 * c * max(head, block)
-        block_bwd = c * block + reduce(g_block) + c * block  # itself, its gradients, the prefetched next
-        top = max(c * block + reduce(g_head), block_bwd)
+        forward = 2 * max(c * head, pblock)
+        block_bwd = pblock + reduce(g_block) + pblock  # itself, its gradients, the prefetched next
+        top = max(pblock + reduce(g_head), block_bwd)
         end = max(reduce(g_emb), block_bwd)
         return CommBytes(0, forward, c * head, 0, backward_top=top, backward_end=end)
     # shard-grad-op: every group stays gathered from its forward to its backward
-    gathered = c * (head + emb + block * model.num_layers)
-    return CommBytes(0, gathered + c * max(head, block), gathered,
-                     0, backward_top=gathered + reduce(g_head), backward_end=c * (emb + block) + reduce(max(g_emb, g_block)))
+    gathered = c * (head + emb) + pblock * model.num_layers
+    return CommBytes(0, gathered + max(c * head, pblock), gathered, 0, backward_top=gathered + reduce(g_head),
+                     backward_end=c * emb + pblock + reduce(max(g_emb, g_block)))
 
 
 def gradients_persist(setup: Setup) -> bool:
@@ -559,13 +543,15 @@ def host_bytes(
 ) -> dict[str, int]:
     """Host RAM per node (eq. H1): offloaded optimizer states (fp32 master, grads, Adam) and parameters of
     every rank on the node, DeepSpeed's pinned/temporary buffer factor on top, offloaded activations, and
-    each process's own footprint."""
+    each process's own footprint. Paged optimizer states (eq. M4b) are budgeted in full on the host: unified memory
+    allocated with ``cudaMemAttachHost`` has host backing for whatever the GPU evicts (errs high by the resident
+    part)."""
     g = cluster.gpus_per_node
-    T = setup.micro_batch * setup.seq_len
+    T = local_tokens(setup)
     offloaded = (ms.host_optimizer + ms.host_params) * g
     act = 0
     if setup.activation_offload:
-        act = model.num_layers * rb.residual * model.hidden_size * T * g
+        act = model.num_layers * rb.residual * model.hidden_size * T * g // setup.tp
     out = {
         "offloaded_optimizer": ms.host_optimizer * g,
         "offloaded_params": ms.host_params * g,
@@ -591,8 +577,10 @@ def estimate_memory(
     counts = facts.trainable
     ms = model_states(facts, cluster, setup, rb)
     acts = activation_bytes(facts, setup, rb)
-    T = setup.micro_batch * setup.seq_len
+    T = local_tokens(setup)
     lg = logits_loss_bytes(model, setup, rb, T)
+    if setup.tp > 1:  # loss parallel: the logits stay sharded by vocabulary (torchtitan default, eq. T1)
+        lg = LogitsBytes(lg.forward_peak // setup.tp, lg.saved // setup.tp, lg.backward_peak // setup.tp)
     cb = comm_buffer_bytes(facts, cluster, setup, rb)
 
     # temporaries: autocast's cached low-precision copies of fp32 trainable linear weights (alive from the
@@ -602,10 +590,16 @@ def estimate_memory(
     dequant = rb.compute * biggest_linear if setup.method == "qlora" else 0
     dora_tmp = rb.adapter * biggest_linear if setup.dora else 0
     ckpt = setup.checkpointing == "full"
+    # FP8 casts (eq. F8) and context parallelism's gathered K / V of one layer (eq. T3), forward and backward
+    fp8_fwd, fp8_bwd = fp8_temporary_bytes(facts, setup, T, cluster.gpu.arch) if setup.fp8 != "none" else (0, 0)
+    kv = cp_kv_gather_bytes(facts, setup, rb.compute)
+    dequant += kv
+    # layer-wise GaLore updates (and re-projects) inside backward: its SVD workspace lands there (eq. M4c)
+    bwd_step_temp = ms.optimizer_step_temp if setup.steps_in_backward else 0
 
     gpu_grads = ms.gradients
     persistent_grads = gpu_grads if gradients_persist(setup) else 0
-    if setup.zero == 0 and not persistent_grads and rb.master:
+    if setup.zero == 0 and not persistent_grads and rb.master and setup.uses_deepspeed:
         # DeepSpeed's stage-0 bf16 optimizer allocates its fp32 gradient buffers at initialisation
         persistent_grads = rb.grad32 * counts.trainable
 
@@ -623,7 +617,7 @@ def estimate_memory(
     after_load = dict(base)
     fwd = dict(base)
     fwd["activations"], fwd["logits_loss"] = forward_peak_parts(acts, lg)
-    fwd["temporaries"] = autocast_copies + dequant + dora_tmp
+    fwd["temporaries"] = autocast_copies + dequant + dora_tmp + fp8_fwd
     fwd["comm_buffers"] = cb.persistent + cb.forward
 
     # backward: the larger of (a) the loss backward with every activation still saved and (b) the end of
@@ -631,7 +625,7 @@ def estimate_memory(
     bwd_a = dict(base)
     bwd_a["activations"] = acts.saved
     bwd_a["logits_loss"] = lg.backward_peak
-    bwd_a["temporaries"] = (0 if ckpt else autocast_copies) + dequant + dora_tmp
+    bwd_a["temporaries"] = (0 if ckpt else autocast_copies) + dequant + dora_tmp + fp8_bwd
     bwd_a["comm_buffers"] = cb.persistent + cb.backward
     head_grad = 0
     if setup.method == "full" and not setup.zero and setup.fsdp is None:
@@ -646,7 +640,8 @@ def estimate_memory(
     bwd_b = dict(base)
     bwd_b["gradients"] = gpu_grads
     bwd_b["activations"] = acts.backward_transient
-    bwd_b["temporaries"] = dequant + dora_tmp + (rb.compute * biggest_linear if rb.autocast else 0)
+    bwd_b["temporaries"] = (dequant + dora_tmp + (rb.compute * biggest_linear if rb.autocast else 0) + fp8_bwd
+                            + bwd_step_temp)
     bwd_b["comm_buffers"] = cb.persistent + (cb.backward if cb.backward_end is None else cb.backward_end)
     bwd = max((bwd_a, bwd_c, bwd_b), key=lambda d: sum(d.values()))
 
@@ -670,7 +665,8 @@ def estimate_memory(
     host = host_bytes(model, cluster, setup, rb, ms)
     calib = calibration.label if calibration is not None else "uncalibrated"
     assumptions = _assumptions(facts, cluster, setup, rb, acts) if explain else []
-    return MemoryEstimate(
+    make = MemoryEstimate if explain else MemoryEstimate.model_construct  # the search skips the checks, not the plans it shows
+    return make(
         model=model.name,
         gpu=cluster.gpu.name,
         gpus_per_node=cluster.gpus_per_node,
@@ -725,7 +721,9 @@ def _assumptions(
         out.append("bitsandbytes paged states of tensors >= 1e5 elements live in CUDA unified memory, outside torch's "
                    "allocator: counted in host RAM (eq. M4b)")
     if setup.compile:
-        out.append("torch.compile: fused loss saves 16-bit logits (eq. L4); SiLU outputs recomputed (eq. A10)")
+        out.append(("torch.compile: fused loss saves 16-bit logits (eq. L4); " if setup.compile_loss else
+                    "torch.compile of the blocks, the loss eager (fp32 log-softmax saved, eq. L1); ")
+                   + "SiLU outputs recomputed (eq. A10)")
     if setup.trains_adapters and model.moe is not None:
         if facts.lora.experts:
             out.append("peft 0.21 adapts every routed expert (MLP targets moved to the fused expert parameters) and "

@@ -6,7 +6,7 @@ estimate, configs and validation all go through it (via :func:`planner.engine.ev
 from __future__ import annotations
 
 from planner.engine.lora_targets import lora_targets
-from planner.engine.setup import Setup, SetupError
+from planner.engine.setup import FP8_ARCHS, Setup, SetupError
 from profiles.cluster import Cluster
 from profiles.schema import ModelProfile
 
@@ -44,8 +44,11 @@ def validate_setup(setup: Setup, model: ModelProfile, cluster: Cluster) -> None:
             f"--optimizer-in-backward frees each gradient as it is made, so it cannot accumulate; "
             f"got --grad-accum {setup.grad_accum}; use --grad-accum 1"
         )
-    if setup.optimizer_in_backward and (setup.zero or setup.fsdp):
-        raise SetupError("--optimizer-in-backward is single-device or DDP only (torchtune); drop --zero/--fsdp")
+    if setup.optimizer_in_backward and setup.zero:
+        raise SetupError(
+            f"--optimizer-in-backward steps each parameter in its own hook; DeepSpeed ZeRO-{setup.zero} owns the "
+            "optimizer step (torchtune and torchtitan run it on one GPU or under FSDP2); use --fsdp full-shard"
+        )
     if setup.method == "qlora" and setup.zero == 3 and setup.offload != "none":
         raise SetupError("QLoRA with ZeRO-3 offload is not supported by bitsandbytes/DeepSpeed; use --offload none")
     if setup.method in ("full", "freeze") and setup.dora:
@@ -66,6 +69,7 @@ def validate_setup(setup: Setup, model: ModelProfile, cluster: Cluster) -> None:
         raise SetupError("--activation-offload offloads checkpointed block inputs; it needs --checkpointing full")
     if setup.recipe == "fp16-amp" and gpu.fp16_tflops is None:
         raise SetupError(f"{gpu.name} has no fp16 tensor cores")
+    validate_techniques(setup, model, cluster)
     if setup.trains_adapters:
         lora_targets(model, setup.lora_targets)  # names the model lacks, and what peft itself refuses
     elif setup.lora_train_embeddings or setup.lora_train_lm_head:
@@ -114,3 +118,110 @@ def check_used(setups: list[Setup], explicit: set[str] | frozenset[str], searche
             raise SetupError(f"{flag} is not used by any plan the search tries: it applies to {needs}; "
                              f"drop {flag} or ask for {needs}")
         raise SetupError(f"{flag} is not used: it applies to {needs}, and the setup has {has}; drop {flag}")
+GALORE_OPTIMIZERS = ("adamw", "adamw-8bit", "paged-adamw-8bit", "adafactor")
+"""The optimizers LLaMA-Factory 0.9.5 builds a GaLore optimizer from (``train/trainer_utils.py``
+``_create_galore_optimizer``: ``adamw_torch`` -> GaLoreAdamW, ``adamw_bnb_8bit`` / ``adamw_8bit`` / ``paged_adamw_8bit``
+-> GaLoreAdamW8bit, ``adafactor`` -> GaLoreAdafactor; anything else raises)."""
+
+
+def validate_techniques(setup: Setup, model: ModelProfile, cluster: Cluster) -> None:
+    """The recipe-book techniques' own rules (issue 12): GaLore, BAdam, LISA, FP8, tensor and context
+    parallelism, optimizer-step placement. One line each, naming the constraint and who imposes it."""
+    gpu, world = cluster.gpu, cluster.world_size
+    sub = setup.subspace_optimizer
+    chosen = [n for n, on in (("GaLore", setup.galore_rank is not None), ("BAdam", setup.badam),
+                              ("LISA", setup.lisa_layers is not None)) if on]
+    if len(chosen) > 1:
+        raise SetupError(f"choose one of GaLore, BAdam and LISA, not {' and '.join(chosen)} (LLaMA-Factory refuses combinations)")
+    if setup.galore_layerwise and setup.galore_rank is None:
+        raise SetupError("--galore-layerwise needs GaLore; add --galore-rank R (e.g. 128)")
+    if sub != "none":
+        name = {"galore": "GaLore", "badam": "BAdam", "lisa": "LISA"}[sub]
+        if setup.method != "full":
+            raise SetupError(f"{name} trains full weights; it applies to --method full, not {setup.method} "
+                             "(LLaMA-Factory refuses it with LoRA)")
+        if setup.offload != "none":
+            raise SetupError(f"{name} keeps its optimizer on the GPU; drop --offload {setup.offload}")
+        if setup.optimizer_in_backward:
+            raise SetupError(f"{name} is not combined with --optimizer-in-backward"
+                             + ("; use --galore-layerwise for GaLore's per-parameter step" if sub == "galore" else ""))
+        if setup.fp8 != "none" or setup.model_parallel > 1:
+            raise SetupError(f"{name} is not modelled with FP8 or tensor / context parallelism; drop --fp8 / --tp / --cp")
+    if sub == "galore":
+        if setup.zero or setup.fsdp:
+            raise SetupError(f"GaLore projects each matrix's whole gradient; {setup.sharding_label} shards it "
+                             "(LLaMA-Factory 0.9.5: 'GaLore and APOLLO are incompatible with DeepSpeed yet'); use --zero 0")
+        if setup.optimizer not in GALORE_OPTIMIZERS:
+            raise SetupError(f"GaLore wraps AdamW, 8-bit AdamW or Adafactor (LLaMA-Factory), not {setup.optimizer}; "
+                             f"use --optimizer {' | '.join(GALORE_OPTIMIZERS)}")
+        if setup.galore_layerwise and setup.grad_accum != 1:
+            raise SetupError(f"layer-wise GaLore steps each parameter in backward and cannot accumulate "
+                             f"(LLaMA-Factory: 'Per-layer GaLore does not support gradient accumulation'); got "
+                             f"--grad-accum {setup.grad_accum}; use --grad-accum 1")
+        if setup.galore_layerwise and world > 1:
+            raise SetupError(f"layer-wise GaLore runs on one GPU only (LLaMA-Factory: 'Distributed training does not "
+                             f"support layer-wise GaLore'); got {world} GPUs; drop --galore-layerwise")
+    if sub == "badam":
+        if world > 1 and setup.zero != 3:
+            raise SetupError(f"BAdam on {world} GPUs needs DeepSpeed ZeRO-3 (LLaMA-Factory: 'Layer-wise BAdam only "
+                             "supports DeepSpeed ZeRO-3 training'); use --zero 3 or one GPU")
+        if setup.fsdp:
+            raise SetupError("BAdam does not run under FSDP (LLaMA-Factory); use --zero 3 or one GPU")
+        if world == 1 and setup.zero:
+            raise SetupError("BAdam on one GPU runs without DeepSpeed; use --zero 0")
+        if not setup.zero and setup.recipe != "bf16":
+            raise SetupError(f"BAdam keeps the model in bf16 and an fp32 copy of the active block only (LLaMA-Factory "
+                             f"'BAdam detected, remaining trainable params in half precision'); use --recipe bf16, "
+                             f"not {setup.recipe}")
+        if setup.optimizer != "adamw":
+            raise SetupError(f"BAdam is modelled with AdamW as its base optimizer, not {setup.optimizer}; use --optimizer adamw")
+    if sub == "lisa":
+        if setup.lisa_layers > model.num_layers:
+            raise SetupError(f"--lisa-layers {setup.lisa_layers} exceeds the model's {model.num_layers} layers")
+        if setup.zero or setup.fsdp:
+            raise SetupError("LISA is modelled on one GPU or under DDP (LMFlow toggles whole layers' requires_grad); "
+                             "use --zero 0")
+    if setup.fp8 != "none":
+        if not (gpu.supports_fp8 and gpu.arch in FP8_ARCHS) or (setup.fp8 == "te" and gpu.vendor != "nvidia"):
+            raise SetupError(f"--fp8 {setup.fp8} needs FP8 tensor cores ("
+                             + ("NVIDIA Ada, Hopper or Blackwell for TransformerEngine" if setup.fp8 == "te" else
+                                "torchao float8: compute capability 8.9+ (Ada, Hopper, Blackwell) or MI300X")
+                             + f"); {gpu.name} ({gpu.arch}) has none; use --fp8 none")
+        if setup.method != "full":
+            raise SetupError(f"--fp8 is modelled for full fine-tuning only, not --method {setup.method}")
+        if setup.recipe == "fp16-amp":
+            raise SetupError("--fp8 keeps bf16 for everything that is not an FP8 matmul; use a bf16 recipe")
+        if setup.zero:
+            raise SetupError(f"--fp8 {setup.fp8} is modelled under FSDP2 (torchtitan), DDP or one GPU, not DeepSpeed "
+                             f"ZeRO-{setup.zero}; use --fsdp full-shard")
+        if setup.fp8 == "te" and setup.model_parallel > 1:
+            raise SetupError("--fp8 te is modelled without tensor / context parallelism (torchtitan runs torchao "
+                             "float8 with them); use --fp8 tensorwise or rowwise")
+    if setup.tp > 1 or setup.cp > 1:
+        mp = setup.model_parallel
+        if setup.fsdp is None:
+            raise SetupError("--tp/--cp are modelled as torchtitan composes them with FSDP2 (TP inside a node, FSDP "
+                             "across); add --fsdp full-shard")
+        if setup.method != "full":
+            raise SetupError(f"--tp/--cp are modelled for full fine-tuning (torchtitan 0.2.2 has no LoRA), not "
+                             f"--method {setup.method}")
+        if model.is_moe or model.mla is not None:
+            raise SetupError(f"--tp/--cp are not modelled for {model.name} (MoE / MLA attention); use --tp 1 --cp 1")
+        if world % mp:
+            raise SetupError(f"--tp {setup.tp} x --cp {setup.cp} = {mp} does not divide the {world} GPUs "
+                             "(torchtitan: dp x cp x tp == world size)")
+        if setup.tp > 1 and (cluster.gpus_per_node % setup.tp):
+            raise SetupError(f"--tp {setup.tp} must divide the {cluster.gpus_per_node} GPUs of a node (TP stays "
+                             "within a node, on NVLink); use --tp 2, 4 or 8")
+        if model.num_heads % setup.tp or model.num_kv_heads % setup.tp:
+            raise SetupError(f"--tp {setup.tp} must divide {model.name}'s {model.num_heads} query and "
+                             f"{model.num_kv_heads} key/value heads")
+        divisor = 2 * setup.tp * setup.cp
+        if setup.seq_len % divisor:
+            raise SetupError(f"--seq {setup.seq_len} must be a multiple of 2 x tp x cp = {divisor} "
+                             "(torchtitan parallelize_llama: seq_len % (tp * 2 * cp) == 0)")
+        if setup.cp > 1 and setup.attention == "eager":
+            raise SetupError("--cp needs SDPA or flash attention (torchtitan's ring attention); use --attention sdpa")
+    if setup.async_tp and not (setup.tp > 1 and setup.compile):
+        raise SetupError("--async-tp overlaps TP collectives inside compiled graphs: it needs --tp > 1 and --compile "
+                         "(torchtitan: 'Async TP requires ... --compile.enable')")

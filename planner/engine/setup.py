@@ -81,6 +81,22 @@ LOSSES: dict[str, str] = {
     "liger": "Liger fused linear cross-entropy: logits never materialised beyond one chunk",
 }
 
+Fp8 = Literal["none", "tensorwise", "rowwise", "te"]
+FP8: dict[str, str] = {
+    "none": "bf16 / fp16 matmuls",
+    "tensorwise": "torchao float8 with one dynamic scale per tensor (torchtitan's default float8 recipe; float8 "
+    "all-gather under FSDP2)",
+    "rowwise": "torchao float8 with one scale per row (torchtitan recipe_name rowwise; LLaMA-Factory's torchao backend): "
+    "more accurate, slower GEMMs, bf16 all-gather",
+    "te": "NVIDIA TransformerEngine FP8 (HYBRID E4M3/E5M2, delayed scaling; LLaMA-Factory fp8_backend te): linear "
+    "inputs saved in FP8",
+}
+"""FP8 training of the blocks' linear layers (docs/memory.md F8, docs/speed.md S28): GPUs with FP8 tensor cores only."""
+FP8_ARCHS = ("ada", "hopper", "blackwell", "cdna3")
+"""Architectures with FP8 tensor cores that torchao's float8 training runs on: torchtitan's ``Float8LinearConverter``
+requires ``has_cuda_capability(8, 9)`` (SM89 Ada, SM90 Hopper, SM100 Blackwell; MI300X's gfx942 reports 9.4 under
+ROCm and is in torchao's own float8 benchmark table). TransformerEngine: NVIDIA only."""
+
 
 class SetupError(InputError):
     """An impossible or unsupported setup: one line, safe to print as-is."""
@@ -119,6 +135,34 @@ class Setup(BaseModel):
     optimizer_in_backward: bool = False
     activation_offload: bool = False
     compile: bool = Field(False, description="torch.compile the model (fused elementwise kernels)")
+    compile_loss: bool = Field(
+        True, description="with compile: the loss is compiled too (the HF Trainer compiles the whole model, torchtune "
+        "training.compile_loss, torchtitan >= 0.2 compile.components model + loss). False: compiled blocks with an "
+        "eager loss, as torchtitan ran in 2024 ('compiling loss function causes CUDA errors, turning off for now', "
+        "train.py); the published runs of that time are mapped so")
+    galore_rank: int | None = Field(
+        None, ge=1, description="GaLore (Zhao et al. 2024): project each block matrix's gradient to this rank for Adam; "
+        "None = off (LLaMA-Factory use_galore / galore_rank)"
+    )
+    galore_update_interval: int = Field(
+        200, ge=1, description="GaLore: recompute the projection (an SVD per matrix) every N steps (LLaMA-Factory default 200)"
+    )
+    galore_layerwise: bool = Field(
+        False, description="GaLore layer-wise: one optimizer per parameter, stepped in backward (no gradient buffer, "
+        "no accumulation; LLaMA-Factory galore_layerwise)"
+    )
+    badam: bool = Field(
+        False, description="BAdam (Luo et al. 2024) layer mode: one decoder block trains at a time, switching blocks "
+        "every 50 steps; embeddings and LM head frozen (LLaMA-Factory use_badam)"
+    )
+    lisa_layers: int | None = Field(
+        None, ge=1, description="LISA (Pan et al. 2024): this many randomly sampled decoder blocks train per interval, "
+        "embeddings and LM head always; None = off (LMFlow lisa_activated_layers; no emitter)"
+    )
+    fp8: Fp8 = Field("none", description="FP8 training of the blocks' linear layers (torchao float8 or TransformerEngine)")
+    tp: int = Field(1, ge=1, description="tensor-parallel degree, within a node (torchtitan: TP inside, FSDP2 across)")
+    cp: int = Field(1, ge=1, description="context-parallel degree (torchtitan ring attention over sequence shards)")
+    async_tp: bool = Field(False, description="torchtitan asynchronous TP: collectives overlapped with the matmuls (needs compile)")
     fused_kernels: bool = Field(
         False, description="fused Triton kernels for RMSNorm, SwiGLU and RoPE (Liger Kernel; LLaMA-Factory "
         "enable_liger_kernel patches these together with the fused linear cross-entropy)"
@@ -152,10 +196,40 @@ class Setup(BaseModel):
 
     @property
     def method_label(self) -> str:
-        """``full``, ``freeze``, ``lora``, ``qlora``, ``dora`` or ``qdora`` (QLoRA with DoRA, peft's QDoRA)."""
+        """``full``, ``freeze``, ``lora``, ``qlora``, ``dora``, ``qdora`` (QLoRA with DoRA, peft's QDoRA), or the
+        optimizer that changes what a full fine-tuning update is: ``galore``, ``badam``, ``lisa``."""
         if self.dora and self.trains_adapters:
             return "qdora" if self.method == "qlora" else "dora"
+        if self.method == "full" and self.subspace_optimizer != "none":
+            return self.subspace_optimizer
         return self.method
+
+    @property
+    def subspace_optimizer(self) -> str:
+        """``galore``, ``badam``, ``lisa`` or ``none``: the full-parameter methods that update a subspace (a low-rank
+        projection, one block, a few sampled blocks) per step."""
+        if self.galore_rank is not None:
+            return "galore"
+        if self.badam:
+            return "badam"
+        if self.lisa_layers is not None:
+            return "lisa"
+        return "none"
+
+    @property
+    def steps_in_backward(self) -> bool:
+        """Each parameter is stepped as soon as its gradient exists (no gradient buffer): optimizer in backward, or
+        layer-wise GaLore (which is implemented the same way: per-parameter optimizers in post-accumulate hooks)."""
+        return self.optimizer_in_backward or (self.galore_rank is not None and self.galore_layerwise)
+
+    @property
+    def model_parallel(self) -> int:
+        """GPUs that share one replica's sequence: TP x CP (torchtitan's mesh: data parallel = world / (tp x cp))."""
+        return self.tp * self.cp
+
+    def data_parallel(self, world_size: int) -> int:
+        """Data-parallel ranks (FSDP shards x replicas): ``world / (tp x cp)``; each consumes its own micro-batch."""
+        return max(1, world_size // self.model_parallel)
 
     @property
     def sharding_label(self) -> str:
@@ -165,25 +239,49 @@ class Setup(BaseModel):
 
     def compact(self) -> str:
         """A table-width label: ``full ZeRO-3 ckpt 2x8 adamw``."""
-        parts = [self.method_label + (f" r{self.lora_rank}" if self.trains_adapters else ""), self.sharding_label]
+        parts = [self.method_label + (f" r{self.lora_rank}" if self.trains_adapters else "")
+                 + (f" r{self.galore_rank}" if self.galore_rank else ""), self.sharding_label]
+        parts += self._parallel_parts()
         if self.offload != "none":
             parts.append("off:" + ("opt" if self.offload == "optimizer" else "opt+par"))
         if self.checkpointing != "none":
             parts.append("ckpt" if self.checkpointing == "full" else "sel-ckpt")
         parts.append(f"{self.micro_batch}x{self.grad_accum}")
         parts.append(self.optimizer)
+        parts += self._extra_parts(short=False)
         if self.loss != "plain":
             parts.append(self.loss)
         return " ".join(parts)
 
+    def _parallel_parts(self) -> list[str]:
+        out = [f"TP{self.tp}" + ("-async" if self.async_tp else "")] if self.tp > 1 else []
+        return out + ([f"CP{self.cp}"] if self.cp > 1 else [])
+
+    def _extra_parts(self, short: bool) -> list[str]:
+        out = []
+        if self.fp8 != "none":
+            out.append(f"fp8 {self.fp8}" if short else f"fp8:{self.fp8}")
+        if self.optimizer_in_backward:
+            out.append("optimizer in backward" if short else "obwd")
+        if self.galore_layerwise and self.galore_rank:
+            out.append("layer-wise" if short else "lw")
+        if self.lisa_layers:
+            out.append(f"{self.lisa_layers} layers")
+        if self.activation_offload:
+            out.append("activation offload" if short else "act-off")
+        return out
+
     def short(self) -> str:
         """A one-line label: ``full · ZeRO-3 · ckpt full · mb 2 x ga 8 · adamw``."""
-        parts = [self.method_label + (f" r{self.lora_rank}" if self.trains_adapters else ""), self.sharding_label]
+        parts = [self.method_label + (f" r{self.lora_rank}" if self.trains_adapters else "")
+                 + (f" r{self.galore_rank}" if self.galore_rank else ""), self.sharding_label]
+        parts += self._parallel_parts()
         if self.offload != "none":
             parts.append(f"offload {self.offload}")
         parts.append(f"ckpt {self.checkpointing}" if self.checkpointing != "none" else "no ckpt")
         parts.append(f"mb {self.micro_batch} x ga {self.grad_accum}")
         parts.append(self.optimizer)
+        parts += self._extra_parts(short=True)
         if self.loss != "plain":
             parts.append(f"{self.loss} loss")
         return " · ".join(parts)

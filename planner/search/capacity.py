@@ -10,10 +10,9 @@ each question cheap the search is restricted, never widened:
 * a *probe* fixes the method, the sequence length and the micro-batch (1 unless the question is the
   micro-batch), asks for ``objective="memory"`` and ``top=1``, and leaves sharding, offload, optimizer and
   recipe searched. A fit question only needs "does anything fit"; the memory objective returns the smallest
-  peak, which is also what the memory-versus-sequence figure draws. A probe also fixes the two dimensions
-  that never raise memory, :data:`PROBE_DOMINANT` (full activation checkpointing, the fused Liger loss): the
-  smallest peak of the restricted space equals that of the whole space (checked over 651 model x cluster x
-  method x sequence combinations, and pinned by ``tests/planner/search/test_capacity.py``), at a quarter of the
+  peak, which is also what the memory-versus-sequence figure draws. A probe also fixes the dimension
+  that never raises memory, :data:`PROBE_DOMINANT` (full activation checkpointing): the smallest peak of the
+  restricted space equals that of the whole space (pinned by ``tests/planner/search/test_capacity.py``), at half the
   cost. About 5-30 ms per probe on a 2-core CPU, most of it in :func:`planner.engine.speed.flops_per_token`.
 * the plan shown for a cell (its speed and memory breakdown) is the fastest plan of the unrestricted search
   with the method and sequence fixed (``top=1``), as ``plan --method M`` would rank it first.
@@ -62,9 +61,11 @@ DEFAULT_MODELS: tuple[str, ...] = (
 CURVE_SEQS: tuple[int, ...] = (512, 1024, 2048, 4096, 8192, 16384, 32768, 65536, 131072)
 """Sequence lengths of the memory-versus-sequence curves (cut at the model's max positions)."""
 
-PROBE_DOMINANT: dict[str, str] = {"checkpointing": "full", "loss": "liger"}
-"""Setup fields fixed in fit probes because no other choice lowers the peak (the search's alternatives are
-no checkpointing and the plain fp32-logits loss, which only add saved activations and logits)."""
+PROBE_DOMINANT: dict[str, str] = {"checkpointing": "full"}
+"""Setup fields fixed in fit probes because no other choice lowers the peak (the search's alternative is no
+checkpointing, which only adds saved activations). The loss kernel is no longer fixed (issue 12): the Liger loss
+exists only in the HF / LLaMA-Factory bundle, and fixing it would drop torchtune's and torchtitan's plans (TP's
+vocabulary-sharded logits, the optimizer in backward), which can have the smallest peak."""
 
 Progress = Callable[[str], None]
 """Called once per finished unit of work with a short label; the CLI turns it into a progress bar."""

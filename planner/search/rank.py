@@ -12,17 +12,24 @@ doubles its micro-batch until the first one that does not fit.
 
 from __future__ import annotations
 
-import itertools
 from dataclasses import dataclass, field
 from typing import Any, Callable, Literal
 
 from planner.engine.calibration import CalibrationBook
 from planner.engine.dataset import DatasetShape
-from planner.engine.evaluate import DEFAULT_HEADROOM, check_efficiency, check_headroom, evaluate, usable_bytes
+from planner.engine.evaluate import (
+    DEFAULT_HEADROOM,
+    check_efficiency,
+    check_headroom,
+    evaluate,
+    paged_overflow_bytes,
+    usable_bytes,
+)
 from planner.engine.lora_targets import lora_targets
 from planner.engine.rules import check_used
 from planner.engine.results import Plan
-from planner.engine.setup import Setup, SetupError, candidate_recipes
+from planner.engine.setup import Setup, SetupError
+from planner.search.recipes import candidate_families as recipe_families
 from planner.units import gib
 from profiles.cluster import Cluster, make_cluster
 from profiles.errors import InputError, unknown_choice_message
@@ -110,63 +117,19 @@ def default_global_batch(world: int) -> int:
     return -(-DEFAULT_GLOBAL_BATCH // world) * world
 
 
-def _recipes(cluster: Cluster, sharding: tuple[int, str | None], fixed: dict) -> list[str]:
-    if "recipe" in fixed:
-        return [fixed["recipe"]]
-    return list(candidate_recipes(cluster.gpu.supports_bf16, *sharding))
-
-
-def _shardings(cluster: Cluster, fixed: dict) -> list[tuple[int, str | None]]:
-    if "fsdp" in fixed and fixed["fsdp"]:
-        return [(0, fixed["fsdp"])]
-    if "zero" in fixed:
-        return [(fixed["zero"], None)]
-    if cluster.world_size == 1:
-        return [(0, None), (2, None), (3, None)]  # ZeRO on one GPU only pays off with offload
-    return [(0, None), (1, None), (2, None), (3, None), (0, "full-shard")]
-
-
-def _offloads(sharding: tuple[int, str | None], world: int, fixed: dict) -> list[str]:
-    if "offload" in fixed:
-        return [fixed["offload"]]
-    zero, fsdp = sharding
-    if zero == 0 and fsdp is None:
-        return ["none"]
-    if world == 1 and zero:
-        return ["optimizer", "optimizer+params"] if zero == 3 else ["optimizer"]
-    if zero == 3:
-        return ["none", "optimizer", "optimizer+params"]
-    return ["none", "optimizer"] if zero >= 2 else ["none"]
-
-
 def candidate_families(model: ModelProfile, cluster: Cluster, request: SearchRequest) -> list[dict[str, Any]]:
-    """Every combination of the searched dimensions except micro-batch / accumulation."""
-    f = request.fixed
-    methods = [f["method"]] if "method" in f else ["full", "lora", "qlora"]
-    optimizers = [f["optimizer"]] if "optimizer" in f else ["adamw", "adamw-8bit"]
-    ckpts = [f["checkpointing"]] if "checkpointing" in f else ["none", "full"]
-    losses = [f["loss"]] if "loss" in f else ["plain", "liger"]
-    out = []
-    for method, shard, opt, ck, loss in itertools.product(methods, _shardings(cluster, f), optimizers, ckpts, losses):
-        for recipe in _recipes(cluster, shard, f):
-            for off in _offloads(shard, cluster.world_size, f):
-                fam = dict(f)
-                fam.update(
-                    method=method, zero=shard[0], fsdp=shard[1], optimizer=opt, checkpointing=ck,
-                    loss=loss, recipe=recipe, offload=off,
-                    # Liger's loss comes with its fused kernels (LLaMA-Factory enable_liger_kernel patches both)
-                    fused_kernels=f.get("fused_kernels", loss == "liger"),
-                )
-                out.append(fam)
-    return out
+    """Every family of the recipe book (:mod:`planner.search.recipes`) as Setup fields but micro-batch and
+    accumulation, simplest first."""
+    return [fam.fields for fam in recipe_families(model, cluster, request.fixed)]
 
 
 def _micro_batches(fixed: dict, global_batch: int, world: int) -> list[int]:
+    """Powers of two dividing the per-rank share of the global batch (``world`` = data-parallel ranks)."""
     if "micro_batch" in fixed:
         return [fixed["micro_batch"]]
-    per_rank = global_batch // world
+    per_rank = max(1, global_batch // world)
     if "grad_accum" in fixed:  # the global batch and the accumulation decide the micro-batch
-        return [per_rank // fixed["grad_accum"]]
+        return [max(1, per_rank // fixed["grad_accum"])]
     mbs, m = [], 1
     while m <= min(per_rank, MAX_MICRO_BATCH):
         if per_rank % m == 0:
@@ -178,32 +141,76 @@ def _micro_batches(fixed: dict, global_batch: int, world: int) -> list[int]:
 def _grad_accum(global_batch: int, micro_batch: int, world: int, fixed: dict) -> int | None:
     if "grad_accum" in fixed:
         return fixed["grad_accum"]
-    per_rank = global_batch // world
+    per_rank = max(1, global_batch // world)
     if per_rank % micro_batch:
         return None
     return per_rank // micro_batch
 
 
+COMPLEXITY: dict[str, float] = {
+    "loss": 0.25, "optimizer_in_backward": 0.3, "8bit": 0.5, "fp8": 0.6, "pure_bf16": 0.5,
+    "activation_offload": 0.7, "subspace": 1.5, "paged": 1.75, "async_tp": 0.25, "tp": 2.0, "cp": 2.5,
+}
+"""Weights of the knobs in :func:`complexity`, cheapest first (research notes for issue 12, sec. 8): a loss kernel
+< optimizer in backward < 8-bit states < FP8 < pure bf16 < activation offload < GaLore / BAdam / LISA < paged
+states < TP < CP < CPU offload (5-6, below)."""
+
+
 def complexity(s: Setup) -> float:
     """How much machinery a plan needs, to break ties between plans of equal speed (lower is simpler):
-    DDP < ZeRO-1 < ZeRO-2 < FSDP < ZeRO-3, offload, checkpointing, non-default optimizer / loss / recipe."""
+    DDP < ZeRO-1 < ZeRO-2 < FSDP < ZeRO-3, CPU offload, checkpointing, and the recipe book's knobs
+    (:data:`COMPLEXITY`)."""
+    w = COMPLEXITY
     c = {0: 0.0, 1: 1.0, 2: 2.0, 3: 4.0}[s.zero] + (3.0 if s.fsdp else 0.0)
     c += {"none": 0.0, "optimizer": 5.0, "optimizer+params": 6.0}[s.offload]
     c += 1.0 if s.checkpointing != "none" else 0.0
-    c += 0.5 if s.optimizer != "adamw" else 0.0
-    c += 0.25 if s.loss != "plain" else 0.0
-    c += 0.5 if s.recipe == "bf16" else 0.0
+    c += w["paged"] if s.optimizer.startswith("paged") else 0.0
+    c += w["8bit"] if s.optimizer.endswith("8bit") else (0.5 if s.optimizer not in ("adamw", "paged-adamw") else 0.0)
+    c += w["loss"] if s.loss != "plain" else 0.0
+    c += w["pure_bf16"] if s.recipe == "bf16" else 0.0
+    c += w["optimizer_in_backward"] if s.steps_in_backward else 0.0
+    c += w["activation_offload"] if s.activation_offload else 0.0
+    c += w["subspace"] if s.subspace_optimizer != "none" else 0.0
+    c += w["fp8"] if s.fp8 != "none" else 0.0
+    c += (w["tp"] + (w["async_tp"] if s.async_tp else 0.0)) if s.tp > 1 else 0.0
+    c += w["cp"] if s.cp > 1 else 0.0
     return c
+
+
+def setup_tier(s: Setup) -> int:
+    """:func:`tier` from the setup alone (paged states counted as on the GPU)."""
+    return 2 if s.offload != "none" else (1 if s.subspace_optimizer != "none" else 0)
+
+
+def tier(plan: Plan, paged_spill: int = 0) -> int:
+    """The ranking tier (docs/planner.md "Ranking"), before speed: 0 = trains every parameter exactly, on the GPU;
+    1 = GaLore / BAdam / LISA (a subspace per step, on the GPU); 2 = host-resident state (CPU offload, or paged
+    optimizer states that do not fit the GPU and cross PCIe every step). The research's ladder (notes for issue
+    12, sec. 8; torchtune memory_optimizations.rst: CPU offload 'only if the other techniques are not enough')."""
+    s = plan.setup
+    if s.offload != "none" or paged_spill > 0:
+        return 2
+    return 1 if s.subspace_optimizer != "none" else 0
 
 
 def _score(plan: Plan, objective: str) -> tuple:
     """Sort key, best first. Throughput (and cost, which on a fixed cluster is proportional to 1 / tokens/s)
-    ranks by tokens/s in 1 % buckets, then simpler plans, then larger micro-batches (fewer accumulation
-    steps), then lower peak; memory ranks by peak."""
+    ranks by :func:`tier` (exact and on the GPU, then GaLore / BAdam / LISA, then host-resident state), then
+    tokens/s in 1 % buckets, then simpler plans, then larger micro-batches (fewer accumulation steps), then lower
+    peak; memory ranks by peak."""
     mem, speed = plan.memory, plan.speed
     if objective == "memory":
         return (mem.peak_bytes, -speed.tokens_per_s)
-    return (-speed_bucket(speed.tokens_per_s), complexity(plan.setup), -plan.setup.micro_batch, mem.peak_bytes)
+    return (tier(plan, paged_overflow_bytes(mem, plan.usable_bytes)), -speed_bucket(speed.tokens_per_s), complexity(plan.setup),
+            -plan.setup.micro_batch, mem.peak_bytes)
+
+
+def display_family(s: Setup) -> tuple:
+    """Plans are shown one per family: method (GaLore / BAdam / LISA apart), sharding, CPU offload, checkpointing,
+    TP / CP, FP8, where the optimizer steps and whether its states are paged; the best micro-batch, optimizer and
+    loss kernel of each."""
+    return (s.method_label, s.zero, s.fsdp, s.offload, s.checkpointing, s.tp, s.cp, s.fp8 != "none",
+            s.steps_in_backward, s.optimizer.startswith("paged"))
 
 
 def speed_bucket(tokens_per_s: float) -> int:
@@ -247,12 +254,12 @@ def search(model: ModelProfile, cluster: Cluster, request: SearchRequest, with_s
             f"global batch {gb} is not divisible into accumulation {f['grad_accum']} x micro-batch x "
             f"data-parallel size {world}"
         )
-    families = candidate_families(model, cluster, request)
+    recipe_book = recipe_families(model, cluster, f)
     if request.explicit:
         setups = []
-        for fam in families:
+        for fam in recipe_book:
             try:
-                setups.append(Setup(**dict(fam, micro_batch=1, grad_accum=1)))
+                setups.append(Setup(**dict(fam.fields, micro_batch=1, grad_accum=1)))
             except ValueError:
                 continue
         check_used(setups, request.explicit, searched=True)
@@ -262,13 +269,32 @@ def search(model: ModelProfile, cluster: Cluster, request: SearchRequest, with_s
     considered = 0
     first_error: str | None = None
     exclusions: dict[str, int] = {}
-    for fam in families:
-        for mb in _micro_batches(f, gb, world):
-            ga = _grad_accum(gb, mb, world, f)
+    status: dict[tuple, tuple[bool, bool]] = {}
+    """family key -> (fits at some micro-batch, fits at the largest one): what the pruning rules read"""
+    pruned: dict[str, int] = {}
+    prune = request.objective != "memory"  # the rules are about speed: a saver always lowers memory
+    for fam in recipe_book:
+        dominated = None if not prune else next((sib for saver, sib in fam.siblings if sib in status and (
+            status[sib][1] or (saver == "offload" and status[sib][0]))), None)
+        if dominated is not None:
+            saver = next(sv for sv, sib in fam.siblings if sib == dominated)
+            pruned[saver] = pruned.get(saver, 0) + 1
+            status[fam.key] = status[dominated]
+            continue
+        fields = fam.fields
+        fam_fixed = {**f, "grad_accum": fields["grad_accum"]} if "grad_accum" in fields else f
+        dp = max(1, world // (fields.get("tp", 1) * fields.get("cp", 1)))
+        # a family that steps in backward cannot accumulate: its global batch is micro-batch x data-parallel ranks
+        # (said in its reasons), so its micro-batches are searched even when the accumulation is fixed
+        in_bwd = bool(fields.get("optimizer_in_backward") or fields.get("galore_layerwise"))
+        mbs = _micro_batches({k: v for k, v in f.items() if k != "grad_accum"} if in_bwd else f, gb, dp)
+        fit_any = fit_max = False
+        for mb in mbs:
+            ga = _grad_accum(gb, mb, dp, fam_fixed)
             if ga is None:
                 continue
             try:
-                setup = Setup(**dict(fam, micro_batch=mb, grad_accum=ga))
+                setup = Setup(**dict(fields, micro_batch=mb, grad_accum=ga))
                 plan = evaluate(model, cluster, setup, request.calibration, headroom=request.headroom,
                                 efficiency=request.efficiency, data=request.dataset, explain=False)
             except SetupError as e:
@@ -305,7 +331,10 @@ def search(model: ModelProfile, cluster: Cluster, request: SearchRequest, with_s
                     )
                 )
                 continue
+            fit_any = True
+            fit_max = fit_max or mb == mbs[-1]
             fits.append((_score(plan, request.objective), plan))
+        status[fam.key] = (fit_any, fit_max)
     excluded = sum(exclusions.values())
     if considered == 0 and exclusions:  # possible setups existed, the caller's filter kept them all out
         what = request.admit_label or "the filter"
@@ -316,28 +345,29 @@ def search(model: ModelProfile, cluster: Cluster, request: SearchRequest, with_s
     if considered == 0 and first_error:
         raise SearchError(first_error)
     fits.sort(key=lambda t: t[0])
-    # one plan per family of (method, sharding, offload, checkpointing): the best micro-batch / optimizer / loss
+    # one plan per family of (method, sharding, offload, checkpointing, parallelism, step placement, paging): the
+    # best micro-batch / optimizer / loss of each
     seen: set[tuple] = set()
     families: list[Plan] = []
     for _, p in fits:
-        s = p.setup
-        key = (s.method, s.zero, s.fsdp, s.offload, s.checkpointing)
+        key = display_family(p.setup)
         if key in seen:
             continue
         seen.add(key)
         families.append(p)
     ranked = families[: request.top]
-    # the best plan of every searched method is shown even when another method fills the top N
-    for method in dict.fromkeys(p.setup.method for p in families):
-        if not any(p.setup.method == method for p in ranked):
-            ranked.append(next(p for p in families if p.setup.method == method))
-    # the plans shown are judged again with their assumption lines (candidates were judged without them)
+    # the best plan of every searched method (GaLore, BAdam and LISA count as methods) is shown even when
+    # another method fills the top N
+    for method in dict.fromkeys(p.setup.method_label for p in families):
+        if not any(p.setup.method_label == method for p in ranked):
+            ranked.append(next(p for p in families if p.setup.method_label == method))
+    # the ranked plans with their assumption lines (the search itself skips them: they are text)
     ranked = [evaluate(model, cluster, p.setup, request.calibration, headroom=request.headroom,
                        efficiency=request.efficiency, data=request.dataset) for p in ranked]
     plans = [
         p.model_copy(update={"rank": i + 1, "reasons": tuple(
-            explain(p, i, ranked, rejected, usable, model)
-            + ([f"the best {p.setup.method} plan, shown beyond the top {request.top}"] if i >= request.top else [])
+            explain(p, i, ranked, rejected, usable, model, gb, world)
+            + ([f"the best {p.setup.method_label} plan, shown beyond the top {request.top}"] if i >= request.top else [])
         )})
         for i, p in enumerate(ranked)
     ]
@@ -349,6 +379,14 @@ def search(model: ModelProfile, cluster: Cluster, request: SearchRequest, with_s
     ]
     if excluded:
         notes.append(f"{excluded} candidate families not searched: {request.admit_label or 'the filter'} cannot run them")
+    if pruned:
+        notes.append(
+            f"{sum(pruned.values())} families skipped as dominated (a memory saver whose sibling without it already "
+            "fits the largest micro-batch, or CPU offload whose in-memory sibling fits): "
+            + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in sorted(pruned.items())))
+    if any(p.setup.steps_in_backward for p in plans):
+        notes.append("plans stepping the optimizer in backward cannot accumulate: their global batch is "
+                     "micro-batch x data-parallel GPUs (said in each)")
     suggestions = [] if plans or not with_suggestions else suggest(model, cluster, request, rejected, usable)
     return SearchResult(model, cluster, request, plans, rejected, considered, gb, usable, notes, suggestions, excluded)
 
@@ -374,9 +412,11 @@ def sharding_traffic_note(model: ModelProfile, setup: Setup, world_size: int) ->
 
 
 def explain(plan: Plan, index: int, ranked: list[Plan], rejected: list[Rejection], usable: int,
-            model: ModelProfile) -> list[str]:
-    """Why this plan ranks here: what it trades, and which faster candidates did not fit."""
+            model: ModelProfile, global_batch: int | None = None, world: int | None = None) -> list[str]:
+    """Why this plan ranks here: what it trades (every technique says what it gave up), and which faster
+    candidates did not fit; for a host-resident plan on top, why no in-memory plan exists."""
     s, m, sp = plan.setup, plan.memory, plan.speed
+    world = world or sp.world_size
     out: list[str] = []
     cats = m.categories
     biggest = max(cats, key=lambda k: cats[k])
@@ -385,8 +425,9 @@ def explain(plan: Plan, index: int, ranked: list[Plan], rejected: list[Rejection
         out.append(f"LoRA rank {s.lora_rank}: trains only the adapters; base frozen in bf16 (quality may differ from full fine-tuning)")
     elif s.method == "qlora":
         out.append("QLoRA: 4-bit NF4 base saves memory but dequantises every layer each pass (slower than LoRA)")
-    elif s.method == "full":
+    elif s.method == "full" and s.subspace_optimizer == "none":
         out.append("full fine-tuning: every parameter trains")
+    out += technique_reasons(plan, global_batch, world)
     if s.checkpointing == "full":
         out.append(f"activation checkpointing: recomputes the forward ({sp.breakdown_s.get('recompute', 0):.2f} s/step) to fit a larger micro-batch or model")
     traffic = sharding_traffic_note(model, s, sp.world_size)
@@ -394,14 +435,22 @@ def explain(plan: Plan, index: int, ranked: list[Plan], rejected: list[Rejection
         out.append(traffic)
     if s.offload != "none":
         out.append(f"offload {s.offload} to CPU: {gib(m.host_bytes)} host RAM per node, bounded by PCIe ({sp.breakdown_s.get('offload', 0):.2f} s/step)")
-    if s.optimizer != "adamw":
-        out.append(f"optimizer {s.optimizer}: smaller states than fp32 AdamW")
     if s.loss == "liger":
         out.append("Liger fused linear cross-entropy: logits never materialised")
+    elif s.loss == "chunked":
+        out.append("chunked cross-entropy: fp32 logits one chunk of 8 at a time")
+    if index == 0 and tier(plan, paged_overflow_bytes(m, plan.usable_bytes)) == 2:
+        in_memory = [r for r in rejected if r.peak_bytes and setup_tier(r.setup) < 2
+                     and not r.setup.optimizer.startswith("paged") and "host RAM" not in r.reason]
+        if in_memory:
+            closest = min(in_memory, key=lambda r: r.peak_bytes or 1 << 62)
+            out.append(
+                f"no in-memory plan fits: the closest, {closest.setup.short()}, needs {gib(closest.peak_bytes)} per GPU, "
+                f"{gib(closest.peak_bytes - usable)} over the usable {gib(usable)}; so state lives in host RAM")
     faster = [
         r for r in rejected
         if r.tokens_per_s and speed_bucket(r.tokens_per_s) > speed_bucket(sp.tokens_per_s) and r.peak_bytes
-        and "host RAM" not in r.reason
+        and "host RAM" not in r.reason and setup_tier(r.setup) <= setup_tier(s)
     ]
     if faster and index == 0:
         best = max(faster, key=lambda r: r.tokens_per_s or 0)
@@ -412,10 +461,67 @@ def explain(plan: Plan, index: int, ranked: list[Plan], rejected: list[Rejection
     if index > 0:
         prev = ranked[index - 1]
         ratio = prev.speed.tokens_per_s / sp.tokens_per_s
-        if speed_bucket(prev.speed.tokens_per_s) == speed_bucket(sp.tokens_per_s):
+        t_prev, t_this = (tier(prev, paged_overflow_bytes(prev.memory, prev.usable_bytes)),
+                          tier(plan, paged_overflow_bytes(m, plan.usable_bytes)))
+        if t_this > t_prev and sp.tokens_per_s > prev.speed.tokens_per_s:
+            out.append(f"{sp.tokens_per_s / prev.speed.tokens_per_s:.2f}x faster than plan {index} but ranked after "
+                       + ("every plan that trains all parameters exactly on the GPU" if t_this == 1 else
+                          "every plan that keeps its state on the GPU"))
+        elif speed_bucket(prev.speed.tokens_per_s) == speed_bucket(sp.tokens_per_s):
             out.append(f"as fast as plan {index} (within 1 %); ranked lower as it needs more machinery or memory")
         else:
             out.append(f"{ratio:.2f}x slower than plan {index}")
+    return out
+
+
+def technique_reasons(plan: Plan, global_batch: int | None, world: int) -> list[str]:
+    """What each recipe-book technique of a plan gives up, one line each (issue 12)."""
+    s, m, sp = plan.setup, plan.memory, plan.speed
+    out: list[str] = []
+    dp = s.data_parallel(world)
+    if s.steps_in_backward:
+        asked = f" (asked: {global_batch})" if global_batch and global_batch != s.micro_batch * dp else ""
+        what = "layer-wise GaLore steps each parameter in backward" if s.galore_layerwise else "optimizer in backward"
+        ranks = "GPUs" if dp == world else "data-parallel ranks"
+        out.append(f"{what}: no gradient accumulation and no gradient clipping, so global batch = micro-batch x {ranks} "
+                   f"= {s.micro_batch * dp}{asked}; frees the gradient buffer")
+    if s.galore_rank is not None:
+        out.append(f"GaLore rank {s.galore_rank}: each matrix's update lies in a rank-{s.galore_rank} subspace refreshed by "
+                   f"an SVD every {s.galore_update_interval} steps (a different optimizer from AdamW: quality may differ)"
+                   + ("; the logged gradient norm is zero in layer-wise mode" if s.galore_layerwise else ""))
+    if s.badam:
+        out.append("BAdam: one decoder block trains at a time (switching every 50 steps, full Adam on that block); "
+                   "embeddings and LM head never train")
+    if s.lisa_layers:
+        out.append(f"LISA: {s.lisa_layers} randomly sampled blocks train per interval, embeddings and LM head always; LMFlow, "
+                   "its only implementation, keeps the states of every block it has sampled (memory grows toward "
+                   "full AdamW); no trainer tuneplan writes configs for runs it")
+    if s.optimizer.endswith("8bit"):
+        out.append(f"optimizer {s.optimizer}: block-wise 8-bit states (a quarter of fp32; may reduce stability)")
+    elif s.optimizer not in ("adamw", "paged-adamw"):
+        out.append(f"optimizer {s.optimizer}: smaller states than AdamW")
+    if s.optimizer.startswith("paged"):
+        paged = m.host_categories.get("paged_optimizer", 0) // max(1, m.gpus_per_node)
+        spill = paged_overflow_bytes(m, plan.usable_bytes)
+        out.append(f"paged optimizer: {gib(paged)} of states in CUDA unified memory, outside torch's allocator; "
+                   + (f"{gib(spill)} do not fit the GPU and cross PCIe twice per step "
+                      f"({sp.breakdown_s.get('offload', 0):.2f} s/step)" if spill else "they fit beside the peak: no paging"))
+    if s.recipe == "bf16" and s.method in ("full", "freeze") and not s.badam:
+        out.append("pure bf16: no fp32 master weights (small updates can round away)")
+    if s.activation_offload:
+        out.append(f"activation offload: {gib(m.host_categories.get('offloaded_activations', 0))} of block inputs per node "
+                   "in pinned host RAM, copied while the GPU computes")
+    if s.fp8 != "none":
+        out.append(f"FP8 {s.fp8}: the blocks' linear layers multiply in FP8 (LM head, attention and norms stay bf16); "
+                   + {"tensorwise": "one scale per tensor, the least accurate recipe; needs torch.compile to pay off",
+                      "rowwise": "one scale per row: more accurate, slower GEMMs, bf16 all-gathers",
+                      "te": "TransformerEngine delayed scaling (amax history)"}[s.fp8])
+    if s.tp > 1:
+        out.append(f"tensor parallel {s.tp} within a node: {s.tp} GPUs share each layer's matmuls; 8 collectives per block "
+                   f"per micro-step on NVLink{' (async TP overlaps part with the matmuls)' if s.async_tp else ''}; "
+                   f"data-parallel ranks = {dp}")
+    if s.cp > 1:
+        out.append(f"context parallel {s.cp}: each sequence split over {s.cp} GPUs, K/V all-gathered per layer")
     return out
 
 

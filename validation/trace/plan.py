@@ -199,7 +199,19 @@ def plan_trace(model: ModelProfile, cluster: Cluster, setup: Setup, adam_impl: A
             "bitsandbytes quantises and dequantises with CUDA kernels; weights_frozen is the 16-bit size, "
             "not NF4's ~0.53 B/param, and the per-layer dequantised copy is absent"))
 
+    for wanted, on in (("GaLore", setup.galore_rank is not None), ("BAdam", setup.badam),
+                       ("LISA", setup.lisa_layers is not None), (f"FP8 {setup.fp8}", setup.fp8 != "none"),
+                       (f"TP {setup.tp} / CP {setup.cp}", setup.model_parallel > 1)):
+        if on:
+            subs.append(Substitution(wanted, "the same setup without it", "the trace has no emulation of it yet "
+                                     "(issue 12 added it to the engine only); errs high against the engine"))
     optimizer = setup.optimizer
+    if optimizer == "paged-adamw":
+        subs.append(Substitution(
+            "bitsandbytes PagedAdamW (32-bit, unified memory)", "torch AdamW with its states on the traced device",
+            "bitsandbytes keeps fp32 states in CUDA managed memory outside torch's allocator (docs/memory.md M4b); "
+            "the trace counts torch AdamW's states on the device instead, so it errs high against the engine"))
+        optimizer = "adamw"
     eight_bit = optimizer in ("adamw-8bit", "paged-adamw-8bit")
     paged = optimizer in ("paged-adamw", "paged-adamw-8bit")
     bnb = eight_bit or paged

@@ -16,7 +16,7 @@ from planner.app.errors import CliError
 from planner.engine.evaluate import DEFAULT_HEADROOM, check_efficiency, check_headroom
 from planner.engine.rules import check_used, validate_setup
 from planner.engine.setup import (
-    Attention, Checkpointing, Framework, Loss, Method, Optimizer, Recipe, Setup, default_recipe,
+    Attention, Checkpointing, Fp8, Framework, Loss, Method, Optimizer, Recipe, Setup, default_recipe,
 )
 from profiles.errors import InputError
 from profiles.cluster import Cluster, parse_cluster
@@ -152,11 +152,30 @@ def add_setup_args(parser: argparse.ArgumentParser, search: bool = False) -> Non
     g.add_argument("--compile", action="store_true", help="torch.compile the model (fused elementwise kernels)")
     g.add_argument("--fused-kernels", action="store_true",
                    help="Liger / Triton fused RMSNorm, SwiGLU and RoPE (LLaMA-Factory enable_liger_kernel)")
-    g.add_argument("--framework", choices=get_args(Framework), default=d.framework,
-                   help=f"the trainer that runs the plan (its per-step overhead) (default: {d.framework})")
+    g.add_argument("--framework", choices=get_args(Framework), default=default(d.framework),
+                   help="the trainer that runs the plan (its per-step overhead)" + dflt(d.framework))
     g.add_argument("--padding-efficiency", type=fraction_arg, default=d.padding_efficiency, metavar="F",
                    help="real tokens / processed positions, in (0, 1]: padding or unfilled packs "
                         "(default: 1.0, rows full; --dataset measures it)")
+    r = parser.add_argument_group("recipe book" + (" (searched where a trainer runs them; each flag fixes it)" if search else ""))
+    r.add_argument("--galore-rank", type=positive_int, default=None, metavar="R",
+                   help="GaLore: project gradients to rank R (LLaMA-Factory use_galore; full fine-tuning, no ZeRO/FSDP)")
+    r.add_argument("--galore-update-interval", type=positive_int, default=None, metavar="N",
+                   help=f"GaLore: recompute the projection every N steps (default: {d.galore_update_interval})")
+    r.add_argument("--galore-layerwise", action="store_true",
+                   help="GaLore layer-wise: step each parameter in backward (one GPU, --grad-accum 1)")
+    r.add_argument("--badam", action="store_true",
+                   help="BAdam: train one decoder block at a time (LLaMA-Factory use_badam; one GPU or ZeRO-3, --recipe bf16)")
+    r.add_argument("--lisa-layers", type=positive_int, default=None, metavar="N",
+                   help="LISA: train N sampled blocks per interval (LMFlow; modelled, no config is written)")
+    r.add_argument("--fp8", choices=get_args(Fp8), default=default(d.fp8),
+                   help="FP8 training of the linear layers: tensorwise | rowwise (torchao) | te (TransformerEngine); "
+                        "Ada / Hopper / Blackwell / MI300X only" + dflt(d.fp8))
+    r.add_argument("--tp", type=positive_int, default=default(d.tp), metavar="T",
+                   help="tensor-parallel degree within a node (torchtitan, with --fsdp full-shard)" + dflt(d.tp))
+    r.add_argument("--cp", type=positive_int, default=default(d.cp), metavar="C",
+                   help="context-parallel degree (torchtitan ring attention, with --fsdp full-shard)" + dflt(d.cp))
+    r.add_argument("--async-tp", action="store_true", help="torchtitan asynchronous TP (needs --tp > 1 and --compile)")
     g.add_argument("--allow-long-seq", action="store_true",
                    help="allow --seq beyond the model's max positions (you extend RoPE yourself)")
 
@@ -167,7 +186,8 @@ SETUP_FIELD_OF: dict[str, str] = {
                  "attention", "loss", "micro_batch", "grad_accum", "seq", "packing", "lora_rank", "lora_alpha",
                  "lora_targets", "lora_dropout", "dora", "lora_train_embeddings", "lora_train_lm_head",
                  "freeze_layers", "double_quant", "optimizer_in_backward", "activation_offload", "compile",
-                 "allow_long_seq")
+                 "allow_long_seq", "fused_kernels", "framework", "padding_efficiency", "galore_rank",
+                 "galore_update_interval", "galore_layerwise", "badam", "lisa_layers", "fp8", "tp", "cp", "async_tp")
 }
 """argparse destination of every Setup flag (:func:`add_setup_args`) -> the Setup field it sets."""
 
@@ -220,7 +240,11 @@ def setup_from_args(args: argparse.Namespace, cluster: Cluster, model: ModelProf
         double_quant=args.double_quant, optimizer_in_backward=args.optimizer_in_backward,
         activation_offload=args.activation_offload, compile=args.compile, allow_long_seq=args.allow_long_seq,
         fused_kernels=args.fused_kernels, framework=args.framework, padding_efficiency=args.padding_efficiency,
+        galore_rank=args.galore_rank, galore_layerwise=args.galore_layerwise, badam=args.badam,
+        lisa_layers=args.lisa_layers, fp8=args.fp8, tp=args.tp, cp=args.cp, async_tp=args.async_tp,
     )
+    if args.galore_update_interval is not None:
+        fields["galore_update_interval"] = args.galore_update_interval
     try:
         setup = Setup(**fields)
     except Exception as e:  # pydantic ValidationError -> one line
@@ -302,7 +326,8 @@ def add_search_args(g: argparse._ArgumentGroup) -> None:
     add_headroom_arg(g)
 
 
-SEARCHED = ("method", "recipe", "optimizer", "zero", "offload", "checkpointing", "loss", "micro_batch", "grad_accum", "packing")
+SEARCHED = ("method", "recipe", "optimizer", "zero", "offload", "checkpointing", "loss", "micro_batch", "grad_accum", "packing",
+            "fp8", "tp", "cp", "galore_rank", "galore_update_interval", "lisa_layers")
 """Setup flags whose absence lets the search choose."""
 
 
@@ -322,13 +347,17 @@ def fixed_from_args(args: argparse.Namespace) -> dict:
         if v is not None:
             fixed[name] = v
     for flag in ("dora", "lora_train_embeddings", "lora_train_lm_head", "optimizer_in_backward",
-                 "activation_offload", "compile", "fused_kernels", "allow_long_seq"):
+                 "activation_offload", "compile", "fused_kernels", "allow_long_seq", "galore_layerwise", "badam",
+                 "async_tp"):
         if getattr(args, flag, False):
             fixed[flag] = True
     if args.activation_offload:
         fixed.setdefault("checkpointing", "full")
-    if args.optimizer_in_backward:
+    if args.optimizer_in_backward or getattr(args, "galore_layerwise", False):
         fixed.setdefault("grad_accum", 1)
+    if fixed.get("tp", 1) > 1 or fixed.get("cp", 1) > 1:
+        fixed.setdefault("fsdp", "full-shard")
+        fixed.setdefault("zero", 0)
     return fixed
 
 

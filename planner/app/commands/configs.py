@@ -18,11 +18,11 @@ from planner.app.commands.common import (
 from planner.app.errors import CliError
 
 NAME = "configs"
-HELP = "write DeepSpeed / accelerate / LLaMA-Factory / torchtune configs and launch.sh for a plan"
-TRAINER_CHOICES = ("hf-deepspeed", "hf-fsdp", "hf-ddp", "llamafactory", "torchtune", "all")
+HELP = "write DeepSpeed / accelerate / LLaMA-Factory / torchtune / torchtitan configs and launch.sh for a plan"
+TRAINER_CHOICES = ("hf-deepspeed", "hf-fsdp", "hf-ddp", "llamafactory", "torchtune", "torchtitan", "all")
 DESCRIPTION = """Write ready-to-run trainer configs for a plan into a folder: DeepSpeed JSON (explicit and the
-HF-integration "auto" flavour), accelerate config + TrainingArguments, LLaMA-Factory YAML, torchtune YAML
-(where torchtune can express the plan), launch.sh and PLAN.md (the plan in words) with plan.json.
+HF-integration "auto" flavour), accelerate config + TrainingArguments, LLaMA-Factory YAML, torchtune YAML and
+torchtitan TOML (where they can express the plan), launch.sh and PLAN.md (the plan in words) with plan.json.
 
 The plan is the top one of a search (same flags as `plan`) among the setups the named --trainer can run (with
 --trainer all: that at least one of them can run), the N-th with --pick N, or a plan.json written by an
@@ -35,7 +35,8 @@ not use (--lora-rank with --method full, --freeze-layers without --method freeze
 qlora, --checkpoint-every without checkpointing; in a search: with no searched plan using it) is refused.
 
 trainers: hf-deepspeed | hf-fsdp | hf-ddp (the HF Trainer under accelerate with that sharding),
-          llamafactory, torchtune, all (the HF backend matching the plan, LLaMA-Factory and torchtune)
+          llamafactory, torchtune, torchtitan, all (the HF backend matching the plan, LLaMA-Factory, torchtune,
+          torchtitan)
 
 examples:
   plan configs --model llama3-8b --gpus 8xA800 --method full --trainer all --out runs/llama3-8b

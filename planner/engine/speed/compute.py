@@ -57,12 +57,15 @@ def optimizer_step_bytes_per_param(setup: Setup) -> float:
     AdamW reads param, grad, m, v and writes param, m, v: ``7 s`` (+2 for the 16-bit copy written back from
     an fp32 master, DeepSpeed); 8-bit
     AdamW: ``3 s + 4``; SGD ``3 s``; SGD with momentum ``5 s``; Adafactor ``3 s`` (factored second moment
-    is O(rows + cols)). Assumes each tensor streams through memory once (fused / multi-tensor kernels):
-    errs low (fast) for unfused optimizers.
+    is O(rows + cols)); bitsandbytes' 32-bit paged AdamW keeps fp32 m and v whatever the parameter dtype:
+    ``16 + 2 w + g`` (w, g the weight and gradient sizes). Assumes each tensor streams through memory once (fused /
+    multi-tensor kernels): errs low (fast) for unfused optimizers.
     """
     rb = recipe_bytes(setup)
     s = float(rb.state)
     copy = 2.0 if rb.master else 0.0
+    if setup.optimizer == "paged-adamw":
+        return 16.0 + 2.0 * rb.trainable_weight + float(rb.grad16 or rb.grad32) + copy
     return {
         "adamw": 7 * s + copy,
         "adamw-8bit": 3 * s + 4 + copy,

@@ -160,13 +160,43 @@ def first_backward_block(model: ModelProfile, setup: Setup) -> int:
 
 
 def _lm_head_trains(model: ModelProfile, setup: Setup) -> bool:
-    """Whether the LM head weight receives a gradient (full FT; LoRA with ``--lora-train-lm-head``, or with
-    ``--lora-train-embeddings`` when the head is tied to the embedding)."""
+    """Whether the LM head weight receives a gradient (full FT, LISA too, but not BAdam; LoRA with
+    ``--lora-train-lm-head``, or with ``--lora-train-embeddings`` when the head is tied to the embedding)."""
     if setup.method == "full":
-        return True
+        return not setup.badam
     if setup.trains_adapters:
         return setup.lora_train_lm_head or (model.tie_embeddings and setup.lora_train_embeddings)
     return False  # freeze: LLaMA-Factory trains only the selected blocks
+
+
+def block_backward_factors(model: ModelProfile, setup: Setup) -> tuple[tuple[float, float, float], ...]:
+    """Eq. S4b: per block, the expected number of (input-gradient, weight-gradient, recompute) passes per step.
+
+    Full fine-tuning, LoRA: (1, 1 or 0, checkpointed). Freeze: blocks below the trained ones run no backward.
+    BAdam (Luo et al. 2024; ``block_optim.py``): one block ``a`` trains; backward runs from the top down to ``a``
+    (blocks above pass input gradients, ``a`` computes its weight gradients, nothing below runs) and the active
+    block cycles through all ``L`` blocks (``switch_mode`` ascending / descending / random: each equally often), so
+    block ``i`` has an input-gradient pass with probability ``(i + 1) / L`` and a weight-gradient pass with ``1 / L``
+    (the active block's own input gradient is counted: errs high by ``1 / L`` of one block, as eq. S4 does).
+    LISA (Pan et al. 2024): the embeddings train, so every block passes input gradients; ``n`` of ``L`` blocks
+    compute weight gradients. Recompute happens in blocks that run a backward."""
+    L = model.num_layers
+    ckpt = set(checkpointed_blocks(model, setup))
+    out = []
+    if setup.method == "full" and setup.badam:
+        for i in range(L):
+            ig = (i + 1) / L
+            out.append((ig, 1.0 / L, ig if i in ckpt else 0.0))
+        return tuple(out)
+    if setup.method == "full" and setup.lisa_layers:
+        wg = min(setup.lisa_layers, L) / L
+        return tuple((1.0, wg, 1.0 if i in ckpt else 0.0) for i in range(L))
+    first = first_backward_block(model, setup)
+    weights_train = setup.method in ("full", "freeze")
+    for i in range(L):
+        has = i >= first
+        out.append((1.0 if has else 0.0, 1.0 if (has and weights_train) else 0.0, 1.0 if i in ckpt else 0.0))
+    return tuple(out)
 
 
 def checkpointed_blocks(model: ModelProfile, setup: Setup) -> list[int]:
@@ -199,7 +229,9 @@ def flops_per_token(facts: ModelFacts, setup: Setup) -> FlopsBreakdown:
     # FLOPs per token depend only on these fields: memoise on them (the search evaluates hundreds of setups)
     key = setup.model_copy(
         update={"micro_batch": 1, "grad_accum": 1, "zero": 0, "fsdp": None, "offload": "none", "optimizer": "adamw",
-                "recipe": "bf16", "loss": "plain", "packing": True, "compile": False}
+                "recipe": "bf16", "loss": "plain", "packing": True, "compile": False, "galore_rank": None,
+                "galore_layerwise": False, "fp8": "none", "tp": 1, "cp": 1, "async_tp": False,
+                "optimizer_in_backward": False, "activation_offload": False}
     )
     return _flops_per_token(facts, key)
 
@@ -214,9 +246,7 @@ def _flops_per_token(facts: ModelFacts, setup: Setup) -> FlopsBreakdown:
     core_model = attention_core_flops(model, s, causal_full_square=False)
     core_hw = attention_core_flops(model, s, causal_full_square=eager)
     core_bwd_factor_hw = 2.0 if eager else FLASH_BACKWARD_FACTOR
-    first = first_backward_block(model, setup)
-    ckpt = set(checkpointed_blocks(model, setup))
-    weights_train = setup.method in ("full", "freeze")
+    factors = block_backward_factors(model, setup)
 
     fwd = dict.fromkeys(PARTS, 0.0)
     bwd = dict.fromkeys(PARTS, 0.0)
@@ -225,8 +255,7 @@ def _flops_per_token(facts: ModelFacts, setup: Setup) -> FlopsBreakdown:
     mbwd = dict.fromkeys(PARTS, 0.0)
 
     for i in range(model.num_layers):
-        has_bwd = i >= first
-        w_trains = weights_train and has_bwd  # freeze: exactly the blocks with backward train
+        ig, wg, rc = factors[i]  # expected input-gradient, weight-gradient and recompute passes (eq. S4b)
         mlp_part, mlp_layers = ("mlp", dense) if i < dense_blocks else ("moe", moe)
         block_fwd = dict.fromkeys(PARTS, 0.0)
         for part, layers in (("attention", attn), (mlp_part, mlp_layers)):
@@ -236,7 +265,7 @@ def _flops_per_token(facts: ModelFacts, setup: Setup) -> FlopsBreakdown:
                     block_fwd["lora"] += (
                         lora_adapter_flops(bl.layer.in_features, bl.layer.out_features, setup.lora_rank) * bl.active
                     )
-        matmul_bwd_factor = (1.0 if has_bwd else 0.0) + (1.0 if w_trains else 0.0)
+        matmul_bwd_factor = ig + wg
         for part in ("attention", "mlp", "moe"):
             fwd[part] += block_fwd[part]
             mfwd[part] += block_fwd[part]
@@ -244,21 +273,19 @@ def _flops_per_token(facts: ModelFacts, setup: Setup) -> FlopsBreakdown:
             mbwd[part] += matmul_bwd_factor * block_fwd[part]
         fwd["lora"] += block_fwd["lora"]
         mfwd["lora"] += block_fwd["lora"]
-        if has_bwd:
-            bwd["lora"] += 2.0 * block_fwd["lora"]
-            mbwd["lora"] += 2.0 * block_fwd["lora"]
+        bwd["lora"] += 2.0 * ig * block_fwd["lora"]
+        mbwd["lora"] += 2.0 * ig * block_fwd["lora"]
         fwd["attention_core"] += core_hw
         mfwd["attention_core"] += core_model
-        if has_bwd:
-            bwd["attention_core"] += core_bwd_factor_hw * core_hw
-            mbwd["attention_core"] += 2.0 * core_model
-        if i in ckpt:
+        bwd["attention_core"] += ig * core_bwd_factor_hw * core_hw
+        mbwd["attention_core"] += ig * 2.0 * core_model
+        if rc:
             if setup.checkpointing == "full":
                 for part in ("attention", "mlp", "moe", "lora"):
-                    rec[part] += block_fwd[part]
-                rec["attention_core"] += core_hw
+                    rec[part] += rc * block_fwd[part]
+                rec["attention_core"] += rc * core_hw
             else:  # selective: scores + softmax + PV only
-                rec["attention_core"] += core_hw
+                rec["attention_core"] += rc * core_hw
 
     head = lm_head_flops(model)
     fwd["lm_head"] = mfwd["lm_head"] = head

@@ -38,10 +38,10 @@ from planner.engine.speed.flops import (
     FLASH_BACKWARD_FACTOR,
     _block_linears,
     attention_core_flops,
-    checkpointed_blocks,
-    first_backward_block,
+    block_backward_factors,
     lm_head_flops,
 )
+from planner.engine.techniques import fp8_linears
 from planner.engine.speed.params import SpeedParams
 from profiles.schema import GpuProfile
 
@@ -69,6 +69,12 @@ BASE_KERNELS_PER_BLOCK = 120
 """Eq. S26: CUDA kernels an eager transformers decoder block launches per micro-step: about 40 in forward (two
 RMSNorms of ~7 kernels each, 7 projections, RoPE ~10, attention, SwiGLU, residual adds) and twice that in
 backward (``modeling_llama.py``, counted op by op). The unit of the per-block host overhead."""
+FP8_CAST_BYTES: dict[str, float] = {"tensorwise": 5.0, "rowwise": 5.0, "te": 4.0}
+"""Eq. S28: HBM bytes per element cast to FP8 for a linear's GEMM. torchao dynamic scaling (``tensorwise``,
+``rowwise``; ``torchao/float8/float8_scaling_utils.py``): an amax reduction reads the bf16 tensor (2), the cast
+reads it again (2) and writes 1 byte. TransformerEngine delayed scaling (``te``) casts with last step's amax in one
+pass that also records the new one, writing both layouts on Hopper: read 2, write 1 + 1. Fused into the producer
+under torch.compile (the fused-kernel factor applies)."""
 ADAPTER_KERNELS = 18
 """Eq. S26: kernels one LoRA adapter adds per micro-step (A, B, scale, add and autocast casts forward, ~6;
 twice that in backward)."""
@@ -100,6 +106,13 @@ class MicroWork:
     kernel_units: float
     """launched kernels in units of one plain block's (forward + backward), recompute included"""
     fused: bool
+    fp8_gemm_flops: tuple[tuple[float, float], ...] = ()
+    """(rows, FLOPs) of the FP8-converted linears' matmuls (forward + backward), eq. S28"""
+    recompute_fp8_gemm_flops: tuple[tuple[float, float], ...] = ()
+    fp8_cast_bytes: float = 0.0
+    """bytes of the FP8 casts (forward + backward), eq. S28"""
+    recompute_fp8_cast_bytes: float = 0.0
+    fp8: str = "none"
 
     @property
     def matmul_flops(self) -> float:
@@ -134,7 +147,8 @@ def micro_step_work(facts: ModelFacts, setup: Setup) -> MicroWork:
     """The parameter-free work of one micro-step (memoised on the fields that decide it)."""
     key = setup.model_copy(update={"grad_accum": 1, "zero": 0, "fsdp": None, "offload": "none",
                                    "optimizer": "adamw", "framework": "hf", "padding_efficiency": 1.0,
-                                   "activation_offload": False})
+                                   "activation_offload": False, "optimizer_in_backward": False,
+                                   "galore_rank": None, "galore_layerwise": False, "async_tp": False})
     return _work(facts, key)
 
 
@@ -143,33 +157,46 @@ def _work(facts: ModelFacts, setup: Setup) -> MicroWork:
     model = facts.model
     rb = recipe_bytes(setup)
     c = rb.compute
-    tokens = setup.micro_batch * setup.seq_len
+    # per GPU (eq. S29): context parallelism splits every row's tokens over cp ranks; tensor parallelism splits
+    # every matmul's weight, the attention heads and the sequence-sharded elementwise work over tp ranks (applied
+    # to the totals below); each rank still launches every kernel
+    tokens = setup.micro_batch * setup.seq_len // setup.cp
     L = model.num_layers
-    first = first_backward_block(model, setup)
-    ckpt = set(checkpointed_blocks(model, setup))
+    factors = block_backward_factors(model, setup)
     full_ckpt = setup.checkpointing == "full"
-    weights_train = setup.method in ("full", "freeze")
     adapted = {id(x) for x in facts.adapted}
+    converted = {id(x) for x in fp8_linears(facts)} if setup.fp8 != "none" else set()
     attn, dense, moe, dense_blocks = _block_linears(facts)
+    cast_b = FP8_CAST_BYTES.get(setup.fp8, 0.0)
 
-    def block(layers: list) -> tuple[dict[float, float], float, float]:
-        """(rows -> forward FLOPs, adapter bytes, adapters) of one block's linear layers."""
+    def block(layers: list) -> tuple[dict[float, float], float, float, dict[float, float], float, float]:
+        """(rows -> forward FLOPs, adapter bytes, adapters, rows -> FP8 forward FLOPs, FP8 forward cast bytes,
+        FP8 backward cast bytes) of one block's linear layers."""
         flops: dict[float, float] = {}
-        ad_bytes = n_ad = 0.0
+        f8: dict[float, float] = {}
+        ad_bytes = n_ad = cast_f = cast_b_bwd = 0.0
         for bl in layers:
             x = bl.layer
             if bl.instances <= 0:
                 continue
             rows = tokens * bl.active / bl.instances  # tokens reaching each instance (routed experts: fewer)
-            flops[rows] = flops.get(rows, 0.0) + 2.0 * rows * x.in_features * x.out_features * bl.instances
+            target = f8 if id(x) in converted else flops
+            target[rows] = target.get(rows, 0.0) + 2.0 * rows * x.in_features * x.out_features * bl.instances
+            if id(x) in converted:
+                # forward casts input and weight; backward grad_output, and torchao re-casts the saved bf16 input
+                # and weight (TransformerEngine saved them in FP8): eq. S28
+                w, i_el, o_el = x.in_features * x.out_features, rows * x.in_features, rows * x.out_features
+                cast_f += cast_b * (i_el + w) * bl.instances
+                cast_b_bwd += cast_b * (o_el + (0 if setup.fp8 == "te" else i_el + w)) * bl.instances
             if id(x) in adapted:
                 n_ad += bl.instances
                 ad_bytes += LORA_PASSES * c * (x.in_features + 3 * x.out_features) * rows * bl.instances
                 if setup.dora:  # the magnitude's weight norm reads the frozen weight, forward and backward
                     ad_bytes += 2 * 2.0 * x.in_features * x.out_features * bl.instances
-        return flops, ad_bytes, n_ad
+        return flops, ad_bytes, n_ad, f8, cast_f, cast_b_bwd
 
-    blocks = {"attn": block(attn), "dense": block(dense), "moe": block(moe) if moe else ({}, 0.0, 0.0)}
+    blocks = {"attn": block(attn), "dense": block(dense),
+              "moe": block(moe) if moe else ({}, 0.0, 0.0, {}, 0.0, 0.0)}
 
     s = setup.seq_len
     eager = effective_attention(model, setup) == "eager"
@@ -181,53 +208,64 @@ def _work(facts: ModelFacts, setup: Setup) -> MicroWork:
 
     gemm: dict[float, float] = {}
     rec: dict[float, float] = {}
+    f8g: dict[float, float] = {}
+    rec_f8: dict[float, float] = {}
     attn_f = rec_attn = eager_f = rec_eager = score_b = rec_score = 0.0
-    ew = rec_ew = mem = rec_mem = 0.0
+    ew = rec_ew = mem = rec_mem = cast = rec_cast = 0.0
     kernel_units = 0.0
 
     def add(d: dict[float, float], src: dict[float, float], k: float) -> None:
         for rows, f in src.items():
             d[rows] = d.get(rows, 0.0) + f * k
 
+    fwd_units = 1.0 / 3.0  # a forward is a third of a block's kernels, forward + backward
+    # blocks with the same backward factors and MLP kind do the same work: add each group once, times its size
+    groups: dict[tuple, int] = {}
     for i in range(L):
-        has_bwd = i >= first
-        w_trains = weights_train and has_bwd
-        mlp = blocks["dense"] if i < dense_blocks else blocks["moe"]
-        fwd_units = 1.0 / 3.0  # a forward is a third of a block's kernels, forward + backward
-        bwd_factor = (1.0 if has_bwd else 0.0) + (1.0 if w_trains else 0.0)
-        for flops, ad_bytes, n_ad in (blocks["attn"], mlp):
-            add(gemm, flops, 1.0 + bwd_factor)
-            mem += ad_bytes * (1.0 if has_bwd else 1.0 / 3.0)
-            kernel_units += n_ad * ADAPTER_KERNELS / BASE_KERNELS_PER_BLOCK * (1.0 if has_bwd else fwd_units)
-        kernel_units += 1.0 if has_bwd else fwd_units
+        key = (factors[i], i < dense_blocks)
+        groups[key] = groups.get(key, 0) + 1
+    for ((ig, wg, rc), is_dense), n in groups.items():
+        # ig, wg, rc: expected input-gradient, weight-gradient, recompute passes (eq. S4b); n blocks alike
+        mlp = blocks["dense"] if is_dense else blocks["moe"]
+        bwd_share = fwd_units + (1.0 - fwd_units) * ig  # kernels and elementwise work: forward, plus backward
+        for flops, ad_bytes, n_ad, f8, c_f, c_b in (blocks["attn"], mlp):
+            add(gemm, flops, n * (1.0 + ig + wg))
+            add(f8g, f8, n * (1.0 + ig + wg))
+            cast += n * (c_f + c_b * ig)
+            mem += n * ad_bytes * bwd_share
+            kernel_units += n * n_ad * ADAPTER_KERNELS / BASE_KERNELS_PER_BLOCK * bwd_share
+        kernel_units += n * bwd_share
         if eager:
-            eager_f += core * (3.0 if has_bwd else 1.0)
-            score_b += scores * (EAGER_SCORE_BYTES_FORWARD + (EAGER_SCORE_BYTES_BACKWARD if has_bwd else 0))
+            eager_f += n * core * (1.0 + 2.0 * ig)
+            score_b += n * scores * (EAGER_SCORE_BYTES_FORWARD + EAGER_SCORE_BYTES_BACKWARD * ig)
         else:
-            attn_f += core * (1.0 + (FLASH_BACKWARD_FACTOR if has_bwd else 0.0))
-        ew += ew_block * (1.0 if has_bwd else 1.0 / 3.0)
-        if i in ckpt:
+            attn_f += n * core * (1.0 + FLASH_BACKWARD_FACTOR * ig)
+        ew += n * ew_block * bwd_share
+        r = n * rc
+        if r:
             if full_ckpt:
-                for flops, ad_bytes, n_ad in (blocks["attn"], mlp):
-                    add(rec, flops, 1.0)
-                    rec_mem += ad_bytes / 3.0
-                    kernel_units += n_ad * ADAPTER_KERNELS / BASE_KERNELS_PER_BLOCK * fwd_units
-                rec_ew += ew_block / 3.0
-                kernel_units += fwd_units
+                for flops, ad_bytes, n_ad, f8, c_f, _ in (blocks["attn"], mlp):
+                    add(rec, flops, r)
+                    add(rec_f8, f8, r)
+                    rec_cast += c_f * r
+                    rec_mem += ad_bytes / 3.0 * r
+                    kernel_units += n_ad * ADAPTER_KERNELS / BASE_KERNELS_PER_BLOCK * fwd_units * r
+                rec_ew += ew_block / 3.0 * r
+                kernel_units += fwd_units * r
                 if eager:
-                    rec_eager += core
-                    rec_score += scores * EAGER_SCORE_BYTES_FORWARD
+                    rec_eager += core * r
+                    rec_score += scores * EAGER_SCORE_BYTES_FORWARD * r
                 else:
-                    rec_attn += core
+                    rec_attn += core * r
             elif eager:  # selective: the attention core only
-                rec_eager += core
-                rec_score += scores * EAGER_SCORE_BYTES_FORWARD
+                rec_eager += core * r
+                rec_score += scores * EAGER_SCORE_BYTES_FORWARD * r
             else:
-                rec_attn += core
+                rec_attn += core * r
 
     # the LM head and the loss
-    head_trains = setup.method == "full" or (setup.trains_adapters and (setup.lora_train_lm_head or (
-        model.tie_embeddings and setup.lora_train_embeddings)))
+    head_trains = (setup.method == "full" and not setup.badam) or (setup.trains_adapters and (
+        setup.lora_train_lm_head or (model.tie_embeddings and setup.lora_train_embeddings)))
     gemm[float(tokens)] = gemm.get(float(tokens), 0.0) + lm_head_flops(model) * tokens * (2.0 + float(head_trains))
     loss_b = LIGER_LOSS_BYTES_PER_VOCAB if setup.loss == "liger" else LOSS_BYTES_PER_VOCAB
     mem += loss_b * model.vocab_size * tokens
@@ -238,16 +276,24 @@ def _work(facts: ModelFacts, setup: Setup) -> MicroWork:
     dq = qlora_dequant_bytes_per_pass(facts, setup)
     if dq:
         mem += 2 * dq
-        if full_ckpt and ckpt:
-            rec_mem += dq * len(ckpt) / L
+        n_rec = sum(rc for _, _, rc in factors)
+        if full_ckpt and n_rec:
+            rec_mem += dq * n_rec / L
+    t = float(setup.tp)
+
+    def per_rank(d: dict[float, float]) -> tuple[tuple[float, float], ...]:
+        return tuple(sorted((rows, f / t) for rows, f in d.items()))
+
     return MicroWork(
-        gemm_flops=tuple(sorted(gemm.items())), recompute_gemm_flops=tuple(sorted(rec.items())),
-        attention_flops=attn_f, recompute_attention_flops=rec_attn,
-        eager_gemm_flops=eager_f, recompute_eager_gemm_flops=rec_eager, eager_rows=float(s),
-        score_bytes=score_b, recompute_score_bytes=rec_score,
-        elementwise_bytes=ew, recompute_elementwise_bytes=rec_ew,
-        memory_bytes=mem, recompute_memory_bytes=rec_mem,
+        gemm_flops=per_rank(gemm), recompute_gemm_flops=per_rank(rec),
+        attention_flops=attn_f / t, recompute_attention_flops=rec_attn / t,
+        eager_gemm_flops=eager_f / t, recompute_eager_gemm_flops=rec_eager / t, eager_rows=float(s),
+        score_bytes=score_b / t, recompute_score_bytes=rec_score / t,
+        elementwise_bytes=ew / t, recompute_elementwise_bytes=rec_ew / t,
+        memory_bytes=mem / t, recompute_memory_bytes=rec_mem / t,
         kernel_units=kernel_units, fused=setup.compile or setup.fused_kernels,
+        fp8_gemm_flops=per_rank(f8g), recompute_fp8_gemm_flops=per_rank(rec_f8),
+        fp8_cast_bytes=cast / t, recompute_fp8_cast_bytes=rec_cast / t, fp8=setup.fp8,
     )
 
 
@@ -269,11 +315,20 @@ def micro_step_time(work: MicroWork, gpu: GpuProfile, framework: str, peak: floa
     def memory(ew: float, other: float) -> float:
         return (params.memory_passes * ew * fuse + other) / hbm
 
-    gemm_s = gemms(work.gemm_flops)
+    def fp8_gemms(groups: tuple[tuple[float, float], ...]) -> float:
+        """Eq. S28: converted linears at the FP8 dense peak, the GEMM ceiling scaled by the recipe's ratio."""
+        if not groups:
+            return 0.0
+        f8_peak = (gpu.fp8_tflops or 0.0) * 1e12 or peak
+        ratio = params.fp8(work.fp8)
+        return sum(f / (f8_peak * ratio * gemm_efficiency(rows, arch, params)) for rows, f in groups if f)
+
+    gemm_s = gemms(work.gemm_flops) + fp8_gemms(work.fp8_gemm_flops)
     attn_s = attention(work.attention_flops, work.eager_gemm_flops, work.score_bytes)
-    mem_s = memory(work.elementwise_bytes, work.memory_bytes)
-    rec_s = (gemms(work.recompute_gemm_flops)
+    mem_s = memory(work.elementwise_bytes, work.memory_bytes) + work.fp8_cast_bytes * fuse / hbm
+    rec_s = (gemms(work.recompute_gemm_flops) + fp8_gemms(work.recompute_fp8_gemm_flops)
              + attention(work.recompute_attention_flops, work.recompute_eager_gemm_flops, work.recompute_score_bytes)
-             + memory(work.recompute_elementwise_bytes, work.recompute_memory_bytes))
+             + memory(work.recompute_elementwise_bytes, work.recompute_memory_bytes)
+             + work.recompute_fp8_cast_bytes * fuse / hbm)
     host_s = params.layer_overhead(framework) * work.kernel_units * fuse
     return MicroStep(gemm_s, attn_s, mem_s, rec_s, host_s)

@@ -81,6 +81,7 @@ def activation_offload_bytes_per_micro_step(facts: ModelFacts, setup: Setup) -> 
     if not setup.activation_offload:
         return 0.0
     n = len(checkpointed_blocks(facts.model, setup))
-    return 2.0 * n * setup.micro_batch * setup.seq_len * facts.model.hidden_size * 2
+    tokens = setup.micro_batch * setup.seq_len // setup.cp / setup.tp  # sequence-sharded block inputs (eq. T1)
+    return 2.0 * n * tokens * facts.model.hidden_size * 2
 
 

@@ -111,6 +111,30 @@ class SpeedParams(BaseModel):
         description="eq. S14: fraction of the PCIe figure that pinned host<->device copies reach (cudaMemcpy "
         "bandwidth tests: ~25 of 31.5 GB/s on PCIe 4.0 x16)",
     )
+    fp8_matmul_ratio: dict[str, float] = Field(
+        default_factory=lambda: {"tensorwise": 0.95, "rowwise": 0.70, "te": 0.835},
+        description="eq. S28: an FP8 GEMM's achieved fraction of the FP8 dense peak, relative to the bf16 GEMM "
+        "ceiling of eq. S20 (the FP8 GEMM runs at fp8_peak x eta_arch x this ratio x rows/(rows + m_half)). "
+        "TransformerEngine v2.18 docs/examples/gemm_profiling/gemm_profiling.rst, H200, pre-quantized operands "
+        "(GEMM only, casts excluded; those are eq. S28's cast bytes): current (per-tensor) scaling 1.90x bf16 -> "
+        "0.95 of 2x for torchao tensorwise; delayed scaling 1.67x -> 0.835 for TransformerEngine; rowwise: the "
+        "nearest published figure is TE's block scaling, 1.40x bf16 with autocast -> 0.70 [assumption by analogy: "
+        "torchao rowwise runs CUTLASS per-row-scaled GEMMs, slower than cuBLAS tensorwise]. Priors; not fitted",
+    )
+    async_tp_overlap: float = Field(
+        0.5, ge=0, le=1,
+        description="eq. S30: fraction of the TP collectives that torchtitan's asynchronous TP hides behind the "
+        "matmuls (micro-pipelined all-gather / reduce-scatter matmuls, torch._inductor _micro_pipeline_tp). "
+        "[assumption] 0.5; torchtitan's asyncTP benchmark (Llama3 70B FSDP 32 x TP 8 on 256 H100: 1.09x bf16, "
+        "1.16x float8 tensorwise; 8B FSDP 8 x TP 8: 1.10x) is the check; not fitted",
+    )
+    svd_efficiency: float = Field(
+        0.003, gt=0, le=1,
+        description="eq. S31: achieved fraction of the bf16 dense peak of GaLore's fp32 projection SVD "
+        "(torch.linalg.svd on the GPU, cuSOLVER gesvd: iterative, far from any tensor-core rate). [assumption] "
+        "0.003 (about 1 TFLOP/s on an A100, the order a 4096 x 4096 fp32 SVD takes, ~1-2 s); no published per-matrix "
+        "timing was found; LLaMA-Factory warns GaLore 'may cause hanging at the start of training'. Not fitted",
+    )
     fitted: tuple[str, ...] = Field((), description="fields whose values were fitted to the corpus")
     source: str = Field("priors (docs/speed.md)", description="where these values come from")
 
@@ -126,6 +150,9 @@ class SpeedParams(BaseModel):
 
     def host_optimizer(self, implementation: str) -> float:
         return self.host_optimizer_bytes_per_s.get(implementation, 25e9)
+
+    def fp8(self, recipe: str) -> float:
+        return self.fp8_matmul_ratio.get(recipe, 0.7)
 
     def layer_overhead(self, framework: str) -> float:
         return self.layer_overhead_s.get(framework, self.layer_overhead_s.get("other", 0.0))

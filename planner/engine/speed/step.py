@@ -28,7 +28,13 @@ from planner.engine.speed.offload import (
     host_optimizer_seconds,
     offload_pcie_bytes_per_gpu,
 )
+from planner.engine.speed.parallel import (
+    cp_collectives_per_micro_step,
+    galore_step_work,
+    tp_collectives_per_micro_step,
+)
 from planner.engine.speed.params import PRIORS, SpeedParams
+from planner.engine.techniques import fp8_weight_params
 from planner.engine.speed.train_time import tokens_per_step
 from profiles.cluster import Cluster
 
@@ -105,6 +111,11 @@ def estimate_speed(
     if setup.offload == "none":
         local = facts.trainable.trainable / optimizer_shards(setup, n)
         t_opt = local * optimizer_step_bytes_per_param(setup) / hbm
+    if setup.galore_rank is not None:
+        # GaLore (S31): projections every step (the larger of their FLOPs and bytes), the SVD every update interval
+        proj_f, proj_b, svd_f = galore_step_work(facts, setup)
+        t_opt += max(proj_f / (peak * params.matmul(gpu.arch)), proj_b / hbm)
+        t_opt += svd_f / (peak * params.svd_efficiency) / setup.galore_update_interval
 
     # communication (S10-S13, S23): ring collectives at the achieved link bandwidth plus a latency per call
     link_eff = params.link(gpu.interconnect) if cluster.nodes == 1 else params.link_efficiency
@@ -116,18 +127,34 @@ def estimate_speed(
     # bind), forward being about a third of it
     wall = max(ms.gpu_s, ms.host_s)
     windows = {"backward": wall * 2.0 / 3.0, "forward+backward": wall, "none": 0.0}
-    colls = collectives(facts, setup, n)
+    # with TP the FSDP mesh is the other world / tp ranks, each moving its TP shard (eq. S29)
+    n_dp = max(1, n // setup.tp)
+    colls = collectives(facts, setup, n_dp) if n_dp > 1 else []
     per_layer = setup.zero == 3 or setup.fsdp is not None
     by_window: dict[tuple[str, bool], float] = {}
     for c in colls:
         # ZeRO-3 / FSDP gather and reduce block by block; the others in buckets of BUCKET_BYTES
         calls = model.num_layers if per_layer else max(1, math.ceil(c.payload_bytes / BUCKET_BYTES))
-        t = ring_factor(c.op, n) * c.payload_bytes / bw + params.collective_latency_s * calls
+        payload = c.payload_bytes / setup.tp
+        if setup.fp8 == "tensorwise" and c.op == "all-gather" and setup.fsdp is not None:
+            payload -= fp8_weight_params(facts) * (PARAM_GATHER_BYTES - 1) / setup.tp  # float8 all-gather (S28)
+        t = ring_factor(c.op, n_dp) * payload / bw + params.collective_latency_s * calls
         key = (c.window, c.per_micro_step)
         by_window[key] = by_window.get(key, 0.0) + t
     # the collectives that share a window hide behind it together (eq. S13)
     comm_s = sum(exposed_seconds(t, windows[w], overlap) * (ga if per_micro else 1)
                  for (w, per_micro), t in by_window.items())
+    # tensor and context parallelism (S30): inside the critical path; async TP hides part of TP's
+    tp_bytes, tp_calls = tp_collectives_per_micro_step(facts, setup)
+    cp_bytes, cp_calls = cp_collectives_per_micro_step(facts, setup)
+    if tp_calls or cp_calls:
+        intra = gpu.intra_node_bandwidth_gb_s * 1e9 * params.link(gpu.interconnect)
+        t_tp = tp_bytes / intra + params.collective_latency_s * tp_calls
+        if setup.async_tp:
+            t_tp *= 1.0 - params.async_tp_overlap
+        cp_bw = intra if setup.model_parallel <= cluster.gpus_per_node else bw
+        t_cp = cp_bytes / cp_bw + params.collective_latency_s * cp_calls
+        comm_s += ga * (t_tp + t_cp)
 
     # offload (S14-S16)
     pcie = gpu.pcie_bandwidth_gb_s * 1e9 * params.pcie_efficiency
@@ -152,18 +179,19 @@ def estimate_speed(
     }
     step_s = sum(breakdown.values())
     fb = flops_per_token(facts, setup)
-    processed_tokens = setup.micro_batch * setup.seq_len * ga * n
+    processed_tokens = setup.micro_batch * setup.seq_len * ga * setup.data_parallel(n)
     useful_tokens = tokens_per_step(setup, n)
     assumptions = (_assumptions(facts, cluster, setup, params, ceiling_source, peak, bool(colls), overlap, bw, ms)
                    if explain else [])
-    return SpeedEstimate(
+    make = SpeedEstimate if explain else SpeedEstimate.model_construct  # unchecked when explain=False (search, fit)
+    return make(
         step_s=step_s,
         tokens_per_step=useful_tokens,
         breakdown_s=breakdown,
         model_flops_per_step=fb.model_total * useful_tokens,
         hardware_flops_per_step=fb.hardware_total * processed_tokens,
         peak_flops_per_gpu=peak,
-        efficiency=gemm_efficiency(setup.micro_batch * setup.seq_len, gpu.arch, params),
+        efficiency=gemm_efficiency(setup.micro_batch * setup.seq_len // setup.cp, gpu.arch, params),
         world_size=n,
         calibration=calibration.label if calibration is not None else params.source,
         assumptions=tuple(assumptions),

@@ -33,13 +33,14 @@ class TrainTime(BaseModel):
 
 
 def tokens_per_step(setup: Setup, world_size: int) -> int:
-    """Eq. S17: useful tokens per optimizer step, ``micro_batch * seq_len * grad_accum * world_size``.
+    """Eq. S17: useful tokens per optimizer step, ``micro_batch * seq_len * grad_accum * data-parallel ranks``
+    (the world size, divided by TP x CP when those share one replica's rows).
 
     ``setup.padding_efficiency`` (real tokens / processed positions, default 1.0: every row full) scales the
     useful tokens: the pad tokens of dynamically padded micro-batches, or the unfilled end of packs. The GPU
     still computes the padded positions. :func:`planner.engine.dataset.speed_setup` measures it from a dataset.
     """
-    processed = setup.micro_batch * setup.seq_len * setup.grad_accum * world_size
+    processed = setup.micro_batch * setup.seq_len * setup.grad_accum * setup.data_parallel(world_size)
     eff = setup.padding_efficiency
     return max(1, round(processed * eff))
 

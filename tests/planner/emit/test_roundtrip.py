@@ -63,6 +63,18 @@ def read_back(files: dict[str, str]) -> list[dict]:
         if "deepspeed" in c:
             o["zero"] = json.loads(files[c["deepspeed"]])["zero_optimization"]["stage"]
         obs.append(o)
+    if "torchtitan.toml" in files:
+        import tomllib
+
+        c = tomllib.loads(files["torchtitan.toml"])
+        tr, par = c["training"], c["parallelism"]
+        o = {"micro_batch": tr["local_batch_size"], "seq_len": tr["seq_len"],
+             "checkpointing_off": c["activation_checkpoint"]["mode"] == "none",
+             "optimizer_in_backward": c["optimizer"]["early_step_in_backward"],
+             "offload": "optimizer+params" if tr["enable_cpu_offload"] else "none"}
+        if par["data_parallel_shard_degree"] == -1:
+            o["fsdp"] = "shard-grad-op" if par["fsdp_reshard_after_forward"] == "never" else "full-shard"
+        obs.append(o)
     if "torchtune.yaml" in files:
         c = yaml.safe_load(files["torchtune.yaml"])
         o = {"micro_batch": c["batch_size"], "grad_accum": c["gradient_accumulation_steps"],
