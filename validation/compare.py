@@ -51,17 +51,34 @@ def estimates(model: Any, cluster: Any, setup: Any) -> tuple[dict | None, dict |
     return plan.memory.to_json(), plan.speed.to_json(), None
 
 
-def est_allocated(est: dict) -> int:
-    """The estimate's peak as max_memory_allocated would show it (total less overhead and margin)."""
+def est_tensors(est: dict) -> int:
+    """The estimate's peak tensor bytes (what a CPU trace or the profiler's tensor timeline measures): no cuBLAS
+    workspace, no allocator rounding. Estimates written before per-phase tensors: the total less overhead and margin."""
     g = est["per_gpu"]
+    tensors = g.get("phase_tensor_bytes") or {}
+    if tensors:
+        return int(max(tensors.values()))
+    return g["peak_bytes"] - g["categories"]["framework_overhead"] - g["categories"]["allocator_margin"]
+
+
+def est_allocated(est: dict) -> int:
+    """The estimate's peak as max_memory_allocated would show it (eq. R1-R2: tensors plus cuBLAS workspaces);
+    estimates written before the field existed: the total less overhead and margin."""
+    g = est["per_gpu"]
+    if g.get("allocated_peak_bytes"):
+        return int(g["allocated_peak_bytes"])
     return g["peak_bytes"] - g["categories"]["framework_overhead"] - g["categories"]["allocator_margin"]
 
 
 def est_phase_allocated(est: dict, phase: str) -> int:
-    """An estimate phase's total less overhead and margin. The margin is proportional to each phase's
-    allocated bytes (eq. F2) and the overhead constant, so the peak phase's ratio is applied."""
+    """An estimate phase's allocated bytes: its tensor bytes plus what allocated adds to the peak phase's tensors
+    (the cuBLAS workspaces, constant). Older estimates without per-phase tensors: the peak phase's ratio applied."""
     g = est["per_gpu"]
     c = g["categories"]
+    tensors = g.get("phase_tensor_bytes") or {}
+    if phase in tensors and g.get("allocated_peak_bytes"):
+        peak_tensors = g["peak_bytes"] - c["framework_overhead"] - c["allocator_margin"]
+        return int(tensors[phase] + max(0, g["allocated_peak_bytes"] - max(tensors.values(), default=peak_tensors)))
     total = g["phases"][phase]
     overhead = c["framework_overhead"]
     peak_alloc = g["peak_bytes"] - overhead - c["allocator_margin"]

@@ -33,6 +33,14 @@ from planner.engine.calibration import Calibration
 from planner.engine.dtypes import RecipeBytes, recipe_bytes
 from planner.engine.facts import ModelFacts
 from planner.engine.results import CATEGORIES, MemoryEstimate
+from planner.engine.runtime_memory import (
+    FRAGMENTATION_DEFAULT,
+    FRAGMENTATION_DYNAMIC_SHAPES,
+    cuda_context_bytes,
+    nccl_buffer_bytes,
+    reserved_bytes,
+)
+from planner.engine.runtime_memory import allocated_bytes as rt_allocated_bytes
 from planner.engine.setup import RECIPES, Setup
 from planner.engine.techniques import (
     cp_kv_gather_bytes,
@@ -53,13 +61,6 @@ MiB = 2**20
 DS_ADDITIONAL_BUFFER_FACTOR = 1.5
 """Host-side buffer factor DeepSpeed's own estimators apply to offloaded states
 (``estimate_zero2_model_states_mem_needs(additional_buffer_factor=1.5)``, deepspeed 0.19.8)."""
-CUDA_CONTEXT_BYTES = 1 * GiB
-"""Default per-process CUDA context + cuBLAS/cuDNN workspaces before calibration: 'hundreds of MiB to over
-1 GiB per process' (shared/reference/accounting.md). Errs high on recent drivers with lazy loading."""
-NCCL_BYTES = 512 * MiB
-"""Default NCCL communicator buffers per process when world size > 1 [assumption, replaced by calibration]."""
-ALLOCATOR_MARGIN = 0.05
-"""Default reserved-over-allocated margin of the caching allocator (5 %) [assumption until calibrated]."""
 HOST_PROCESS_BYTES = 4 * GiB
 """Host RSS of one training process (Python, torch, CUDA user-space libraries) [assumption]."""
 LOSS_CHUNKS = 8
@@ -524,18 +525,36 @@ def gradients_persist(setup: Setup) -> bool:
 
 
 def framework_overhead_bytes(cluster: Cluster, calibration: Calibration | None = None) -> int:
-    """CUDA context, library workspaces and NCCL buffers per process (eq. F1). Outside
-    ``max_memory_allocated``; replaced by the calibrated fixed overhead when calibration data exists."""
+    """Memory a process holds outside torch's caching allocator (eq. F1 = R4 + R5): the CUDA context
+    (:func:`planner.engine.runtime_memory.cuda_context_bytes`, lazy loading) and NCCL's communicator buffers
+    (:func:`~planner.engine.runtime_memory.nccl_buffer_bytes`, one communicator, NVLink or PCIe channel count).
+    Replaced by the calibrated fixed overhead (nvidia-smi minus reserved of validation runs) when one exists.
+    Errs low by the kernels a run loads lazily and by NVLS buffers on NVSwitch systems."""
     if calibration is not None:
         return calibration.fixed_overhead_bytes
-    return CUDA_CONTEXT_BYTES + (NCCL_BYTES if cluster.world_size > 1 else 0)
+    nvlink = cluster.gpu.interconnect != "pcie"
+    return cuda_context_bytes() + nccl_buffer_bytes(cluster.world_size, nvlink)
 
 
-def allocator_margin_bytes(allocated_peak: int, calibration: Calibration | None = None) -> int:
-    """Caching-allocator rounding and fragmentation (eq. F2): ``(factor - 1) * allocated``, the factor being
-    the calibrated ``max_memory_reserved / max_memory_allocated`` or 1.05 by default."""
-    margin = (calibration.allocator_factor - 1) if calibration is not None else ALLOCATOR_MARGIN
-    return int(max(margin, 0) * allocated_peak)
+def fragmentation_fraction(setup: Setup) -> float:
+    """The share of a step's freed-and-reallocated memory the caching allocator keeps in blocks it cannot reuse
+    (eq. R3): :data:`~planner.engine.runtime_memory.FRAGMENTATION_DEFAULT` for packed rows (the same shapes every
+    step), :data:`~planner.engine.runtime_memory.FRAGMENTATION_DYNAMIC_SHAPES` for padded batches, whose shapes
+    change from step to step. Both are assumptions until a fit to measured reserved peaks replaces them
+    (docs/accuracy.md, memory section)."""
+    return FRAGMENTATION_DEFAULT if setup.packing else FRAGMENTATION_DYNAMIC_SHAPES
+
+
+def allocator_margin_bytes(tensor_bytes: int, churn_bytes: int, gpu_name: str, setup: Setup,
+                           calibration: Calibration | None = None) -> tuple[int, int]:
+    """``(allocated, reserved)`` of one phase from its tensor bytes (eq. R1-R3): allocated adds the cuBLAS
+    workspaces; reserved adds the allocator's segment rounding and the fragmented share of ``churn_bytes``
+    (the phase's bytes other than weights and optimizer states, which are allocated once). Calibrated: the
+    measured ``max_memory_reserved / max_memory_allocated`` of validation runs on this GPU and recipe."""
+    allocated = rt_allocated_bytes(tensor_bytes, gpu_name)
+    if calibration is not None:
+        return allocated, max(allocated, int(calibration.allocator_factor * allocated))
+    return allocated, reserved_bytes(allocated, churn_bytes, fragmentation_fraction(setup))
 
 
 def host_bytes(
@@ -653,11 +672,16 @@ def estimate_memory(
     phases_alloc = {"after_load": after_load, "forward_peak": fwd, "backward_peak": bwd, "optimizer_peak": opt}
     overhead = framework_overhead_bytes(cluster, calibration)
     phases: dict[str, dict[str, int]] = {}
+    allocated_peak = reserved_peak = 0
+    phase_tensors: dict[str, int] = {}
     for name, cats in phases_alloc.items():
-        allocated = sum(cats.values())
+        tensors = phase_tensors[name] = int(sum(cats.values()))
+        once = sum(int(cats[k]) for k in ("weights_trainable", "weights_frozen", "optimizer_states", "master_weights"))
+        allocated, reserved = allocator_margin_bytes(tensors, tensors - once, cluster.gpu.name, setup, calibration)
+        allocated_peak, reserved_peak = max(allocated_peak, allocated), max(reserved_peak, reserved)
         full = dict(cats)
         full["framework_overhead"] = overhead
-        full["allocator_margin"] = allocator_margin_bytes(allocated, calibration)
+        full["allocator_margin"] = reserved - tensors
         phases[name] = {k: int(full[k]) for k in CATEGORIES}
     totals = {k: sum(v.values()) for k, v in phases.items()}
     peak_phase = max(totals, key=lambda k: (totals[k], k == "backward_peak"))
@@ -680,13 +704,23 @@ def estimate_memory(
         host_categories=host,
         assumptions=tuple(assumptions),
         calibration=calib,
+        allocated_peak_bytes=allocated_peak,
+        reserved_peak_bytes=min(reserved_peak, totals[peak_phase]),
+        phase_tensors=phase_tensors,
     )
 
 
-def allocated_bytes(est: MemoryEstimate) -> int:
-    """The peak as ``torch.cuda.max_memory_allocated`` would show it: the total less framework overhead and
-    allocator margin (what the trace and validation runs compare against)."""
+def tensor_bytes(est: MemoryEstimate) -> int:
+    """The peak's tensor bytes: the total less framework overhead and allocator margin (what the FakeTensor
+    trace counts)."""
     return est.peak_bytes - est.categories["framework_overhead"] - est.categories["allocator_margin"]
+
+
+def allocated_bytes(est: MemoryEstimate) -> int:
+    """The peak as ``torch.cuda.max_memory_allocated`` would show it (eq. R1-R2): tensors plus the cuBLAS
+    workspaces (what validation runs on a GPU compare against). Estimates read from files written before the
+    field existed fall back to the tensor bytes."""
+    return est.allocated_peak_bytes or tensor_bytes(est)
 
 
 def _assumptions(

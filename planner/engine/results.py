@@ -23,8 +23,8 @@ CATEGORIES: dict[str, str] = {
     "logits_loss": "logits, their fp32 upcast, the loss and the logits gradient",
     "temporaries": "transient tensors: autocast weight copies, QLoRA dequantised layer, optimizer-step temporaries",
     "comm_buffers": "ZeRO / DDP buckets, ZeRO-3 / FSDP gathered parameters and prefetch",
-    "framework_overhead": "CUDA context and library workspaces (cuBLAS, NCCL), outside max_memory_allocated",
-    "allocator_margin": "caching-allocator rounding and fragmentation (reserved minus allocated)",
+    "framework_overhead": "CUDA context and NCCL buffers, outside torch's allocator (nvidia-smi minus reserved)",
+    "allocator_margin": "cuBLAS workspaces, allocator rounding and fragmentation (reserved minus tensors)",
 }
 """Every per-GPU category, in display order, with what it holds."""
 
@@ -49,6 +49,12 @@ class MemoryEstimate(BaseModel):
     host_categories: dict[str, int]
     assumptions: tuple[str, ...] = ()
     calibration: str = "uncalibrated"
+    allocated_peak_bytes: int = Field(0, description="torch.cuda.max_memory_allocated: the largest phase's tensors "
+                                      "plus the cuBLAS workspaces (eq. R1-R2); 0 in files written before it existed")
+    reserved_peak_bytes: int = Field(0, description="torch.cuda.max_memory_reserved: allocated plus rounding and "
+                                     "fragmentation (eq. R3)")
+    phase_tensors: dict[str, int] = Field(default_factory=dict, description="tensor bytes at each phase's peak "
+                                          "(the phase total less allocator margin and framework overhead)")
 
     @model_validator(mode="after")
     def _parts_sum(self) -> "MemoryEstimate":
@@ -67,10 +73,14 @@ class MemoryEstimate(BaseModel):
             raise ValueError("peak_phase is not the largest phase")
         if sum(self.host_categories.values()) != self.host_bytes:
             raise ValueError("host categories do not sum to host_bytes")
+        if self.allocated_peak_bytes and not (
+                self.allocated_peak_bytes <= self.reserved_peak_bytes <= self.peak_bytes):
+            raise ValueError("allocated <= reserved <= device (the peak) does not hold")
         return self
 
     @property
     def peak_bytes(self) -> int:
+        """The device peak (what nvidia-smi shows for the process, eq. R7): every category. Fits are decided on it."""
         return self.phases[self.peak_phase]
 
     @property
@@ -86,6 +96,9 @@ class MemoryEstimate(BaseModel):
             "setup": self.setup.model_dump(),
             "per_gpu": {
                 "peak_bytes": self.peak_bytes,
+                "allocated_peak_bytes": self.allocated_peak_bytes or None,  # None: not modelled (hand-made)
+                "reserved_peak_bytes": self.reserved_peak_bytes or None,
+                "phase_tensor_bytes": dict(self.phase_tensors) or None,
                 "peak_phase": self.peak_phase,
                 "capacity_bytes": self.capacity_bytes,
                 "categories": dict(self.categories),

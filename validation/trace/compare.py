@@ -92,28 +92,20 @@ def compare_estimates(case: str, traced: MemoryEstimate, estimated: MemoryEstima
     ``phase_categories`` (phase -> the trace's categories at that phase's peak) lets the categories be
     compared at the engine's peak phase; without it they are taken at the trace's own peak.
     """
-    from planner.engine.memory import allocated_bytes, allocator_margin_bytes
+    from planner.engine.memory import tensor_bytes
 
     at = (phase_categories or {}).get(estimated.peak_phase, traced.categories)
     t_cats = {k: at.get(k, 0) for k in CATEGORIES if k not in NOT_TRACED}
     e_cats = {k: estimated.categories[k] for k in CATEGORIES if k not in NOT_TRACED}
     comm = 0 if estimated.setup.fsdp else e_cats["comm_buffers"]  # FSDP: traced for real (fsdp.py)
-    overhead = estimated.categories["framework_overhead"]
-    # the engine's margin is a function of each phase's allocated bytes; recover the allocated totals
-    e_alloc = {}
-    for ph in PHASES:
-        total = estimated.phases[ph] - overhead
-        alloc = total
-        for _ in range(4):  # allocated + margin(allocated) = total; margin is monotone and small
-            alloc = total - allocator_margin_bytes(alloc)
-        e_alloc[ph] = alloc
+    e_alloc = dict(estimated.phase_tensors)  # the engine's tensor bytes per phase (no margin, no overhead)
     phase_errors = {ph: (e_alloc[ph] - traced.phases[ph]) / traced.phases[ph] if traced.phases[ph] else 0.0
                     for ph in PHASES}
     subs = tuple(a for a in traced.assumptions if a.startswith("not traceable"))
     return Comparison(
         case=case,
         traced=traced.peak_bytes,
-        estimated=allocated_bytes(estimated) - comm,
+        estimated=tensor_bytes(estimated) - comm,
         traced_phase=traced.peak_phase,
         estimated_phase=estimated.peak_phase,
         category_deltas={k: e_cats[k] - t_cats[k] for k in t_cats},

@@ -102,6 +102,12 @@ def render_estimate(
         print_table(console, speed_table(speed))
     verdict = "[green]fits[/]" if est.fits else "[red]does not fit[/]"
     console.print(f"\n{verdict}: peak {gib(est.peak_bytes)} GiB of {gib(est.capacity_bytes)} GiB per GPU")
+    if est.allocated_peak_bytes:
+        console.print(
+            f"  as torch reports it: max_memory_allocated ~{gib(est.allocated_peak_bytes)} GiB, "
+            f"max_memory_reserved ~{gib(est.reserved_peak_bytes)} GiB; nvidia-smi ~{gib(est.peak_bytes)} GiB "
+            "(reserved + CUDA context + NCCL)"
+        )
     if host_capacity_bytes is not None and est.host_bytes > host_capacity_bytes:
         console.print(
             f"[red]host RAM short[/]: needs {gib(est.host_bytes)} GiB per node, the node has "
@@ -181,8 +187,15 @@ def render_search(console: Console, result, explain: bool = False, train_time=No
 def candidate_label(setup) -> str:  # noqa: ANN001
     """A rejected candidate's row label: the plan's short label and its precision recipe, so that candidates
     differing only in the recipe (hf-amp / bf16) are told apart; with every dimension the search varies
-    (method, sharding, offload, checkpointing, micro-batch x accumulation, optimizer, loss, recipe)."""
-    return f"{setup.short()} · {setup.recipe}"
+    (method, sharding, offload, checkpointing, micro-batch x accumulation, optimizer, loss, recipe) and, where
+    the recipe book sets them, the trainer and torch.compile (a torchtune and a torchtitan bundle can otherwise
+    share every other setting)."""
+    parts = [setup.short(), setup.recipe]
+    if setup.compile:
+        parts.append("compiled")
+    if setup.framework:
+        parts.append(setup.framework)
+    return " · ".join(parts)
 
 
 def render_group(*items) -> Group:  # noqa: ANN002

@@ -285,7 +285,7 @@ def test_l20_qwen7b_full_recommends_an_in_memory_plan():
 def test_chapter_48gb_recipe_is_found_and_written_for_torchtune():
     """The chapter's torchtune 7B_full_low_memory recipe (paged 32-bit AdamW, optimizer in backward, checkpointing
     with activation offload, chunked loss) on a 48 GB card."""
-    from planner.emit import Target, build_files, trainers_for
+    from planner.emit import Target, build_files
     import yaml
 
     r = _search("llama-2-7b", "L20", method="full", optimizer="paged-adamw", optimizer_in_backward=True,
