@@ -11,7 +11,7 @@ skips the cases already in it. At the end the report is rewritten with the summa
 term and, with ``--per-layer``, one block's saved activations traced at 1 and 2 blocks against the engine's
 inventory (the numbers that fix a formula).
 
-    python benchmarks/accuracy_vs_trace.py                   # full matrix -> docs/accuracy.md
+    python benchmarks/accuracy_vs_trace.py                   # full matrix -> benchmarks/results/trace.md
     python benchmarks/accuracy_vs_trace.py --only qwen3-8b   # cases whose id contains the text
     python benchmarks/accuracy_vs_trace.py --resume --per-layer 6
 """
@@ -38,7 +38,8 @@ from profiles.cluster import parse_cluster  # noqa: E402
 from profiles.registry import get_model  # noqa: E402
 
 GiB = 2**30
-DEFAULT_OUT = ROOT / "docs" / "accuracy.md"
+DEFAULT_OUT = ROOT / "benchmarks" / "results" / "trace.md"
+"""The trace section of docs/accuracy.md (assembled by benchmarks/accuracy.py)."""
 TERMS = [k for k in CATEGORIES if k not in ("framework_overhead", "allocator_margin")]
 ROW_RE = re.compile(r"^\| (?P<id>[a-z0-9][^|]*?) \|")
 MODELS = ["llama-3.1-8b", "qwen2.5-0.5b", "qwen2.5-7b", "qwen3-8b", "gemma-2-2b", "mistral-7b-v0.1", "qwen3-30b-a3b"]
@@ -154,7 +155,7 @@ def load_rows(path: Path) -> dict[str, dict]:
 def header(command: str, versions: dict[str, str], state: str) -> str:
     v = ", ".join(f"{k} {x}" for k, x in versions.items())
     return (
-        "# Accuracy of the memory engine against the trace\n\n"
+        "## Memory against the trace\n\n"
         f"_{state}_\n\n"
         f"Generated {_dt.date.today().isoformat()} by `{command}` on {platform.machine()} "
         f"({platform.python_implementation()} {platform.python_version()}; {v}).\n\n"
@@ -196,7 +197,7 @@ def finish(path: Path, command: str, versions: dict[str, str], results: list[dic
     out = [header(command, versions, f"{len(comps)} cases in {elapsed / 60:.1f} min")]
     out.append(f"**Summary: {summary.line()}** — the engine {verdict} the target.\n\n")
     out.append(KNOWN_MISSES)
-    out.append("## Worst cases per term\n\n")
+    out.append("### Worst cases per term\n\n")
     out.append("For each category, the case where the engine is furthest from the trace (bytes at the engine's "
                "peak phase; % of the traced peak).\n\n| term | case | traced GiB | estimated GiB | delta % of peak |\n"
                "|---|---|---:|---:|---:|\n")
@@ -207,12 +208,12 @@ def finish(path: Path, command: str, versions: dict[str, str], results: list[dic
             continue
         out.append(f"| {term} | {worst.case} | {_gib(worst.traced_categories[term])} | "
                    f"{_gib(worst.estimated_categories[term])} | {_pct(d / worst.traced)} |\n")
-    out.append("\n## Worst cases in total\n\n" + TABLE_HEAD)
+    out.append("\n### Worst cases in total\n\n" + TABLE_HEAD)
     for c in sorted(comps, key=lambda c: -abs(c.error))[:8]:
         out.append(row(c))
     if layer_fits:
         out.append(
-            "\n## One block's saved activations: trace vs engine\n\n"
+            "\n### One block's saved activations: trace vs engine\n\n"
             "Traced as the difference between 1 and 2 blocks at s = 256 and 512 (bytes per token, and per token "
             "per position for the s^2 terms of eager attention), against `planner.engine.activations.layer_inventory`."
             "\n\n| case | traced B/token | engine B/token | error % | traced B/token/pos | engine B/token/pos |\n"
@@ -223,10 +224,10 @@ def finish(path: Path, command: str, versions: dict[str, str], results: list[dic
                        f"{fit.traced_per_token_per_seq:,.2f} | {fit.engine_per_token_per_seq:,} |\n")
     subs = sorted({s for c in comps for s in c.substitutions})
     if subs:
-        out.append("\n## What the trace substituted\n\n" + "".join(f"- {s}\n" for s in subs))
+        out.append("\n### What the trace substituted\n\n" + "".join(f"- {s}\n" for s in subs))
     if failed:
-        out.append("\n## Failed cases\n\n" + "".join(f"- {k}: {v}\n" for k, v in failed.items()))
-    out.append("\n## All cases\n\n" + TABLE_HEAD)
+        out.append("\n### Failed cases\n\n" + "".join(f"- {k}: {v}\n" for k, v in failed.items()))
+    out.append("\n### All cases\n\n" + TABLE_HEAD)
     for c in comps:
         out.append(row(c))
     path.write_text("".join(out), encoding="utf-8")
@@ -236,7 +237,7 @@ def finish(path: Path, command: str, versions: dict[str, str], results: list[dic
 # ---- run ---------------------------------------------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", type=Path, default=DEFAULT_OUT, help="report path (default: docs/accuracy.md)")
+    ap.add_argument("--out", type=Path, default=DEFAULT_OUT, help="section path (default: benchmarks/results/trace.md; docs/accuracy.md is assembled by benchmarks/accuracy.py)")
     ap.add_argument("--only", default=None, help="run only cases whose id contains this text")
     ap.add_argument("--resume", action="store_true", help="keep the cases already in --out and run the rest")
     ap.add_argument("--per-layer", type=int, default=0, metavar="K",

@@ -34,9 +34,9 @@ from planner.engine.dtypes import RecipeBytes, recipe_bytes
 from planner.engine.facts import ModelFacts
 from planner.engine.results import CATEGORIES, MemoryEstimate
 from planner.engine.runtime_memory import (
-    FRAGMENTATION_DEFAULT,
-    FRAGMENTATION_DYNAMIC_SHAPES,
+    FRAGMENTATION,
     cuda_context_bytes,
+    fragmentation_class,
     nccl_buffer_bytes,
     reserved_bytes,
 )
@@ -536,25 +536,31 @@ def framework_overhead_bytes(cluster: Cluster, calibration: Calibration | None =
     return cuda_context_bytes() + nccl_buffer_bytes(cluster.world_size, nvlink)
 
 
-def fragmentation_fraction(setup: Setup) -> float:
+def sharded_gathers(cluster: Cluster, setup: Setup) -> bool:
+    """Whether parameters are all-gathered on a side stream each step (FSDP, ZeRO-3, on more than one GPU)."""
+    return cluster.world_size > 1 and (setup.fsdp is not None or setup.zero == 3)
+
+
+def fragmentation_fraction(cluster: Cluster, setup: Setup) -> float:
     """The share of a step's freed-and-reallocated memory the caching allocator keeps in blocks it cannot reuse
-    (eq. R3): :data:`~planner.engine.runtime_memory.FRAGMENTATION_DEFAULT` for packed rows (the same shapes every
-    step), :data:`~planner.engine.runtime_memory.FRAGMENTATION_DYNAMIC_SHAPES` for padded batches, whose shapes
-    change from step to step. Both are assumptions until a fit to measured reserved peaks replaces them
-    (docs/accuracy.md, memory section)."""
-    return FRAGMENTATION_DEFAULT if setup.packing else FRAGMENTATION_DYNAMIC_SHAPES
+    (eq. R3), by :func:`~planner.engine.runtime_memory.fragmentation_class`: side-stream parameter gathers, padded
+    batches of changing shape, or neither. Values: :data:`~planner.engine.runtime_memory.FRAGMENTATION` (fitted
+    leave-one-source-out to published allocated + nvidia-smi pairs; docs/accuracy.md, memory section)."""
+    return FRAGMENTATION[fragmentation_class(setup.packing, sharded_gathers(cluster, setup))]
 
 
-def allocator_margin_bytes(tensor_bytes: int, churn_bytes: int, gpu_name: str, setup: Setup,
+def allocator_margin_bytes(tensor_bytes: int, churn_bytes: int, cluster: Cluster, setup: Setup, overhead: int,
                            calibration: Calibration | None = None) -> tuple[int, int]:
     """``(allocated, reserved)`` of one phase from its tensor bytes (eq. R1-R3): allocated adds the cuBLAS
     workspaces; reserved adds the allocator's segment rounding and the fragmented share of ``churn_bytes``
-    (the phase's bytes other than weights and optimizer states, which are allocated once). Calibrated: the
-    measured ``max_memory_reserved / max_memory_allocated`` of validation runs on this GPU and recipe."""
-    allocated = rt_allocated_bytes(tensor_bytes, gpu_name)
+    (the phase's bytes other than weights and optimizer states, which are allocated once), capped at the card
+    less ``overhead`` (the allocator frees its cache and retries before it reports out of memory). Calibrated:
+    the measured ``max_memory_reserved / max_memory_allocated`` of validation runs on this GPU and recipe."""
+    allocated = rt_allocated_bytes(tensor_bytes, cluster.gpu.name)
     if calibration is not None:
         return allocated, max(allocated, int(calibration.allocator_factor * allocated))
-    return allocated, reserved_bytes(allocated, churn_bytes, fragmentation_fraction(setup))
+    limit = cluster.gpu.memory_bytes - overhead
+    return allocated, reserved_bytes(allocated, churn_bytes, fragmentation_fraction(cluster, setup), limit=limit)
 
 
 def host_bytes(
@@ -677,7 +683,7 @@ def estimate_memory(
     for name, cats in phases_alloc.items():
         tensors = phase_tensors[name] = int(sum(cats.values()))
         once = sum(int(cats[k]) for k in ("weights_trainable", "weights_frozen", "optimizer_states", "master_weights"))
-        allocated, reserved = allocator_margin_bytes(tensors, tensors - once, cluster.gpu.name, setup, calibration)
+        allocated, reserved = allocator_margin_bytes(tensors, tensors - once, cluster, setup, overhead, calibration)
         allocated_peak, reserved_peak = max(allocated_peak, allocated), max(reserved_peak, reserved)
         full = dict(cats)
         full["framework_overhead"] = overhead

@@ -287,6 +287,8 @@ def search(model: ModelProfile, cluster: Cluster, request: SearchRequest, with_s
         # a family that steps in backward cannot accumulate: its global batch is micro-batch x data-parallel ranks
         # (said in its reasons), so its micro-batches are searched even when the accumulation is fixed
         in_bwd = bool(fields.get("optimizer_in_backward") or fields.get("galore_layerwise"))
+        if in_bwd and f.get("grad_accum", 1) != 1:
+            continue  # the user fixed an accumulation such a family cannot run
         mbs = _micro_batches({k: v for k, v in f.items() if k != "grad_accum"} if in_bwd else f, gb, dp)
         fit_any = fit_max = False
         for mb in mbs:

@@ -278,8 +278,14 @@ def test_properties(kw, model):
     m = get_model(model)
     cluster = make_cluster(get_gpu("H100"), 8)
     est = {z: evaluate(m, cluster, Setup(recipe="deepspeed-bf16", zero=z, **kw)).memory for z in (0, 1, 2, 3)}
-    # ZeRO-3 <= ZeRO-2 <= ZeRO-1 <= DDP per GPU, at equal GPU count
-    assert est[3].peak_bytes <= est[2].peak_bytes <= est[1].peak_bytes <= est[0].peak_bytes
+    # ZeRO-3 <= ZeRO-2 <= ZeRO-1 <= DDP per GPU, at equal GPU count, in what torch allocates; the nvidia-smi
+    # figure keeps the order among ZeRO-0/1/2 (one fragmentation class), while ZeRO-3's side-stream gathers
+    # fragment more (eq. R3, "sharded"), which for a small model can outweigh the states it shards
+    a = {z: est[z].allocated_peak_bytes for z in est}
+    assert a[3] <= a[2] <= a[1] <= a[0]
+    assert est[2].peak_bytes <= est[1].peak_bytes <= est[0].peak_bytes
+    if model != "qwen2.5-0.5b" and kw["method"] == "full":  # model states dominate: sharding them wins
+        assert est[3].peak_bytes <= est[2].peak_bytes
     e = est[2]
     # parts sum to totals; nothing negative or NaN
     assert sum(e.categories.values()) == e.peak_bytes

@@ -383,9 +383,10 @@ def test_tp_and_cp_memory_against_torchtitans_published_runs():
     the engine's peak on the 80 GB SXM profile is compared with the published *reserved* peak.
 
     What holds: CP keeps 32k local tokens per rank, and the published memory is flat across CP 1-8 (83.9-84.5 GiB);
-    the estimate must be flat too (it is: 73.5-74.5). The level is low: 0.88 of the reserved peak for CP, 0.72 / 0.77
-    for sync / async TP (the caching allocator's reserve at 16-50 GiB tensors is not modelled beyond the default
-    margin; docs/accuracy.md reports these rows). The bound below is that reported error, not a match."""
+    the estimate must be flat too. The level: the estimated max_memory_reserved is 0.93-0.94 of the published one
+    for CP, 0.98 / 1.04 for sync / async TP (allocated alone: 0.82 and 0.67 / 0.71, so the fragmentation term of eq.
+    R3, fitted on other sources, explains the rest; these records never enter that fit). The bound below is that
+    reported error, not a match."""
     from profiles.evidence import corpus_records, memory_bytes
 
     ratios: dict[str, float] = {}
@@ -398,9 +399,10 @@ def test_tp_and_cp_memory_against_torchtitans_published_runs():
         fields = {k: v for k, v in rec.setup.items() if k in Setup.model_fields}
         plan = evaluate(get_model(rec.model), parse_cluster(rec.gpus.lower().replace("h100-96gb", "h100")),
                         Setup(**fields, framework="torchtitan"))
-        ratios[r.id] = plan.memory.peak_bytes / memory_bytes(rec.measured.memory)
+        assert rec.measured.memory.kind == "reserved"
+        ratios[r.id] = plan.memory.reserved_peak_bytes / memory_bytes(rec.measured.memory)
     assert len(ratios) == 6
     cp = [v for k, v in ratios.items() if "-cp" in k]
     assert len(cp) == 4 and max(cp) / min(cp) < 1.02  # flat across CP degrees, as measured
     for k, v in ratios.items():
-        assert 0.65 < v <= 1.0, (k, v)  # under the reserved peak, by the error docs/accuracy.md reports
+        assert 0.9 < v < 1.1, (k, v)  # within the error docs/accuracy.md reports

@@ -1,0 +1,186 @@
+"""Memory against published real-GPU runs (the evidence corpus, profiles/evidence/): the memory section of
+docs/accuracy.md, and the fitted fragmentation fractions the engine ships.
+
+Every memory record is held against the engine's figure of the kind the source measured (allocated, reserved,
+nvidia-smi; see :mod:`validation.corpus_memory`); the one fitted runtime term (the fragmentation fraction of
+docs/memory.md eq. R3) is fitted to the sources that publish both ``max_memory_allocated`` and nvidia-smi, each
+of them predicted by a fit that did not see it. Published out-of-memory runs are held against the engine's fit
+verdict. Every record is listed; the ones that refute the engine stay in the report.
+
+    python benchmarks/memory_vs_corpus.py          # ~1 min: writes benchmarks/results/memory.md and memory_fit.json
+    python benchmarks/memory_vs_corpus.py --check  # exit 1 if the engine's FRAGMENTATION differs from the fit
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import statistics
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+RESULTS = ROOT / "benchmarks" / "results"
+FIT_FILE = RESULTS / "memory_fit.json"
+GiB = 2**30
+TARGET = "Target (issue 11): median |error| <= 8 %, max <= 25 %; no published OOM predicted to fit, no run that fitted predicted not to."
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{x * 100:+.1f}"
+
+
+def _gib(x: float | None) -> str:
+    return "-" if not x else f"{x / GiB:.2f}"
+
+
+def _fr(f: dict[str, float]) -> str:
+    return ", ".join(f"{k} {v:.2f}" for k, v in f.items())
+
+
+def memory_section(rep, prior: dict[str, float], seconds: float) -> str:  # noqa: ANN001
+    from validation.corpus_memory import FITTED_KINDS, gap_sources, summary, with_fractions
+
+    s, s_prior = summary(rep), summary(with_fractions(rep, prior))
+    n_src = len({r.source for r in rep.rows})
+    lines = [
+        "## Memory against published runs",
+        "",
+        f"_{len(rep.rows)} memory records from {n_src} sources of the evidence corpus ({s['n']} with a measured peak, "
+        f"{s['oom_total']} published out-of-memory runs); generated {_dt.date.today()} by "
+        f"`python benchmarks/memory_vs_corpus.py` ({seconds:.0f} s)._",
+        "",
+        "Each record is compared with the engine's figure of the kind its source measured (docs/memory.md eq. "
+        "R1-R7): `allocated` and `active` with the estimated `max_memory_allocated` (tensors + cuBLAS workspaces), "
+        "`reserved` with the estimated `max_memory_reserved` (+ segment rounding + the fragmented share of the "
+        "step's churn, capped at the card), `device` with the nvidia-smi figure (+ CUDA context + NCCL). Sources "
+        "that print \"peak memory\" without saying which (`unknown`) are compared with reserved and never fitted. "
+        "Errors are `(estimated - measured) / measured`; positive means the engine errs high. The fragmentation "
+        "fractions are the only fitted term: every record of a source that fits them is computed with the fractions "
+        "fitted *without* that source (leave one source out); records of the other sources never enter the fit.",
+        "",
+        f"**Summary: {s['n']} records, median |error| {s['median_abs'] * 100:.1f} %, max {s['max_abs'] * 100:.0f} % "
+        f"({s['worst']}); {s['within_8']} within 8 %, {s['within_25']} within 25 %. Out of memory: "
+        f"{len(s['oom_predicted_to_fit'])} of {s['oom_total']} published OOMs predicted to fit; "
+        f"{len(s['ran_predicted_not_to_fit'])} of {s['ran_total']} runs that fitted predicted not to. {TARGET} "
+        f"{'Met.' if s['median_abs'] <= 0.08 and s['max_abs'] <= 0.25 and not s['oom_predicted_to_fit'] and not s['ran_predicted_not_to_fit'] else 'Not met.'}**",
+        "",
+        "| kind | records | median abs % | max abs % | within 8 % | within 25 % | median abs %, prior fractions |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for kinds in (("allocated", "active"), ("reserved",), ("device",), ("unknown",)):
+        k, kp = summary(rep, kinds), summary(with_fractions(rep, prior), kinds)
+        if k["n"]:
+            lines.append(f"| {' / '.join(kinds)} | {k['n']} | {k['median_abs'] * 100:.1f} | {k['max_abs'] * 100:.0f} | "
+                         f"{k['within_8']} | {k['within_25']} | {kp['median_abs'] * 100:.1f} |")
+    lines.append(f"| all | {s['n']} | {s['median_abs'] * 100:.1f} | {s['max_abs'] * 100:.0f} | {s['within_8']} | "
+                 f"{s['within_25']} | {s_prior['median_abs'] * 100:.1f} |")
+
+    # the fitted term
+    lines += ["", "### The fitted term: fragmentation (eq. R3)", "",
+              "Fitted on the measured gap nvidia-smi - `max_memory_allocated` of the runs whose source publishes both "
+              "(so the engine's tensor error does not enter it), per class: `static` (packed rows, one stream), "
+              "`dynamic` (padded batches whose shape changes), `sharded` (parameters all-gathered on a side stream: "
+              "FSDP, ZeRO-3 on several GPUs). The gap error is `(estimated gap - measured gap) / measured nvidia-smi`.",
+              "", f"Shipped (all sources): **{_fr(rep.fit)}**; prior assumptions: {_fr(prior)}.", "",
+              "| held-out source | records | fractions fitted without it | gap error, held out: median abs % / max % | "
+              "with the prior: median / max |", "|---|---:|---|---|---|"]
+    for src in gap_sources(rep.rows):
+        rows = [r for r in rep.rows if r.source == src and r.measured_gap_bytes is not None]
+        held = [abs(r.gap_error(rep.held_out[src])) for r in rows]
+        pri = [abs(r.gap_error(prior)) for r in rows]
+        lines.append(f"| {src} | {len(rows)} | {_fr(rep.held_out[src])} | {statistics.median(held) * 100:.1f} / "
+                     f"{max(held) * 100:.0f} | {statistics.median(pri) * 100:.1f} / {max(pri) * 100:.0f} |")
+    lines += ["", "Only two sources publish both figures (both IBM fms-acceleration benchmark tables on A100-80GB), so "
+              "a class seen by one of them only is predicted at the prior when that source is held out (`dynamic` for "
+              "the padding-free study). The fit moves the reserved records of other sources *away* from their "
+              "measurements where the engine already errs high on tensors (padded rows evaluated at the cut-off "
+              "length, torchtitan's per-op checkpointing): see the cases below."]
+
+    # refuting cases
+    bad = sorted((r for r in rep.rows if r.measured_bytes and abs(rep.error(r)) > 0.25), key=lambda r: -abs(rep.error(r)))
+    lines += ["", f"### Records the engine misses by more than 25 % ({len(bad)})", "",
+              "Kept in the report: each is either a setup the corpus maps imperfectly (the record's notes say how) or "
+              "a term the engine gets wrong.", "",
+              "| record | kind | measured GiB | estimated GiB | error % | setup | notes |", "|---|---|---:|---:|---:|---|---|"]
+    for r in bad:
+        lines.append(f"| {r.id} | {r.kind} | {_gib(r.measured_bytes)} | {_gib(r.figure(rep.held_out.get(r.source, rep.fit)))} | "
+                     f"{_pct(rep.error(r))} | {r.label} | {'; '.join(r.notes).replace('|', '/') or '-'} |")
+
+    # OOMs
+    lines += ["", "### Out of memory: published verdict against the engine's", "",
+              "The engine's verdict here is its nvidia-smi figure against the whole card (no headroom).", "",
+              "| record | published | engine: nvidia-smi GiB / card GiB | engine says | agrees |", "|---|---|---|---|---|"]
+    verdicts = [r for r in rep.rows if r.oom] + [r for r in rep.rows if r.measured_bytes and not rep.fits(r)]
+    for r in verdicts:
+        f = rep.held_out.get(r.source, rep.fit)
+        says = "fits" if r.predicted_fits(f) else "out of memory"
+        pub = "out of memory" if r.oom else "ran"
+        lines.append(f"| {r.id} | {pub} | {_gib(r.device(f))} / {_gib(r.capacity_bytes)} | {says} | "
+                     f"{'yes' if (says == 'fits') == (pub == 'ran') else '**no**'} |")
+
+    # per source, every record
+    lines += ["", "### Per source", "", "| source | records | median signed % | min % | max % |", "|---|---:|---:|---:|---:|"]
+    by_src: dict[str, list[float]] = defaultdict(list)
+    for r in rep.rows:
+        if r.measured_bytes:
+            by_src[r.source].append(rep.error(r))
+    for src, es in sorted(by_src.items()):
+        lines.append(f"| {src} | {len(es)} | {_pct(statistics.median(es))} | {_pct(min(es))} | {_pct(max(es))} |")
+    lines += ["", "### Every record", "",
+              "| record | kind | fragmentation class | measured GiB | estimated GiB | error % | fit | setup |",
+              "|---|---|---|---:|---:|---:|---|---|"]
+    for r in sorted((r for r in rep.rows if r.measured_bytes), key=lambda r: rep.error(r)):
+        f = rep.held_out.get(r.source, rep.fit)
+        fitted = "fits the term" if (r.measured_gap_bytes is not None and r.fit) else ("anomaly: not fitted" if not r.fit else "-")
+        lines.append(f"| {r.id} | {r.kind} | {r.frag_class} | {_gib(r.measured_bytes)} | {_gib(r.figure(f))} | "
+                     f"{_pct(rep.error(r))} | {fitted} | {r.label} |")
+    if rep.refused:
+        lines += ["", f"### Records the engine refuses ({len(rep.refused)})", "", "| record | why |", "|---|---|"]
+        lines += [f"| {r.id} | {r.error} |" for r in rep.refused]
+    return "\n".join(lines) + "\n"
+
+
+def run() -> tuple[object, float]:
+    from validation.corpus import load
+    from validation.corpus_memory import evaluate_corpus
+
+    t0 = time.perf_counter()
+    rep = evaluate_corpus(load())
+    return rep, time.perf_counter() - t0
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", type=Path, default=RESULTS / "memory.md", help="the rendered section")
+    ap.add_argument("--check", action="store_true", help="only check the engine's fractions against the fit")
+    args = ap.parse_args(argv)
+    from planner.engine.runtime_memory import FRAGMENTATION, FRAGMENTATION_PRIOR
+    from planner.fileio import atomic_write_text
+
+    rep, seconds = run()
+    if args.check:
+        ok = rep.fit == FRAGMENTATION
+        print(f"fit {_fr(rep.fit)}; engine {_fr(FRAGMENTATION)}: {'same' if ok else 'DIFFERENT'}")
+        return 0 if ok else 1
+    atomic_write_text(args.out, memory_section(rep, FRAGMENTATION_PRIOR, seconds))
+    atomic_write_text(FIT_FILE, json.dumps({"fit": rep.fit, "held_out": rep.held_out, "prior": FRAGMENTATION_PRIOR,
+                                            "generated": str(_dt.date.today())}, indent=1) + "\n")
+    from validation.corpus_memory import summary
+
+    s = summary(rep)
+    print(f"memory: {s['n']} records, median |error| {s['median_abs'] * 100:.1f} %, max {s['max_abs'] * 100:.0f} %; "
+          f"OOMs predicted to fit {len(s['oom_predicted_to_fit'])}/{s['oom_total']}; fit {_fr(rep.fit)}; wrote {args.out}")
+    if rep.fit != FRAGMENTATION:
+        print("note: planner/engine/runtime_memory.py FRAGMENTATION differs from this fit; update it to ship the fit")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,75 @@
+"""The memory-vs-published evaluation (validation/corpus_memory.py): the fit recovers a known fraction, a held-out
+source never enters its own fit, and the engine ships the fit the corpus gives."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from planner.engine.runtime_memory import FRAGMENTATION, FRAGMENTATION_PRIOR, reserved_bytes
+from validation.corpus import load
+from validation.corpus_memory import MemoryRow, evaluate_corpus, fit_fractions, summary
+
+GiB = 2**30
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _row(source: str, tensors: int, once: int, frac: float, cls: str = "static", overhead: int = GiB // 2,
+         capacity: int = 80 * GiB) -> MemoryRow:
+    """A run whose published nvidia-smi is exactly what eq. R3 gives at ``frac`` (synthetic truth)."""
+    alloc = tensors  # no cuBLAS workspace: keeps the arithmetic visible
+    device = reserved_bytes(alloc, tensors - once, frac, limit=capacity - overhead) + overhead
+    return MemoryRow(id=f"{source}/{tensors}", source=source, kind="allocated", measured_bytes=float(alloc),
+                     measured_device_bytes=float(device), oom=False, capacity_bytes=capacity,
+                     tensors={"backward_peak": tensors}, once_bytes=once, cublas_bytes=0, overhead_bytes=overhead,
+                     frag_class=cls, fit=True, label="synthetic")
+
+
+def test_fit_recovers_a_known_fraction_per_class():
+    rows = [_row("a", t * GiB, 10 * GiB, 0.31) for t in (20, 30, 40)]
+    rows += [_row("a", t * GiB, 10 * GiB, 0.5, "sharded") for t in (15, 25)]
+    fit = fit_fractions(rows)
+    assert fit["static"] == pytest.approx(0.31) and fit["sharded"] == pytest.approx(0.5)
+    assert fit["dynamic"] == FRAGMENTATION_PRIOR["dynamic"]  # no data: the prior, never the shipped fit
+
+
+def test_the_cap_at_the_card_is_what_the_fit_sees():
+    # near the card the allocator frees its cache: a larger fraction changes nothing once capped
+    capped = _row("a", 75 * GiB, 10 * GiB, 0.9, capacity=80 * GiB)
+    assert capped.measured_device_bytes == 80 * GiB
+    assert capped.gap_error({"static": 0.9}) == capped.gap_error({"static": 0.6}) == 0
+
+
+def test_leave_one_source_out_never_sees_the_source(monkeypatch):
+    import validation.corpus_memory as cm
+
+    rows = [_row("a", t * GiB, 10 * GiB, 0.2) for t in (20, 30, 40)] + [_row("b", t * GiB, 5 * GiB, 0.4) for t in (20, 30)]
+    monkeypatch.setattr(cm, "rows_from", lambda corpus: (rows, []))
+    rep = evaluate_corpus(None)
+    assert rep.held_out["a"]["static"] == pytest.approx(0.4) and rep.held_out["b"]["static"] == pytest.approx(0.2)
+    # held-out errors are real errors: source a predicted at b's fraction misses its gaps
+    assert all(rep.error(r) == 0 for r in rows)  # allocated figures involve no fitted term
+    assert all(abs(r.gap_error(rep.held_out[r.source])) > 0 for r in rows)
+
+
+def test_every_memory_record_is_evaluated_or_refused_with_a_reason():
+    corpus = load()
+    rep = evaluate_corpus(corpus)
+    assert len(rep.rows) + len(rep.refused) == len(corpus.memory)
+    assert all(r.error for r in rep.refused)
+    for r in rep.rows:
+        f = rep.held_out.get(r.source, rep.fit)
+        assert r.allocated <= r.reserved(f) <= r.device(f)
+    s = summary(rep)
+    assert s["n"] == sum(1 for r in rep.rows if r.measured_bytes) and s["oom_total"] == sum(r.oom for r in rep.rows)
+
+
+def test_the_engine_ships_the_fit():
+    """planner/engine/runtime_memory.py FRAGMENTATION is the all-source fit of the corpus shipped with it, and the
+    file the report was rendered from says so (regenerate: python benchmarks/memory_vs_corpus.py)."""
+    rep = evaluate_corpus(load())
+    assert rep.fit == FRAGMENTATION
+    stored = json.loads((ROOT / "benchmarks/results/memory_fit.json").read_text())
+    assert stored["fit"] == FRAGMENTATION and stored["prior"] == FRAGMENTATION_PRIOR

@@ -1,0 +1,240 @@
+"""Memory against published real-GPU runs: every memory record of the evidence corpus (``profiles/evidence/``)
+held against the engine's figure of the same kind, the one fitted runtime term fitted leave-one-source-out, and
+published out-of-memory runs held against the engine's fit verdict.
+
+Which figure a record is compared with (docs/memory.md eq. R1-R7):
+
+========== ======================================================================================
+kind       engine figure
+========== ======================================================================================
+allocated  ``allocated_peak_bytes``: tensors + cuBLAS workspaces (``torch.cuda.max_memory_allocated``)
+active     the same (``active_bytes.all.peak`` differs from allocated by the 512-byte rounding only)
+reserved   ``reserved_peak_bytes``: allocated + segment rounding + the fragmented share of the step's churn
+device     ``peak_bytes``: reserved + CUDA context + NCCL buffers (nvidia-smi)
+unknown    reserved: a source that says "peak memory" without the kind reads torch's counters far more
+           often than nvidia-smi [assumption]; these rows are reported apart and never fitted
+========== ======================================================================================
+
+The fitted term is the fragmentation fraction of eq. R3, one per
+:func:`~planner.engine.runtime_memory.fragmentation_class` (static shapes, padded batches of changing shape,
+parameters gathered on a side stream): the share of the memory freed and re-allocated within a step that the
+caching allocator keeps cached in blocks it cannot reuse. It is fitted on what isolates
+it: runs whose source publishes both ``max_memory_allocated`` and nvidia-smi, so that the measured gap
+(device - allocated) is held against the engine's (fragmented churn + segment rounding + CUDA context + NCCL),
+free of the engine's tensor error. Each such source is predicted by a fit that did not see it (leave one source
+out). Records of every other source never enter the fit. Allocated and active figures involve no fitted term.
+
+Pure: no torch, no file I/O (benchmarks/accuracy_vs_corpus.py renders and writes).
+"""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass, field, replace
+
+from planner.engine.evaluate import evaluate
+from planner.engine.memory import sharded_gathers
+from planner.engine.runtime_memory import (
+    FRAGMENTATION_CLASSES,
+    FRAGMENTATION_PRIOR,
+    cublas_workspace_bytes,
+    fragmentation_class,
+    reserved_bytes,
+)
+from profiles.evidence import memory_bytes
+from validation.corpus import Corpus, MemoryCase
+
+FITTED_KINDS = ("reserved", "device")
+"""Record kinds whose engine figure depends on the fragmentation fractions."""
+FRACTION_GRID = tuple(i / 100 for i in range(0, 61))
+"""Fragmentation fractions searched, 0-60 % in 1 % steps (above 60 % a caching allocator would be returning
+memory to the driver: ``empty_cache`` on OOM retries caps what stays cached)."""
+
+
+@dataclass(frozen=True)
+class MemoryRow:
+    """One published memory record against the engine."""
+
+    id: str
+    source: str
+    kind: str
+    measured_bytes: float | None
+    """None: an out-of-memory record without a measured figure"""
+    measured_device_bytes: float | None
+    """nvidia-smi beside an allocated figure (``memory_other``): the records that fit the runtime term"""
+    oom: bool
+    capacity_bytes: int
+    tensors: dict[str, int]
+    """tensor bytes at each phase's peak"""
+    once_bytes: int
+    """weights, master weights and optimizer states: allocated once, never churned"""
+    cublas_bytes: int
+    overhead_bytes: int
+    """outside the allocator: CUDA context + NCCL"""
+    frag_class: str
+    """which fragmentation fraction applies (runtime_memory.fragmentation_class)"""
+    fit: bool
+    """False: anomaly flagged in the record; reported, never fitted"""
+    label: str
+    notes: tuple[str, ...] = ()
+    error: str | None = None
+    """set when the engine refused the setup"""
+
+    @property
+    def allocated(self) -> int:
+        return max(self.tensors.values()) + self.cublas_bytes
+
+    def reserved(self, fractions: dict[str, float]) -> int:
+        """Eq. R3 at each phase, as the engine computes it, with ``fractions`` by fragmentation class."""
+        f = fractions[self.frag_class]
+        limit = self.capacity_bytes - self.overhead_bytes
+        return max(reserved_bytes(t + self.cublas_bytes, t - self.once_bytes, f, limit=limit)
+                   for t in self.tensors.values())
+
+    def device(self, fractions: dict[str, float]) -> int:
+        return self.reserved(fractions) + self.overhead_bytes
+
+    def figure(self, fractions: dict[str, float]) -> int:
+        """The engine's figure of this record's kind."""
+        if self.kind in ("allocated", "active"):
+            return self.allocated
+        if self.kind == "device":
+            return self.device(fractions)
+        return self.reserved(fractions)
+
+    def rel_error(self, fractions: dict[str, float]) -> float | None:
+        """(estimate - measured) / measured; None without a measured figure."""
+        if not self.measured_bytes:
+            return None
+        return self.figure(fractions) / self.measured_bytes - 1
+
+    @property
+    def measured_gap_bytes(self) -> float | None:
+        """nvidia-smi minus max_memory_allocated, as published (None unless both are)."""
+        if self.kind != "allocated" or not self.measured_bytes or not self.measured_device_bytes:
+            return None
+        return self.measured_device_bytes - self.measured_bytes
+
+    def gap_error(self, fractions: dict[str, float]) -> float | None:
+        """(estimated gap - measured gap) / measured device: what the runtime terms alone add to the error of the
+        nvidia-smi figure."""
+        gap = self.measured_gap_bytes
+        if gap is None:
+            return None
+        est_gap = self.device(fractions) - self.allocated
+        return (est_gap - gap) / self.measured_device_bytes
+
+    def predicted_fits(self, fractions: dict[str, float]) -> bool:
+        """The engine's verdict on the device figure against the whole card (no headroom: the run either went out
+        of memory or not)."""
+        return self.device(fractions) <= self.capacity_bytes
+
+
+@dataclass
+class MemoryReport:
+    rows: list[MemoryRow]
+    fit: dict[str, float]
+    """fragmentation fraction by class, fitted to every source that publishes allocated + nvidia-smi pairs"""
+    held_out: dict[str, dict[str, float]]
+    """source -> the fractions fitted without it (only the sources that fit them)"""
+    refused: list[MemoryRow] = field(default_factory=list)
+
+    def error(self, row: MemoryRow, held_out: bool = True) -> float | None:
+        """The row's signed relative error; held out: with the fractions fitted without its source."""
+        f = self.held_out.get(row.source, self.fit) if held_out else self.fit
+        return row.rel_error(f)
+
+    def fits(self, row: MemoryRow, held_out: bool = True) -> bool:
+        f = self.held_out.get(row.source, self.fit) if held_out else self.fit
+        return row.predicted_fits(f)
+
+
+def rows_from(corpus: Corpus) -> tuple[list[MemoryRow], list[MemoryRow]]:
+    """Each memory case evaluated once by :func:`planner.engine.evaluate.evaluate` (uncalibrated), and the ones
+    the engine refuses (kept, with the reason)."""
+    rows, refused = [], []
+    for case in corpus.memory:
+        rows_or_refused = _row(case)
+        (refused if rows_or_refused.error else rows).append(rows_or_refused)
+    return rows, refused
+
+
+def _row(case: MemoryCase) -> MemoryRow:
+    device = [memory_bytes(m) for m in case.other if m.kind == "device"]
+    base = dict(id=case.id, source=case.source, kind=case.kind, measured_bytes=case.measured_bytes, oom=case.oom,
+                measured_device_bytes=device[0] if device else None,
+                capacity_bytes=case.cluster.gpu.memory_bytes,
+                frag_class=fragmentation_class(case.setup.packing, sharded_gathers(case.cluster, case.setup)),
+                fit=case.fit,
+                label=f"{case.model.name} · {case.cluster.label()} · {case.setup.short()} · seq {case.setup.seq_len}",
+                notes=case.notes)
+    try:
+        est = evaluate(case.model, case.cluster, case.setup, explain=False).memory
+    except ValueError as e:  # SetupError is a ValueError
+        return MemoryRow(**base, tensors={"none": 0}, once_bytes=0, cublas_bytes=0, overhead_bytes=0,
+                         error=str(e).splitlines()[0])
+    c = est.categories
+    once = c["weights_trainable"] + c["weights_frozen"] + c["optimizer_states"] + c["master_weights"]
+    return MemoryRow(**base, tensors=dict(est.phase_tensors), once_bytes=int(once),
+                     cublas_bytes=cublas_workspace_bytes(est.gpu), overhead_bytes=int(c["framework_overhead"]))
+
+
+def _loss(rows: list[MemoryRow], fractions: dict[str, float]) -> float:
+    """Median |gap error| (:meth:`MemoryRow.gap_error`)."""
+    xs = [abs(r.gap_error(fractions)) for r in rows]
+    return statistics.median(xs) if xs else 0.0
+
+
+def fit_fractions(rows: list[MemoryRow], prior: dict[str, float] | None = None) -> dict[str, float]:
+    """The fragmentation fraction of each class minimising the median |gap error| of that class's rows among
+    those publishing both allocated and nvidia-smi figures. Classes never share a row, so each is fitted alone;
+    a class without rows keeps ``prior`` (the engine's documented assumption, never the shipped fit)."""
+    prior = dict(prior or FRAGMENTATION_PRIOR)
+    usable = [r for r in rows if r.fit and r.measured_gap_bytes is not None]
+    out = {}
+    for cls in FRAGMENTATION_CLASSES:
+        mine = [r for r in usable if r.frag_class == cls]
+        out[cls] = min(FRACTION_GRID, key=lambda f: (_loss(mine, {cls: f}), f)) if mine else prior[cls]
+    return out
+
+
+def gap_sources(rows: list[MemoryRow]) -> list[str]:
+    """Sources whose records fit the runtime term."""
+    return sorted({r.source for r in rows if r.measured_gap_bytes is not None})
+
+
+def evaluate_corpus(corpus: Corpus) -> MemoryReport:
+    """Every memory record against the engine, with the fragmentation fractions fitted to all sources and, for
+    each source with reserved / device records, refitted without it."""
+    rows, refused = rows_from(corpus)
+    fit = fit_fractions(rows)
+    held_out = {}
+    for src in gap_sources(rows):
+        held_out[src] = fit_fractions([r for r in rows if r.source != src])
+    return MemoryReport(rows=rows, fit=fit, held_out=held_out, refused=refused)
+
+
+def summary(report: MemoryReport, kinds: tuple[str, ...] | None = None, held_out: bool = True) -> dict:
+    """n, median and max |error|, the worst record, and the fit-verdict conflicts."""
+    rows = [r for r in report.rows if r.measured_bytes and (kinds is None or r.kind in kinds)]
+    errs = [(abs(report.error(r, held_out)), r) for r in rows]
+    worst = max(errs, key=lambda x: x[0], default=(0.0, None))
+    ooms = [r for r in report.rows if r.oom]
+    ran = [r for r in report.rows if r.measured_bytes and not r.oom]
+    return {
+        "n": len(rows),
+        "median_abs": statistics.median([e for e, _ in errs]) if errs else 0.0,
+        "max_abs": worst[0],
+        "worst": worst[1].id if worst[1] else None,
+        "within_8": sum(e <= 0.08 for e, _ in errs),
+        "within_25": sum(e <= 0.25 for e, _ in errs),
+        "oom_total": len(ooms),
+        "oom_predicted_to_fit": [r.id for r in ooms if report.fits(r, held_out)],
+        "ran_total": len(ran),
+        "ran_predicted_not_to_fit": [r.id for r in ran if not report.fits(r, held_out)],
+    }
+
+
+def with_fractions(report: MemoryReport, fractions: dict[str, float]) -> MemoryReport:
+    """The report re-read at fixed fractions (no fit), e.g. the engine's prior assumptions, for comparison."""
+    return replace(report, fit=dict(fractions), held_out={k: dict(fractions) for k in report.held_out})
