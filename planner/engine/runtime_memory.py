@@ -117,6 +117,7 @@ def fragmentation_class(packed: bool, sharded_gathers: bool) -> str:
     return "static" if packed else "dynamic"
 
 
+@functools.lru_cache(maxsize=256)
 def compute_capability(gpu_name: str) -> tuple[int, int] | None:
     """The CUDA compute capability of a GPU profile's name (longest matching prefix), None if not NVIDIA."""
     name = gpu_name.upper()
