@@ -62,11 +62,12 @@ FRAMEWORKS: dict[str, str] = {
 
 Fsdp = Literal["full-shard", "shard-grad-op"]
 Offload = Literal["none", "optimizer", "optimizer+params"]
-Checkpointing = Literal["none", "full", "selective"]
+Checkpointing = Literal["none", "full", "selective", "op"]
 CHECKPOINTING: dict[str, str] = {
     "none": "keep every activation for backward",
     "full": "recompute each checkpointed block in backward; keep only its input",
     "selective": "recompute attention only (Korthikanti et al. 2022, sec. 4.2); keep MLP activations",
+    "op": "per-op SAC (torchtitan): save matmul and attention outputs, every second matmul recomputed",
 }
 Attention = Literal["sdpa", "flash", "eager"]
 ATTENTION: dict[str, str] = {
