@@ -656,6 +656,10 @@ def estimate_memory(
     bwd_a["activations"] = acts.saved
     bwd_a["logits_loss"] = lg.backward_peak
     bwd_a["temporaries"] = (0 if ckpt else autocast_copies) + dequant + dora_tmp + fp8_bwd
+    if setup.checkpointing == "op" and autocast_copies:
+        # per-op SAC recomputes the blocks' weight casts; the LM head's copy, outside the blocks, stays (eq. A12)
+        head_copy = rb.compute * model.vocab_size * model.hidden_size if setup.method == "full" and not setup.badam else 0
+        bwd_a["temporaries"] += min(head_copy, autocast_copies) - autocast_copies
     bwd_a["comm_buffers"] = cb.persistent + cb.backward
     head_grad = 0
     if setup.method == "full" and not setup.zero and setup.fsdp is None:

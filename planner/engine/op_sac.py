@@ -142,16 +142,18 @@ def op_sac_block_bytes(facts: ModelFacts, setup: Setup, rb: RecipeBytes, tokens:
             rb.residual * facts.model.hidden_size / setup.tp * tokens)
 
 
-def recomputed_layers(facts: ModelFacts, setup: Setup, dense: bool) -> tuple[set[str], set[str]]:
-    """(names of linear layers whose base mm is recomputed, names whose adapter mms are) in one block: the
-    un-saved mms, plus every ``addmm`` (biased layers) and routed expert, which the policy never saves (eq. S6b)."""
-    base: set[str] = set()
-    adapter: set[str] = set()
-    saved_base = {mm.layer.name for mm in block_matmuls(facts, setup, dense) if mm.kind == "base" and mm.saved}
-    for x in _block_layers(facts, dense):
-        if x.name not in saved_base:
-            base.add(x.name)
-    for mm in block_matmuls(facts, setup, dense):
-        if mm.kind != "base" and not mm.saved:
-            adapter.add(mm.layer.name)
-    return base, adapter
+def recomputed_matmuls(facts: ModelFacts, setup: Setup, dense: bool = True) -> frozenset[tuple[str, str]]:
+    """The ``(layer name, kind)`` matmuls one block's backward re-runs (eq. S6b): every un-saved ``mm`` (kind
+    ``base``, ``lora_a``, ``lora_b``), and every biased layer's ``addmm`` and routed expert's ``_grouped_mm``, which
+    the policy never saves. The recompute re-runs the block's forward up to its last needed op, so these are all
+    of its forward matmuls but the saved ones."""
+    return _recomputed(facts, setup.trains_adapters, setup.lora_rank, dense)
+
+
+@functools.lru_cache(maxsize=1024)
+def _recomputed(facts: ModelFacts, adapters: bool, rank: int, dense: bool) -> frozenset[tuple[str, str]]:
+    mms = _block_matmuls(facts, adapters, rank, dense)
+    saved = {(mm.layer.name, mm.kind) for mm in mms if mm.saved}
+    out = {(mm.layer.name, mm.kind) for mm in mms if not mm.saved}
+    out |= {(x.name, "base") for x in _block_layers(facts, dense) if (x.name, "base") not in saved}
+    return frozenset(out)

@@ -246,7 +246,7 @@ class Setup(BaseModel):
         if self.offload != "none":
             parts.append("off:" + ("opt" if self.offload == "optimizer" else "opt+par"))
         if self.checkpointing != "none":
-            parts.append("ckpt" if self.checkpointing == "full" else "sel-ckpt")
+            parts.append({"full": "ckpt", "selective": "sel-ckpt", "op": "op-sac"}[self.checkpointing])
         parts.append(f"{self.micro_batch}x{self.grad_accum}")
         parts.append(self.optimizer)
         parts += self._extra_parts(short=False)

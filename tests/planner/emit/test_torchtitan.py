@@ -44,7 +44,7 @@ PLANS = {
                        dict(FULL, recipe="bf16", tp=8, async_tp=True, optimizer_in_backward=True, micro_batch=8)),
     "70b-tp8-fsdp2-2x8xh100": ("llama3.1-70b", "2x8xH100", dict(FULL, recipe="bf16", tp=8, micro_batch=2, grad_accum=4)),
     "8b-fp8-rowwise-cp2": ("llama3.1-8b", "8xH100", dict(FULL, recipe="hf-amp", fp8="rowwise", cp=2, seq_len=16384,
-                                                        checkpointing="selective")),
+                                                        checkpointing="op")),
     "qwen3-8b-offload-2xh100": ("qwen3-8b", "2xH100", dict(FULL, recipe="hf-amp", offload="optimizer+params")),
     "8b-ddp-1gpu": ("llama3-8b", "H100", dict(method="full", recipe="bf16", checkpointing="none")),
 }
