@@ -263,3 +263,22 @@ def test_torchtitans_own_parser_loads_the_files(tmp_path):
     r = subprocess.run([sys.executable, "-c", LOADER, root, str(typo)], capture_output=True, text=True, env=env,
                        cwd=tmp_path, timeout=600)
     assert r.returncode != 0 and "local_batch_sise" in r.stderr
+
+
+def test_per_op_sac_is_written_as_torchtitans_op_option_and_only_torchtitan_runs_it():
+    """``--checkpointing op`` is torchtitan's ``mode = "selective"``, ``selective_ac_option = "op"`` (docs/memory.md
+    eq. A12); the trainers that checkpoint whole blocks refuse it, and torchtitan refuses the attention-only mode it
+    does not have."""
+    from planner.emit import check_trainer
+
+    m, c = get_model("llama3-8b"), parse_cluster("8xH100")
+    t = Target(evaluate(m, c, Setup(**dict(FULL, recipe="hf-amp", checkpointing="op"))), m, c)
+    cfg = tomllib.loads(tt.emit(t).files[tt.FILENAME])
+    assert cfg["activation_checkpoint"] == {"mode": "selective", "selective_ac_option": "op"}
+    check_keys(cfg)
+    for trainer in ("hf-fsdp", "llamafactory", "torchtune"):
+        with pytest.raises(NotExpressible, match="per-op selective checkpointing"):
+            check_trainer(trainer, t)
+    sel = Target(evaluate(m, c, Setup(**dict(FULL, recipe="hf-amp", checkpointing="selective"))), m, c)
+    with pytest.raises(NotExpressible, match="no attention-only recompute"):
+        tt.emit(sel)
