@@ -58,7 +58,7 @@ def test_small_llama_step_matches_trace(recipe, fsdp, gpus):
 @pytest.mark.parametrize("recipe, fsdp, gpus", [("bf16", None, "H100"), ("hf-amp", "full-shard", "8xH100")])
 def test_llama3_8b_matches_trace(seq, recipe, fsdp, gpus):
     """Llama 3 8B as torchtitan's llama3_8b.toml trains it (per-op SAC; seq 8192) and at 2048: measured 2026-12
-    (torch 2.13, transformers 5.24) within 0.8 % in every phase, activations within 0.3 % (docs/accuracy.md)."""
+    (torch 2.13, transformers 5.24) within 0.8 % in every phase, activations within 0.3 % (docs/memory.md A12)."""
     s = Setup(recipe=recipe, fsdp=fsdp, checkpointing="op", seq_len=seq, framework="torchtitan")
     c = compare("op-sac", get_model("llama3-8b"), parse_cluster(gpus), s)
     assert abs(c.error) < 0.03, c
