@@ -3,7 +3,8 @@ what its backward recomputes (docs/memory.md eq. A12, docs/speed.md S6b).
 
 Source: torchtitan ``torchtitan/models/llama3/infra/parallelize.py`` at 6fc499f6 (2025-08; the same policy at
 9dec370 ``torchtitan/parallelisms/parallelize_llama.py``, e7c0cae ``torchtitan/models/llama3/parallelize_llama.py``,
-157a12c, and at HEAD b5bcd76 ``torchtitan/distributed/activation_checkpoint.py``). With ``[activation_checkpoint]
+157a12c, v0.2.2 (the version the TOML emitter writes for; its list adds the cudnn / math / overrideable SDPA ops
+and flex / varlen attention) and HEAD b5bcd76 ``torchtitan/distributed/activation_checkpoint.py``). With ``[activation_checkpoint]
 mode = "selective"``, ``selective_ac_option = "op"`` every transformer block is wrapped in a non-reentrant
 ``checkpoint`` whose ``context_fn`` builds ``create_selective_checkpoint_contexts(policy)`` with a fresh counter
 (``meta = defaultdict(int)``) on every call, so the counter restarts in every block and every forward, and the
