@@ -10,7 +10,8 @@
 * LoRA / DoRA through peft (adapters fp32 under AMP, ``autocast_adapter_dtype``); QLoRA through
   bitsandbytes NF4 (CUDA only); freeze trains the last ``freeze_layers`` blocks.
 * Activation checkpointing through transformers (``activation_checkpointing_enable``, non-reentrant, every
-  k-th block, optional CPU offload of the saved inputs); ``selective`` checkpoints the attention kernel only.
+  k-th block, optional CPU offload of the saved inputs); ``selective`` checkpoints the attention kernel only;
+  ``op`` wraps every block with torchtitan's per-op SAC policy (:mod:`validation.sac`).
 * Attention: ``sdpa`` / ``eager`` / ``flash`` (FlashAttention-2, CUDA and the flash-attn package). Loss:
   ``plain`` (transformers' fp32-upcast cross-entropy), ``chunked`` (torchtune's 8-chunk CE), ``liger``
   (Liger's fused linear CE, CUDA and liger-kernel).
@@ -313,9 +314,14 @@ def apply_method(net: nn.Module, spec: RunSpec, dt: dict[str, Any]) -> nn.Module
 
 
 def apply_checkpointing(net: nn.Module, setup: Setup) -> str:
+    base = net.get_base_model() if hasattr(net, "get_base_model") else net
+    if setup.checkpointing == "op":  # torchtitan's per-op SAC around every block (validation.sac)
+        from validation.sac import TORCHTITAN_COMMIT, op_sac_checkpoint_kwargs
+
+        base.activation_checkpointing_enable(op_sac_checkpoint_kwargs())
+        return f"op (torchtitan {TORCHTITAN_COMMIT[:8]} per-op SAC policy, every block)"
     if setup.checkpointing != "full":
         return setup.checkpointing
-    base = net.get_base_model() if hasattr(net, "get_base_model") else net
     if hasattr(base, "activation_checkpointing_enable"):
         base.activation_checkpointing_enable(every_n_layers=setup.checkpoint_every, offload=setup.activation_offload)
         return f"full (transformers activation_checkpointing_enable, every {setup.checkpoint_every})"

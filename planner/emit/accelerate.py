@@ -24,6 +24,7 @@ from planner.emit.common import (
     Job,
     NotExpressible,
     Target,
+    check_block_checkpointing,
     half_dtype,
     header_lines,
     hp_comments,
@@ -86,6 +87,7 @@ def check(t: Job, trainer: str) -> None:
     """Raise :class:`NotExpressible` unless the HF Trainer with ``trainer``'s backend runs the plan as planned."""
     s = t.setup
     # what no re-plan of the sharding changes comes first, so that the search reports it (planner.emit.refusal)
+    check_block_checkpointing(trainer, s, "the HF Trainer")
     if s.compile and not s.compile_loss:
         raise NotExpressible(trainer, "the HF Trainer's torch_compile compiles the loss with the model (it runs in "
                              "forward); an eager loss on compiled blocks is torchtitan's 2024 setup")

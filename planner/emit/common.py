@@ -168,6 +168,14 @@ class NotExpressible(ValueError):
         self.reason = reason
 
 
+def check_block_checkpointing(trainer: str, s: Any, who: str) -> None:
+    """Trainers that checkpoint whole blocks cannot run torchtitan's per-op SAC (``--checkpointing op``): refuse it
+    rather than write a config whose memory differs from the plan's (docs/memory.md eq. A12)."""
+    if s.checkpointing == "op":
+        raise NotExpressible(trainer, f"{who} checkpoints whole blocks; per-op selective checkpointing (--checkpointing "
+                             "op) is torchtitan's (re-plan with --checkpointing full, or use --trainer torchtitan)")
+
+
 @dataclass(frozen=True)
 class Emitted:
     """One trainer's output: files (relative path -> text), how to launch it, and what differs from the plan."""

@@ -40,6 +40,7 @@ from planner.emit.common import (
     Job,
     NotExpressible,
     Target,
+    check_block_checkpointing,
     half_dtype,
     header_lines,
 )
@@ -62,6 +63,7 @@ EXPLICIT_FILENAME = "ds_config.json"
 def check(t: Job, trainer: str = "hf-deepspeed") -> None:
     """Raise :class:`NotExpressible` unless DeepSpeed can run the plan with the bytes the planner counted."""
     s = t.setup
+    check_block_checkpointing(trainer, s, "the HF Trainer")
     if s.fsdp is not None:
         raise NotExpressible(trainer, f"the plan shards with FSDP {s.fsdp}, not DeepSpeed; use --trainer hf-fsdp")
     if s.recipe == "fp16-amp" and s.zero > 0:

@@ -27,6 +27,7 @@ from planner.emit.common import (
     Job,
     NotExpressible,
     Target,
+    check_block_checkpointing,
     half_dtype,
     header_lines,
     hp_comments,
@@ -88,6 +89,7 @@ BADAM_SWITCH_INTERVAL = 50
 def check(t: Job) -> None:
     s = t.setup
     trainer = "llamafactory"
+    check_block_checkpointing(trainer, s, "LLaMA-Factory")
     if s.compile and not s.compile_loss:
         raise NotExpressible(trainer, "LLaMA-Factory's torch_compile compiles the loss with the model; an eager loss "
                              "on compiled blocks is torchtitan's 2024 setup")

@@ -82,6 +82,10 @@ def check(t: Job) -> tuple[str, str]:
                              f"(components/loss.py), not {s.loss} (re-plan with --loss plain)")
     if s.activation_offload:
         raise NotExpressible(trainer, f"torchtitan {TORCHTITAN_VERSION} has no activation offloading")
+    if s.checkpointing == "selective":
+        raise NotExpressible(trainer, "torchtitan has no attention-only recompute: its selective modes are per-op "
+                             "(re-plan with --checkpointing op) or every k-th block (--checkpointing full "
+                             "--checkpoint-every k)")
     if s.offload == "optimizer":
         raise NotExpressible(trainer, "torchtitan's enable_cpu_offload moves parameters, gradients and optimizer states "
                              "together (re-plan with --offload optimizer+params)")
@@ -174,6 +178,7 @@ def _activation_checkpoint(s: Any) -> dict[str, Any]:
         return {"mode": "full"}
     if s.checkpointing == "full":
         return {"mode": "selective", "selective_ac_option": str(s.checkpoint_every)}
+    # per-op SAC (docs/memory.md eq. A12); check() refuses the attention-only "selective" torchtitan does not have
     return {"mode": "selective", "selective_ac_option": "op"}
 
 
@@ -196,6 +201,8 @@ COMMENTS = {
     "checkpoint.initial_load_in_hf": "load the Hugging Face safetensors in hf_assets_path / initial_load_path",
     "checkpoint.last_save_in_hf": "write the final model back as HF safetensors",
     "activation_checkpoint.mode": "the plan's activation checkpointing",
+    "activation_checkpoint.selective_ac_option": "op: per-op SAC (matmul and attention outputs saved, every second "
+    "matmul recomputed); an integer k: every k-th block fully checkpointed",
     "compile.enable": "torch.compile: needed for float8 to pay off and for async TP",
     "quantize.linear.float8.enable_fsdp_float8_all_gather": "gather weights in float8 (tensorwise only)",
     "quantize.linear.float8.filter_fqns": "keep the LM head (output) in bf16",
@@ -212,9 +219,6 @@ def notes(t: Target) -> list[str]:
     ]
     if not s.packing:
         out.append("torchtitan packs its text into full sequences: no padding, as if --packing were on")
-    if s.checkpointing == "selective":
-        out.append("torchtitan's selective checkpointing is per-op (it saves matmul outputs, recomputes the rest), not "
-                   "the attention-only recompute the plan counted")
     if s.optimizer_in_backward:
         out.append("early_step_in_backward: the hooks step and free every gradient in backward, so the gradient "
                    "clipping torchtitan still calls (training.max_norm) sees no gradients: no clipping in effect")

@@ -31,6 +31,7 @@ from planner.emit.common import (
     Job,
     NotExpressible,
     Target,
+    check_block_checkpointing,
     header_lines,
     hp_comments,
 )
@@ -164,6 +165,7 @@ def check(t: Job) -> TorchtuneModel:
     """The model's torchtune entry, or :class:`NotExpressible` with the reason."""
     s, trainer = t.setup, "torchtune"
     # what no re-plan of the sharding changes comes first, so that the search reports it (planner.emit.refusal)
+    check_block_checkpointing(trainer, s, "torchtune (its ac_mode 'selective' takes a layer frequency only)")
     if s.recipe == "fp16-amp":
         raise NotExpressible(trainer, "torchtune trains in bf16 or fp32, not fp16 (its recipes refuse dtype fp16)")
     if s.compile and not s.compile_loss:

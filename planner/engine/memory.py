@@ -32,6 +32,7 @@ from planner.engine.bnb import (
 from planner.engine.calibration import Calibration
 from planner.engine.dtypes import RecipeBytes, recipe_bytes
 from planner.engine.facts import ModelFacts
+from planner.engine.op_sac import op_sac_block_bytes
 from planner.engine.results import CATEGORIES, MemoryEstimate
 from planner.engine.runtime_memory import (
     FRAGMENTATION,
@@ -363,6 +364,13 @@ def activation_bytes(facts: ModelFacts, setup: Setup, rb: RecipeBytes) -> Activa
         else:
             saved = ck * kept + (active_layers - ck) * layer_avg
         bwd_extra = layer_full  # one block recomputed at a time
+    elif setup.checkpointing == "op":
+        # torchtitan's per-op SAC (eq. A12): each block keeps its input and the saved op outputs; its backward
+        # re-runs the block and holds its full inventory, of which the cached outputs it consumes are a part
+        ck = 0
+        block, block_input = op_sac_block_bytes(facts, setup, rb, T)
+        saved = active_layers * block
+        bwd_extra = max(layer_full - (block - block_input), 0)
     elif setup.checkpointing == "selective":
         ck = 0
         scores = inv.per_token_per_seq * T * s / tp
@@ -378,6 +386,9 @@ def activation_bytes(facts: ModelFacts, setup: Setup, rb: RecipeBytes) -> Activa
     # the working set while a block runs forward: its largest intermediate, and in backward the gradients
     # of the MLP intermediates (grad of the product, then of activation and up), eq. A9
     fwd_transient = max(inv.transient_per_token * T * 2 / tp, inv.forward_per_token_per_seq * T * s / tp)
+    if setup.checkpointing == "op":  # eager attention's scores are made and dropped inside the block (eq. A12)
+        fwd_transient = max(inv.transient_per_token * T * 2 / tp,
+                            (inv.forward_per_token_per_seq + inv.per_token_per_seq) * T * s / tp)
     if setup.checkpointing == "full":
         fwd_transient += layer_full  # the block running forward holds all its intermediates until it exits
     bwd_transient = (
@@ -651,6 +662,10 @@ def estimate_memory(
     bwd_a["activations"] = acts.saved
     bwd_a["logits_loss"] = lg.backward_peak
     bwd_a["temporaries"] = (0 if ckpt else autocast_copies) + dequant + dora_tmp + fp8_bwd
+    if setup.checkpointing == "op" and autocast_copies:
+        # per-op SAC recomputes the blocks' weight casts; the LM head's copy, outside the blocks, stays (eq. A12)
+        head_copy = rb.compute * model.vocab_size * model.hidden_size if setup.method == "full" and not setup.badam else 0
+        bwd_a["temporaries"] += min(head_copy, autocast_copies) - autocast_copies
     bwd_a["comm_buffers"] = cb.persistent + cb.backward
     head_grad = 0
     if setup.method == "full" and not setup.zero and setup.fsdp is None:

@@ -65,6 +65,8 @@ def validate_setup(setup: Setup, model: ModelProfile, cluster: Cluster) -> None:
             f"--seq {setup.seq_len} exceeds {model.name}'s max positions {model.max_positions}; "
             "pass --allow-long-seq if you extend RoPE yourself"
         )
+    if setup.checkpointing == "op":
+        validate_op_sac(setup)
     if setup.activation_offload and setup.checkpointing == "none":
         raise SetupError("--activation-offload offloads checkpointed block inputs; it needs --checkpointing full")
     if setup.recipe == "fp16-amp" and gpu.fp16_tflops is None:
@@ -95,8 +97,8 @@ def ignored_fields(setup: Setup) -> dict[str, tuple[str, str]]:
         out["freeze_layers"] = ("--method freeze", method)
     if setup.method != "qlora":
         out["double_quant"] = ("--method qlora (its NF4 block constants)", method)
-    if setup.checkpointing == "none":
-        out["checkpoint_every"] = ("--checkpointing full or selective", "--checkpointing none")
+    if setup.checkpointing in ("none", "op"):
+        out["checkpoint_every"] = ("--checkpointing full or selective", f"--checkpointing {setup.checkpointing}")
     return out
 
 
@@ -118,6 +120,28 @@ def check_used(setups: list[Setup], explicit: set[str] | frozenset[str], searche
             raise SetupError(f"{flag} is not used by any plan the search tries: it applies to {needs}; "
                              f"drop {flag} or ask for {needs}")
         raise SetupError(f"{flag} is not used: it applies to {needs}, and the setup has {has}; drop {flag}")
+OP_SAC_FRAMEWORKS = ("torchtitan", "other")
+"""Trainers that run torchtitan's per-op SAC policy: torchtitan (``selective_ac_option = "op"``) and a custom loop
+that copies it. torchtune's ``ac_mode: selective`` takes an integer layer frequency only
+(``torchtune/training/activations.py`` ``checkpoint_wrapper``: ``int(ac_style)``); the HF Trainer, LLaMA-Factory and
+LitGPT checkpoint whole blocks."""
+
+
+def validate_op_sac(setup: Setup) -> None:
+    """``--checkpointing op``: who runs it and what the model of it covers (docs/memory.md eq. A12)."""
+    if setup.framework not in OP_SAC_FRAMEWORKS:
+        raise SetupError(f"--checkpointing op is torchtitan's per-op selective checkpointing; --framework "
+                         f"{setup.framework} cannot run it (torchtune's selective mode is per layer); "
+                         "use --framework torchtitan or --checkpointing full / selective")
+    if setup.activation_offload:
+        raise SetupError("--activation-offload offloads fully checkpointed block inputs; it needs --checkpointing full")
+    if setup.dora:
+        raise SetupError("--checkpointing op is not modelled with DoRA (its weight-norm matmuls); drop --dora")
+    if setup.fp8 == "te":
+        raise SetupError("--checkpointing op counts aten.mm calls, which TransformerEngine's FP8 linears do not make; "
+                         "use --fp8 tensorwise or rowwise")
+
+
 GALORE_OPTIMIZERS = ("adamw", "adamw-8bit", "paged-adamw-8bit", "adafactor")
 """The optimizers LLaMA-Factory 0.9.5 builds a GaLore optimizer from (``train/trainer_utils.py``
 ``_create_galore_optimizer``: ``adamw_torch`` -> GaLoreAdamW, ``adamw_bnb_8bit`` / ``adamw_8bit`` / ``paged_adamw_8bit``

@@ -62,11 +62,12 @@ FRAMEWORKS: dict[str, str] = {
 
 Fsdp = Literal["full-shard", "shard-grad-op"]
 Offload = Literal["none", "optimizer", "optimizer+params"]
-Checkpointing = Literal["none", "full", "selective"]
+Checkpointing = Literal["none", "full", "selective", "op"]
 CHECKPOINTING: dict[str, str] = {
     "none": "keep every activation for backward",
     "full": "recompute each checkpointed block in backward; keep only its input",
     "selective": "recompute attention only (Korthikanti et al. 2022, sec. 4.2); keep MLP activations",
+    "op": "per-op SAC (torchtitan): save matmul and attention outputs, every second matmul recomputed",
 }
 Attention = Literal["sdpa", "flash", "eager"]
 ATTENTION: dict[str, str] = {
@@ -245,7 +246,7 @@ class Setup(BaseModel):
         if self.offload != "none":
             parts.append("off:" + ("opt" if self.offload == "optimizer" else "opt+par"))
         if self.checkpointing != "none":
-            parts.append("ckpt" if self.checkpointing == "full" else "sel-ckpt")
+            parts.append({"full": "ckpt", "selective": "sel-ckpt", "op": "op-sac"}[self.checkpointing])
         parts.append(f"{self.micro_batch}x{self.grad_accum}")
         parts.append(self.optimizer)
         parts += self._extra_parts(short=False)

@@ -432,6 +432,9 @@ def explain(plan: Plan, index: int, ranked: list[Plan], rejected: list[Rejection
     out += technique_reasons(plan, global_batch, world)
     if s.checkpointing == "full":
         out.append(f"activation checkpointing: recomputes the forward ({sp.breakdown_s.get('recompute', 0):.2f} s/step) to fit a larger micro-batch or model")
+    elif s.checkpointing == "op":
+        out.append(f"per-op activation checkpointing (torchtitan): keeps matmul and attention outputs, recomputes every "
+                   f"second matmul and the elementwise ops ({sp.breakdown_s.get('recompute', 0):.2f} s/step)")
     traffic = sharding_traffic_note(model, s, sp.world_size)
     if traffic:
         out.append(traffic)

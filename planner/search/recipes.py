@@ -245,8 +245,10 @@ def torchtitan_families(model: ModelProfile, cluster: Cluster, fixed: dict) -> l
     seq = f.get("seq_len", 2048)
     cps = _pick(f, "cp", [1] + ([c for c in (2, 4, 8) if c <= world] if seq >= CONTEXT_PARALLEL_MIN_SEQ else []))
     out = []
+    # checkpointing: torchtitan's default per-op SAC (llama3_8b.toml: mode "selective", selective_ac_option "op") and
+    # full; the attention-only "selective" is not a torchtitan mode
     for fp8, tp, cp, recipe, ck in itertools.product(fp8s, tps, cps, _pick(f, "recipe", ["hf-amp", "bf16"]),
-                                                     _pick(f, "checkpointing", ["none", "full"])):
+                                                     _pick(f, "checkpointing", ["none", "op", "full"])):
         # plain compiled FSDP2 stays in: it is the sibling TP / CP are pruned against (compile alone changes speed)
         if tp * cp > world or world % (tp * cp):
             continue

@@ -85,7 +85,9 @@ def test_mappable_record_resolves_and_validates(rec: ev.EvidenceRecord):
     }
     if reserved_values:
         return  # a documented value tuneplan cannot express yet (e.g. 32-bit paged AdamW)
-    setup = Setup(**plain)
+    from validation.corpus import FRAMEWORK_OF  # the trainer decides what it can run (--checkpointing op)
+
+    setup = Setup(**{"framework": FRAMEWORK_OF.get(rec.framework, "other"), **plain})
     try:
         validate_setup(setup, model, cluster)
     except SetupError as e:  # pragma: no cover - the message is the point

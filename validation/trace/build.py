@@ -6,7 +6,8 @@ swap fake parameters in torch 2.13, see ``shared/reference/tracing.md``; :func:`
 the ``.to()`` calls peft makes safe). Then: freeze / LoRA / DoRA through peft with the setup's targets, rank and
 dropout; trainable parameters re-created in their recipe dtype (fp32 under AMP); activation checkpointing
 through transformers' ``activation_checkpointing_enable`` (``use_reentrant=False``, every k-th layer), or, for
-``selective``, a checkpoint around the attention kernel only. The model-shaping helpers shared with the GPU
+``selective``, a checkpoint around the attention kernel only; ``op``, torchtitan's per-op policy
+(:mod:`validation.sac`) around every block. The model-shaping helpers shared with the GPU
 validation (the block list, the attention kernel name, trainable-parameter recasting) come from
 :mod:`validation.build`, so a trace and a real run shape the model the same way.
 """
@@ -101,6 +102,10 @@ def build_model(model: ModelProfile, setup: Setup, plan: TracePlan, num_layers: 
         if setup.checkpointing == "full":
             net.activation_checkpointing_enable(
                 every_n_layers=setup.checkpoint_every, offload=setup.activation_offload)
+        elif setup.checkpointing == "op":  # torchtitan's per-op SAC around every block (validation.sac)
+            from validation.sac import op_sac_checkpoint_kwargs
+
+            net.activation_checkpointing_enable(op_sac_checkpoint_kwargs())
         trainable = getattr(torch, plan.trainable_dtype)
         if plan.method == "freeze":
             layers = decoder_layers(net)

@@ -115,7 +115,8 @@ def add_setup_args(parser: argparse.ArgumentParser, search: bool = False) -> Non
     g.add_argument("--offload", choices=["none", "optimizer", "optimizer+params"], default=default(d.offload),
                    help="offload optimizer states (ZeRO >= 1) or also parameters (ZeRO-3) to CPU RAM" + dflt(d.offload))
     g.add_argument("--checkpointing", choices=get_args(Checkpointing), default=default(d.checkpointing),
-                   help="activation checkpointing: none | full | selective (attention only)" + dflt(d.checkpointing))
+                   help="activation checkpointing: none | full | selective (attention only) | op (torchtitan's per-op "
+                   "SAC: matmul and attention outputs saved, every second matmul recomputed)" + dflt(d.checkpointing))
     g.add_argument("--checkpoint-every", type=positive_int, default=default(d.checkpoint_every), metavar="K",
                    help="checkpoint every K-th block only (default 1: all blocks)")
     g.add_argument("--attention", choices=get_args(Attention), default=default(d.attention),

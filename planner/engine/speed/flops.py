@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict
 
 from planner.engine.activations import effective_attention
 from planner.engine.facts import ModelFacts
+from planner.engine.op_sac import recomputed_matmuls
 from planner.engine.setup import Setup
 from profiles.params import LinearLayer
 from profiles.schema import ModelProfile
@@ -224,7 +225,9 @@ def flops_per_token(facts: ModelFacts, setup: Setup) -> FlopsBreakdown:
     gradient is counted (errs high by at most its QKV projections' input gradient, < 1/L of backward; HF's
     ``enable_input_require_grads`` under PEFT + checkpointing computes it anyway). Recompute (eq. S6): full
     checkpointing re-runs the forward of each checkpointed block (not the LM head); selective re-runs the
-    attention core only.
+    attention core only; torchtitan's per-op SAC (eq. S6b, :mod:`planner.engine.op_sac`) re-runs the matmuls whose
+    outputs it did not save (every second ``mm``, biased ``addmm``, routed experts) and, with eager attention only,
+    the attention core (SDPA / flash outputs are saved).
     """
     # FLOPs per token depend only on these fields: memoise on them (the search evaluates hundreds of setups)
     key = setup.model_copy(
@@ -258,13 +261,19 @@ def _flops_per_token(facts: ModelFacts, setup: Setup) -> FlopsBreakdown:
         ig, wg, rc = factors[i]  # expected input-gradient, weight-gradient and recompute passes (eq. S4b)
         mlp_part, mlp_layers = ("mlp", dense) if i < dense_blocks else ("moe", moe)
         block_fwd = dict.fromkeys(PARTS, 0.0)
+        block_rec = dict.fromkeys(PARTS, 0.0)  # per-op SAC: the matmuls its backward re-runs (eq. S6b)
+        op_rec = recomputed_matmuls(facts, setup, i < dense_blocks) if setup.checkpointing == "op" else frozenset()
         for part, layers in (("attention", attn), (mlp_part, mlp_layers)):
             for bl in layers:
-                block_fwd[part] += matmul_flops(bl.layer.in_features, bl.layer.out_features) * bl.active
-                if id(bl.layer) in adapted:
-                    block_fwd["lora"] += (
-                        lora_adapter_flops(bl.layer.in_features, bl.layer.out_features, setup.lora_rank) * bl.active
-                    )
+                x = bl.layer
+                block_fwd[part] += matmul_flops(x.in_features, x.out_features) * bl.active
+                if (x.name, "base") in op_rec:
+                    block_rec[part] += matmul_flops(x.in_features, x.out_features) * bl.active
+                if id(x) in adapted:
+                    block_fwd["lora"] += lora_adapter_flops(x.in_features, x.out_features, setup.lora_rank) * bl.active
+                    block_rec["lora"] += sum(matmul_flops(*io) * bl.active for kind, io in (
+                        ("lora_a", (x.in_features, setup.lora_rank)), ("lora_b", (setup.lora_rank, x.out_features)))
+                        if (x.name, kind) in op_rec)
         matmul_bwd_factor = ig + wg
         for part in ("attention", "mlp", "moe"):
             fwd[part] += block_fwd[part]
@@ -284,6 +293,11 @@ def _flops_per_token(facts: ModelFacts, setup: Setup) -> FlopsBreakdown:
                 for part in ("attention", "mlp", "moe", "lora"):
                     rec[part] += rc * block_fwd[part]
                 rec["attention_core"] += rc * core_hw
+            elif setup.checkpointing == "op":  # the un-saved matmuls; the attention core only if eager
+                for part in ("attention", "mlp", "moe", "lora"):
+                    rec[part] += rc * block_rec[part]
+                if eager:
+                    rec["attention_core"] += rc * core_hw
             else:  # selective: scores + softmax + PV only
                 rec["attention_core"] += rc * core_hw
 

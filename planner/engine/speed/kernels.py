@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from planner.engine.activations import effective_attention, layer_inventory
 from planner.engine.dtypes import recipe_bytes
 from planner.engine.facts import ModelFacts
+from planner.engine.op_sac import recomputed_matmuls
 from planner.engine.setup import Setup
 from planner.engine.speed.compute import qlora_dequant_bytes_per_pass
 from planner.engine.speed.flops import (
@@ -169,9 +170,11 @@ def _work(facts: ModelFacts, setup: Setup) -> MicroWork:
     attn, dense, moe, dense_blocks = _block_linears(facts)
     cast_b = FP8_CAST_BYTES.get(setup.fp8, 0.0)
 
-    def block(layers: list) -> tuple[dict[float, float], float, float, dict[float, float], float, float]:
+    def block(layers: list, only: frozenset | None = None
+              ) -> tuple[dict[float, float], float, float, dict[float, float], float, float]:
         """(rows -> forward FLOPs, adapter bytes, adapters, rows -> FP8 forward FLOPs, FP8 forward cast bytes,
-        FP8 backward cast bytes) of one block's linear layers."""
+        FP8 backward cast bytes) of one block's linear layers; ``only``: just the ``(name, kind)`` matmuls that
+        per-op SAC recomputes (eq. S6b)."""
         flops: dict[float, float] = {}
         f8: dict[float, float] = {}
         ad_bytes = n_ad = cast_f = cast_b_bwd = 0.0
@@ -179,6 +182,14 @@ def _work(facts: ModelFacts, setup: Setup) -> MicroWork:
             x = bl.layer
             if bl.instances <= 0:
                 continue
+            if only is not None:
+                share = sum((x.name, k) in only for k in ("lora_a", "lora_b")) / 2 if id(x) in adapted else 0.0
+                if share:
+                    n_ad += share * bl.instances
+                    ad_bytes += share * LORA_PASSES * c * (x.in_features + 3 * x.out_features) * (
+                        tokens * bl.active / bl.instances) * bl.instances
+                if (x.name, "base") not in only:
+                    continue
             rows = tokens * bl.active / bl.instances  # tokens reaching each instance (routed experts: fewer)
             target = f8 if id(x) in converted else flops
             target[rows] = target.get(rows, 0.0) + 2.0 * rows * x.in_features * x.out_features * bl.instances
@@ -188,7 +199,7 @@ def _work(facts: ModelFacts, setup: Setup) -> MicroWork:
                 w, i_el, o_el = x.in_features * x.out_features, rows * x.in_features, rows * x.out_features
                 cast_f += cast_b * (i_el + w) * bl.instances
                 cast_b_bwd += cast_b * (o_el + (0 if setup.fp8 == "te" else i_el + w)) * bl.instances
-            if id(x) in adapted:
+            if id(x) in adapted and only is None:
                 n_ad += bl.instances
                 ad_bytes += LORA_PASSES * c * (x.in_features + 3 * x.out_features) * rows * bl.instances
                 if setup.dora:  # the magnitude's weight norm reads the frozen weight, forward and backward
@@ -197,6 +208,11 @@ def _work(facts: ModelFacts, setup: Setup) -> MicroWork:
 
     blocks = {"attn": block(attn), "dense": block(dense),
               "moe": block(moe) if moe else ({}, 0.0, 0.0, {}, 0.0, 0.0)}
+    op_rec: dict[bool, tuple] = {}
+    if setup.checkpointing == "op":  # what per-op SAC re-runs in each block kind (eq. S6b)
+        for is_dense in {True, not moe}:
+            only = recomputed_matmuls(facts, setup, is_dense)
+            op_rec[is_dense] = (block(attn, only), block(dense if is_dense else moe, only))
 
     s = setup.seq_len
     eager = effective_attention(model, setup) == "eager"
@@ -257,6 +273,18 @@ def _work(facts: ModelFacts, setup: Setup) -> MicroWork:
                     rec_score += scores * EAGER_SCORE_BYTES_FORWARD * r
                 else:
                     rec_attn += core * r
+            elif op_rec:  # per-op SAC: the un-saved matmuls, every memory-bound op, the core only if eager
+                for flops, ad_bytes, n_ad, f8, c_f, _ in op_rec[is_dense]:
+                    add(rec, flops, r)
+                    add(rec_f8, f8, r)
+                    rec_cast += c_f * r
+                    rec_mem += ad_bytes / 3.0 * r
+                    kernel_units += n_ad * ADAPTER_KERNELS / BASE_KERNELS_PER_BLOCK * fwd_units * r
+                rec_ew += ew_block / 3.0 * r
+                kernel_units += fwd_units * r
+                if eager:
+                    rec_eager += core * r
+                    rec_score += scores * EAGER_SCORE_BYTES_FORWARD * r
             elif eager:  # selective: the attention core only
                 rec_eager += core * r
                 rec_score += scores * EAGER_SCORE_BYTES_FORWARD * r

@@ -35,8 +35,9 @@ def tp_collectives_per_micro_step(facts: ModelFacts, setup: Setup) -> tuple[floa
     m = facts.model
     c = recipe_bytes(setup).compute
     payload = setup.micro_batch * setup.seq_len // setup.cp * m.hidden_size * c
-    rec = sum(rc for _, _, rc in block_backward_factors(m, setup)) if setup.checkpointing == "full" else 0.0
-    calls = 8 * m.num_layers + int(round(4 * rec)) + 4
+    rec = sum(rc for _, _, rc in block_backward_factors(m, setup)) if setup.checkpointing in ("full", "op") else 0.0
+    # per-op SAC saves the reduce-scatters' outputs and re-runs the two all-gathers (eq. S6b); full re-runs all four
+    calls = 8 * m.num_layers + int(round((2 if setup.checkpointing == "op" else 4) * rec)) + 4
     return calls * ring_factor("all-gather", t) * payload, calls
 
 

@@ -234,7 +234,9 @@ def _assumptions(facts: ModelFacts, cluster: Cluster, setup: Setup, params: Spee
     if setup.checkpointing != "none":
         out.append(
             f"recompute: {setup.checkpointing} checkpointing of every {setup.checkpoint_every} block(s) "
-            "re-runs " + ("its forward" if setup.checkpointing == "full" else "the attention core") + " (S6)"
+            "re-runs " + {"full": "its forward", "selective": "the attention core",
+                          "op": "its forward but the saved matmul and attention outputs (S6b)"}[setup.checkpointing]
+            + " (S6)"
         )
     if setup.method == "qlora":
         out.append("QLoRA dequantisation: NF4 read + bf16 written per weight per pass at HBM bandwidth (S7)")

@@ -44,7 +44,7 @@ PLANS = {
                        dict(FULL, recipe="bf16", tp=8, async_tp=True, optimizer_in_backward=True, micro_batch=8)),
     "70b-tp8-fsdp2-2x8xh100": ("llama3.1-70b", "2x8xH100", dict(FULL, recipe="bf16", tp=8, micro_batch=2, grad_accum=4)),
     "8b-fp8-rowwise-cp2": ("llama3.1-8b", "8xH100", dict(FULL, recipe="hf-amp", fp8="rowwise", cp=2, seq_len=16384,
-                                                        checkpointing="selective")),
+                                                        checkpointing="op")),
     "qwen3-8b-offload-2xh100": ("qwen3-8b", "2xH100", dict(FULL, recipe="hf-amp", offload="optimizer+params")),
     "8b-ddp-1gpu": ("llama3-8b", "H100", dict(method="full", recipe="bf16", checkpointing="none")),
 }
@@ -263,3 +263,22 @@ def test_torchtitans_own_parser_loads_the_files(tmp_path):
     r = subprocess.run([sys.executable, "-c", LOADER, root, str(typo)], capture_output=True, text=True, env=env,
                        cwd=tmp_path, timeout=600)
     assert r.returncode != 0 and "local_batch_sise" in r.stderr
+
+
+def test_per_op_sac_is_written_as_torchtitans_op_option_and_only_torchtitan_runs_it():
+    """``--checkpointing op`` is torchtitan's ``mode = "selective"``, ``selective_ac_option = "op"`` (docs/memory.md
+    eq. A12); the trainers that checkpoint whole blocks refuse it, and torchtitan refuses the attention-only mode it
+    does not have."""
+    from planner.emit import check_trainer
+
+    m, c = get_model("llama3-8b"), parse_cluster("8xH100")
+    t = Target(evaluate(m, c, Setup(**dict(FULL, recipe="hf-amp", checkpointing="op"))), m, c)
+    cfg = tomllib.loads(tt.emit(t).files[tt.FILENAME])
+    assert cfg["activation_checkpoint"] == {"mode": "selective", "selective_ac_option": "op"}
+    check_keys(cfg)
+    for trainer in ("hf-fsdp", "llamafactory", "torchtune"):
+        with pytest.raises(NotExpressible, match="per-op selective checkpointing"):
+            check_trainer(trainer, t)
+    sel = Target(evaluate(m, c, Setup(**dict(FULL, recipe="hf-amp", checkpointing="selective"))), m, c)
+    with pytest.raises(NotExpressible, match="no attention-only recompute"):
+        tt.emit(sel)

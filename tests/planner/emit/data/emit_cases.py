@@ -161,7 +161,7 @@ def random_target(draw) -> Target:
     fsdp = sharding if sharding in ("full-shard", "shard-grad-op") else None
     method = draw(st.sampled_from(["full", "lora", "qlora", "freeze"]))
     obwd = draw(st.booleans()) if (zero == 0 and fsdp is None) else False
-    ckpt = draw(st.sampled_from(["none", "full", "selective"]))
+    ckpt = draw(st.sampled_from(["none", "full", "selective", "op"]))
     fields = dict(
         recipe=draw(st.sampled_from(["hf-amp", "deepspeed-bf16", "bf16", "fp16-amp"])),
         method=method, zero=zero, fsdp=fsdp,
@@ -181,6 +181,7 @@ def random_target(draw) -> Target:
         dora=method in ("lora", "qlora") and draw(st.booleans()),
         optimizer_in_backward=obwd,
         compile=draw(st.booleans()),
+        framework="torchtitan" if ckpt == "op" else "hf",  # per-op SAC is torchtitan's (rules.validate_op_sac)
     )
     try:
         setup = Setup(**fields)
