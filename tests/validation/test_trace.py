@@ -315,3 +315,13 @@ def test_command_module_does_not_import_torch():
     code = "import sys, planner.app.commands.trace, validation.trace; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_per_layer_fit_matches_the_engine_inventory():
+    """benchmarks/accuracy_vs_trace.py --per-layer: one block's saved bytes per token, traced as the difference of 1
+    and 2 blocks, against the engine's layer inventory (it used to crash on the engine's facts argument)."""
+    from validation.trace.compare import per_layer_fit
+
+    fit = per_layer_fit(tiny(), ONE, setup(), seqs=(64, 128))
+    assert fit.engine_per_token > 0
+    assert fit.traced_per_token == pytest.approx(fit.engine_per_token, rel=0.02)

@@ -226,8 +226,10 @@ def per_layer_fit(model: ModelProfile, cluster: Cluster, setup: Setup, seqs: tup
     (s1, s2), (p1, p2) = seqs, per
     b = (p2 - p1) / (s2 - s1)
     a = p1 - b * s1
+    from planner.engine.facts import model_facts
+
     rb = recipe_bytes(setup)
-    inv = layer_inventory(model, setup, rb, setup.method in ("full", "freeze"))
+    inv = layer_inventory(model_facts(model, setup), setup, rb, setup.method in ("full", "freeze"))
     return LayerFit(a, b, inv.per_token, inv.per_token_per_seq)
 
 
