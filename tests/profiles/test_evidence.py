@@ -52,6 +52,38 @@ def test_file_loads_and_is_named_after_its_source(path: Path):
     assert text.startswith("# "), "the file opens with a comment saying what it holds"
 
 
+def _duplicate_keys(node, where: list[str]) -> None:
+    import yaml
+
+    if isinstance(node, yaml.MappingNode):
+        keys = [k.value for k, _ in node.value if isinstance(k, yaml.ScalarNode) and k.value != "<<"]
+        where += [f"{k!r} at line {node.start_mark.line + 1}" for k in sorted({k for k in keys if keys.count(k) > 1})]
+        for _, v in node.value:
+            _duplicate_keys(v, where)
+    elif isinstance(node, yaml.SequenceNode):
+        for v in node.value:
+            _duplicate_keys(v, where)
+
+
+@pytest.mark.parametrize("path", FILES, ids=lambda p: p.stem)
+def test_no_key_is_given_twice(path: Path):
+    """PyYAML keeps the last of two equal keys without a word, so a second ``anomaly:`` or ``seq_len:`` added to a
+    record would silently replace the first: every mapping's keys are unique (YAML merge keys ``<<`` aside)."""
+    import yaml
+
+    dups: list[str] = []
+    _duplicate_keys(yaml.compose(path.read_text(encoding="utf-8")), dups)
+    assert not dups, f"{path.name}: keys given twice: {dups}"
+
+
+def test_duplicate_key_check_sees_a_duplicate():
+    import yaml
+
+    dups: list[str] = []
+    _duplicate_keys(yaml.compose("records:\n- id: a\n  anomaly: x\n  anomaly: y\n"), dups)
+    assert dups == ["'anomaly' at line 2"]
+
+
 def test_global_ids_are_unique():
     dup = [k for k, n in Counter(r.id for r in RECORDS).items() if n > 1]
     assert not dup
