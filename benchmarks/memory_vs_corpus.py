@@ -45,7 +45,7 @@ def _fr(f: dict[str, float]) -> str:
 
 
 def memory_section(rep, prior: dict[str, float], seconds: float) -> str:  # noqa: ANN001
-    from validation.corpus_memory import FITTED_KINDS, gap_sources, summary, with_fractions
+    from validation.corpus_memory import gap_sources, summary, with_fractions
 
     s, s_prior = summary(rep), summary(with_fractions(rep, prior))
     n_src = len({r.source for r in rep.rows})
@@ -65,7 +65,7 @@ def memory_section(rep, prior: dict[str, float], seconds: float) -> str:  # noqa
         "fractions are the only fitted term: every record of a source that fits them is computed with the fractions "
         "fitted *without* that source (leave one source out); records of the other sources never enter the fit.",
         "",
-        f"**Summary: {s['n']} records, median |error| {s['median_abs'] * 100:.1f} %, max {s['max_abs'] * 100:.0f} % "
+        f"**Summary: {s['n']} records ({s['anomalies']} more flagged as anomalies by the corpus, listed but not counted), median |error| {s['median_abs'] * 100:.1f} %, max {s['max_abs'] * 100:.0f} % "
         f"({s['worst']}); {s['within_8']} within 8 %, {s['within_25']} within 25 %. Out of memory: "
         f"{len(s['oom_predicted_to_fit'])} of {s['oom_total']} published OOMs predicted to fit; "
         f"{len(s['ran_predicted_not_to_fit'])} of {s['ran_total']} runs that fitted predicted not to. {TARGET} "
@@ -97,11 +97,22 @@ def memory_section(rep, prior: dict[str, float], seconds: float) -> str:  # noqa
         pri = [abs(r.gap_error(prior)) for r in rows]
         lines.append(f"| {src} | {len(rows)} | {_fr(rep.held_out[src])} | {statistics.median(held) * 100:.1f} / "
                      f"{max(held) * 100:.0f} | {statistics.median(pri) * 100:.1f} / {max(pri) * 100:.0f} |")
-    lines += ["", "Only two sources publish both figures (both IBM fms-acceleration benchmark tables on A100-80GB), so "
-              "a class seen by one of them only is predicted at the prior when that source is held out (`dynamic` for "
-              "the padding-free study). The fit moves the reserved records of other sources *away* from their "
-              "measurements where the engine already errs high on tensors (padded rows evaluated at the cut-off "
-              "length, torchtitan's per-op checkpointing): see the cases below."]
+    srcs = gap_sources(rep.rows)
+    lines += ["", f"{len(srcs)} source(s) publish both figures ({', '.join(srcs)}). "
+              + ("With one source, leaving it out leaves nothing to fit: its held-out row above is the prior's error, "
+                 "and the fit's only out-of-sample test is the records of every other source whose kind the term "
+                 "moves (reserved and nvidia-smi), which never enter the fit:" if len(srcs) == 1 else
+                 "A class seen by one source only is predicted at the prior when that source is held out. The "
+                 "records of every other source whose kind the term moves (reserved and nvidia-smi) never enter "
+                 "the fit:"), "",
+              "| out-of-sample records | n | median abs %, fitted fractions | median abs %, prior |", "|---|---:|---:|---:|"]
+    for kinds in (("reserved",), ("device",), ("reserved", "device")):
+        k, kp = summary(rep, kinds), summary(with_fractions(rep, prior), kinds)
+        lines.append(f"| {' + '.join(kinds)} | {k['n']} | {k['median_abs'] * 100:.1f} | {kp['median_abs'] * 100:.1f} |")
+    classes = {r.frag_class for r in rep.rows if r.measured_gap_bytes is not None}
+    unfitted = [c for c in rep.fit if c not in classes]
+    if unfitted:
+        lines += ["", f"Classes without a published pair keep the prior: {', '.join(unfitted)}."]
 
     # refuting cases
     bad = sorted((r for r in rep.rows if r.measured_bytes and abs(rep.error(r)) > 0.25), key=lambda r: -abs(rep.error(r)))

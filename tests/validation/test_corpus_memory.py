@@ -63,7 +63,9 @@ def test_every_memory_record_is_evaluated_or_refused_with_a_reason():
         f = rep.held_out.get(r.source, rep.fit)
         assert r.allocated <= r.reserved(f) <= r.device(f)
     s = summary(rep)
-    assert s["n"] == sum(1 for r in rep.rows if r.measured_bytes) and s["oom_total"] == sum(r.oom for r in rep.rows)
+    counted = [r for r in rep.rows if r.fit]  # anomalies are listed, not counted
+    assert s["n"] == sum(1 for r in counted if r.measured_bytes) and s["oom_total"] == sum(r.oom for r in counted)
+    assert s["anomalies"] == len(rep.rows) - len(counted)
 
 
 def test_the_engine_ships_the_fit():
