@@ -71,8 +71,10 @@ CATALOGUE: list[dict] = [
          config=_multimodal("gemma3", _gemma3(5376, 21504, 62, 32, 16, 128, 1024, 168, 131072)),
          notes="The language model of Gemma 3 27B (vision tower not counted); head_dim 128 with 32 heads, "
                "query_pre_attn_scalar 168."),
-    dict(slug="llama-4-scout", name="Llama-4-Scout-17B-16E", hf_id="meta-llama/Llama-4-Scout-17B-16E",
-         aliases=("Llama-4-Scout-17B-16E-Instruct", "meta-llama/Llama-4-Scout-17B-16E-Instruct", "llama4-scout"),
+    dict(slug="llama-4-scout", name="Llama-4-Scout", hf_id="meta-llama/Llama-4-Scout-17B-16E",
+         # the hub id's last part (Llama-4-Scout-17B-16E) resolves too; the long hub id last, out of the table's three
+         aliases=("Llama-4-Scout-17B-16E-Instruct", "llama4-scout-17b", "llama4-scout-instruct",
+                  "meta-llama/Llama-4-Scout-17B-16E-Instruct"),
          cross="transformers' Llama4TextConfig, whose defaults are Scout's text model (5120 hidden, 48 layers, 40/8 "
                "heads of 128, 16 experts of 8192 + a shared MLP of 16384, top-1, chunk 8192, vocab 202048)",
          config=_multimodal("llama4", {
@@ -105,7 +107,7 @@ CATALOGUE: list[dict] = [
                  "torch_dtype": "bfloat16"},
          notes="gpt-oss-20b's design with 36 layers and 128 experts (top-4). Card: 117B total, 5.1B active."),
     dict(slug="qwen3-next-80b-a3b", name="Qwen3-Next-80B-A3B", hf_id="Qwen/Qwen3-Next-80B-A3B-Instruct",
-         aliases=("Qwen/Qwen3-Next-80B-A3B-Thinking", "Qwen3-Next-80B-A3B-Instruct", "qwen3-next"),
+         aliases=("Qwen/Qwen3-Next-80B-A3B-Thinking", "qwen3-next"),  # the hub id resolves with and without its owner
          cross="copies of this config (2048 hidden, 48 layers, full attention every 4th, 16/2 heads of 256, 512 "
                "experts of 512 + a shared one, top-10, 262144 positions) and transformers' Qwen3NextConfig defaults",
          config={"model_type": "qwen3_next", "hidden_size": 2048, "intermediate_size": 5120, "num_hidden_layers": 48,

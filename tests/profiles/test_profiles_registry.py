@@ -267,14 +267,14 @@ def test_active_matches_models_md(name: str, billions: float):
 # Issue 13's catalogue: the distilled models are their base models' architectures (exact), the others checked
 # against totals published with them.
 DISTILLED_FROM = {
-    "DeepSeek-R1-Distill-Qwen-7B": "Qwen2.5-7B", "DeepSeek-R1-Distill-Qwen-14B": "Qwen2.5-14B",
-    "DeepSeek-R1-Distill-Qwen-32B": "Qwen2.5-32B", "DeepSeek-R1-Distill-Llama-8B": "Llama-3.1-8B",
-    "DeepSeek-R1-Distill-Llama-70B": "Llama-3.3-70B",
+    "DS-R1-Qwen-7B": "Qwen2.5-7B", "DS-R1-Qwen-14B": "Qwen2.5-14B",
+    "DS-R1-Qwen-32B": "Qwen2.5-32B", "DS-R1-Llama-8B": "Llama-3.1-8B",
+    "DS-R1-Llama-70B": "Llama-3.3-70B",
 }
 PUBLISHED_TOTALS = {
     # a public VRAM estimator's table for mistralai/Mistral-Small-3.2-24B-Instruct-2506 (same text model):
     # "Text 23,572,403,200 + vision 438,958,080"
-    "Mistral-Small-3-24B": (23_572_403_200, 0.0),
+    "Mistral-Small-3": (23_572_403_200, 0.0),
     # model cards: Phi-4 14.7B (14.66B in a public catalogue citing microsoft/phi-4 config.json), Qwen3-235B-A22B
     # 235B, DeepSeek-V3 / R1 671B (without the 14B multi-token-prediction module)
     "Phi-4": (14.66e9, 0.001), "Qwen3-235B-A22B": (235e9, 0.001), "DeepSeek-V3": (671e9, 0.001),

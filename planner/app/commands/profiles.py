@@ -130,9 +130,9 @@ def run(args: argparse.Namespace) -> int:
     if show_models:
         listed = _listed_models()
         t = Table(title=f"models ({len(listed)})", title_justify="left", show_edge=False, header_style="bold")
-        for col in ("name", "params", "active", "layers", "hidden", "heads/kv", "vocab", "max pos", "from"):
-            if col == "from":
-                t.add_column(col)  # a cache path wraps; the table splits rather than cut it
+        for col in ("name", "params", "active", "layers", "hidden", "heads/kv", "vocab", "max pos", "aliases", "from"):
+            if col == "aliases":
+                t.add_column(col)  # wraps between aliases; the table splits rather than cut one
             else:
                 t.add_column(col, justify="left" if col == "name" else "right", no_wrap=True)
         for m in listed:
@@ -140,10 +140,13 @@ def run(args: argparse.Namespace) -> int:
             t.add_row(
                 m.name, f"{pc.total / 1e9:.2f}B", f"{pc.active / 1e9:.2f}B" if m.is_moe else "", str(m.num_layers),
                 str(m.hidden_size), f"{m.num_heads}/{m.num_kv_heads}", f"{m.vocab_size:,}", f"{m.max_positions:,}",
-                origin(m),
+                ", ".join(m.aliases[:3]), origin(m).split(":")[0],  # "derived": in the cache, named below
             )
         print_table(console, t)
-        from profiles.cache import broken_files
+        from profiles.cache import broken_files, models_dir
+
+        if any(origin(m).startswith("derived:") for m in listed):
+            console.print(f"derived: plan profiles add, cached in {models_dir()}", highlight=False)
 
         for _path, why in broken_files():
             console.print(f"[yellow]skipped[/yellow] {why}", highlight=False)
