@@ -26,15 +26,16 @@ from dataclasses import dataclass
 from planner.engine.activations import LayerInventory
 from planner.engine.dtypes import RecipeBytes
 from planner.engine.facts import ModelFacts
-from planner.engine.setup import Setup
+from planner.engine.setup import Setup, SetupError
 from profiles.schema import BlockInventory, Fit, ModelProfile, TracedInventory
 
 TRACED_RANK = 8
 """LoRA rank of the traced inventories (validation.derive.inventory.RANK); other ranks use the measured slope."""
 
 
-class DerivedInventoryMissing(ValueError):
-    """The derived profile has no inventory for this setup class (an older or partial derivation)."""
+class DerivedInventoryMissing(SetupError):
+    """The derived profile has no inventory for this setup class (an older or partial derivation): one line,
+    exit 2 in the CLI, skipped by the search."""
 
 
 def setup_class(setup: Setup, rb: RecipeBytes) -> str:
