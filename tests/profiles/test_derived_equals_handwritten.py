@@ -44,7 +44,10 @@ def test_parameters_equal_the_derived_profile(m):
     assert param_counts(derived) == param_counts(m)
     assert largest_layer_params(derived) == largest_layer_params(m)
     # the names LoRA can adapt (the hand-written list also names routed experts, which are not nn.Linear)
-    some = ",".join(resolve_lora_targets(derived, "all-linear")[::2])
+    half = set(resolve_lora_targets(derived, "all-linear")[::2])
+    if half & {"gate_proj", "up_proj"}:  # peft 0.21 fuses the experts' gate/up: both or neither (lora_targets.py)
+        half |= {"gate_proj", "up_proj"}
+    some = ",".join(sorted(half))
     for setup in (Setup(method="lora"), Setup(method="lora", lora_targets=some, lora_rank=16, dora=True)):
         fd, fm = model_facts(derived, setup), model_facts(m, setup)
         assert fd.trainable.adapter == fm.trainable.adapter
@@ -105,13 +108,14 @@ for _m in BUILDABLE:
 ACTIVATION_BOUNDS: dict[str, float] = {
     "llama": 0.0, "qwen2": 0.0,
     "gemma2": 0.0002,
-    "qwen3": 0.065, "glm": 0.07, "phi3": 0.15, "olmo": 0.22, "mistral": 0.35,
-    "qwen3_moe": 0.18, "deepseek_v2": 0.18, "deepseek_v3": 0.25, "mixtral": 0.40,
+    "qwen3": 0.005, "glm": 0.07, "phi3": 0.15, "olmo": 0.22, "mistral": 0.35,
+    "qwen3_moe": 0.006, "deepseek_v2": 0.18, "deepseek_v3": 0.06, "mixtral": 0.01,
 }
 """Largest |hand-written - traced| / traced of the average block's saved bytes, over the setup classes and kernels,
-at s = 512, b = 2 on the small models (measured: llama 0, qwen2 0, gemma2 1e-4, qwen3 0.054, glm 0.059, phi3 0.124,
-olmo 0.185, mistral 0.296, qwen3_moe 0.148, deepseek_v2 0.147, deepseek_v3 0.212, mixtral 0.341). 0: the formula
-is exact (eq. A1-A6). gemma2: Gemma's fp32 norm multiply (72 B/token at full size). qwen3: the q/k norm term of
+at s = 512, b = 2 on the small models (measured on main at 3d2e30b: llama 0, qwen2 0, gemma2 1e-4, qwen3 0.0029,
+glm 0.059, phi3 0.124, olmo 0.185, mistral 0.296, qwen3_moe 0.0038, deepseek_v2 0.147, deepseek_v3 0.040, mixtral
+0.0067; at 809ec6d qwen3 was 0.054, qwen3_moe 0.148, deepseek_v3 0.212, mixtral 0.341, before the engine's
+inventories changed on main; the reasons below were written then). 0: the formula is exact (eq. A1-A6). gemma2: Gemma's fp32 norm multiply (72 B/token at full size). qwen3: the q/k norm term of
 eq. A4 counts an fp32 copy and a normalised output that are not both kept. glm / phi3: the fused gate_up (and
 qkv) projections' outputs are one tensor that eq. A3/A6 count per part. olmo: its non-parametric LayerNorm keeps
 less than the RMSNorm rule of eq. A2. mistral: beyond its sliding window (64 tokens at s = 512 here) SDPA on the
