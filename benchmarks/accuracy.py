@@ -7,7 +7,8 @@ Sections (each also a file under benchmarks/results/, written by its own script)
 - memory against published runs: benchmarks/memory_vs_corpus.py (~5 s);
 - memory against the trace: benchmarks/accuracy_vs_trace.py (the transformers model code on fake tensors,
   ~6 min);
-- derived architecture profiles against the trace, when benchmarks/results/derived.md exists.
+- derived architecture profiles (issue 13) against the trace: the same script with ``--section derived``
+  (~75 min on 2 cores; ``--derived``).
 
     python benchmarks/accuracy.py           # re-run memory; re-use the speed fit and the trace run; assemble
     python benchmarks/accuracy.py --all     # re-run every section (~20 min on 2 cores), then assemble
@@ -36,7 +37,8 @@ SECTIONS = [
     ("speed.md", "speed against published runs", "benchmarks/accuracy_vs_corpus.py"),
     ("memory.md", "memory against published runs", "benchmarks/memory_vs_corpus.py"),
     ("trace.md", "memory against the trace", "benchmarks/accuracy_vs_trace.py --per-layer 6"),
-    ("derived.md", "derived architecture profiles against the trace", None),
+    ("derived.md", "derived architecture profiles against the trace",
+     "benchmarks/accuracy_vs_trace.py --section derived --out benchmarks/results/derived.md"),
 ]
 
 
@@ -104,6 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--all", action="store_true", help="re-run every section")
     ap.add_argument("--speed", action="store_true", help="re-run the speed fit (~10 min)")
     ap.add_argument("--trace", action="store_true", help="re-run the trace matrix (~6 min)")
+    ap.add_argument("--derived", action="store_true", help="re-run the derived-architecture matrix (~75 min)")
     ap.add_argument("--out", type=Path, default=OUT)
     args = ap.parse_args(argv)
     _run("benchmarks/memory_vs_corpus.py")
@@ -113,6 +116,8 @@ def main(argv: list[str] | None = None) -> int:
         _run("benchmarks/accuracy_vs_corpus.py --reuse")
     if args.all or args.trace:
         _run("benchmarks/accuracy_vs_trace.py --per-layer 6")
+    if args.derived:
+        _run(SECTIONS[3][2])
     from planner.fileio import atomic_write_text
 
     text = assemble()

@@ -19,6 +19,9 @@ CASES = [
     ("qwen2.5-7b", "4090"),
     ("llama3-70b", "2x8xH100"),
     ("qwen3-30b-a3b", "8xH100"),
+    # derived from the model code (issue 13): parsed on use, planned from their traced inventories
+    ("gemma-3-27b", "8xA800"),
+    ("gpt-oss-20b", "8xH100"),
 ]
 
 

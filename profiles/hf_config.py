@@ -1,15 +1,21 @@
-"""Hugging Face ``config.json`` <-> :class:`ModelProfile`, by explicit per-``model_type`` key mappings.
+"""Hugging Face ``config.json`` <-> :class:`ModelProfile` for the hand-written families: one entry per model type.
 
-Reading a config is JSON parsing: this module never imports transformers. Each supported ``model_type``
-has its own mapping of config keys to profile fields, mirroring the module structure of its transformers
-implementation (``transformers/models/<type>/modeling_<type>.py``, version 5.24) or, for remote-code-only
-types (``chatglm``, ``internlm2``), the model's own ``modeling_*.py``. An architecture with no mapping is
-rejected with the list of supported ones: we never guess from ratios or key names.
+Reading a config is JSON parsing: this module never imports torch. Each hand-written ``model_type`` has ONE entry
+in :data:`FAMILIES` (a :class:`Family`): the transformers class it builds, a reader mapping config keys to profile
+fields, a writer for the inverse, and the defaults its config class fills in for keys a config.json may omit.
+The readers mirror the module structure of the transformers implementation
+(``transformers/models/<type>/modeling_<type>.py``, version 5.24) or, for the remote-code types (``chatglm``,
+``internlm2``), the model's own ``modeling_*.py``. These families are the fast path that needs no torch; any
+other architecture transformers builds gets its profile derived from the model code once (``plan profiles add``,
+``validation.derive``), and ``tests/profiles/test_derived_equals_handwritten.py`` holds every family equal to its
+derived profile.
 
-Where a config.json may omit a key, the value transformers' config class would fill in is used, and only for
-switches (biases, tying, sliding window); :data:`TRANSFORMERS_DEFAULTS` lists them and a test checks the table
-against the config classes. Shape keys whose class default is some reference model's number (Gemma's
-``head_dim`` 256, Mistral's ``num_key_value_heads`` 8, ...) are required instead.
+A key the config.json omits takes the value transformers' config class gives it, as ``from_pretrained`` would:
+read from the installed config class (built from the other keys, so derived values such as ``head_dim =
+hidden_size / num_attention_heads`` come out right) when transformers is installed, else from the family's
+table of class defaults (:attr:`Family.defaults`, transformers 5.24.0; a test checks the tables against the
+classes). Every default used is recorded in the profile's ``defaults_used`` and stated in each estimate's
+assumptions.
 
 :func:`to_hf_config` is the inverse: a plain dict that ``AutoConfig.for_model(**d)`` (or the model's remote
 code) builds into the same architecture. Tests check the round trip and build every buildable profile on the
@@ -18,9 +24,11 @@ meta device for exact parameter counts.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import re
+from dataclasses import dataclass, field
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -30,123 +38,10 @@ from pydantic import ValidationError
 from profiles.errors import ProfileError
 from profiles.schema import MLA, ModelProfile, MoE
 
-SUPPORTED_MODEL_TYPES: tuple[str, ...] = (
-    "chatglm",
-    "deepseek_v2",
-    "deepseek_v3",
-    "gemma",
-    "gemma2",
-    "glm",
-    "internlm2",
-    "llama",
-    "mistral",
-    "mixtral",
-    "olmo",
-    "olmo2",
-    "phi3",
-    "qwen2",
-    "qwen2_moe",
-    "qwen3",
-    "qwen3_moe",
-)
-"""Every ``model_type`` with an explicit mapping, sorted."""
+TRANSFORMERS_VERSION_OF_TABLES = "5.24.0"
+"""The transformers version whose config classes the default tables were read from."""
 
-TRANSFORMERS_DEFAULTS: dict[str, dict[str, Any]] = {
-    "llama": {"tie_word_embeddings": False, "attention_bias": False, "mlp_bias": False},
-    "mistral": {"tie_word_embeddings": False, "sliding_window": 4096},
-    "mixtral": {"tie_word_embeddings": False, "sliding_window": None},
-    "qwen2": {"tie_word_embeddings": False, "use_sliding_window": False, "sliding_window": None},
-    "qwen2_moe": {
-        "tie_word_embeddings": False,
-        "qkv_bias": True,
-        "use_sliding_window": False,
-        "decoder_sparse_step": 1,
-        "mlp_only_layers": [],
-    },
-    "qwen3": {
-        "tie_word_embeddings": False,
-        "attention_bias": False,
-        "use_sliding_window": False,
-        "sliding_window": None,
-    },
-    "qwen3_moe": {
-        "tie_word_embeddings": False,
-        "attention_bias": False,
-        "use_sliding_window": False,
-        "sliding_window": None,
-        "decoder_sparse_step": 1,
-        "mlp_only_layers": [],
-    },
-    "gemma": {"tie_word_embeddings": True, "attention_bias": False},
-    "gemma2": {
-        "tie_word_embeddings": True,
-        "attention_bias": False,
-        "sliding_window": 4096,
-        "attn_logit_softcapping": 50.0,
-        "final_logit_softcapping": 30.0,
-    },
-    "olmo": {"tie_word_embeddings": False, "attention_bias": False},
-    "olmo2": {"tie_word_embeddings": False, "attention_bias": False},
-    "glm": {"tie_word_embeddings": False, "attention_bias": True},
-    "phi3": {"tie_word_embeddings": False, "sliding_window": None},
-    "deepseek_v2": {
-        "tie_word_embeddings": False,
-        "attention_bias": False,
-        "mlp_bias": False,
-        "first_k_dense_replace": 0,
-    },
-    "deepseek_v3": {"tie_word_embeddings": False, "attention_bias": False, "first_k_dense_replace": 3},
-    # remote-code types: the defaults of their own configuration_*.py
-    "chatglm": {
-        "tie_word_embeddings": False,
-        "add_qkv_bias": False,
-        "add_bias_linear": False,
-        "multi_query_attention": False,
-        "rmsnorm": True,
-        "post_layer_norm": True,
-    },
-    "internlm2": {"tie_word_embeddings": False, "bias": True},
-}
-"""Values transformers' config classes (``CONFIG_MAPPING[t]()``) use for switches a config.json may omit.
-
-``chatglm`` and ``internlm2`` are remote code: THUDM's ``configuration_chatglm.py`` and InternLM's
-``configuration_internlm2.py`` defaults (``bias=True`` there; InternLM2.5 configs say ``"bias": false``)."""
-
-_ARCHITECTURES = {
-    "chatglm": "ChatGLMModel",
-    "deepseek_v2": "DeepseekV2ForCausalLM",
-    "deepseek_v3": "DeepseekV3ForCausalLM",
-    "gemma": "GemmaForCausalLM",
-    "gemma2": "Gemma2ForCausalLM",
-    "glm": "GlmForCausalLM",
-    "internlm2": "InternLM2ForCausalLM",
-    "llama": "LlamaForCausalLM",
-    "mistral": "MistralForCausalLM",
-    "mixtral": "MixtralForCausalLM",
-    "olmo": "OlmoForCausalLM",
-    "olmo2": "Olmo2ForCausalLM",
-    "phi3": "Phi3ForCausalLM",
-    "qwen2": "Qwen2ForCausalLM",
-    "qwen2_moe": "Qwen2MoeForCausalLM",
-    "qwen3": "Qwen3ForCausalLM",
-    "qwen3_moe": "Qwen3MoeForCausalLM",
-}
-
-NOT_BUILDABLE: dict[str, str] = {
-    "chatglm": "model_type 'chatglm' is remote code only (THUDM's modeling_chatglm.py, trust_remote_code); "
-    "transformers' native class for GLM-4 is model_type 'glm' (THUDM/glm-4-9b-hf)",
-    "internlm2": "model_type 'internlm2' is remote code only (InternLM's modeling_internlm2.py, trust_remote_code); "
-    "transformers has no native class for it",
-}
-"""Mapped model types that transformers cannot build without the model repository's own code."""
-
-_KV_REQUIRED = frozenset(
-    {"chatglm", "gemma", "gemma2", "glm", "mistral", "mixtral", "qwen2", "qwen2_moe", "qwen3", "qwen3_moe"}
-)
-"""Types whose config class defaults ``num_key_value_heads`` to a reference model's number, not to MHA."""
-
-_HEAD_DIM_REQUIRED = frozenset({"chatglm", "gemma", "gemma2", "glm", "qwen3"})
-"""Types whose config class defaults ``head_dim`` to a number (Gemma 256, GLM / Qwen3 128), not hidden / heads."""
+_UNSET = object()
 
 _GATED_ACTS = {
     "silu": "gated-silu",
@@ -245,11 +140,15 @@ def profile_from_config_file(path: str | Path) -> ModelProfile:
 
 
 class _Reader:
-    """Typed access to one config dict; every failure is a one-line :class:`ProfileError` naming ``src``."""
+    """Typed access to one config dict; every failure is a one-line :class:`ProfileError` naming ``src``.
+
+    A key the dict omits takes transformers' default for the model type (:meth:`raw`), recorded in ``used``."""
 
     def __init__(self, cfg: dict[str, Any], src: str, model_type: str):
         self.cfg, self.src, self.t = cfg, src, model_type
-        self.defaults = TRANSFORMERS_DEFAULTS.get(model_type, {})
+        self.family = FAMILIES.get(model_type)
+        self.used: list[str] = []
+        self._instance: Any = _UNSET
 
     def fail(self, problem: str) -> ProfileError:
         return ProfileError(f"{self.src}: {problem}")
@@ -257,13 +156,55 @@ class _Reader:
     def has(self, key: str) -> bool:
         return key in self.cfg
 
+    def _config_instance(self) -> Any:
+        """transformers' config object built from this dict (None without transformers, for remote-code types,
+        or when the class rejects the dict: then the table of defaults answers)."""
+        if self._instance is _UNSET:
+            self._instance = None
+            if self.family is not None and self.family.remote_code is None and \
+                    importlib.util.find_spec("transformers") is not None:
+                try:
+                    import logging
+                    import warnings
+
+                    from transformers import AutoConfig
+
+                    logging.disable(logging.WARNING)
+                    with warnings.catch_warnings():
+                        warnings.simplefilter("ignore")
+                        data = {k: v for k, v in self.cfg.items() if k != "model_type"}
+                        self._instance = AutoConfig.for_model(self.t, **data)
+                except Exception:  # noqa: BLE001 - the class rejects the dict: fall back to the table
+                    self._instance = None
+                finally:
+                    logging.disable(logging.NOTSET)
+        return self._instance
+
+    def default(self, key: str) -> tuple[bool, Any, str]:
+        """(found, value, source) of transformers' default for ``key`` given the rest of the dict."""
+        inst = self._config_instance()
+        if inst is not None and hasattr(inst, key):
+            import transformers
+
+            return True, getattr(inst, key), f"{type(inst).__name__}, transformers {transformers.__version__}"
+        fam = self.family
+        if fam is not None and key in fam.defaults:
+            where = (f"{fam.config_class} default, transformers {TRANSFORMERS_VERSION_OF_TABLES}"
+                     if fam.remote_code is None else f"{fam.config_class} default")
+            return True, fam.defaults[key], where
+        return False, None, ""
+
     def raw(self, key: str) -> Any:
-        """The value of ``key``, or transformers' default for it, or a missing-key error."""
+        """The value of ``key``, or transformers' default for it (recorded in ``used``), or a missing-key error."""
         if key in self.cfg:
             return self.cfg[key]
-        if key in self.defaults:
-            return self.defaults[key]
-        raise self.fail(f"missing key {key!r} (model_type {self.t!r})")
+        found, value, source = self.default(key)
+        if not found:
+            raise self.fail(f"missing key {key!r} (model_type {self.t!r} has no default for it)")
+        note = f"{key}={value!r} ({source})"
+        if note not in self.used:
+            self.used.append(note)
+        return value
 
     def int(self, key: str, default: int | None = None, allow_zero: bool = False) -> int:
         if key not in self.cfg and default is not None:
@@ -275,7 +216,7 @@ class _Reader:
         return v
 
     def opt_int(self, key: str) -> int | None:
-        """An integer that may be null (e.g. ``q_lora_rank``); the key itself must be present."""
+        """An integer that may be null (e.g. ``q_lora_rank``)."""
         v = self.raw(key)
         return None if v is None else self.int(key)
 
@@ -302,35 +243,33 @@ class _Reader:
         return _DTYPES[v]
 
     def mlp_kind(self, *keys: str) -> str:
-        for k in keys:
-            v = self.cfg.get(k)
-            if v is not None:
-                if v not in _GATED_ACTS:
-                    raise self.fail(f"unsupported {k} {v!r} for model_type {self.t!r}; expected one of "
-                                    f"{', '.join(sorted(_GATED_ACTS))}")
-                return _GATED_ACTS[v]
-        raise self.fail(f"missing key {keys[0]!r} (model_type {self.t!r})")
+        """The gated MLP's activation from the first of ``keys`` the dict (or the class's defaults) has."""
+        key = next((k for k in keys if self.cfg.get(k) is not None), None)
+        if key is None:
+            key = next((k for k in keys if self.default(k)[0] and self.default(k)[1] is not None), keys[0])
+        v = self.raw(key)
+        if v not in _GATED_ACTS:
+            raise self.fail(f"unsupported {key} {v!r} for model_type {self.t!r}; expected one of "
+                            f"{', '.join(sorted(_GATED_ACTS))}")
+        return _GATED_ACTS[v]
 
     def heads(
         self, hidden: int, head_dim_key: str | None = "head_dim", kv_key: str | None = "num_key_value_heads"
     ) -> dict:
         """num_heads, num_kv_heads and head_dim, with the divisibility checks.
 
-        ``kv_key`` None means multi-head attention. A missing kv key means MHA where transformers' config class
-        defaults it to None (-> num_attention_heads) and is an error where the class default is a reference
-        model's number (:data:`_KV_REQUIRED`); likewise a missing head_dim is derived as hidden / heads except
-        for :data:`_HEAD_DIM_REQUIRED`.
+        ``kv_key`` None means multi-head attention; a kv count of None (omitted, and the class default None)
+        means multi-head attention too, and a head_dim of None is ``hidden // heads``, as the config classes'
+        ``__post_init__`` does. ``head_dim_key`` None: the architecture always derives it.
         """
         heads = self.int("num_attention_heads")
-        if kv_key is None:
-            kv = heads
-        elif kv_key in self.cfg or self.t in _KV_REQUIRED:
-            kv = self.int(kv_key)
-        else:
-            kv = heads
-        if head_dim_key is not None and (self.t in _HEAD_DIM_REQUIRED or self.cfg.get(head_dim_key) is not None):
-            head_dim = self.int(head_dim_key)
-        else:
+        kv = heads
+        if kv_key is not None and (kv_key in self.cfg or self.default(kv_key)[0]):
+            kv = heads if self.raw(kv_key) is None else self.int(kv_key)
+        head_dim = None
+        if head_dim_key is not None and (head_dim_key in self.cfg or self.default(head_dim_key)[0]):
+            head_dim = None if self.raw(head_dim_key) is None else self.int(head_dim_key)
+        if head_dim is None:
             if hidden % heads:
                 raise self.fail(
                     f"hidden_size {hidden} is not divisible by num_attention_heads {heads} and there is no head_dim"
@@ -618,28 +557,6 @@ def _deepseek(r: _Reader) -> dict:
     }
 
 
-_READERS: dict[str, Callable[[_Reader], dict]] = {
-    "chatglm": _chatglm,
-    "deepseek_v2": _deepseek,
-    "deepseek_v3": _deepseek,
-    "gemma": _gemma,
-    "gemma2": _gemma2,
-    "glm": _glm,
-    "internlm2": _internlm2,
-    "llama": _llama,
-    "mistral": _mistral,
-    "mixtral": _mixtral,
-    "olmo": _olmo,
-    "olmo2": _olmo2,
-    "phi3": _phi3,
-    "qwen2": _qwen2,
-    "qwen2_moe": _qwen2_moe,
-    "qwen3": _qwen3,
-    "qwen3_moe": _qwen3_moe,
-}
-assert tuple(sorted(_READERS)) == SUPPORTED_MODEL_TYPES
-
-
 def _text_config(cfg: dict[str, Any]) -> dict[str, Any]:
     """A nested ``text_config`` (multimodal wrappers) with the outer model_type, tying and dtype as fallbacks."""
     inner = cfg.get("text_config")
@@ -666,14 +583,19 @@ def profile_from_hf_config(
     t = cfg.get("model_type")
     if t is None:
         raise ProfileError(f"{source}: missing key 'model_type'")
-    if t not in _READERS:
+    if t not in FAMILIES:
         raise ProfileError(
-            f"{source}: unknown model_type {t!r}; supported: {', '.join(SUPPORTED_MODEL_TYPES)}"
+            f"{source}: model_type {t!r} has no hand-written mapping (those: {', '.join(SUPPORTED_MODEL_TYPES)}); "
+            f"derive its profile from transformers' model code once with `plan profiles add {source}` (needs "
+            "torch and transformers), then plan uses it"
         )
     r = _Reader(cfg, source, t)
-    fields = _READERS[t](r)
-    if t in NOT_BUILDABLE:
-        fields |= {"transformers_buildable": False, "not_buildable_reason": NOT_BUILDABLE[t]}
+    fam = FAMILIES[t]
+    fields = fam.read(r)
+    if fam.remote_code:
+        fields |= {"transformers_buildable": False, "not_buildable_reason": fam.remote_code}
+    if r.used:
+        fields["defaults_used"] = tuple(r.used)
     try:
         return ModelProfile(name=name, source=source, hf_id=hf_id, model_type=t, **fields)
     except ValidationError as e:
@@ -701,7 +623,7 @@ def _need(p: ModelProfile, ok: bool, what: str) -> None:
 
 def _common_out(p: ModelProfile) -> dict[str, Any]:
     return {
-        "architectures": [_ARCHITECTURES[p.model_type]],
+        "architectures": [FAMILIES[p.model_type].architecture],
         "model_type": p.model_type,
         "hidden_size": p.hidden_size,
         "intermediate_size": p.intermediate_size,
@@ -877,7 +799,7 @@ def _w_chatglm(p: ModelProfile) -> dict:
     _need(p, p.norm_kind in ("rmsnorm", "layernorm"), f"norm_kind {p.norm_kind!r}")
     _need(p, p.o_bias == p.mlp_bias and (p.qkv_bias or not p.o_bias), "this bias combination")
     return {
-        "architectures": [_ARCHITECTURES["chatglm"]],
+        "architectures": [FAMILIES["chatglm"].architecture],
         "model_type": "chatglm",
         "auto_map": {
             "AutoConfig": "configuration_chatglm.ChatGLMConfig",
@@ -912,7 +834,7 @@ def _w_deepseek(p: ModelProfile) -> dict:
           "a shared-expert width other than n_shared_experts x moe_intermediate_size")
     _need(p, p.head_dim == a.qk_nope_head_dim + a.qk_rope_head_dim, "head_dim != qk_nope + qk_rope")
     return {
-        "architectures": [_ARCHITECTURES[p.model_type]],
+        "architectures": [FAMILIES[p.model_type].architecture],
         "model_type": p.model_type,
         "hidden_size": p.hidden_size,
         "intermediate_size": p.intermediate_size,
@@ -943,26 +865,143 @@ def _w_deepseek(p: ModelProfile) -> dict:
     }
 
 
-_WRITERS: dict[str, Callable[[ModelProfile], dict]] = {
-    "chatglm": _w_chatglm,
-    "deepseek_v2": _w_deepseek,
-    "deepseek_v3": _w_deepseek,
-    "gemma": _w_gemma,
-    "gemma2": _w_gemma2,
-    "glm": _w_glm,
-    "internlm2": _w_internlm2,
-    "llama": _w_llama,
-    "mistral": _w_mistral,
-    "mixtral": _w_mixtral,
-    "olmo": _w_olmo,
-    "olmo2": _w_olmo2,
-    "phi3": _w_phi3,
-    "qwen2": _w_qwen2,
-    "qwen2_moe": _w_qwen2_moe,
-    "qwen3": _w_qwen3,
-    "qwen3_moe": _w_qwen3_moe,
+@dataclass(frozen=True)
+class Family:
+    """One hand-written ``model_type``: the transformers class it builds, how its config.json reads into a
+    profile and writes back, and the defaults its config class fills in for keys a config.json may omit."""
+
+    architecture: str
+    """the class ``from_pretrained`` builds (``architectures`` in a written config)"""
+    read: Callable[[_Reader], dict]
+    write: Callable[[ModelProfile], dict]
+    config_class: str
+    defaults: dict[str, Any] = field(default_factory=dict)
+    """class-level defaults of the config class (transformers 5.24.0; remote-code types: their own
+    configuration file's), for every key the reader uses; None where ``__post_init__`` derives the value
+    (``head_dim``, ``num_key_value_heads``), which the reader then does the same way"""
+    remote_code: str | None = None
+    """why transformers cannot build it without the model repository's code (``trust_remote_code``)"""
+
+
+FAMILIES: dict[str, Family] = {
+    "chatglm": Family(
+        "ChatGLMModel", _chatglm, _w_chatglm, "THUDM configuration_chatglm.py ChatGLMConfig",
+        defaults={"tie_word_embeddings": False, "add_qkv_bias": False, "add_bias_linear": False,
+                  "multi_query_attention": False, "rmsnorm": True, "post_layer_norm": True},
+        remote_code="model_type 'chatglm' is remote code only (THUDM's modeling_chatglm.py, trust_remote_code); "
+                    "transformers' native class for GLM-4 is model_type 'glm' (THUDM/glm-4-9b-hf)"),
+    "deepseek_v2": Family(
+        "DeepseekV2ForCausalLM", _deepseek, _w_deepseek, "DeepseekV2Config",
+        defaults={"attention_bias": False, "first_k_dense_replace": 0, "head_dim": None, "hidden_act": "silu",
+                  "hidden_size": 4096, "intermediate_size": 11008, "kv_lora_rank": 512,
+                  "max_position_embeddings": 2048, "mlp_bias": False, "moe_intermediate_size": 1407,
+                  "n_routed_experts": 64, "n_shared_experts": 2, "num_attention_heads": 32,
+                  "num_experts_per_tok": None, "num_hidden_layers": 32, "num_key_value_heads": None,
+                  "q_lora_rank": 1536, "qk_nope_head_dim": 128, "qk_rope_head_dim": 64,
+                  "tie_word_embeddings": False, "v_head_dim": 128, "vocab_size": 102400}),
+    "deepseek_v3": Family(
+        "DeepseekV3ForCausalLM", _deepseek, _w_deepseek, "DeepseekV3Config",
+        defaults={"attention_bias": False, "first_k_dense_replace": 3, "hidden_act": "silu", "hidden_size": 7168,
+                  "intermediate_size": 18432, "kv_lora_rank": 512, "max_position_embeddings": 4096,
+                  "moe_intermediate_size": 2048, "n_routed_experts": 256, "n_shared_experts": 1,
+                  "num_attention_heads": 128, "num_experts_per_tok": 8, "num_hidden_layers": 61,
+                  "num_key_value_heads": 128, "q_lora_rank": 1536, "qk_nope_head_dim": 128, "qk_rope_head_dim": 64,
+                  "tie_word_embeddings": False, "v_head_dim": 128, "vocab_size": 129280}),
+    "gemma": Family(
+        "GemmaForCausalLM", _gemma, _w_gemma, "GemmaConfig",
+        defaults={"attention_bias": False, "head_dim": 256, "hidden_act": "gelu_pytorch_tanh", "hidden_size": 3072,
+                  "intermediate_size": 24576, "max_position_embeddings": 8192, "num_attention_heads": 16,
+                  "num_hidden_layers": 28, "num_key_value_heads": 16, "tie_word_embeddings": True,
+                  "vocab_size": 256000}),
+    "gemma2": Family(
+        "Gemma2ForCausalLM", _gemma2, _w_gemma2, "Gemma2Config",
+        defaults={"attention_bias": False, "attn_logit_softcapping": 50.0, "final_logit_softcapping": 30.0,
+                  "head_dim": 256, "hidden_activation": "gelu_pytorch_tanh", "hidden_size": 2304,
+                  "intermediate_size": 9216, "max_position_embeddings": 8192, "num_attention_heads": 8,
+                  "num_hidden_layers": 26, "num_key_value_heads": 4, "sliding_window": 4096,
+                  "tie_word_embeddings": True, "vocab_size": 256000}),
+    "glm": Family(
+        "GlmForCausalLM", _glm, _w_glm, "GlmConfig",
+        defaults={"attention_bias": True, "head_dim": 128, "hidden_act": "silu", "hidden_size": 4096,
+                  "intermediate_size": 13696, "max_position_embeddings": 131072, "num_attention_heads": 32,
+                  "num_hidden_layers": 40, "num_key_value_heads": 2, "tie_word_embeddings": False,
+                  "vocab_size": 151552}),
+    "internlm2": Family(
+        "InternLM2ForCausalLM", _internlm2, _w_internlm2, "InternLM configuration_internlm2.py InternLM2Config",
+        defaults={"tie_word_embeddings": False, "bias": True},
+        remote_code="model_type 'internlm2' is remote code only (InternLM's modeling_internlm2.py, "
+                    "trust_remote_code); transformers has no native class for it"),
+    "llama": Family(
+        "LlamaForCausalLM", _llama, _w_llama, "LlamaConfig",
+        defaults={"attention_bias": False, "head_dim": None, "hidden_act": "silu", "hidden_size": 4096,
+                  "intermediate_size": 11008, "max_position_embeddings": 2048, "mlp_bias": False,
+                  "num_attention_heads": 32, "num_hidden_layers": 32, "num_key_value_heads": None,
+                  "tie_word_embeddings": False, "vocab_size": 32000}),
+    "mistral": Family(
+        "MistralForCausalLM", _mistral, _w_mistral, "MistralConfig",
+        defaults={"head_dim": None, "hidden_act": "silu", "hidden_size": 4096, "intermediate_size": 14336,
+                  "max_position_embeddings": 131072, "num_attention_heads": 32, "num_hidden_layers": 32,
+                  "num_key_value_heads": 8, "sliding_window": 4096, "tie_word_embeddings": False,
+                  "vocab_size": 32000}),
+    "mixtral": Family(
+        "MixtralForCausalLM", _mixtral, _w_mixtral, "MixtralConfig",
+        defaults={"head_dim": None, "hidden_act": "silu", "hidden_size": 4096, "intermediate_size": 14336,
+                  "max_position_embeddings": 131072, "num_attention_heads": 32, "num_experts_per_tok": 2,
+                  "num_hidden_layers": 32, "num_key_value_heads": 8, "num_local_experts": 8,
+                  "sliding_window": None, "tie_word_embeddings": False, "vocab_size": 32000}),
+    "olmo": Family(
+        "OlmoForCausalLM", _olmo, _w_olmo, "OlmoConfig",
+        defaults={"attention_bias": False, "hidden_act": "silu", "hidden_size": 4096, "intermediate_size": 11008,
+                  "max_position_embeddings": 2048, "num_attention_heads": 32, "num_hidden_layers": 32,
+                  "num_key_value_heads": None, "tie_word_embeddings": False, "vocab_size": 50304}),
+    "olmo2": Family(
+        "Olmo2ForCausalLM", _olmo2, _w_olmo2, "Olmo2Config",
+        defaults={"attention_bias": False, "hidden_act": "silu", "hidden_size": 4096, "intermediate_size": 11008,
+                  "max_position_embeddings": 2048, "num_attention_heads": 32, "num_hidden_layers": 32,
+                  "num_key_value_heads": None, "tie_word_embeddings": False, "vocab_size": 50304}),
+    "phi3": Family(
+        "Phi3ForCausalLM", _phi3, _w_phi3, "Phi3Config",
+        defaults={"hidden_act": "silu", "hidden_size": 3072, "intermediate_size": 8192,
+                  "max_position_embeddings": 4096, "num_attention_heads": 32, "num_hidden_layers": 32,
+                  "num_key_value_heads": None, "sliding_window": None, "tie_word_embeddings": False,
+                  "vocab_size": 32064}),
+    "qwen2": Family(
+        "Qwen2ForCausalLM", _qwen2, _w_qwen2, "Qwen2Config",
+        defaults={"hidden_act": "silu", "hidden_size": 4096, "intermediate_size": 22016,
+                  "max_position_embeddings": 32768, "num_attention_heads": 32, "num_hidden_layers": 32,
+                  "num_key_value_heads": 32, "sliding_window": 4096, "tie_word_embeddings": False,
+                  "use_sliding_window": False, "vocab_size": 151936}),
+    "qwen2_moe": Family(
+        "Qwen2MoeForCausalLM", _qwen2_moe, _w_qwen2_moe, "Qwen2MoeConfig",
+        defaults={"decoder_sparse_step": 1, "hidden_act": "silu", "hidden_size": 2048, "intermediate_size": 5632,
+                  "max_position_embeddings": 32768, "mlp_only_layers": None, "moe_intermediate_size": 1408,
+                  "num_attention_heads": 16, "num_experts": 60, "num_experts_per_tok": 4, "num_hidden_layers": 24,
+                  "num_key_value_heads": 16, "qkv_bias": True, "shared_expert_intermediate_size": 5632,
+                  "sliding_window": 4096, "tie_word_embeddings": False, "use_sliding_window": False,
+                  "vocab_size": 151936}),
+    "qwen3": Family(
+        "Qwen3ForCausalLM", _qwen3, _w_qwen3, "Qwen3Config",
+        defaults={"attention_bias": False, "head_dim": 128, "hidden_act": "silu", "hidden_size": 4096,
+                  "intermediate_size": 22016, "max_position_embeddings": 32768, "num_attention_heads": 32,
+                  "num_hidden_layers": 32, "num_key_value_heads": 32, "sliding_window": 4096,
+                  "tie_word_embeddings": False, "use_sliding_window": False, "vocab_size": 151936}),
+    "qwen3_moe": Family(
+        "Qwen3MoeForCausalLM", _qwen3_moe, _w_qwen3_moe, "Qwen3MoeConfig",
+        defaults={"attention_bias": False, "decoder_sparse_step": 1, "hidden_act": "silu", "hidden_size": 2048,
+                  "intermediate_size": 6144, "max_position_embeddings": 32768, "mlp_only_layers": None,
+                  "moe_intermediate_size": 768, "num_attention_heads": 32, "num_experts": 128,
+                  "num_experts_per_tok": 8, "num_hidden_layers": 24, "num_key_value_heads": 4,
+                  "sliding_window": 4096, "tie_word_embeddings": False, "use_sliding_window": False,
+                  "vocab_size": 151936}),
 }
-assert tuple(sorted(_WRITERS)) == SUPPORTED_MODEL_TYPES
+"""Every hand-written model type, one entry each."""
+
+SUPPORTED_MODEL_TYPES: tuple[str, ...] = tuple(sorted(FAMILIES))
+"""Every ``model_type`` with a hand-written mapping, sorted."""
+NOT_BUILDABLE: dict[str, str] = {t: f.remote_code for t, f in FAMILIES.items() if f.remote_code}
+"""Mapped model types that transformers cannot build without the model repository's own code."""
+TRANSFORMERS_DEFAULTS: dict[str, dict[str, Any]] = {t: f.defaults for t, f in FAMILIES.items()}
+"""The default tables by model type (a view of :data:`FAMILIES`)."""
 
 
 def to_hf_config(profile: ModelProfile) -> dict[str, Any]:
@@ -971,10 +1010,13 @@ def to_hf_config(profile: ModelProfile) -> dict[str, Any]:
     For native types, ``transformers.AutoConfig.for_model(**d)`` builds the same architecture: the same
     modules and parameter counts (RoPE settings and token ids are left at the class defaults; they change no
     parameter). For remote-code types the dict uses the keys of the model's own ``configuration_*.py``.
-    Raises :class:`ProfileError` if the profile has a feature the ``model_type`` cannot express.
+    Raises :class:`ProfileError` if the profile has a feature the ``model_type`` cannot express. A derived
+    profile returns the config it was derived from.
     """
-    if profile.model_type not in _WRITERS:
+    if profile.derived is not None:  # the config it was derived from
+        return json.loads(profile.derived.config_json)
+    if profile.model_type not in FAMILIES:
         raise ProfileError(
             f"{profile.name}: unknown model_type {profile.model_type!r}; supported: {', '.join(SUPPORTED_MODEL_TYPES)}"
         )
-    return _WRITERS[profile.model_type](profile)
+    return FAMILIES[profile.model_type].write(profile)

@@ -35,6 +35,20 @@ class LinearLayer:
     count: int
     group: str
     active_count: int
+    adaptable: bool | None = None
+    """whether LoRA can adapt it; None: by name (routers ``gate`` / ``shared_expert_gate`` and routed experts
+    ``experts.*`` cannot: they are not ``nn.Linear`` in transformers >= 5, or are excluded like routers)"""
+
+    @property
+    def lora_adaptable(self) -> bool:
+        if self.adaptable is not None:
+            return self.adaptable
+        return not (self.name in ("gate", "shared_expert_gate") or self.name.startswith("experts."))
+
+    @property
+    def routed_expert(self) -> bool:
+        """A routed-expert matrix (``count`` includes every expert of every MoE layer)."""
+        return self.name.startswith("experts.")
 
     @property
     def weight_params(self) -> int:
@@ -152,13 +166,23 @@ def mlp_layers(m: ModelProfile) -> list[LinearLayer]:
 
 @functools.lru_cache(maxsize=256)
 def linear_layers(m: ModelProfile) -> tuple[LinearLayer, ...]:
-    """Every linear layer of the transformer blocks (not the LM head), with counts: what LoRA can target."""
+    """Every linear layer of the transformer blocks (not the LM head), with counts: what LoRA can target.
+
+    A derived profile (``m.derived``) carries the layers read off the built model instead."""
+    if m.derived is not None:
+        return tuple(
+            LinearLayer(x.name, x.in_features, x.out_features, x.bias, x.count, x.group, x.active_count,
+                        adaptable=x.role == "linear")
+            for x in m.derived.linear_layers
+        )
     return tuple(attention_layers(m) + mlp_layers(m))
 
 
 @functools.lru_cache(maxsize=256)
 def norm_params(m: ModelProfile) -> int:
     """All norm weights: per-layer norms, Qwen3's q/k norms, MLA's latent norms, the final norm."""
+    if m.derived is not None:
+        return m.derived.params.norms
     per_layer = m.norms_per_layer * _norm_params(m, m.hidden_size)
     if m.qk_norm and m.qk_norm_scope == "head":
         per_layer += 2 * _norm_params(m, m.head_dim)
@@ -174,7 +198,12 @@ def norm_params(m: ModelProfile) -> int:
 
 @functools.lru_cache(maxsize=256)
 def param_counts(m: ModelProfile) -> ParamCounts:
-    """Exact parameter counts by group, total and active (what one token passes through)."""
+    """Exact parameter counts by group, total and active (what one token passes through).
+
+    A derived profile carries the counts of the model transformers built (exact by construction)."""
+    if m.derived is not None:
+        d = m.derived.params
+        return ParamCounts(d.embedding, d.attention, d.mlp, d.moe, d.norms, d.lm_head, d.active)
     emb = m.vocab_size * m.hidden_size
     head = 0 if m.tie_embeddings else m.vocab_size * m.hidden_size
     layers = linear_layers(m)
@@ -194,8 +223,10 @@ def largest_layer_params(m: ModelProfile) -> int:
     Mirrors DeepSpeed's ``estimate_zero3_model_states_mem_needs_all_live``: the max over modules of the
     module's own (non-recursive) parameters. That is usually the embedding or LM head (V x h). For MoE models
     in transformers >= 5 the routed experts of a layer are one module holding 3-D tensors, so one layer's
-    experts are gathered together.
+    experts are gathered together. A derived profile carries the largest module of the built model.
     """
+    if m.derived is not None:
+        return m.derived.params.largest_module
     cands = [m.vocab_size * m.hidden_size]
     for x in linear_layers(m):
         if x.name.startswith("experts.") and m.moe is not None:
@@ -211,6 +242,9 @@ def largest_layer_params(m: ModelProfile) -> int:
 @functools.lru_cache(maxsize=256)
 def layer_params(m: ModelProfile) -> int:
     """Parameters of one transformer block on average (all blocks, without embeddings / head / final norm)."""
+    if m.derived is not None:
+        d = m.derived
+        return sum(d.blocks[k].params for k in d.layer_kinds) // m.num_layers
     c = param_counts(m)
     final = _norm_params(m, m.hidden_size) if m.final_norm else 0
     return (c.attention + c.mlp + c.moe + c.norms - final) // m.num_layers

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_serializer, model_validator
 
 MlpKind = Literal["gated-silu", "gated-gelu", "gelu", "relu"]
 """``gated-*``: three matrices (gate, up, down) as in SwiGLU / GeGLU; ``gelu`` / ``relu``: two (up, down)."""
@@ -120,6 +120,197 @@ class ModelCard(_Frozen):
         return self
 
 
+MixerKind = Literal["attention", "linear-attention", "state-space", "convolution", "hybrid", "none"]
+"""What mixes tokens in a block: softmax ``attention``; ``linear-attention`` (Gated DeltaNet, Qwen3-Next);
+``state-space`` (Mamba-2); ``convolution`` (LFM2's short convolution); ``hybrid`` (attention and a state-space
+layer side by side in one block, Falcon-H1); ``none``."""
+
+AttentionSpan = Literal["full", "sliding", "chunked"]
+"""Which keys a query sees: all earlier ones; the last ``window`` (sliding window); its own ``window``-sized
+chunk (Llama 4's chunked attention)."""
+
+SetupClass = Literal["full-amp", "full-half", "lora-amp", "lora-half"]
+"""The precision and method classes a derived inventory is traced for: weights train (``full``, also the trainable
+blocks of ``freeze``) or LoRA adapters train over a frozen 16-bit base (``lora``, also QLoRA); ``amp`` is HF AMP
+(fp32 trainable weights under ``torch.autocast``; hf-amp, fp16-amp without DeepSpeed), ``half`` is 16-bit
+everywhere (bf16, deepspeed-bf16). fp16 and bf16 have the same sizes."""
+
+
+FIT_TERMS = ("per_token", "per_token_per_seq", "per_seq_squared", "per_seq", "per_sequence", "constant")
+
+
+class Fit(_Frozen):
+    """Bytes (or FLOPs) as an exact function of the batch shape, fitted to traced points (docs/memory.md eq. D3):
+    ``per_token * T + per_token_per_seq * T * s + per_seq_squared * s^2 + per_seq * s + per_sequence * b +
+    constant`` with ``b`` sequences of ``s`` tokens per micro-batch and ``T = b * s``. ``T * s = b * s^2`` is
+    attention scores; ``s^2`` alone a mask built once for the whole batch; ``s`` alone rotary tables; ``b`` a
+    state kept per sequence (linear attention's recurrent state)."""
+
+    per_token: float = 0.0
+    per_token_per_seq: float = 0.0
+    per_seq_squared: float = 0.0
+    per_seq: float = 0.0
+    per_sequence: float = 0.0
+    constant: float = 0.0
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_list(cls, v: object) -> object:
+        """A profile file writes a fit as its six coefficients in field order (compact, fast to parse)."""
+        if isinstance(v, (list, tuple)):
+            if len(v) != len(FIT_TERMS):
+                raise ValueError(f"a fit has {len(FIT_TERMS)} coefficients ({', '.join(FIT_TERMS)}), got {len(v)}")
+            return dict(zip(FIT_TERMS, v))
+        return v
+
+    @model_serializer(mode="plain")
+    def _to_list(self) -> list[float | int]:
+        return [int(x) if float(x).is_integer() else x for x in (getattr(self, t) for t in FIT_TERMS)]
+
+    def at(self, tokens: int, seq_len: int) -> float:
+        s = seq_len
+        b = tokens / s if s else 0
+        return (self.per_token * tokens + self.per_token_per_seq * tokens * s + self.per_seq_squared * s * s
+                + self.per_seq * s + self.per_sequence * b + self.constant)
+
+
+class SavedPart(_Frozen):
+    """Saved tensors of one block that the same modules keep for backward.
+
+    ``adapters`` lists the LoRA targets whose adapters alone keep these tensors (empty: kept whatever is
+    adapted), so a setup adapting fewer linears drops the parts no remaining adapter keeps.
+    ``per_token_per_rank`` is the slope in the LoRA rank (the ``r``-wide adapter outputs)."""
+
+    adapters: tuple[str, ...] = ()
+    size: Fit
+    per_token_per_rank: float = 0.0
+
+
+class BlockInventory(_Frozen):
+    """What one kind of block holds in one setup class: the tensors it saves for backward (alive at the end
+    of the forward) and its working sets beyond them, in forward and in its own backward (eq. D2).
+
+    A working set is the largest of several moments inside the block (an MLP intermediate, attention scores),
+    each an exact :class:`Fit`; which one is largest depends on the shape, so all candidates are kept
+    (the moments no other moment dominates at every shape)."""
+
+    saved: tuple[SavedPart, ...]
+    forward_working: tuple[Fit, ...]
+    backward_working: tuple[Fit, ...]
+    forward_working_b1: tuple[Fit, ...] = Field(
+        (), description="at micro-batch 1, when it differs (a tensor with a size-1 dimension is already "
+                        "contiguous, so some copies happen only for larger batches); empty: as forward_working")
+    backward_working_b1: tuple[Fit, ...] = ()
+
+
+class TracedInventory(_Frozen):
+    """Every block kind's inventory for one setup class, attention kernel and sequence regime, with the
+    tensors saved outside the blocks and the logits / loss terms (eq. D2-D4)."""
+
+    setup_class: SetupClass
+    attention: Literal["sdpa", "eager"]
+    seq_from: int = Field(ge=1, description="the regime's shortest sequence (windows change the saved tensors)")
+    seq_to: int | None = Field(None, description="first sequence length beyond the regime; None: no end")
+    blocks: tuple[BlockInventory, ...] = Field(description="one per DerivedModel.blocks entry, same order")
+    first_block: Fit = Field(Fit(), description="block 0 minus its kind's inventory (its input needs no grad)")
+    outside: Fit = Field(description="saved outside the blocks: embedding side, masks, rotary tables, final "
+                                     "norm, token ids and labels")
+    logits_forward_peak: Fit
+    logits_saved: Fit
+    logits_backward_peak: Fit
+    points: tuple[tuple[int, int], ...] = Field(description="(seq_len, micro_batch) points traced")
+    check_error: float = Field(0.0, description="largest |fit - trace| at a point not used in the fit, relative to "
+                                                "every saved byte and the logits at that point")
+    check_worst: str = Field("", description="the quantity with that largest check error")
+
+
+class BlockKind(_Frozen):
+    """One distinct kind of decoder block: the layers with the same modules, shapes and attention."""
+
+    name: str
+    layers: tuple[int, ...]
+    mixer: MixerKind
+    attention: AttentionSpan | None = None
+    window: int | None = Field(None, description="sliding window or chunk size, tokens")
+    rope: bool = True
+    sinks: bool = Field(False, description="learned attention sinks (gpt-oss)")
+    heads: int = Field(0, ge=0, description="query heads of the softmax attention (0: none)")
+    qk_head_dim: int = Field(0, ge=0)
+    v_head_dim: int = Field(0, ge=0)
+    moe: bool = False
+    params: int = Field(0, ge=0, description="parameters of one block of this kind")
+    mixer_flops: Fit = Field(
+        Fit(), description="forward FLOPs per token of the token mixer besides its weights and softmax attention "
+                           "(linear attention / state-space scans), per_token + per_token_per_seq * s")
+
+
+class DerivedLinear(_Frozen):
+    """One linear-layer kind read off the built model (``count`` instances in the model)."""
+
+    name: str = Field(description="module name as LoRA targets it (last path component); routed experts "
+                                  "'experts.<tensor>'")
+    path: str = Field(description="path inside the block, e.g. 'self_attn.q_proj'")
+    in_features: int = Field(gt=0)
+    out_features: int = Field(gt=0)
+    bias: bool = False
+    count: int = Field(gt=0)
+    active_count: int = Field(ge=0)
+    group: Literal["attention", "mlp", "moe"]
+    role: Literal["linear", "router", "expert", "excluded"] = Field(
+        "linear", description="'linear': an nn.Linear LoRA can adapt; 'router': MoE routing; 'expert': a routed "
+                              "expert tensor (3-D, not nn.Linear in transformers >= 5); 'excluded': an nn.Linear peft "
+                              "refuses to adapt (a Mamba model's out_proj)")
+
+
+class DerivedParams(_Frozen):
+    """Exact parameter counts of the model transformers builds, by group (profiles.params.GROUPS)."""
+
+    embedding: int = Field(ge=0)
+    attention: int = Field(ge=0)
+    mlp: int = Field(ge=0)
+    moe: int = Field(ge=0)
+    norms: int = Field(ge=0)
+    lm_head: int = Field(ge=0)
+    active: int = Field(ge=0)
+    largest_module: int = Field(gt=0, description="parameters of the largest single module (ZeRO-3 gathers it)")
+
+
+class DerivedModel(_Frozen):
+    """What ``plan profiles add`` reads off transformers' own model code (validation/derive, docs/memory.md
+    eq. D1-D4): the linear layers and parameter counts of the model built on the meta device, the block kinds,
+    and each block kind's activation inventory traced under FakeTensorMode and fitted exactly."""
+
+    transformers_version: str
+    torch_version: str
+    architecture: str = Field(description="the transformers class built, e.g. 'Gemma3ForCausalLM'")
+    config_json: str = Field(description="the config the model was built from, as JSON (rebuilds it for plan trace)")
+    config_sha256: str
+    config_path: str | None = Field(None, description="remote code only: the model folder its code is loaded from")
+    trust_remote_code: bool = False
+    supports_sdpa: bool = True
+    params: DerivedParams
+    linear_layers: tuple[DerivedLinear, ...]
+    blocks: tuple[BlockKind, ...]
+    layer_kinds: tuple[int, ...] = Field(description="for each layer, its index in blocks")
+    inventories: tuple[TracedInventory, ...] = ()
+
+    def __hash__(self) -> int:
+        # the engine caches per profile (functools.lru_cache): hashing every nested inventory on each call would
+        # dominate the plan search; the config's hash and the versions identify a derivation
+        return hash((self.config_sha256, self.transformers_version, self.torch_version, self.architecture,
+                     len(self.inventories), self.trust_remote_code))
+
+    @model_validator(mode="after")
+    def _check(self) -> "DerivedModel":
+        n = len(self.blocks)
+        if any(not 0 <= k < n for k in self.layer_kinds):
+            raise ValueError("layer_kinds points outside blocks")
+        for inv in self.inventories:
+            if len(inv.blocks) != n:
+                raise ValueError(f"inventory {inv.setup_class}/{inv.attention} has {len(inv.blocks)} blocks, not {n}")
+        return self
+
+
 class ModelProfile(_Frozen):
     """One model architecture, with the numbers from its own ``config.json`` and where they came from."""
 
@@ -166,6 +357,12 @@ class ModelProfile(_Frozen):
     notes: str = ""
     unverified: tuple[str, ...] = Field((), description="fields no primary source confirmed")
     card: ModelCard | None = Field(None, description="licence, languages, training tokens, release: plan select")
+    derived: DerivedModel | None = Field(
+        None, description="set for profiles derived from transformers' model code (plan profiles add): the engine "
+                          "uses its measured linear layers, counts and activation inventories")
+    defaults_used: tuple[str, ...] = Field(
+        (), description="config keys the config.json omitted, as 'key=value (source)': the value transformers' "
+                        "config class fills in; stated in every estimate's assumptions")
 
     @model_validator(mode="after")
     def _check_heads(self) -> "ModelProfile":
@@ -177,6 +374,8 @@ class ModelProfile(_Frozen):
             raise ValueError("moe.dense_layers exceeds num_layers")
         if not self.transformers_buildable and not self.not_buildable_reason:
             raise ValueError("transformers_buildable: false needs not_buildable_reason")
+        if self.derived is not None and len(self.derived.layer_kinds) != self.num_layers:
+            raise ValueError(f"derived.layer_kinds has {len(self.derived.layer_kinds)} layers, not {self.num_layers}")
         return self
 
     @property

@@ -172,6 +172,10 @@ def hf_config(spec: RunSpec) -> Any:
 
     from profiles.hf_config import to_hf_config
 
+    if spec.model.derived is not None:  # the text decoder of the config it was derived from
+        from validation.derive.config import profile_config
+
+        return profile_config(spec.model)
     cfg = dict(to_hf_config(spec.model))
     cfg["use_cache"] = False
     model_type = cfg.pop("model_type")

@@ -75,6 +75,8 @@ def effective_attention(model: ModelProfile, setup: Setup) -> str:
     supports soft-capping."""
     if model.attn_logit_softcap and setup.attention == "sdpa":
         return "eager"
+    if model.derived is not None and not model.derived.supports_sdpa and setup.attention == "sdpa":
+        return "eager"  # transformers' class says _supports_sdpa = False (gpt-oss: attention sinks)
     return setup.attention
 
 

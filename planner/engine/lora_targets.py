@@ -43,15 +43,19 @@ def adapter_applies(layer: LinearLayer, modules: frozenset[str] | set[str]) -> b
     """Whether LoRA adapts ``layer`` as an ``nn.Linear`` given the resolved module names: never the router
     (:data:`ROUTER_NAMES`), never routed experts (3-D parameters in transformers >= 5, adapted through
     :class:`LoraTargets`' expert flags instead), otherwise when its base name (``q_proj``,
-    ``shared_experts.down_proj`` -> ``down_proj``) is a target."""
-    if layer.name in ROUTER_NAMES or layer.name.startswith("experts."):
+    ``shared_experts.down_proj`` -> ``down_proj``) is a target. A derived profile says per layer whether it is
+    an adaptable ``nn.Linear`` (:attr:`profiles.params.LinearLayer.lora_adaptable`: not a router, not a routed
+    expert tensor, not a module peft refuses such as a Mamba ``out_proj``)."""
+    if not layer.lora_adaptable:
         return False
     return layer.name.split(".")[-1] in modules
 
 
 def targetable_names(layers: tuple[LinearLayer, ...]) -> tuple[str, ...]:
-    """The base names ``--lora-targets`` may list for a model, sorted."""
-    return tuple(sorted({x.name.split(".")[-1] for x in layers if x.name not in ROUTER_NAMES}))
+    """The base names ``--lora-targets`` may list for a model, sorted; for a derived profile only its adaptable
+    ``nn.Linear`` layers (its routed-expert tensors carry fused names such as ``gate_up_proj``)."""
+    return tuple(sorted({x.name.split(".")[-1] for x in layers
+                         if x.name not in ROUTER_NAMES and (x.adaptable is None or x.adaptable)}))
 
 
 def resolve_lora_targets(model: ModelProfile, lora_targets: str) -> tuple[str, ...]:
@@ -110,8 +114,7 @@ class LoraTargets:
 
 def linear_module_names(model: ModelProfile) -> frozenset[str]:
     """Leaf names of the model's ``nn.Linear`` modules in transformers >= 5 (not routed experts, not routers)."""
-    return frozenset(x.name.split(".")[-1] for x in linear_layers(model)
-                     if not x.name.startswith("experts.") and x.name not in ROUTER_NAMES)
+    return frozenset(x.name.split(".")[-1] for x in linear_layers(model) if x.lora_adaptable)
 
 
 def lora_targets(model: ModelProfile, targets: str) -> LoraTargets:

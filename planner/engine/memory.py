@@ -268,6 +268,12 @@ def logits_loss_bytes(model: ModelProfile, setup: Setup, rb: RecipeBytes, tokens
     liger (L3): fused linear cross-entropy (Liger Kernel) never materialises full logits: one chunk of about
     h logits per token (fp32 + bf16), and the gradient of the hidden states (c*h) computed in the forward.
     """
+    if model.derived is not None:  # the plain loss measured on the model's own code (eq. D4)
+        from planner.engine.derived import logits_terms
+
+        measured = logits_terms(model, setup, rb, tokens)
+        if measured is not None:
+            return LogitsBytes(*measured)
     V, h, c, T = model.vocab_size, model.hidden_size, rb.compute, tokens
     if setup.compile and setup.compile_loss and setup.loss in ("plain", "chunked") and not model.final_logit_softcap:
         return compiled_logits_loss_bytes(V, c, T, setup.loss)
@@ -341,7 +347,14 @@ def activation_bytes(facts: ModelFacts, setup: Setup, rb: RecipeBytes) -> Activa
     weights (their linear layers save no input): the worst step of the schedule, BAdam's block 0 or any LISA
     draw, has every block in the backward path. Tensor parallelism divides all but the all-gathered block inputs
     by ``tp`` (eq. T1), context parallelism the tokens by ``cp`` (eq. T2).
+    A derived profile uses its measured inventory instead (:func:`planner.engine.derived.activation_terms`, eq. D4).
     """
+    if facts.model.derived is not None:
+        from planner.engine.derived import activation_terms
+
+        d = activation_terms(facts, setup, rb)
+        return ActivationBytes(d.saved, d.forward_transient, d.backward_transient, d.inventory, d.trainable_layers,
+                               d.checkpointed_layers)
     model = facts.model
     T = local_tokens(setup)
     s = setup.seq_len
@@ -750,11 +763,17 @@ def _assumptions(
     from planner.engine.activations import effective_attention
 
     model = facts.model
+    if model.derived is not None:
+        from planner.engine.derived import derived_activation_note
+
+        act_line = derived_activation_note(facts, setup, rb, acts.trainable_layers, acts.checkpointed_layers)
+    else:
+        act_line = (f"activations: generalised per-block inventory (docs/memory.md eq. A1), {acts.trainable_layers} "
+                    f"blocks saving, {acts.checkpointed_layers} checkpointed")
     out = [
         f"recipe {setup.recipe}: {RECIPES[setup.recipe]}",
         f"trainable parameters: {facts.trainable.trainable:,} of {facts.counts.total:,}",
-        f"activations: generalised per-block inventory (docs/memory.md eq. A1), {acts.trainable_layers} blocks "
-        f"saving, {acts.checkpointed_layers} checkpointed",
+        act_line,
         "steady state: optimizer states exist from the start of the step (step >= 2)",
     ]
     if setup.optimizer == "adamw":
@@ -787,8 +806,10 @@ def _assumptions(
         out.append("padding: every micro-batch padded to --seq (worst case)")
     if effective_attention(model, setup) != setup.attention:
         out.append(f"{model.name}: transformers runs eager attention instead of {setup.attention} (logit soft-capping)")
-    if model.is_moe:
+    if model.is_moe and model.derived is None:
         out.append("MoE routing buffers modelled coarsely (eq. A7): least accurate term")
+    for d in model.defaults_used:
+        out.append(f"config.json omits {d.split(' (')[0].split('=')[0]}: transformers' default used, {d}")
     out.append(
         "framework overhead and allocator margin are defaults until calibrated (plan calibrate)"
     )

@@ -14,6 +14,13 @@ from profiles.schema import ModelProfile
 def validate_setup(setup: Setup, model: ModelProfile, cluster: Cluster) -> None:
     """Reject impossible combinations with one clear line each (raises :class:`SetupError`)."""
     gpu = cluster.gpu
+    if model.derived is not None:
+        from planner.engine.derived import unsupported
+
+        why = unsupported(setup)
+        if why is not None:
+            raise SetupError(f"{model.name} is a derived profile (plan profiles add): its traced activation inventory "
+                             f"does not cover {why} yet; drop that option")
     if setup.fsdp is not None and setup.zero != 0:
         raise SetupError(f"choose ZeRO or FSDP, not both (got --zero {setup.zero} and --fsdp {setup.fsdp})")
     if setup.recipe in ("deepspeed-bf16", "bf16", "hf-amp") and not gpu.supports_bf16:

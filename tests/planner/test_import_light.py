@@ -34,3 +34,21 @@ def test_main_job_does_not_import_torch():
         "with contextlib.redirect_stdout(buf):\n    main(['--model', 'llama3-8b', '--gpus', '8xA800', '--json'])\n"
     )
     assert _loaded_after(code) == []
+
+
+def test_a_derived_profile_plans_without_torch(tmp_path, monkeypatch):
+    """Issue 13: once derived (plan profiles add), a profile is data: plan uses it without importing torch."""
+    from pathlib import Path
+
+    src = Path(__file__).parents[1] / "profiles" / "data" / "derived" / "cohere.yaml"
+    cache = tmp_path / "models"
+    cache.mkdir()
+    (cache / "cohere-0.yaml").write_text(src.read_text())
+    monkeypatch.setenv("TUNEPLAN_CACHE", str(tmp_path))
+    code = (
+        "import io, contextlib\nfrom planner.app.cli import main\n"
+        "buf = io.StringIO()\n"
+        "with contextlib.redirect_stdout(buf):\n    rc = main(['--model', 'cohere', '--gpus', 'A800', '--json'])\n"
+        "assert rc == 0, buf.getvalue()\n"
+    )
+    assert _loaded_after(code) == []

@@ -23,18 +23,19 @@ from profiles.hf_config import (
     to_hf_config,
 )
 from profiles.params import linear_layers, param_counts
-from profiles.registry import all_models, get_model
+from profiles.registry import get_model, handwritten_models
 from profiles.schema import ModelProfile
 
 # fields that describe where a profile came from, not the architecture
-PROVENANCE = {"name", "source", "hf_id", "aliases", "notes", "unverified", "not_buildable_reason", "card"}
+PROVENANCE = {"name", "source", "hf_id", "aliases", "notes", "unverified", "not_buildable_reason", "card",
+              "defaults_used"}
 
 
 def arch(p: ModelProfile) -> dict:
     return p.model_dump(exclude=PROVENANCE)
 
 
-@pytest.mark.parametrize("m", all_models(), ids=lambda m: m.name)
+@pytest.mark.parametrize("m", handwritten_models(), ids=lambda m: m.name)
 def test_round_trip_through_hf_config(m: ModelProfile):
     cfg = json.loads(json.dumps(to_hf_config(m)))  # what a config.json file would hold
     back = profile_from_hf_config(cfg, source=m.source, name=m.name, hf_id=m.hf_id)
@@ -45,7 +46,7 @@ def test_round_trip_through_hf_config(m: ModelProfile):
 
 def test_every_mapped_model_type_has_a_writer_and_reader():
     assert list(SUPPORTED_MODEL_TYPES) == sorted(SUPPORTED_MODEL_TYPES)
-    assert {m.model_type for m in all_models()} <= set(SUPPORTED_MODEL_TYPES)
+    assert {m.model_type for m in handwritten_models()} <= set(SUPPORTED_MODEL_TYPES)
 
 
 @settings(max_examples=60, deadline=None)
@@ -61,7 +62,7 @@ def test_every_mapped_model_type_has_a_writer_and_reader():
 )
 def test_round_trip_property(t, kv, group, head_dim, layers, inter, vocab, tie):
     heads = kv * group
-    template = next((m for m in all_models() if m.model_type == t), None)
+    template = next((m for m in handwritten_models() if m.model_type == t), None)
     base = dict(template.model_dump()) if template else dict(_TEMPLATES[t])
     base.update(
         num_heads=heads, num_kv_heads=kv, head_dim=head_dim, hidden_size=heads * head_dim, num_layers=layers,
@@ -145,7 +146,7 @@ def test_deepseek_v2_lite_config_reads_to_the_shipped_profile(tmp_path: Path):
 def test_nested_text_config(tmp_path: Path):
     outer = {"model_type": "llava", "text_config": dict(LLAMA_3_1_8B), "vision_config": {"hidden_size": 1024}}
     del outer["text_config"]["model_type"]
-    with pytest.raises(ProfileError, match="unknown model_type 'llava'"):
+    with pytest.raises(ProfileError, match="model_type 'llava' has no hand-written mapping"):
         profile_from_config_file(write(tmp_path, outer))
     outer["text_config"]["model_type"] = "llama"
     assert param_counts(profile_from_config_file(write(tmp_path, outer))).total == 8_030_261_248
@@ -163,12 +164,47 @@ def test_defaults_follow_transformers_for_omitted_switches(tmp_path: Path):
     assert arch(g) == arch(get_model("gemma2-2b"))  # tied, sliding window 4096, softcaps 50 / 30 by default
 
 
-def test_mistral_without_kv_heads_is_an_error_not_a_guess():
-    cfg = {"model_type": "mistral", "hidden_size": 4096, "intermediate_size": 14336, "num_hidden_layers": 32,
-           "num_attention_heads": 32, "vocab_size": 32000, "max_position_embeddings": 32768}
-    with pytest.raises(ProfileError) as e:
-        profile_from_hf_config(cfg, "/m/config.json", "m")
-    assert str(e.value) == "/m/config.json: missing key 'num_key_value_heads' (model_type 'mistral')"
+MISTRAL_NO_KV = {"model_type": "mistral", "hidden_size": 4096, "intermediate_size": 14336, "num_hidden_layers": 32,
+                 "num_attention_heads": 32, "vocab_size": 32000, "max_position_embeddings": 32768}
+
+
+@pytest.mark.parametrize("with_transformers", [True, False], ids=["config class", "table"])
+def test_omitted_keys_take_the_class_default_and_say_so(with_transformers, monkeypatch: pytest.MonkeyPatch):
+    """Issue 13: a key the config.json omits takes transformers' default for the model type (MistralConfig's
+    num_key_value_heads is 8, sliding_window 4096; hidden_act silu), as from_pretrained does, read from the
+    installed class or, without transformers, from the table; either way the profile records it."""
+    if not with_transformers:
+        import importlib.util
+
+        real = importlib.util.find_spec
+        monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == "transformers" else real(n, *a))
+    p = profile_from_hf_config(MISTRAL_NO_KV, "/m/config.json", "m")
+    assert (p.num_kv_heads, p.sliding_window, p.mlp_kind, p.tie_embeddings) == (8, 4096, "gated-silu", False)
+    keys = [d.split("=")[0] for d in p.defaults_used]
+    assert keys == ["num_key_value_heads", "head_dim", "tie_word_embeddings", "hidden_act", "sliding_window"]
+    assert all("MistralConfig" in d for d in p.defaults_used)
+
+
+def test_a_minimal_llama_config_without_hidden_act_is_read(tmp_path: Path):
+    """Issue 13's example: a minimal but valid config.json that omits hidden_act (LlamaConfig default 'silu')."""
+    cfg = {k: v for k, v in LLAMA_3_1_8B.items() if k != "hidden_act"}
+    p = profile_from_config_file(write(tmp_path, cfg))
+    assert param_counts(p).total == 8_030_261_248
+    assert any(d.startswith("hidden_act='silu' (LlamaConfig") for d in p.defaults_used)
+
+
+def test_the_default_tables_are_the_config_classes_defaults():
+    """Without transformers the tables answer; they must say what the classes say (transformers 5.24.0)."""
+    transformers = pytest.importorskip("transformers")
+    from profiles.hf_config import FAMILIES
+
+    for t, fam in FAMILIES.items():
+        if fam.remote_code:
+            continue
+        cls = transformers.CONFIG_MAPPING[t]
+        assert cls.__name__ == fam.config_class
+        for key, value in fam.defaults.items():
+            assert getattr(cls, key) == value, f"{t}.{key}: {cls.__name__} says {getattr(cls, key)!r}, table {value!r}"
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -193,11 +229,12 @@ def test_not_an_object(tmp_path: Path):
     assert error_of(path) == f"{path}: expected a JSON object at the top level, got list"
 
 
-def test_missing_key(tmp_path: Path):
-    cfg = dict(LLAMA_3_1_8B)
-    del cfg["intermediate_size"]
+def test_missing_key_without_a_default(tmp_path: Path):
+    """A remote-code family has no config class to ask: its shape keys are required."""
+    cfg = {"model_type": "chatglm", "num_layers": 40, "hidden_size": 4096, "num_attention_heads": 32,
+           "kv_channels": 128, "padded_vocab_size": 151552, "seq_length": 131072}
     path = write(tmp_path, cfg)
-    assert error_of(path) == f"{path}: missing key 'intermediate_size' (model_type 'llama')"
+    assert error_of(path) == f"{path}: missing key 'ffn_hidden_size' (model_type 'chatglm' has no default for it)"
 
 
 def test_missing_model_type(tmp_path: Path):
@@ -228,8 +265,10 @@ def test_kv_heads_not_dividing_heads(tmp_path: Path):
 def test_unknown_model_type(tmp_path: Path):
     path = write(tmp_path, LLAMA_3_1_8B | {"model_type": "gpt_neox"})
     assert error_of(path) == (
-        f"{path}: unknown model_type 'gpt_neox'; supported: chatglm, deepseek_v2, deepseek_v3, gemma, gemma2, glm, "
-        "internlm2, llama, mistral, mixtral, olmo, olmo2, phi3, qwen2, qwen2_moe, qwen3, qwen3_moe"
+        f"{path}: model_type 'gpt_neox' has no hand-written mapping (those: chatglm, deepseek_v2, deepseek_v3, "
+        "gemma, gemma2, glm, internlm2, llama, mistral, mixtral, olmo, olmo2, phi3, qwen2, qwen2_moe, qwen3, "
+        f"qwen3_moe); derive its profile from transformers' model code once with `plan profiles add {path}` (needs "
+        "torch and transformers), then plan uses it"
     )
 
 

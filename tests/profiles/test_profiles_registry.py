@@ -25,7 +25,8 @@ GPU_FILES = sorted(registry.GPUS_DIR.glob("*.yaml"))
 def test_enough_profiles_ship():
     assert len(MODEL_FILES) >= 35
     assert len(GPU_FILES) >= 22
-    assert len(all_models()) == len(MODEL_FILES)
+    derived = sorted(registry.DERIVED_DIR.glob("*.yaml"))  # shipped derived profiles (benchmarks/derive_catalogue.py)
+    assert len(all_models()) == len(MODEL_FILES) + len(derived)
     assert len(all_gpus()) == len(GPU_FILES)
 
 
@@ -263,10 +264,33 @@ def test_active_matches_models_md(name: str, billions: float):
     assert round(param_counts(get_model(name)).active / 1e9, 3) == billions
 
 
+# Issue 13's catalogue: the distilled models are their base models' architectures (exact), the others checked
+# against totals published with them.
+DISTILLED_FROM = {
+    "DS-R1-Qwen-7B": "Qwen2.5-7B", "DS-R1-Qwen-14B": "Qwen2.5-14B",
+    "DS-R1-Qwen-32B": "Qwen2.5-32B", "DS-R1-Llama-8B": "Llama-3.1-8B",
+    "DS-R1-Llama-70B": "Llama-3.3-70B",
+}
+PUBLISHED_TOTALS = {
+    # a public VRAM estimator's table for mistralai/Mistral-Small-3.2-24B-Instruct-2506 (same text model):
+    # "Text 23,572,403,200 + vision 438,958,080"
+    "Mistral-Small-3": (23_572_403_200, 0.0),
+    # model cards: Phi-4 14.7B (14.66B in a public catalogue citing microsoft/phi-4 config.json), Qwen3-235B-A22B
+    # 235B, DeepSeek-V3 / R1 671B (without the 14B multi-token-prediction module)
+    "Phi-4": (14.66e9, 0.001), "Qwen3-235B-A22B": (235e9, 0.001), "DeepSeek-V3": (671e9, 0.001),
+    "DeepSeek-R1": (671e9, 0.001),
+}
+
+
 def test_every_shipped_model_has_a_golden_total_or_says_why():
-    # Not in models.md: Mistral-7B-v0.3 (vocab 32768 instead of 32000), Llama-3.1-405B and Llama-3.3-70B.
-    extra = {m.name for m in all_models()} - set(MODELS_MD_COMPUTED)
-    assert extra == {"Mistral-7B-v0.3", "Llama-3.1-405B", "Llama-3.3-70B"}
+    # Not in models.md: Mistral-7B-v0.3 (vocab 32768 instead of 32000), Llama-3.1-405B and Llama-3.3-70B; issue 13's
+    # additions are checked below; derived profiles count what transformers builds (test_derived_profiles.py).
+    extra = {m.name for m in all_models() if m.derived is None} - set(MODELS_MD_COMPUTED)
+    assert extra == {"Mistral-7B-v0.3", "Llama-3.1-405B", "Llama-3.3-70B"} | set(DISTILLED_FROM) | set(PUBLISHED_TOTALS)
+    for name, base in DISTILLED_FROM.items():
+        assert param_counts(get_model(name)) == param_counts(get_model(base))
+    for name, (total, rel) in PUBLISHED_TOTALS.items():
+        assert param_counts(get_model(name)).total == pytest.approx(total, rel=rel), name
     v01, v03 = get_model("Mistral-7B-v0.1"), get_model("Mistral-7B-v0.3")
     assert param_counts(v03).total - param_counts(v01).total == 2 * (32_768 - 32_000) * 4096
     assert param_counts(get_model("Llama-3.3-70B")) == param_counts(get_model("Llama-3.1-70B"))

@@ -80,24 +80,34 @@ def default_dtype(dtype: torch.dtype) -> Iterator[None]:
         torch.set_default_dtype(prev)
 
 
-def build_model(model: ModelProfile, setup: Setup, plan: TracePlan, num_layers: int | None = None) -> nn.Module:
-    """The causal LM as the setup trains it, on fake tensors (call inside ``FakeTensorMode``)."""
+def build_model(model: ModelProfile, setup: Setup, plan: TracePlan, num_layers: int | None = None,
+                layers: list[int] | None = None) -> nn.Module:
+    """The causal LM as the setup trains it, on fake tensors (call inside ``FakeTensorMode``). ``layers`` (a
+    derived profile only) builds just those blocks, in order (validation.derive traces one of each kind)."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    cfg = hf_config_dict(model)
-    cfg = {**cfg, "use_cache": False}
-    if num_layers is not None:
-        cfg["num_hidden_layers"] = num_layers
-        for key in ("layer_types", "mlp_only_layers"):
-            if isinstance(cfg.get(key), list):
-                cfg[key] = cfg[key][:num_layers]
-    model_type = cfg.pop("model_type")
+    remote = False
+    if model.derived is not None:  # a derived profile rebuilds from the very config it was derived from
+        from validation.derive.config import profile_config
+
+        hf_cfg = profile_config(model, num_layers, layers)
+        remote = model.derived.trust_remote_code
+    else:
+        cfg = hf_config_dict(model)
+        cfg = {**cfg, "use_cache": False}
+        if num_layers is not None:
+            cfg["num_hidden_layers"] = num_layers
+            for key in ("layer_types", "mlp_only_layers"):
+                if isinstance(cfg.get(key), list):
+                    cfg[key] = cfg[key][:num_layers]
+        model_type = cfg.pop("model_type")
+        hf_cfg = AutoConfig.for_model(model_type, **cfg)
     # the GPU validation's own choice of kernel (selective checkpointing wraps the attention kernel)
     attn = attn_implementation(setup.model_copy(update={"attention": plan.attention}))
-    hf_cfg = AutoConfig.for_model(model_type, **cfg)
     weight_dtype = getattr(torch, plan.weight_dtype)
     with fake_safe_module_apply(), default_dtype(weight_dtype):
-        net = AutoModelForCausalLM.from_config(hf_cfg, attn_implementation=attn, dtype=weight_dtype)
+        net = AutoModelForCausalLM.from_config(hf_cfg, attn_implementation=attn, dtype=weight_dtype,
+                                               **({"trust_remote_code": True} if remote else {}))
         net.train()
         if setup.checkpointing == "full":
             net.activation_checkpointing_enable(

@@ -174,6 +174,11 @@ def plan_trace(model: ModelProfile, cluster: Cluster, setup: Setup, adam_impl: A
         subs.append(Substitution(
             "FlashAttention-2", "SDPA (torch's flash kernel on CPU)",
             "a CUDA kernel; SDPA's flash path keeps the same q, k, v, output and one log-sum-exp per row"))
+    if model.derived is not None and not model.derived.supports_sdpa and attention == "sdpa":
+        attention = "eager"
+        subs.append(Substitution(f"{setup.attention} attention", "eager attention",
+                                 f"transformers' {model.derived.architecture} does not support SDPA "
+                                 "(_supports_sdpa is False), so a real run uses eager too"))
     if model.attn_logit_softcap is not None and attention == "sdpa":
         attention = "eager"
         if setup.attention == "flash":

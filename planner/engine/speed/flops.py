@@ -118,8 +118,14 @@ def attention_core_flops(model: ModelProfile, seq_len: int, causal_full_square: 
     materialises and multiplies the full ``s x s`` square (``causal_full_square=True``, ``s_eff = s``);
     FlashAttention / SDPA skip the masked tiles (tile-granular: errs low by about one tile per row). GQA
     does not change it (queries use all heads); MLA uses d_qk = nope + rope, d_v = v_head_dim. Sliding
-    windows are ignored: errs high for s > window (Mistral-7B-v0.1, Gemma-2's local layers).
+    windows are ignored: errs high for s > window (Mistral-7B-v0.1, Gemma-2's local layers). A derived profile
+    counts per block kind instead, windows and chunks included (:func:`planner.engine.derived.attention_core_flops`,
+    docs/memory.md eq. D5).
     """
+    if model.derived is not None:
+        from planner.engine.derived import attention_core_flops as derived_core
+
+        return derived_core(model, seq_len, causal_full_square)
     if model.mla is not None:
         d_qk = model.mla.qk_nope_head_dim + model.mla.qk_rope_head_dim
         d_v = model.mla.v_head_dim

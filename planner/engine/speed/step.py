@@ -268,7 +268,10 @@ def _assumptions(facts: ModelFacts, cluster: Cluster, setup: Setup, params: Spee
         out.append(f"{setup.padding_efficiency:.1%} of processed tokens are real (padding or unfilled packs) (S17)")
     elif not setup.packing:
         out.append("no packing: rows assumed full, no padding counted (pass --padding-efficiency or --dataset) (S17)")
-    if model.sliding_window is not None:
+    if model.derived is not None:
+        out.append("attention FLOPs per block kind of the derived profile: sliding windows and chunks counted, "
+                   "linear-attention / state-space FLOPs as measured (docs/memory.md eq. D5)")
+    elif model.sliding_window is not None:
         out.append(f"sliding window {model.sliding_window} ignored: attention FLOPs err high beyond it (S2)")
     if model.moe is not None:
         out.append("MoE: top-k routed experts per token, each expert's GEMM sees tokens x k / experts rows")
