@@ -327,3 +327,15 @@ def expert_lora_merged_bytes(model: ModelProfile, targets: LoraTargets, compute:
 def checkpointed_layer_bytes_per_token(rb: RecipeBytes, hidden: int) -> int:
     """Eq. A8: a fully checkpointed block keeps only its input (residual dtype x h per token)."""
     return rb.residual * hidden
+
+
+@dataclass(frozen=True)
+class ActivationBytes:
+    """Activation bytes at the end of forward and the extra working set in backward (eq. A1, A8, A9)."""
+
+    saved: int
+    forward_transient: int
+    backward_transient: int
+    inventory: LayerInventory
+    trainable_layers: int
+    checkpointed_layers: int

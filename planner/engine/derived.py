@@ -21,9 +21,8 @@ What is measured and what is still a formula:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 
-from planner.engine.activations import LayerInventory
+from planner.engine.activations import ActivationBytes, LayerInventory
 from planner.engine.dtypes import RecipeBytes
 from planner.engine.facts import ModelFacts
 from planner.engine.setup import Setup, SetupError
@@ -134,19 +133,7 @@ def adapter_extras_per_token(facts: ModelFacts, setup: Setup, rb: RecipeBytes) -
     return total / facts.model.num_layers
 
 
-@dataclass(frozen=True)
-class DerivedActivations:
-    """What :func:`planner.engine.memory.activation_bytes` returns, from the measured inventory (eq. D4)."""
-
-    saved: int
-    forward_transient: int
-    backward_transient: int
-    inventory: LayerInventory
-    trainable_layers: int
-    checkpointed_layers: int
-
-
-def activation_terms(facts: ModelFacts, setup: Setup, rb: RecipeBytes) -> DerivedActivations:
+def activation_terms(facts: ModelFacts, setup: Setup, rb: RecipeBytes) -> ActivationBytes:
     """Saved activations of all blocks and the working sets, from the measured inventory (eq. D4).
 
     Per layer ``i``: its kind's saved bytes ``S_i`` (block 0 with its measured difference), or its input alone
@@ -206,7 +193,7 @@ def activation_terms(facts: ModelFacts, setup: Setup, rb: RecipeBytes) -> Derive
     n = max(len(active), 1)
     avg = LayerInventory(per_token=int(full_sum / n / T) if T else 0, per_token_per_seq=0, transient_per_token=0,
                          items={"derived: measured block inventory (average block)": int(full_sum / n)})
-    return DerivedActivations(int(saved), int(max(fwd_t, 0)), int(max(bwd_t, 0)), avg, len(active), n_ckpt)
+    return ActivationBytes(int(saved), int(max(fwd_t, 0)), int(max(bwd_t, 0)), avg, len(active), n_ckpt)
 
 
 def logits_terms(model: ModelProfile, setup: Setup, rb: RecipeBytes, tokens: int) -> tuple[int, int, int] | None:

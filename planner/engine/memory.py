@@ -24,7 +24,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from planner.engine.activations import LayerInventory, checkpointed_layer_bytes_per_token, layer_inventory
+from planner.engine.activations import (
+    ActivationBytes,
+    LayerInventory,
+    checkpointed_layer_bytes_per_token,
+    layer_inventory,
+)
 from planner.engine.bnb import (
     adam8bit_state_bytes_per_param,
     quantized_frozen_bytes,
@@ -309,18 +314,6 @@ def compiled_logits_loss_bytes(vocab: int, compute: int, tokens: int, loss: str)
     return LogitsBytes(T * c * V, T * c * V, 2 * T * c * V)
 
 
-@dataclass(frozen=True)
-class ActivationBytes:
-    """Activation bytes at the end of forward and the extra working set in backward (eq. A1, A8, A9)."""
-
-    saved: int
-    forward_transient: int
-    backward_transient: int
-    inventory: LayerInventory
-    trainable_layers: int
-    checkpointed_layers: int
-
-
 def _layer_bytes(inv: LayerInventory, setup: Setup, rb: RecipeBytes, tokens: int, seq_len: int) -> float:
     """One block's saved bytes for ``tokens`` local tokens: the inventory (eq. A1), with TransformerEngine's FP8
     inputs (eq. F8) and tensor parallelism's split (eq. T1) applied."""
@@ -352,9 +345,7 @@ def activation_bytes(facts: ModelFacts, setup: Setup, rb: RecipeBytes) -> Activa
     if facts.model.derived is not None:
         from planner.engine.derived import activation_terms
 
-        d = activation_terms(facts, setup, rb)
-        return ActivationBytes(d.saved, d.forward_transient, d.backward_transient, d.inventory, d.trainable_layers,
-                               d.checkpointed_layers)
+        return activation_terms(facts, setup, rb)
     model = facts.model
     T = local_tokens(setup)
     s = setup.seq_len

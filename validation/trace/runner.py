@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-import logging
 import time
-import warnings
 from typing import Callable, Iterator
 
 import torch
@@ -14,6 +12,7 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 from planner.engine.setup import Setup
 from profiles.cluster import Cluster
 from profiles.schema import ModelProfile
+from validation.derive.config import quiet as _quiet
 from validation.trace.build import build_model, real_run_semantics
 from validation.trace.plan import AdamImpl, TracePlan, plan_trace
 from validation.trace.result import TraceResult, build_estimate
@@ -58,22 +57,6 @@ def _host_offload(tracker: StorageTracker) -> Iterator[None]:
     finally:
         if original is not None:
             mu.save_on_cpu = original
-
-
-@contextlib.contextmanager
-def _quiet() -> Iterator[None]:
-    from transformers.utils import logging as hf_logging
-
-    level = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        logging.disable(logging.WARNING)
-        try:
-            yield
-        finally:
-            logging.disable(logging.NOTSET)
-            hf_logging.set_verbosity(level)
 
 
 def run_trace(

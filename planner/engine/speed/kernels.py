@@ -259,8 +259,11 @@ def _work(facts: ModelFacts, setup: Setup) -> MicroWork:
         ew += n * ew_block * bwd_share
         r = n * rc
         if r:
-            if full_ckpt:
-                for flops, ad_bytes, n_ad, f8, c_f, _ in (blocks["attn"], mlp):
+            if full_ckpt or op_rec:
+                # full: every GEMM and the attention core again; per-op SAC: the un-saved matmuls, every
+                # memory-bound op, the core only if eager
+                gemms = (blocks["attn"], mlp) if full_ckpt else op_rec[is_dense]
+                for flops, ad_bytes, n_ad, f8, c_f, _ in gemms:
                     add(rec, flops, r)
                     add(rec_f8, f8, r)
                     rec_cast += c_f * r
@@ -271,20 +274,8 @@ def _work(facts: ModelFacts, setup: Setup) -> MicroWork:
                 if eager:
                     rec_eager += core * r
                     rec_score += scores * EAGER_SCORE_BYTES_FORWARD * r
-                else:
+                elif full_ckpt:
                     rec_attn += core * r
-            elif op_rec:  # per-op SAC: the un-saved matmuls, every memory-bound op, the core only if eager
-                for flops, ad_bytes, n_ad, f8, c_f, _ in op_rec[is_dense]:
-                    add(rec, flops, r)
-                    add(rec_f8, f8, r)
-                    rec_cast += c_f * r
-                    rec_mem += ad_bytes / 3.0 * r
-                    kernel_units += n_ad * ADAPTER_KERNELS / BASE_KERNELS_PER_BLOCK * fwd_units * r
-                rec_ew += ew_block / 3.0 * r
-                kernel_units += fwd_units * r
-                if eager:
-                    rec_eager += core * r
-                    rec_score += scores * EAGER_SCORE_BYTES_FORWARD * r
             elif eager:  # selective: the attention core only
                 rec_eager += core * r
                 rec_score += scores * EAGER_SCORE_BYTES_FORWARD * r

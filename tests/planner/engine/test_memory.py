@@ -284,7 +284,7 @@ def test_properties(kw, model):
     a = {z: est[z].allocated_peak_bytes for z in est}
     assert a[3] <= a[2] <= a[1] <= a[0]
     assert est[2].peak_bytes <= est[1].peak_bytes <= est[0].peak_bytes
-    if model != "qwen2.5-0.5b" and kw["method"] == "full":  # model states dominate: sharding them wins
+    if model not in ("qwen2.5-0.5b", "gemma2-2b") and kw["method"] == "full":  # 8B+: sharded states win
         assert est[3].peak_bytes <= est[2].peak_bytes
     e = est[2]
     # parts sum to totals; nothing negative or NaN
