@@ -70,6 +70,15 @@ def est_allocated(est: dict) -> int:
     return g["peak_bytes"] - g["categories"]["framework_overhead"] - g["categories"]["allocator_margin"]
 
 
+def est_reserved(est: dict) -> int:
+    """The estimate's peak as max_memory_reserved would show it (eq. R3); estimates written before the field
+    existed: the total less the framework overhead."""
+    g = est["per_gpu"]
+    if g.get("reserved_peak_bytes"):
+        return int(g["reserved_peak_bytes"])
+    return g["peak_bytes"] - g["categories"]["framework_overhead"]
+
+
 def est_phase_allocated(est: dict, phase: str) -> int:
     """An estimate phase's allocated bytes: its tensor bytes plus what allocated adds to the peak phase's tensors
     (the cuBLAS workspaces, constant). Older estimates without per-phase tensors: the peak phase's ratio applied."""
@@ -108,15 +117,23 @@ def peak_rows(m: Measurement) -> list[Row]:
     e_alloc = est_allocated(est) if est else None
     if m.device == "cuda":
         rows.append(Row("peak allocated", e_alloc, m.peak_allocated_bytes, "max_memory_allocated"))
-        e_res = None
-        if est:
-            e_res = est["per_gpu"]["peak_bytes"] - est["per_gpu"]["categories"]["framework_overhead"]
-        rows.append(Row("peak reserved", e_res, m.peak_reserved_bytes, "max_memory_reserved"))
+        rows.append(Row("peak reserved", est_reserved(est) if est else None, m.peak_reserved_bytes, "max_memory_reserved"))
         rows.append(Row("device used", est["per_gpu"]["peak_bytes"] if est else None, m.device_used_bytes,
                         "driver (NVML / mem_get_info)"))
     else:
-        rows.append(Row("peak tensors", e_alloc, m.peak_tensor_bytes, "torch.profiler live tensor bytes"))
+        # a CPU run has no cuBLAS workspace: its live tensors are the estimate's tensor bytes
+        rows.append(Row("peak tensors", est_tensors(est) if est else None, m.peak_tensor_bytes,
+                        "torch.profiler live tensor bytes"))
     return rows
+
+
+def _est_phase(est: dict, phase: str, device: str) -> int:
+    """The estimate's phase figure to hold against a measured one: on CUDA what the allocator reports (cuBLAS
+    workspaces included), on a CPU run the tensor bytes alone."""
+    tensors = est["per_gpu"].get("phase_tensor_bytes") or {}
+    if device != "cuda" and phase in tensors:
+        return int(tensors[phase])
+    return est_phase_allocated(est, phase)
 
 
 def phase_rows(m: Measurement) -> list[Row]:
@@ -133,7 +150,7 @@ def phase_rows(m: Measurement) -> list[Row]:
             pm = m.phases.get(measured)
             value = pm.peak_tensor_bytes if pm else None
             name = f"{measured} peak (vs {est_phase})"
-        rows.append(Row(name, est_phase_allocated(est, est_phase) if est else None, value, pm.source if pm else ""))
+        rows.append(Row(name, _est_phase(est, est_phase, m.device) if est else None, value, pm.source if pm else ""))
     return rows
 
 

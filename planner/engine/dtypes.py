@@ -15,7 +15,7 @@ upcasts trainable parameters to fp32 unless ``pure_bf16``).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from planner.engine.setup import Setup
 
@@ -67,6 +67,12 @@ def recipe_bytes(setup: Setup) -> RecipeBytes:
     full_model_fp32 = setup.method == "full"
     if setup.fsdp is not None:
         return fsdp_amp_recipe_bytes(full_model_fp32)
+    return amp_recipe_bytes(full_model_fp32)
+
+
+def amp_recipe_bytes(full_model_fp32: bool) -> RecipeBytes:
+    """hf-amp / fp16-amp without DeepSpeed or FSDP (eq. M1): fp32 trainable weights, gradients and Adam states;
+    autocast computes in 16 bits from per-weight copies; the residual stream stays fp32 when the whole model is."""
     return RecipeBytes(
         trainable_weight=4,
         frozen_weight=4 if full_model_fp32 else 2,
@@ -90,16 +96,4 @@ def fsdp_amp_recipe_bytes(full_model_fp32: bool) -> RecipeBytes:
     residual stream are bf16, and autocast (still on: accelerate's ``native_amp``) finds no fp32 weight to
     cast, so none of the per-weight copies of plain AMP exist (traced with real FSDP2, docs/accuracy.md).
     The frozen base of LoRA stays in its load dtype (only trainable parameters are upcast)."""
-    return RecipeBytes(
-        trainable_weight=4,
-        frozen_weight=4 if full_model_fp32 else 2,
-        grad16=0,
-        grad32=4,
-        master=0,
-        state=4,
-        compute=2,
-        residual=2,
-        autocast=False,
-        adapter=4,
-        gathered=True,
-    )
+    return replace(amp_recipe_bytes(full_model_fp32), residual=2, autocast=False, gathered=True)

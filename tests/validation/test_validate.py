@@ -48,6 +48,12 @@ def test_cli_end_to_end_on_cpu(tmp_path, capsys):
 
     assert 0.5 < est_tensors(m.estimate) / m.peak_tensor_bytes < 2
     assert est_allocated(m.estimate) > est_tensors(m.estimate)  # + the cuBLAS workspaces a CUDA run allocates
+    # a CPU run has no cuBLAS workspace: the report holds its live tensors against the estimate's tensor bytes
+    from validation.compare import peak_rows, phase_rows
+
+    assert [(r.name, r.estimated) for r in peak_rows(m)] == [("peak tensors", est_tensors(m.estimate))]
+    tensors = m.estimate["per_gpu"]["phase_tensor_bytes"]
+    assert {r.estimated for r in phase_rows(m)} <= set(tensors.values())
     # the profiled step: timeline HTML + data, categories at the peak
     assert m.profiled is not None and m.profiled.step == 3
     assert (out / m.profiled.timeline_html).stat().st_size > 1000

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any, get_args
+from typing import Any, Callable, get_args
 
 from planner.app.errors import CliError
 from planner.engine.evaluate import DEFAULT_HEADROOM, check_efficiency, check_headroom
@@ -24,55 +24,29 @@ from profiles.registry import get_model
 from profiles.schema import ModelProfile
 
 
-def positive_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
-    return v
+def _number_arg(cast: Callable[[str], float], ok: Callable[[float], bool], expected: str) -> Callable[[str], Any]:
+    """An argparse ``type=`` that parses with ``cast`` and accepts what ``ok`` accepts; anything else (NaN,
+    infinities, words) is one line: ``expected <what>, got '<text>'``."""
+
+    def parse(text: str) -> Any:
+        try:
+            v = cast(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+        if v != v or v in (float("inf"), float("-inf")) or not ok(v):
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
+        return v
+
+    return parse
 
 
-def positive_float(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not v > 0 or v != v or v == float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
-    return v
-
-
-def fraction_arg(text: str) -> float:
-    """A number in (0, 1]."""
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {text!r}") from None
-    if not 0 < v <= 1:
-        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {text!r}")
-    return v
-
-
-def non_negative_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}")
-    return v
-
-
-def unit_float(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text!r}") from None
-    if not 0 <= v < 1:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text!r}")
-    return v
+positive_int = _number_arg(int, lambda v: v >= 1, "a whole number >= 1")
+non_negative_int = _number_arg(int, lambda v: v >= 0, "a whole number >= 0")
+positive_float = _number_arg(float, lambda v: v > 0, "a positive number")
+non_negative_float = _number_arg(float, lambda v: v >= 0, "a number >= 0")
+fraction_arg = _number_arg(float, lambda v: 0 < v <= 1, "a number in (0, 1]")
+"""A number in (0, 1]."""
+unit_float = _number_arg(float, lambda v: 0 <= v < 1, "a number in [0, 1)")
 
 
 def add_target_args(parser: argparse.ArgumentParser, gpus_required: bool = True) -> None:

@@ -9,11 +9,13 @@ from pathlib import Path
 
 from planner.app.commands.common import (
     add_search_args,
-    explicit,
     add_setup_args,
     add_target_args,
+    explicit,
+    non_negative_float,
     positive_int,
     print_json,
+    unit_float,
 )
 from planner.app.errors import CliError
 
@@ -78,26 +80,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_hparam_args(parser)
 
 
-def unit_interval(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text!r}") from None
-    if not 0 <= v < 1:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text!r}")
-    return v
-
-
-def non_negative(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from None
-    if not v >= 0 or v == float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}")
-    return v
-
-
 def add_hparam_args(parser: argparse.ArgumentParser) -> None:
     """Overrides of the recommended hyper-parameters (planner.engine.hparams); each defaults to the recommendation."""
     from planner.app.commands.common import positive_float
@@ -106,13 +88,13 @@ def add_hparam_args(parser: argparse.ArgumentParser) -> None:
     h = parser.add_argument_group("hyper-parameters (default: recommended, with the reason in PLAN.md and the files)")
     h.add_argument("--lr", type=positive_float, metavar="LR", help="learning rate")
     h.add_argument("--epochs", type=positive_float, metavar="N", help="epochs")
-    h.add_argument("--warmup-ratio", type=unit_interval, metavar="F", help="warm-up fraction of the steps, in [0, 1)")
+    h.add_argument("--warmup-ratio", type=unit_float, metavar="F", help="warm-up fraction of the steps, in [0, 1)")
     h.add_argument("--scheduler", choices=SCHEDULERS, help="learning-rate schedule after the warm-up")
-    h.add_argument("--weight-decay", type=non_negative, metavar="W", help="AdamW weight decay")
+    h.add_argument("--weight-decay", type=non_negative_float, metavar="W", help="AdamW weight decay")
     h.add_argument("--max-grad-norm", type=positive_float, metavar="N", help="gradient clipping norm")
     h.add_argument("--train-on-prompt", action=argparse.BooleanOptionalAction, default=None,
                    help="also train on the prompt tokens (default: no, responses only)")
-    h.add_argument("--val-size", type=unit_interval, metavar="F", help="held-out fraction for evaluation (0: none)")
+    h.add_argument("--val-size", type=unit_float, metavar="F", help="held-out fraction for evaluation (0: none)")
     h.add_argument("--eval-steps", type=positive_int, metavar="N", help="evaluate every N optimizer steps")
     h.add_argument("--neftune-alpha", type=positive_float, metavar="A", help="NEFTune noise alpha, e.g. 5 (default: off)")
     h.add_argument("--rslora", action=argparse.BooleanOptionalAction, default=None,
@@ -193,7 +175,11 @@ def load_plan_json(args: argparse.Namespace):  # noqa: ANN202
     reads). The setup is taken as written and re-estimated with this tuneplan (the file's numbers may come from
     another version); the search's reasons are kept."""
     from planner.app.calibration_io import load_calibration_book
-    from planner.app.commands.common import explicit_setup_fields, refuse_given, setup_with_overrides
+    from planner.app.commands.common import (
+        explicit_setup_fields,
+        refuse_given,
+        setup_with_overrides,
+    )
     from planner.engine.evaluate import evaluate
     from planner.engine.rules import flag_of
     from planner.plan_file import read_plan_file
