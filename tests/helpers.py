@@ -78,3 +78,14 @@ def read_only(monkeypatch, folder) -> None:  # noqa: ANN001
     monkeypatch.setattr(os, "replace", replace)
     monkeypatch.setattr(builtins, "open", io_open)
     monkeypatch.setattr(io, "open", io_open)
+
+
+def proportioned(name: str, **kw):  # noqa: ANN003, ANN201
+    """A small copy of a shipped profile whose vocabulary-to-width ratio is a real model's (the LM head outweighs
+    a block, as in the full model): width 512, 2 blocks, vocabulary 32,768."""
+    from profiles.registry import get_model
+
+    upd = dict(hidden_size=512, intermediate_size=1408, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=128,
+               vocab_size=32768)
+    upd.update(kw)
+    return get_model(name).model_copy(update=upd)

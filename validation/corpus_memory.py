@@ -47,8 +47,8 @@ from validation.corpus import Corpus, MemoryCase
 FITTED_KINDS = ("reserved", "device")
 """Record kinds whose engine figure depends on the fragmentation fractions."""
 FRACTION_GRID = tuple(i / 100 for i in range(0, 61))
-"""Fragmentation fractions searched, 0-60 % in 1 % steps (above 60 % a caching allocator would be returning
-memory to the driver: ``empty_cache`` on OOM retries caps what stays cached)."""
+"""Fragmentation fractions searched, 0-60 % in 1 % steps [assumption: a search bound, not a physical limit; the cap
+at the card (eq. R3) bounds what stays cached]. A fit at the bound would say the bound is too tight."""
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ import pytest
 
 from planner.engine.runtime_memory import FRAGMENTATION, FRAGMENTATION_PRIOR, reserved_bytes
 from validation.corpus import load
-from validation.corpus_memory import MemoryRow, evaluate_corpus, fit_fractions, summary
+from validation.corpus_memory import FRACTION_GRID, MemoryRow, evaluate_corpus, fit_fractions, summary
 
 GiB = 2**30
 ROOT = Path(__file__).resolve().parents[2]
@@ -73,5 +73,6 @@ def test_the_engine_ships_the_fit():
     file the report was rendered from says so (regenerate: python benchmarks/memory_vs_corpus.py)."""
     rep = evaluate_corpus(load())
     assert rep.fit == FRAGMENTATION
+    assert all(v < max(FRACTION_GRID) for v in rep.fit.values())  # a fit at the search bound would be no fit
     stored = json.loads((ROOT / "benchmarks/results/memory_fit.json").read_text())
     assert stored["fit"] == FRAGMENTATION and stored["prior"] == FRAGMENTATION_PRIOR

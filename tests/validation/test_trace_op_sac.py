@@ -19,14 +19,7 @@ pytest.importorskip("transformers")
 pytest.importorskip("peft")
 
 from validation.trace.compare import compare, traced_block_inventory  # noqa: E402
-
-
-def small(name: str, **kw):
-    """A small copy whose vocabulary-to-width ratio is a real model's (as test_engine_vs_trace_regressions)."""
-    upd = dict(hidden_size=512, intermediate_size=1408, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=128,
-               vocab_size=32768)
-    upd.update(kw)
-    return get_model(name).model_copy(update=upd)
+from tests.helpers import proportioned as small  # noqa: E402
 
 
 @pytest.mark.parametrize("name, fields", [
