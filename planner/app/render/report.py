@@ -104,8 +104,8 @@ def render_estimate(
     console.print(f"\n{verdict}: peak {gib(est.peak_bytes)} GiB of {gib(est.capacity_bytes)} GiB per GPU")
     if est.allocated_peak_bytes:
         console.print(
-            f"  as torch reports it: max_memory_allocated ~{gib(est.allocated_peak_bytes)} GiB, "
-            f"max_memory_reserved ~{gib(est.reserved_peak_bytes)} GiB; nvidia-smi ~{gib(est.peak_bytes)} GiB "
+            f"  estimated as torch reports it: max_memory_allocated {gib(est.allocated_peak_bytes)} GiB, "
+            f"max_memory_reserved {gib(est.reserved_peak_bytes)} GiB; nvidia-smi {gib(est.peak_bytes)} GiB "
             "(reserved + CUDA context + NCCL)"
         )
     if host_capacity_bytes is not None and est.host_bytes > host_capacity_bytes:

@@ -82,6 +82,9 @@ def test_estimate_tables_keep_every_figure(width):
     figures = [gib_num(m.peak_bytes), f"{sp.tokens_per_s:,.0f}", f"{sp.tokens_per_s_per_gpu:,.0f}", f"{sp.mfu:.1%}",
                f"{sp.step_s:,.3f}"]
     figures += [gib_num(m.categories[k]) for k in CATEGORIES if m.categories[k]]
+    # the two peaks torch reports, beside nvidia-smi's (issue 11), each distinct and ordered
+    assert m.allocated_peak_bytes < m.reserved_peak_bytes < m.peak_bytes
+    figures += [gib_num(m.allocated_peak_bytes), gib_num(m.reserved_peak_bytes)]
     _assert_whole(_text(c), figures, width)
 
 
