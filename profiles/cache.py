@@ -196,12 +196,22 @@ def load_cached(path: Path) -> ModelProfile:
 
 
 def find_by_config(config: dict[str, Any]) -> tuple[ModelProfile, Path] | None:
-    """The cached profile derived from exactly this config (same canonical sha256), if any."""
+    """The cached profile derived from exactly this config (same canonical sha256) by the current derivation
+    (:data:`profiles.schema.DERIVATION`), if any: one from an older derivation is a miss, so the config is derived
+    again and its file replaced."""
     key = config_sha256(config)
     for header, path in cached_headers():
         if header.get("config_sha256") == key:
             try:
-                return load_cached(path), path
+                prof = load_cached(path)
             except ProfileError:
                 return None
+            return (prof, path) if not stale(prof) else None
     return None
+
+
+def stale(profile: ModelProfile) -> bool:
+    """Whether a derived profile was written by an older derivation than this tuneplan's."""
+    from profiles.schema import DERIVATION
+
+    return profile.derived is not None and profile.derived.derivation < DERIVATION

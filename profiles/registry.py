@@ -180,7 +180,10 @@ def origin(m: ModelProfile) -> str:
         return "shipped (derived)"
     for h, path in cached_headers():
         if sha and h.get("config_sha256") == sha:
-            return f"derived: {path}"
+            from profiles.cache import stale
+
+            return f"derived: {path}" + (" (stale: derived by an older tuneplan; run plan profiles add again)"
+                                         if stale(m) else "")
     return "config.json"
 
 

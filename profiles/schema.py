@@ -48,6 +48,12 @@ class MoE(_Frozen):
     shared_expert_gate: bool = Field(False, description="Qwen2-MoE style sigmoid gate h->1 on the shared expert")
     dense_layers: int = Field(0, ge=0, description="leading layers with a dense MLP (first_k_dense_replace)")
     router_bias: bool = False
+    experts_autocast: bool = Field(
+        False, description="the routed experts multiply through ops autocast casts per use (torch.bmm in the "
+                           "module's own forward, as Llama 4's Llama4TextExperts; or nn.Linear experts in a "
+                           "ModuleList): under autocast each fp32 expert weight gets a cached bf16 copy, like an "
+                           "nn.Linear. False: transformers' experts interface (@use_experts_implementation, "
+                           "grouped_mm), which casts by hand and keeps no copy")
 
     @model_validator(mode="after")
     def _check(self) -> "MoE":
@@ -275,6 +281,12 @@ class DerivedParams(_Frozen):
     largest_module: int = Field(gt=0, description="parameters of the largest single module (ZeRO-3 gathers it)")
 
 
+DERIVATION = 2
+"""The version of what ``plan profiles add`` reads off a model (validation/derive). A profile cached by an older
+derivation misses fields the engine now uses (2: ``MoE.experts_autocast``); it is derived again when its config is
+given, and ``plan profiles list`` and the estimate's assumptions call it stale when it is named."""
+
+
 class DerivedModel(_Frozen):
     """What ``plan profiles add`` reads off transformers' own model code (validation/derive, docs/memory.md
     eq. D1-D4): the linear layers and parameter counts of the model built on the meta device, the block kinds,
@@ -282,6 +294,7 @@ class DerivedModel(_Frozen):
 
     transformers_version: str
     torch_version: str
+    derivation: int = Field(1, ge=1, description="the DERIVATION that wrote it (files without the key: 1)")
     architecture: str = Field(description="the transformers class built, e.g. 'Gemma3ForCausalLM'")
     config_json: str = Field(description="the config the model was built from, as JSON (rebuilds it for plan trace)")
     config_sha256: str

@@ -26,7 +26,7 @@ from planner.engine.activations import ActivationBytes, LayerInventory
 from planner.engine.dtypes import RecipeBytes
 from planner.engine.facts import ModelFacts
 from planner.engine.setup import Setup, SetupError
-from profiles.schema import BlockInventory, Fit, ModelProfile, TracedInventory
+from profiles.schema import DERIVATION, BlockInventory, Fit, ModelProfile, TracedInventory
 
 TRACED_RANK = 8
 """LoRA rank of the traced inventories (validation.derive.inventory.RANK); other ranks use the measured slope."""
@@ -248,6 +248,9 @@ def derived_activation_note(facts: ModelFacts, setup: Setup, rb: RecipeBytes, tr
     line = (f"activations: inventory traced on transformers {d.transformers_version}'s {d.architecture} "
             f"({setup_class(setup, rb)}, {inv.attention}, docs/memory.md eq. D4), {trainable_layers} blocks saving, "
             f"{checkpointed_layers} checkpointed")
+    if d.derivation < DERIVATION:
+        line += (f"; STALE: derived by an older tuneplan (derivation {d.derivation} < {DERIVATION}): run `plan "
+                 "profiles add` on its config again")
     if setup.method == "freeze" and rb.autocast:
         line += ("; freeze under AMP uses the full-fine-tuning inventory (fp32 residual stream): errs high by the "
                  "norm inputs' width")

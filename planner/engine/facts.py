@@ -47,7 +47,8 @@ class TrainableCounts:
     frozen_linear: int
     """frozen parameters inside linear layers (what QLoRA quantises)"""
     trainable_linear: int
-    """trainable parameters that sit in ``nn.Linear`` layers (what autocast casts per use; not routed experts)"""
+    """trainable parameters that sit in ``nn.Linear`` layers (what autocast casts per use; routed experts only where
+    they run through autocast-enabled ops, ``MoE.experts_autocast``)"""
 
 
 def lora_adapter_params(adapted: tuple[LinearLayer, ...], rank: int, dora: bool) -> int:
@@ -103,8 +104,10 @@ def _trainable_counts(model: ModelProfile, counts: ParamCounts, linears: tuple[L
     """Which parameters train under ``method`` (eq. M2), and per step under BAdam / LISA (eq. M2c)."""
     lin_total = sum(x.params for x in linears)
     # routed experts run through grouped_mm, which autocast does not cast (transformers integrations/moe.py,
-    # eq. A7a): only the nn.Linear weights (and the LM head) get a per-use low-precision copy
-    lin_cast = sum(x.params for x in linears if not x.name.startswith("experts."))
+    # eq. A7a): only the nn.Linear weights (and the LM head) get a per-use low-precision copy; experts with their
+    # own torch.bmm forward (Llama 4) or nn.Linear experts are cast like any linear (MoE.experts_autocast)
+    cast_experts = model.moe is not None and model.moe.experts_autocast
+    lin_cast = sum(x.params for x in linears if cast_experts or not x.name.startswith("experts."))
     head = model.vocab_size * model.hidden_size
     if method == "full" and subspace == "badam":
         # one decoder block per step; embeddings and LM head never train (BAdam block_optim.py, include_embedding /

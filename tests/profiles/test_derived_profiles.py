@@ -156,3 +156,26 @@ def test_omitted_keys_are_listed_as_defaults(tmp_path: Path):
     keys = {d.split("=")[0] for d in p.defaults_used}
     assert {"num_key_value_heads", "hidden_act", "tie_word_embeddings", "max_position_embeddings"} <= keys
     assert all("GraniteConfig default" in d for d in p.defaults_used)
+
+
+def test_experts_autocast_reads_the_experts_module():
+    """Llama 4's experts run their own torch.bmm forward (autocast casts it); transformers' experts interface
+    (@use_experts_implementation: grouped_mm) does not; a ModuleList of nn.Linear experts is cast per linear."""
+    from transformers import AutoConfig
+
+    from validation.derive.structure import _experts_of, experts_autocast
+
+    def experts_module(model_type: str) -> nn.Module:
+        cfg = AutoConfig.for_model(model_type, num_hidden_layers=1, hidden_size=64, intermediate_size=64,
+                                   num_attention_heads=4, num_key_value_heads=2, vocab_size=128)
+        with torch.device("meta"):
+            model = build(cfg)
+        _, layers = next((n, m) for n, m in model.named_modules() if n.endswith("layers"))
+        found = _experts_of(layers[0])
+        assert found is not None, model_type
+        return found[1]
+
+    assert experts_autocast(experts_module("llama4_text"))
+    assert not experts_autocast(experts_module("mixtral"))
+    assert not experts_autocast(experts_module("qwen3_moe"))
+    assert experts_autocast(nn.ModuleList([nn.Linear(4, 4) for _ in range(2)]))

@@ -141,3 +141,20 @@ def test_profiles_add_of_a_missing_file_is_one_line(capsys, tmp_path: Path):
 def test_cache_file_is_private_to_the_user(tmp_cache: Path):
     path = cache.save(derived("granite"))
     assert stat.S_IMODE(path.stat().st_mode) & 0o077 == 0
+
+
+def test_a_profile_from_an_older_derivation_is_derived_again(tmp_cache: Path, tmp_path: Path, capsys):
+    """A cached profile written before the derivation gained a field (profiles.schema.DERIVATION) is a miss for
+    its config, so ``plan`` re-derives it; by name it is still found, and listed as stale."""
+    p = derived("granite")
+    old = p.model_copy(update={"derived": p.derived.model_copy(update={"derivation": 1})})
+    cache.save(old)
+    cfg = json.loads((CONFIGS / "granite.json").read_text())
+    assert cache.find_by_config(cfg) is None and cache.stale(old)
+    assert "stale" in origin(get_model("granite"))
+    code, out, _ = run(["profiles", "models"], capsys)
+    assert code == 0 and "stale" in out
+    cache.save(p)
+    cache.forget()
+    hit = cache.find_by_config(cfg)
+    assert hit is not None and hit[0] == p and not cache.stale(p)

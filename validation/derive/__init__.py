@@ -70,7 +70,7 @@ def derive_from_raw(raw: RawConfig, trust_remote_code: bool = False, name: str |
     import transformers
 
     from profiles.cache import config_sha256
-    from profiles.schema import DerivedModel, ModelProfile, MoE
+    from profiles.schema import DERIVATION, DerivedModel, ModelProfile, MoE
     from validation.derive.config import build, defaults_used, quiet, to_config
     from validation.derive.structure import read_structure
 
@@ -106,7 +106,7 @@ def derive_from_raw(raw: RawConfig, trust_remote_code: bool = False, name: str |
     if st.experts:
         moe = MoE(num_experts=st.experts, experts_per_token=st.experts_per_token,
                   expert_intermediate_size=st.expert_width or 1, dense_layers=st.dense_layers
-                  if st.dense_layers < st.num_layers else 0)
+                  if st.dense_layers < st.num_layers else 0, experts_autocast=st.experts_autocast)
     dtype = str(getattr(cfg, "dtype", None) or getattr(cfg, "torch_dtype", None) or "bfloat16").replace("torch.", "")
     if dtype not in ("bfloat16", "float16", "float32"):
         dtype = "bfloat16"
@@ -122,6 +122,7 @@ def derive_from_raw(raw: RawConfig, trust_remote_code: bool = False, name: str |
     notes.append(f"blocks: {kinds_line}")
     derived = DerivedModel(
         transformers_version=transformers.__version__,
+        derivation=DERIVATION,
         torch_version=torch.__version__.split("+")[0],
         architecture=arch,
         config_json=json.dumps(raw.data, sort_keys=True, separators=(",", ":")),

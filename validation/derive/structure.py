@@ -77,6 +77,8 @@ class Structure:
     expert_width: int = 0
     dense_layers: int = 0
     dense_width: int = 0
+    experts_autocast: bool = False
+    """the routed experts run through autocast-enabled ops (see :func:`experts_autocast`)"""
     norm_kind: str = "rmsnorm"
     notes: list[str] = field(default_factory=list)
 
@@ -116,6 +118,22 @@ def _experts_of(layer: Any) -> tuple[int, Any] | None:
         if name.split(".")[-1] == "experts" and isinstance(mod, nn.ModuleList) and len(mod):
             return len(mod), mod
     return None
+
+
+def experts_autocast(mod: Any) -> bool:
+    """Whether a routed-experts module multiplies through ops that autocast casts per use (and caches: the cast
+    of a leaf fp32 weight is kept until autocast exits, then saved for backward). transformers' experts interface
+    (``integrations/moe.py``, ``@use_experts_implementation``: its ``__init__`` sets ``has_gate`` and
+    ``is_transposed``) dispatches to ``grouped_mm``, which is not autocast-enabled and casts the input to the
+    weight's dtype by hand: no copy. A module with its own forward (Llama 4's ``Llama4TextExperts``:
+    ``torch.bmm``) or a ModuleList of ``nn.Linear`` experts goes through autocast's cast policy: a copy per
+    weight. Assumption: an undecorated module's own forward uses matmul-family ops (bmm / matmul / einsum /
+    linear), all on autocast's lower-precision list."""
+    from torch import nn
+
+    if isinstance(mod, nn.ModuleList):
+        return True
+    return not (hasattr(mod, "has_gate") and hasattr(mod, "is_transposed"))
 
 
 def _top_k(layer: Any, cfg: Any) -> int:
@@ -241,6 +259,7 @@ def read_structure(model: Any, cfg: Any) -> Structure:
     signatures: list[tuple] = []
     kinds_info: list[dict] = []
     experts_seen = topk_seen = 0
+    cast_experts = False
     dense_layers = 0
     for i, layer in enumerate(layers):
         owner = f"{prefix}.{i}"
@@ -248,6 +267,7 @@ def read_structure(model: Any, cfg: Any) -> Structure:
         moe_layer = ex is not None
         k = _top_k(layer, cfg) if moe_layer else 0
         E = ex[0] if ex else 0
+        cast_experts = cast_experts or (ex is not None and experts_autocast(ex[1]))
         layer_params = 0
         per_layer_lin: dict[tuple, int] = {}
         for path, mod in layer.named_modules():
@@ -394,7 +414,7 @@ def read_structure(model: Any, cfg: Any) -> Structure:
     return Structure(params=params, linears=lin, blocks=blocks, layer_kinds=tuple(layer_kinds), hidden_size=hidden,
                      vocab_size=vocab, tie_embeddings=tied, num_layers=L, experts=experts_seen,
                      experts_per_token=topk_seen, expert_width=expert_width, dense_layers=dense_layers,
-                     dense_width=dense_width, norm_kind=norm_kind)
+                     dense_width=dense_width, experts_autocast=cast_experts, norm_kind=norm_kind)
 
 
 def layer_signature(layer: Any, cfg: Any, i: int) -> tuple:

@@ -140,13 +140,17 @@ def run(args: argparse.Namespace) -> int:
             t.add_row(
                 m.name, f"{pc.total / 1e9:.2f}B", f"{pc.active / 1e9:.2f}B" if m.is_moe else "", str(m.num_layers),
                 str(m.hidden_size), f"{m.num_heads}/{m.num_kv_heads}", f"{m.vocab_size:,}", f"{m.max_positions:,}",
-                ", ".join(m.aliases[:3]), origin(m).split(":")[0],  # "derived": in the cache, named below
+                ", ".join(m.aliases[:3]),
+                origin(m).split(":")[0] + (" (stale)" if "(stale" in origin(m) else ""),  # the cache is named below
             )
         print_table(console, t)
         from profiles.cache import broken_files, models_dir
 
         if any(origin(m).startswith("derived:") for m in listed):
             console.print(f"derived: plan profiles add, cached in {models_dir()}", highlight=False)
+        if any("(stale" in origin(m) for m in listed):
+            console.print("stale: derived by an older tuneplan, whose profiles lack terms the engine now uses; run "
+                          "plan profiles add on its config again", highlight=False)
 
         for _path, why in broken_files():
             console.print(f"[yellow]skipped[/yellow] {why}", highlight=False)

@@ -90,3 +90,32 @@ def test_freeze_saves_only_the_trained_blocks():
     assert a_frozen.trainable_layers == 1 < a_full.trainable_layers == p.num_layers
     assert a_frozen.saved < a_full.saved
     assert inventory(p, frozen, rb).setup_class == "full-half"
+
+
+def test_experts_that_autocast_casts_get_a_copy_each_like_a_linear():
+    """Llama 4's experts multiply with torch.bmm, which autocast casts (MoE.experts_autocast, docs/memory.md
+    eq. A7a): under AMP full fine-tuning each fp32 expert stack gets a bf16 copy, so the cast parameters are the
+    grouped_mm model's plus every routed expert's, and the estimate grows by 2 bytes per expert parameter."""
+    p = profile("llama4_text")
+    assert p.moe is not None and p.moe.experts_autocast
+    grouped = p.model_copy(update={"moe": p.moe.model_copy(update={"experts_autocast": False})})
+    setup = Setup(method="full", recipe="hf-amp", seq_len=512)
+    experts = sum(x.params for x in model_facts(p, setup).linears if x.name.startswith("experts."))
+    assert experts > 0
+    cast, plain = model_facts(p, setup).trainable, model_facts(grouped, setup).trainable
+    assert cast.trainable_linear - plain.trainable_linear == experts
+    a = evaluate(p, parse_cluster("A800"), setup).memory
+    b = evaluate(grouped, parse_cluster("A800"), setup).memory
+    assert a.phase_tensors["forward_peak"] - b.phase_tensors["forward_peak"] == 2 * experts
+    lora = Setup(method="lora", recipe="hf-amp", seq_len=512)  # frozen bf16 experts: nothing to cast
+    assert model_facts(p, lora).trainable.trainable_linear == model_facts(grouped, lora).trainable.trainable_linear
+
+
+def test_a_stale_derived_profile_is_named_in_the_estimate():
+    p = profile("granite")
+    old = p.model_copy(update={"derived": p.derived.model_copy(update={"derivation": 1})})
+    plan = evaluate(old, parse_cluster("A800"), Setup(method="lora", recipe="bf16", seq_len=512))
+    line = next(a for a in plan.memory.assumptions if a.startswith("activations:"))
+    assert "STALE" in line and "plan profiles add" in line
+    fresh = evaluate(p, parse_cluster("A800"), Setup(method="lora", recipe="bf16", seq_len=512))
+    assert not any("STALE" in a for a in fresh.memory.assumptions)
