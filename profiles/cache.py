@@ -14,7 +14,6 @@ folder, then ``os.replace``).
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 import os
 import re
@@ -22,14 +21,19 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import ValidationError
 
 from profiles.errors import ProfileError
 from profiles.schema import ModelProfile
 
-_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-_Dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+# PyYAML is imported where YAML is written or parsed: ``plan`` reads what it parsed before from the JSON cache of
+# :mod:`profiles.parsed_cache`
+
+
+def _yaml():  # noqa: ANN202
+    import yaml
+
+    return yaml
 
 
 def cache_dir() -> Path:
@@ -48,6 +52,8 @@ def models_dir() -> Path:
 
 def config_sha256(config: dict[str, Any]) -> str:
     """The sha256 of a config dict in canonical JSON (sorted keys, no spaces): the cache key of its profile."""
+    import hashlib
+
     text = json.dumps(config, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
@@ -64,6 +70,8 @@ def profile_path(profile: ModelProfile) -> Path:
 
 def profile_yaml(profile: ModelProfile, header: str = "") -> str:
     """A profile as YAML in the field order of the schema (what the shipped files look like)."""
+    yaml = _yaml()
+    _Dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
     data = profile.model_dump(mode="json", exclude_defaults=True)
     data = {"name": data.pop("name"), "source": data.pop("source"), **data}
     derived = data.pop("derived", None)
@@ -110,11 +118,16 @@ def forget() -> None:
 
 def load_file(path: Path) -> ModelProfile:
     """One profile file; :class:`ProfileError` (one line) if it is not a valid profile."""
+    from profiles.parsed_cache import parse_file
+
     try:
-        with path.open(encoding="utf-8") as f:
-            data = yaml.load(f, Loader=_Loader)
-    except (OSError, yaml.YAMLError) as e:
+        data = parse_file(path)
+    except OSError as e:
         raise ProfileError(f"{path}: cannot read the profile ({e})") from e
+    except Exception as e:
+        if isinstance(e, _yaml().YAMLError):
+            raise ProfileError(f"{path}: cannot read the profile ({e})") from e
+        raise
     try:
         return ModelProfile.model_validate(data)
     except ValidationError as e:
@@ -164,8 +177,9 @@ def read_header(path: Path) -> dict[str, Any] | None:
     except OSError:
         return None
     head, sep, rest = text.partition("\nderived:")
+    yaml = _yaml()
     try:
-        data = yaml.load(head, Loader=_Loader)
+        data = yaml.load(head, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
     except yaml.YAMLError:
         return None
     if not isinstance(data, dict) or "name" not in data:
@@ -178,15 +192,12 @@ def read_header(path: Path) -> dict[str, Any] | None:
 @functools.cache
 def cached_headers() -> tuple[tuple[dict[str, Any], Path], ...]:
     """(header, file) of every profile file in the cache, in file-name order (no inventory parsed)."""
+    from profiles.parsed_cache import parse_dir
+
     d = models_dir()
     if not d.is_dir():
         return ()
-    out = []
-    for path in sorted(d.glob("*.yaml")):
-        h = read_header(path)
-        if h is not None:
-            out.append((h, path))
-    return tuple(out)
+    return tuple((h, path) for path, h in parse_dir(d, read_header, "header") if h is not None)
 
 
 @functools.cache
