@@ -20,7 +20,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from profiles.errors import ProfileError, unknown_name_message
-from profiles.parsed_cache import parse_dir, parse_file, read_yaml
+from profiles.cache import parse_dir, parse_file, read_yaml
 from profiles.schema import GpuProfile, ModelProfile
 
 PROFILES_DIR = Path(__file__).resolve().parent
@@ -38,7 +38,7 @@ def fold(name: str) -> str:
 
 def _load_dir(directory: Path, cls: type) -> list:
     out = []
-    for path, data in parse_dir(directory, read_yaml):  # parsed once, then from the JSON cache (parsed_cache)
+    for path, data in parse_dir(directory, read_yaml):  # parsed once, then from the JSON cache (cache.parse_dir)
         try:
             out.append(cls.model_validate(data))
         except ValidationError as e:  # a broken shipped profile is a bug: say which file

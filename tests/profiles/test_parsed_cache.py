@@ -1,4 +1,4 @@
-"""The JSON cache of parsed profile YAML (profiles/parsed_cache.py) returns exactly what parsing the YAML returns,
+"""The JSON cache of parsed profile YAML (profiles/cache.py: parse_dir, parse_file) returns exactly what parsing the YAML returns,
 notices edits, and is never required: checked against the YAML parser itself, not against stored outputs."""
 
 from __future__ import annotations
@@ -11,9 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from profiles import parsed_cache
-from profiles.cache import read_header
-from profiles.parsed_cache import parse_dir, parse_file, read_yaml
+from profiles import cache as parsed_cache
+from profiles.cache import parse_dir, parse_file, read_header, read_yaml
 from profiles.registry import DERIVED_DIR, GPUS_DIR, MODELS_DIR
 
 
@@ -47,7 +46,7 @@ def test_shipped_folders_read_back_equal_to_the_yaml(directory, parse, kind):
 
 
 def test_a_shipped_derived_profile_reads_back_equal():
-    path = sorted(DERIVED_DIR.glob("*.yaml"))[0]
+    path = min(DERIVED_DIR.glob("*.yaml"))
     truth = read_yaml(path)
     assert parse_file(path) == truth
     counted, calls = _counting(read_yaml)
@@ -94,7 +93,7 @@ def test_a_corrupt_or_foreign_cache_file_is_ignored(tmp_path):
     cache.write_text("{not json")
     assert parse_dir(d, read_yaml) == [(d / "a.yaml", {"name": "a"})]
     blob = json.loads(cache.read_text())
-    blob["format"] = parsed_cache.FORMAT + 1
+    blob["format"] = parsed_cache.PARSED_FORMAT + 1
     cache.write_text(json.dumps(blob))
     counted, calls = _counting(read_yaml)
     assert parse_dir(d, counted) == [(d / "a.yaml", {"name": "a"})]
