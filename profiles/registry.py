@@ -17,14 +17,13 @@ import functools
 import re
 from pathlib import Path
 
-import yaml
 from pydantic import ValidationError
 
 from profiles.errors import ProfileError, unknown_name_message
+from profiles.cache import parse_dir, parse_file, read_yaml
 from profiles.schema import GpuProfile, ModelProfile
 
 PROFILES_DIR = Path(__file__).resolve().parent
-_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml when present: 10x faster
 MODELS_DIR = PROFILES_DIR / "models"
 DERIVED_DIR = MODELS_DIR / "derived"
 """Shipped profiles derived from the model code (benchmarks/derive_catalogue.py): indexed by their header, parsed
@@ -39,9 +38,7 @@ def fold(name: str) -> str:
 
 def _load_dir(directory: Path, cls: type) -> list:
     out = []
-    for path in sorted(directory.glob("*.yaml")):
-        with path.open(encoding="utf-8") as f:
-            data = yaml.load(f, Loader=_Loader)
+    for path, data in parse_dir(directory, read_yaml):  # parsed once, then from the JSON cache (cache.parse_dir)
         try:
             out.append(cls.model_validate(data))
         except ValidationError as e:  # a broken shipped profile is a bug: say which file
@@ -61,8 +58,7 @@ def shipped_derived_headers() -> tuple[tuple[dict, Path], ...]:
     from profiles.cache import read_header
 
     out = []
-    for path in sorted(DERIVED_DIR.glob("*.yaml")):
-        h = read_header(path)
+    for path, h in parse_dir(DERIVED_DIR, read_header, "header"):
         if h is None:
             raise RuntimeError(f"invalid profile {path}: no readable header")
         out.append((h, path))
@@ -75,8 +71,7 @@ def _load_shipped_derived(path: Path) -> ModelProfile:
 
 
 def _load_dir_file(path: Path) -> ModelProfile:
-    with path.open(encoding="utf-8") as f:
-        data = yaml.load(f, Loader=_Loader)
+    data = parse_file(path, read_yaml)
     try:
         return ModelProfile.model_validate(data)
     except ValidationError as e:  # a broken shipped profile is a bug: say which file
@@ -224,9 +219,11 @@ def validation_message(e: ValidationError) -> str:
 def read_model_profile(path: str | Path) -> ModelProfile:
     """A :class:`ModelProfile` YAML file (the format of ``profiles/models/*.yaml``); :class:`ProfileError` (one
     line) if it cannot be read, is not YAML, or does not validate."""
+    import yaml
+
     p = Path(path).expanduser()
     try:
-        data = yaml.load(p.read_text(encoding="utf-8"), Loader=_Loader)
+        data = yaml.load(p.read_text(encoding="utf-8"), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
     except FileNotFoundError:
         raise ProfileError(f"no such model profile file {str(path)!r}") from None
     except OSError as e:

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from planner.engine.dtypes import RecipeBytes
 from planner.engine.facts import ModelFacts
 from planner.engine.lora_targets import LoraTargets
+from planner.engine.memo import SetupMemo
 from planner.engine.setup import Setup
 from profiles.schema import ModelProfile
 
@@ -92,12 +93,14 @@ def _norm_saved(h: int, rb: RecipeBytes, weight_trains: bool, fp32_output: bool 
 
 def layer_inventory(facts: ModelFacts, setup: Setup, rb: RecipeBytes, trains_layer: bool) -> LayerInventory:
     """Saved tensors of one (average) block under ``setup`` (memoised on the fields that decide it)."""
-    key = setup.model_copy(update={"micro_batch": 1, "grad_accum": 1, "zero": 0, "fsdp": None, "offload": "none",
-                                   "optimizer": "adamw", "checkpointing": "none", "checkpoint_every": 1,
-                                   "loss": "plain", "framework": "hf", "padding_efficiency": 1.0,
-                                   "activation_offload": False, "fused_kernels": False,
-                                   "packing": True, "optimizer_in_backward": False})
-    return _layer_inventory(facts, key, rb, trains_layer)
+    return _LAYER_MEMO(facts, setup, rb, trains_layer)
+
+
+_LAYER_KEY = {"micro_batch": 1, "grad_accum": 1, "zero": 0, "fsdp": None, "offload": "none", "optimizer": "adamw",
+              "checkpointing": "none", "checkpoint_every": 1, "loss": "plain", "framework": "hf",
+              "padding_efficiency": 1.0, "activation_offload": False, "fused_kernels": False, "packing": True,
+              "optimizer_in_backward": False}
+"""the fields that do not change one block's saved tensors, and the values :func:`layer_inventory` resets them to"""
 
 
 @functools.lru_cache(maxsize=4096)
@@ -271,6 +274,9 @@ def _layer_inventory(facts: ModelFacts, setup: Setup, rb: RecipeBytes, trains_la
         per_token, per_seq, transient, items, forward_per_token_per_seq=fwd_seq, backward_per_token_per_seq=bwd_seq,
         per_layer=per_layer, backward_per_layer=backward_per_layer,
     )
+
+
+_LAYER_MEMO = SetupMemo(_layer_inventory, _LAYER_KEY)
 
 
 COMPILE_RECOMPUTED_ACTIVATIONS = ("act_out", "dense_act_out", "shared_act_out", "expert_act_out")

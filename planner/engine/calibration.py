@@ -21,6 +21,7 @@ up by GPU and recipe) and never reads files itself; :mod:`planner.app.calibratio
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 
@@ -85,6 +86,7 @@ def calibration_label(cal: Calibration | None) -> str:
     return f"calibrated from {cal.n_runs} run{'s' if cal.n_runs != 1 else ''} on {cal.gpu}"
 
 
+@functools.lru_cache(maxsize=256)  # the search looks up a calibration for every candidate
 def gpu_slug(gpu_name: str) -> str:
     """File-name form of a GPU name: lower case, runs of other characters become '-' (``H100-SXM`` ->
     ``h100-sxm``, ``RTX 4090`` -> ``rtx-4090``)."""

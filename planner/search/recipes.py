@@ -24,6 +24,7 @@ larger micro-batch can win back. Every skip is counted and said in the search no
 
 from __future__ import annotations
 
+import functools
 import itertools
 from dataclasses import dataclass, field
 from typing import Any
@@ -52,7 +53,7 @@ class Family:
     siblings: tuple[tuple[str, frozenset], ...] = field(default=())
     """(saver, key of the same family without it) for each memory saver it uses"""
 
-    @property
+    @functools.cached_property  # read for every family and sibling check of the search
     def key(self) -> frozenset:
         return family_key(self.fields)
 

@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict
 
 from planner.engine.activations import effective_attention
 from planner.engine.facts import ModelFacts
+from planner.engine.memo import SetupMemo
 from planner.engine.op_sac import recomputed_matmuls
 from planner.engine.setup import Setup
 from profiles.params import LinearLayer
@@ -235,14 +236,15 @@ def flops_per_token(facts: ModelFacts, setup: Setup) -> FlopsBreakdown:
     outputs it did not save (every second ``mm``, biased ``addmm``, routed experts) and, with eager attention only,
     the attention core (SDPA / flash outputs are saved).
     """
-    # FLOPs per token depend only on these fields: memoise on them (the search evaluates hundreds of setups)
-    key = setup.model_copy(
-        update={"micro_batch": 1, "grad_accum": 1, "zero": 0, "fsdp": None, "offload": "none", "optimizer": "adamw",
-                "recipe": "bf16", "loss": "plain", "packing": True, "compile": False, "galore_rank": None,
-                "galore_layerwise": False, "fp8": "none", "tp": 1, "cp": 1, "async_tp": False,
-                "optimizer_in_backward": False, "activation_offload": False}
-    )
-    return _flops_per_token(facts, key)
+    # FLOPs per token depend only on the fields not in _FLOPS_KEY: memoise on them (the search evaluates hundreds
+    # of setups)
+    return _FLOPS_MEMO(facts, setup)
+
+
+_FLOPS_KEY = {"micro_batch": 1, "grad_accum": 1, "zero": 0, "fsdp": None, "offload": "none", "optimizer": "adamw",
+              "recipe": "bf16", "loss": "plain", "packing": True, "compile": False, "galore_rank": None,
+              "galore_layerwise": False, "fp8": "none", "tp": 1, "cp": 1, "async_tp": False,
+              "optimizer_in_backward": False, "activation_offload": False}
 
 
 @functools.lru_cache(maxsize=512)
@@ -314,3 +316,4 @@ def _flops_per_token(facts: ModelFacts, setup: Setup) -> FlopsBreakdown:
     return FlopsBreakdown(forward=fwd, backward=bwd, recompute=rec, model_forward=mfwd, model_backward=mbwd)
 
 
+_FLOPS_MEMO = SetupMemo(_flops_per_token, _FLOPS_KEY)

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from planner.engine.activations import effective_attention, layer_inventory
 from planner.engine.dtypes import recipe_bytes
 from planner.engine.facts import ModelFacts
+from planner.engine.memo import SetupMemo
 from planner.engine.op_sac import recomputed_matmuls
 from planner.engine.setup import Setup
 from planner.engine.speed.compute import qlora_dequant_bytes_per_pass
@@ -146,11 +147,13 @@ def gemm_efficiency(rows: float, arch: str, params: SpeedParams) -> float:
 
 def micro_step_work(facts: ModelFacts, setup: Setup) -> MicroWork:
     """The parameter-free work of one micro-step (memoised on the fields that decide it)."""
-    key = setup.model_copy(update={"grad_accum": 1, "zero": 0, "fsdp": None, "offload": "none",
-                                   "optimizer": "adamw", "framework": "hf", "padding_efficiency": 1.0,
-                                   "activation_offload": False, "optimizer_in_backward": False,
-                                   "galore_rank": None, "galore_layerwise": False, "async_tp": False})
-    return _work(facts, key)
+    return _WORK_MEMO(facts, setup)
+
+
+_WORK_KEY = {"grad_accum": 1, "zero": 0, "fsdp": None, "offload": "none", "optimizer": "adamw", "framework": "hf",
+             "padding_efficiency": 1.0, "activation_offload": False, "optimizer_in_backward": False,
+             "galore_rank": None, "galore_layerwise": False, "async_tp": False}
+"""the fields that do not change a micro-step's work, and the values :func:`micro_step_work` resets them to"""
 
 
 @functools.lru_cache(maxsize=2048)
@@ -351,3 +354,6 @@ def micro_step_time(work: MicroWork, gpu: GpuProfile, framework: str, peak: floa
              + work.recompute_fp8_cast_bytes * fuse / hbm)
     host_s = params.layer_overhead(framework) * work.kernel_units * fuse
     return MicroStep(gemm_s, attn_s, mem_s, rec_s, host_s)
+
+
+_WORK_MEMO = SetupMemo(_work, _WORK_KEY)
