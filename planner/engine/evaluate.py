@@ -7,11 +7,13 @@ estimates memory or speed, picks a calibration or applies the headroom rule by i
 
 from __future__ import annotations
 
+from functools import partial
+
 from planner.engine.calibration import CalibrationBook
 from planner.engine.dataset import WORST_CASE_PADDING, DatasetShape, memory_setup, speed_setup
 from planner.engine.facts import model_facts
 from planner.engine.memory import estimate_memory
-from planner.engine.results import MemoryEstimate, Plan
+from planner.engine.results import MemoryEstimate, Plan, unchecked
 from planner.engine.rules import validate_setup
 from planner.engine.setup import Setup, SetupError
 from planner.engine.speed.step import estimate_speed
@@ -98,7 +100,7 @@ def evaluate(
         memory = memory.model_copy(update={"setup": setup, "assumptions": (*kept, mem_note)})
     if speed_note:
         speed = speed.model_copy(update={"assumptions": (*speed.assumptions, speed_note)})
-    make = Plan if explain else Plan.model_construct  # explain=False: the search's candidates, re-made checked when shown
+    make = Plan if explain else partial(unchecked, Plan)  # explain=False: the search's candidates, re-made checked when shown
     return make(
         setup=setup,
         memory=memory,

@@ -22,6 +22,8 @@ forward, the peak inside backward and the optimizer step; each phase's categorie
 
 from __future__ import annotations
 
+from functools import partial
+
 from dataclasses import dataclass
 
 from planner.engine.activations import (
@@ -38,7 +40,7 @@ from planner.engine.calibration import Calibration
 from planner.engine.dtypes import RecipeBytes, recipe_bytes
 from planner.engine.facts import ModelFacts
 from planner.engine.op_sac import op_sac_block_bytes
-from planner.engine.results import CATEGORIES, MemoryEstimate
+from planner.engine.results import CATEGORIES, MemoryEstimate, unchecked
 from planner.engine.runtime_memory import (
     FRAGMENTATION,
     cuda_context_bytes,
@@ -714,7 +716,7 @@ def estimate_memory(
     host = host_bytes(model, cluster, setup, rb, ms)
     calib = calibration.label if calibration is not None else "uncalibrated"
     assumptions = _assumptions(facts, cluster, setup, rb, acts) if explain else []
-    make = MemoryEstimate if explain else MemoryEstimate.model_construct  # the search skips the checks, not the plans it shows
+    make = MemoryEstimate if explain else partial(unchecked, MemoryEstimate)  # the search skips the checks, not the plans it shows
     return make(
         model=model.name,
         gpu=cluster.gpu.name,

@@ -4,12 +4,14 @@ communication, offload and the trainer's fixed costs, assembled into a
 
 from __future__ import annotations
 
+from functools import partial
+
 import math
 
 from planner.engine.activations import effective_attention
 from planner.engine.calibration import Calibration
 from planner.engine.facts import ModelFacts
-from planner.engine.results import SpeedEstimate
+from planner.engine.results import SpeedEstimate, unchecked
 from planner.engine.setup import Setup
 from planner.engine.speed.comm import (
     OVERLAP_FRACTION,
@@ -183,7 +185,7 @@ def estimate_speed(
     useful_tokens = tokens_per_step(setup, n)
     assumptions = (_assumptions(facts, cluster, setup, params, ceiling_source, peak, bool(colls), overlap, bw, ms)
                    if explain else [])
-    make = SpeedEstimate if explain else SpeedEstimate.model_construct  # unchecked when explain=False (search, fit)
+    make = SpeedEstimate if explain else partial(unchecked, SpeedEstimate)  # unchecked when explain=False (search, fit)
     return make(
         step_s=step_s,
         tokens_per_step=useful_tokens,
