@@ -263,10 +263,13 @@ def load_rows(path: Path) -> dict[str, dict]:
     return out
 
 
-def header(command: str, versions: dict[str, str], state: str) -> str:
+TITLES = {"derived": "Derived architecture profiles against the trace"}
+
+
+def header(command: str, versions: dict[str, str], state: str, section: str = "all") -> str:
     v = ", ".join(f"{k} {x}" for k, x in versions.items())
     return (
-        "## Memory against the trace\n\n"
+        f"## {TITLES.get(section, 'Memory against the trace')}\n\n"
         f"_{state}_\n\n"
         f"Generated {_dt.date.today().isoformat()} by `{command}` on {platform.machine()} "
         f"({platform.python_implementation()} {platform.python_version()}; {v}).\n\n"
@@ -299,13 +302,17 @@ KNOWN_MISSES = (
 
 
 def finish(path: Path, command: str, versions: dict[str, str], results: list[dict], failed: dict[str, str],
-           layer_fits: list[tuple[str, object]], elapsed: float) -> str:
+           layer_fits: list[tuple[str, object]], elapsed: float, section: str = "all", kept: int = 0) -> str:
     from validation.trace.compare import Comparison, summarize
 
     comps = [Comparison.from_json(r) for r in results]
     summary = summarize(comps, tuple(failed))
     verdict = "meets" if summary.meets_target else "does not meet"
-    out = [header(command, versions, f"{len(comps)} cases in {elapsed / 60:.1f} min")]
+    state = f"{len(comps)} cases in {elapsed / 60:.1f} min"
+    if kept:
+        state = (f"{len(comps)} cases: {len(comps) - kept} run in {elapsed / 60:.1f} min, {kept} kept from the "
+                 "report this run resumed (--resume)")
+    out = [header(command, versions, state, section)]
     out.append(f"**Summary: {summary.line()}** — the engine {verdict} the target.\n\n")
     out.append(KNOWN_MISSES)
     out.append("### Worst cases per term\n\n")
@@ -378,7 +385,7 @@ def main(argv: list[str] | None = None) -> int:
     todo = [c for c in cases if c.id not in done]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     with args.out.open("w", encoding="utf-8") as f:
-        f.write(header(command, vers, f"run in progress: {len(results)} of {len(cases)} cases done") + TABLE_HEAD)
+        f.write(header(command, vers, f"run in progress: {len(results)} of {len(cases)} cases done", args.section) + TABLE_HEAD)
         from validation.trace.compare import Comparison
 
         for r in results:
@@ -417,7 +424,8 @@ def main(argv: list[str] | None = None) -> int:
     if not results:
         print("no case finished", file=sys.stderr)
         return 1
-    line = finish(args.out, command, vers, results, failed, fits, time.perf_counter() - t0)
+    line = finish(args.out, command, vers, results, failed, fits, time.perf_counter() - t0, args.section,
+                  kept=len(cases) - len(todo))
     print(line)
     print(f"report: {args.out}")
     return 0
