@@ -507,6 +507,14 @@ def fsdp2_comm_bytes(facts: ModelFacts, cluster: Cluster, setup: Setup, rb: Reci
     emb = (0 if model.tie_embeddings else V * h) // tp
     block = facts.block_params // tp
     pblock = c * block  # one block's gathered parameter bytes
+    if setup.method == "qlora" and not setup.tp > 1:
+        # QLoRA: FSDP gathers what a rank stores, the packed 4-bit weights and their constants (torchao's NF4Tensor
+        # implements fsdp_pre_all_gather on its quantized data and scalers; bitsandbytes' Params4bit under FSDP
+        # packs 4-bit values into bnb_4bit_quant_storage elements), not a bf16 copy: each linear is dequantised
+        # when it runs (the `dequant` temporary, eq. M3). The norms are gathered at the compute width (the adapters,
+        # a few MiB, are left out here as for every method).
+        lin = counts.frozen_linear // model.num_layers
+        pblock = quantized_frozen_bytes(lin, setup.double_quant) + c * (block - lin)
     if setup.fp8 == "tensorwise":
         pblock -= (c - 1) * fp8_weight_params(facts) // model.num_layers // tp
     trains_base = setup.method == "full"

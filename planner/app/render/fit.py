@@ -99,4 +99,15 @@ def print_table(console: Console, table: Table, keep: int = 1) -> None:
     for n, part in enumerate(fit_table(console, table, keep)):
         if n:
             console.print()
-        console.print(part)
+        if fits(console, part):
+            console.print(part)
+        else:  # a column too wide even beside the row labels: print it whole, the terminal wraps the line
+            # (rich caps print(width=) at the console's width, and would cut a word with "…")
+            _, own = _widths(console, part, 10_000)
+            need = sum(m.maximum if c.no_wrap else m.minimum for c, m in zip(part.columns, own)) + part._extra_width
+            width = console.width
+            console.width = max(width, need)
+            try:
+                console.print(part)
+            finally:
+                console.width = width

@@ -119,8 +119,37 @@ def test_cli_estimate_at_width(width, monkeypatch, capsys):
     _assert_whole(out, figures, width)
 
 
+@pytest.fixture
+def empty_cache(tmp_path, monkeypatch):
+    """No user-derived profiles: the catalogue as shipped (what the table holds on a fresh machine)."""
+    from profiles import cache
+
+    monkeypatch.setenv("TUNEPLAN_CACHE", str(tmp_path / "cache"))
+    cache.forget()
+    yield tmp_path / "cache"
+    cache.forget()
+
+
+def test_a_column_too_wide_beside_long_labels_is_printed_whole(empty_cache, monkeypatch, capsys):
+    """A user-derived profile with a long name widens the row labels until an alias cannot sit beside them at
+    60 columns: that part prints wider than the terminal (which wraps the line) rather than cut a name."""
+    from pathlib import Path
+
+    from profiles import cache
+
+    data = Path(__file__).parents[2] / "profiles" / "data" / "derived" / "granite.yaml"
+    cache.save(cache.load_file(data).model_copy(update={"name": "arch-a-rather-long-derived-name"}))
+    cache.forget()
+    monkeypatch.setenv("COLUMNS", "60")
+    code, out, _ = run(["profiles", "models"], capsys)
+    assert code == 0 and "…" not in out
+    toks = _tokens(out)
+    assert "arch-a-rather-long-derived-name" in toks
+    assert all(a.rstrip(",") in toks for m in all_models() for a in m.aliases[:3])
+
+
 @pytest.mark.parametrize("width", WIDTHS)
-def test_cli_profiles_at_width(width, monkeypatch, capsys):
+def test_cli_profiles_at_width(width, empty_cache, monkeypatch, capsys):
     monkeypatch.setenv("COLUMNS", str(width))
     code, out, _ = run(["profiles", "models"], capsys)
     assert code == 0

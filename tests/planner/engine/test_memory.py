@@ -15,6 +15,7 @@ from planner.engine.dtypes import recipe_bytes
 from planner.engine.bnb import quantized_frozen_bytes
 from planner.engine.memory import (
     allocated_bytes,
+    comm_buffer_bytes,
     model_states,
     zero_paper_model_state_bytes,
 )
@@ -318,3 +319,24 @@ def test_properties(kw, model):
     if kw["method"] == "lora":
         q = evaluate(m, cluster, Setup(recipe="deepspeed-bf16", zero=2, **{**kw, "method": "qlora"})).memory
         assert q.categories["weights_frozen"] + q.categories["weights_trainable"] < e.categories["weights_frozen"] + e.categories["weights_trainable"]
+
+
+@pytest.mark.parametrize("name", ["llama3-8b", "qwen2.5-72b", "mixtral-8x7b"])
+def test_fsdp_gathers_qlora_blocks_in_their_packed_width(name):
+    """FSDP all-gathers what a rank stores: QLoRA's packed 4-bit weights with their constants (torchao NF4Tensor's
+    fsdp_pre_all_gather; bitsandbytes' quant_storage), so a gathered QLoRA block weighs the NF4 bytes of its linears
+    (eq. M3) plus its norms at the compute width, about a quarter of LoRA's bf16 block."""
+    model, cluster = get_model(name), parse_cluster("8xA100")
+    kw = dict(recipe="hf-amp", fsdp="full-shard", checkpointing="full", seq_len=1024)
+    q, lo = Setup(method="qlora", **kw), Setup(method="lora", **kw)
+    fq, fl = model_facts(model, q), model_facts(model, lo)
+    cq = comm_buffer_bytes(fq, cluster, q, recipe_bytes(q))
+    cl = comm_buffer_bytes(fl, cluster, lo, recipe_bytes(lo))
+    lin = fq.trainable.frozen_linear // model.num_layers
+    block_q = quantized_frozen_bytes(lin, q.double_quant) + 2 * (fq.block_params - lin)
+    head = 2 * (model.vocab_size * model.hidden_size + model.hidden_size)  # the LM head tail, not quantised
+    assert cq.forward == 2 * max(head, block_q)
+    assert cl.forward == 2 * max(head, 2 * fl.block_params)
+    assert cq.forward <= cl.forward
+    if 2 * fl.block_params > head:  # the block, not the LM head, is the largest gathered group
+        assert 0.25 < block_q / (2 * fl.block_params) < 0.30
