@@ -25,6 +25,7 @@ from __future__ import annotations
 from planner.engine.activations import ActivationBytes, LayerInventory
 from planner.engine.dtypes import RecipeBytes
 from planner.engine.facts import ModelFacts
+from planner.engine.memo import SetupMemo
 from planner.engine.setup import Setup, SetupError
 from profiles.schema import DERIVATION, BlockInventory, Fit, ModelProfile, TracedInventory
 
@@ -134,6 +135,12 @@ def adapter_extras_per_token(facts: ModelFacts, setup: Setup, rb: RecipeBytes) -
 
 
 def activation_terms(facts: ModelFacts, setup: Setup, rb: RecipeBytes) -> ActivationBytes:
+    """:func:`_activation_terms` through a :class:`~planner.engine.memo.SetupMemo` front: the plan search asks for
+    the same blocks under hundreds of sharding / optimizer / offload choices, which change nothing here."""
+    return _ACT_MEMO(facts, setup, rb)
+
+
+def _activation_terms(facts: ModelFacts, setup: Setup, rb: RecipeBytes) -> ActivationBytes:
     """Saved activations of all blocks and the working sets, from the measured inventory (eq. D4).
 
     Per layer ``i``: its kind's saved bytes ``S_i`` (block 0 with its measured difference), or its input alone
@@ -194,6 +201,12 @@ def activation_terms(facts: ModelFacts, setup: Setup, rb: RecipeBytes) -> Activa
     avg = LayerInventory(per_token=int(full_sum / n / T) if T else 0, per_token_per_seq=0, transient_per_token=0,
                          items={"derived: measured block inventory (average block)": int(full_sum / n)})
     return ActivationBytes(int(saved), int(max(fwd_t, 0)), int(max(bwd_t, 0)), avg, len(active), n_ckpt)
+
+
+_ACT_MEMO = SetupMemo(_activation_terms, {
+    "grad_accum": 1, "zero": 0, "fsdp": None, "offload": "none", "optimizer": "adamw", "loss": "plain",
+    "framework": "hf", "padding_efficiency": 1.0, "packing": True, "optimizer_in_backward": False})
+"""the fields :func:`_activation_terms` never reads (the recipe's bytes arrive as ``rb``, part of the key)"""
 
 
 def logits_terms(model: ModelProfile, setup: Setup, rb: RecipeBytes, tokens: int) -> tuple[int, int, int] | None:

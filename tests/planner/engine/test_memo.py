@@ -60,3 +60,17 @@ def test_search_with_and_without_the_fronts_agree(name, gpus, monkeypatch):
 def test_a_normalised_name_that_is_not_a_setup_field_is_refused():
     with pytest.raises(ValueError, match="not Setup fields"):
         memo.SetupMemo(lambda *a: a, {"micro_batches": 1})
+
+
+@pytest.mark.parametrize("name,gpus", [("gemma-3-12b", "8xA800"), ("qwen3-next-80b-a3b", "8xH100")])
+def test_derived_activation_front_ignores_only_fields_it_never_reads(name, gpus):
+    """The derived engine's front (planner.engine.derived._ACT_MEMO) against the formula on the setup as given (not
+    normalised): equal on every candidate family of the search, so the normalised fields are truly unread."""
+    from planner.engine.derived import _activation_terms, activation_terms, unsupported
+
+    model, cluster = get_model(name), parse_cluster(gpus)
+    setups = [s for s in _setups(model, cluster) if unsupported(s) is None]
+    assert len(setups) > 50
+    for s in setups:
+        facts, rb = model_facts(model, s), recipe_bytes(s)
+        assert activation_terms(facts, s, rb) == _activation_terms(facts, s, rb)
