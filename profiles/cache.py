@@ -20,7 +20,6 @@ import functools
 import json
 import os
 import re
-import tempfile
 import zlib
 from collections.abc import Callable
 from pathlib import Path
@@ -28,6 +27,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from profiles.atomic import write_atomic as _write_atomic
 from profiles.errors import ProfileError
 from profiles.schema import ModelProfile
 
@@ -88,19 +88,8 @@ def profile_yaml(profile: ModelProfile, header: str = "") -> str:
 
 
 def write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` atomically: a temporary file in the same folder, then ``os.replace``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    """Write a cache file atomically (:func:`profiles.atomic.write_atomic`), private to the user (0600)."""
+    _write_atomic(path, text, private=True)
 
 
 def save(profile: ModelProfile) -> Path:

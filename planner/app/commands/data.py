@@ -269,16 +269,13 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
-    import os
+    from profiles.atomic import write_atomic
 
     if path.parent and not path.parent.exists():
         raise CliError(f"--plot {path}: folder {path.parent} does not exist")
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
+        write_atomic(path, data)
     except OSError as e:
-        tmp.unlink(missing_ok=True)
         raise CliError(f"cannot write --plot {path}: {e.strerror or e}") from None
 
 
