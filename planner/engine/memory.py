@@ -507,7 +507,7 @@ def fsdp2_comm_bytes(facts: ModelFacts, cluster: Cluster, setup: Setup, rb: Reci
     emb = (0 if model.tie_embeddings else V * h) // tp
     block = facts.block_params // tp
     pblock = c * block  # one block's gathered parameter bytes
-    if setup.method == "qlora" and not setup.tp > 1:
+    if setup.method == "qlora":  # (TP is full fine-tuning only, rules.validate_setup)
         # QLoRA: FSDP gathers what a rank stores, the packed 4-bit weights and their constants (torchao's NF4Tensor
         # implements fsdp_pre_all_gather on its quantized data and scalers; bitsandbytes' Params4bit under FSDP
         # packs 4-bit values into bnb_4bit_quant_storage elements), not a bf16 copy: each linear is dequantised
