@@ -195,3 +195,25 @@ def test_autocast_copies_of_routed_experts_match_the_trace(arch):
     c = compare(f"{arch} full s256", p, parse_cluster("A800"),
                 Setup(method="full", recipe="hf-amp", seq_len=256, micro_batch=2))
     assert c.category_deltas["temporaries"] == 0
+
+
+def test_a_rejected_value_is_named_in_the_one_line(tmp_path: Path):
+    """transformers' strict config validation puts the reason on its second line: the error carries it."""
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama", "hidden_size": -5}))
+    with pytest.raises(DeriveError) as e:
+        derive_profile(str(tmp_path), inventories=False)
+    msg = str(e.value)
+    assert "\n" not in msg and "hidden size (-5)" in msg
+
+
+def test_a_config_whose_block_does_not_run_is_one_line(tmp_path: Path, capsys):
+    """A config transformers accepts but its model code cannot run (64 hidden over 3 heads: head_dim 21 against a
+    RoPE table of 22) is the user's config at fault: one line naming the failure, no FakeTensor traceback logged."""
+    from tests.helpers import run
+
+    cfg = {"model_type": "granite", "hidden_size": 64, "num_hidden_layers": 1, "num_attention_heads": 3,
+           "intermediate_size": 64, "vocab_size": 100}
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    code, _, err = run(["profiles", "add", str(tmp_path / "config.json")], capsys)
+    last = err.strip().splitlines()[-1]
+    assert code == 2 and "Traceback" not in err and "fails to run a block" in last and "RuntimeError" in last

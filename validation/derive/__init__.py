@@ -16,7 +16,7 @@ import json
 import time
 from typing import Any, Callable
 
-from validation.derive.config import DeriveError, RawConfig
+from validation.derive.config import DeriveError, RawConfig, _first_line
 
 __all__ = ["DeriveError", "RawConfig", "derive_named", "derive_profile", "derive_from_raw"]
 
@@ -186,8 +186,23 @@ def _inventories(profile: Any, cfg: Any, st: Any, windows: list[int], supports_s
     lora_layers = pick(sorted({0, *rep.values()}) if st.num_layers >= 2 else [0])
     full_layers = pick(sorted(set(rep.values())))
     say(f"tracing blocks {', '.join(map(str, lora_layers))} under FakeTensorMode")
-    return measure(profile, {"full": full_layers, "lora": lora_layers}, kinds, rep, st.layer_kinds[0], windows,
-                   supports_sdpa, scan_unit(cfg), progress=say)
+    import logging
+
+    fake_log = logging.getLogger("torch._subclasses.fake_tensor")  # logs a failing op's traceback at ERROR
+    level = fake_log.level
+    fake_log.setLevel(logging.CRITICAL)  # the DeriveError below says it in one line
+    try:
+        return measure(profile, {"full": full_layers, "lora": lora_layers}, kinds, rep, st.layer_kinds[0], windows,
+                       supports_sdpa, scan_unit(cfg), progress=say)
+    except DeriveError:
+        raise
+    except (RuntimeError, ValueError, TypeError, IndexError) as e:
+        # the model code itself failed on this config (transformers accepted it, its forward does not run: e.g.
+        # a hidden size that the head count does not divide); the user's config is at fault, not tuneplan
+        raise DeriveError(f"{cfg.model_type}: transformers' model code fails to run a block of this config "
+                          f"({_first_line(e)}); check the config's shapes") from None
+    finally:
+        fake_log.setLevel(level)
 
 
 def scan_unit(cfg: Any) -> int:

@@ -127,8 +127,13 @@ def _tf_version() -> str:
 
 
 def _first_line(e: BaseException) -> str:
-    msg = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {msg[0] if msg else ''}"[:300]
+    """``Type: first line`` of an exception, for a one-line error; a first line that only introduces the next
+    (ends with ':', as transformers' strict-dataclass validation errors do) takes the next line with it."""
+    msg = [line.strip() for line in str(e).strip().splitlines() if line.strip()]
+    text = msg[0] if msg else ""
+    if text.endswith(":") and len(msg) > 1:
+        text = f"{text} {msg[1]}"
+    return f"{type(e).__name__}: {text}"[:300]
 
 
 _STRUCTURAL = re.compile(
