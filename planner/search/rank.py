@@ -6,8 +6,9 @@ SearchResult), rendered by :mod:`planner.app.render.report`.
 Search space (``docs/planner.md``): method (full / LoRA / QLoRA unless fixed), precision recipe valid for the
 GPU, optimizer (AdamW, 8-bit AdamW), sharding (DDP, ZeRO-1/2/3, FSDP full-shard), offload, activation
 checkpointing, loss kernel (plain, Liger), micro-batch (powers of two up to the largest that fits) and
-gradient accumulation to reach the global batch. Memory is monotone in the micro-batch, so each family
-doubles its micro-batch until the first one that does not fit.
+gradient accumulation to reach the global batch. Memory is monotone in the micro-batch and the speed model
+non-decreasing in it, so each family's best plan is its largest micro-batch that fits, found by bisection
+(:func:`bisect_ok` says where that does not hold; there every micro-batch up to the first miss is tried).
 """
 
 from __future__ import annotations
@@ -220,9 +221,99 @@ def speed_bucket(tokens_per_s: float) -> int:
     return math.floor(math.log(max(tokens_per_s, 1e-9)) / math.log(1.01))
 
 
-def search(model: ModelProfile, cluster: Cluster, request: SearchRequest, with_suggestions: bool = True) -> SearchResult:
+@dataclass(frozen=True)
+class _Outcome:
+    """One micro-batch of one family, evaluated: ``fit``, ``oom`` (the GPU), ``host`` (host RAM), ``excluded``
+    (the caller's filter: ``reason``) or ``error`` (the setup is invalid: ``reason``)."""
+
+    kind: Literal["fit", "oom", "host", "excluded", "error"]
+    setup: Setup | None = None
+    plan: Plan | None = None
+    reason: str = ""
+
+
+def _try_micro_batch(model: ModelProfile, cluster: Cluster, request: SearchRequest, fields: dict, mb: int,
+                     ga: int | None) -> _Outcome:
+    if ga is None:
+        return _Outcome("error", reason=f"micro-batch {mb} does not divide the global batch")
+    try:
+        setup = Setup(**dict(fields, micro_batch=mb, grad_accum=ga))
+        plan = evaluate(model, cluster, setup, request.calibration, headroom=request.headroom,
+                        efficiency=request.efficiency, data=request.dataset, explain=False)
+    except SetupError as e:
+        return _Outcome("error", reason=str(e))
+    except ValueError as e:
+        return _Outcome("error", reason=str(e).splitlines()[-1])
+    why = request.admit(setup) if request.admit is not None else None
+    if why is not None:  # a possible setup the caller cannot use; the micro-batch does not change that
+        return _Outcome("excluded", setup, plan, why)
+    if not plan.fits_gpu:
+        return _Outcome("oom", setup, plan)
+    if not plan.fits_host:
+        return _Outcome("host", setup, plan)
+    return _Outcome("fit", setup, plan)
+
+
+def _linear_walk(mbs: list[int], outcome: Callable[[int], _Outcome]) -> list[int]:
+    """Every micro-batch from the smallest up to the first that does not fit the GPU (memory is monotone in the
+    micro-batch), or the first invalid or filtered one; a host-RAM miss goes on (its record is kept)."""
+    walk = []
+    for mb in mbs:
+        walk.append(mb)
+        if outcome(mb).kind in ("oom", "error", "excluded"):
+            break
+    return walk
+
+
+def bisect_ok(request: SearchRequest, fields: dict) -> bool:
+    """Whether a family's best plan is its largest micro-batch that fits, so that the search may look for that one
+    by bisection instead of trying every micro-batch. That holds where the speed model is non-decreasing in the
+    micro-batch at a fixed global batch (fewer micro-steps, so fewer fixed costs and ZeRO-3 / FSDP gathers, and
+    GEMMs at a larger M: :mod:`planner.engine.speed.kernels`) and the ranking prefers the larger micro-batch on a
+    tie (:func:`_score`). It does not hold, and every micro-batch is tried, for: the memory objective (the
+    smallest peak wins); a measured dataset (a larger micro-batch pads to a longer row); paged optimizer states
+    (a larger peak spills more of them across PCIe). ``tests/planner/search/test_rank.py`` holds the two
+    searches equal over the catalogue."""
+    if request.objective == "memory" or request.dataset is not None:
+        return False
+    return not str(fields.get("optimizer", "adamw")).startswith("paged")
+
+
+def _bisect_walk(mbs: list[int], outcome: Callable[[int], _Outcome]) -> list[int] | None:
+    """The micro-batches to report when searching for the largest that fits by bisection: the smallest, the
+    boundary pair (the largest that fits and the next, which does not) and every one looked at on the way, in
+    ascending order. ``None`` (fall back to :func:`_linear_walk`) when the smallest does not fit, or when any
+    micro-batch looked at is invalid or filtered (the linear walk then stops where it always did)."""
+    looked: set[int] = set()
+
+    def fits(i: int) -> bool:
+        looked.add(i)
+        return outcome(mbs[i]).kind == "fit"
+
+    if not fits(0):
+        return None
+    lo, hi = 0, len(mbs) - 1
+    if fits(hi):
+        lo = hi
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if fits(mid):
+            lo = mid
+        else:
+            hi = mid
+    if any(outcome(mbs[i]).kind in ("error", "excluded") for i in looked):
+        return None
+    # the linear walk keeps only the first miss above the fits: the misses above the boundary are dropped
+    return [mbs[i] for i in sorted(looked) if i <= lo + 1]
+
+
+def search(model: ModelProfile, cluster: Cluster, request: SearchRequest, with_suggestions: bool = True,
+           bisect: bool = True) -> SearchResult:
     """Rank the plans that fit ``cluster`` with ``request.headroom`` free, best first. When none fits and
-    ``with_suggestions``, :func:`suggest` says what is closest and what would change that."""
+    ``with_suggestions``, :func:`suggest` says what is closest and what would change that. ``bisect``: look for
+    each family's largest micro-batch that fits by bisection where that one is the family's best
+    (:func:`bisect_ok`); False tries every micro-batch up to the first that does not fit (the same plans; a test
+    holds them equal)."""
     check_request(request)
     world = cluster.world_size
     gb = request.global_batch or default_global_batch(world)
@@ -290,52 +381,35 @@ def search(model: ModelProfile, cluster: Cluster, request: SearchRequest, with_s
         if in_bwd and f.get("grad_accum", 1) != 1:
             continue  # the user fixed an accumulation such a family cannot run
         mbs = _micro_batches({k: v for k, v in f.items() if k != "grad_accum"} if in_bwd else f, gb, dp)
+        tried: dict[int, _Outcome] = {}
+
+        def outcome(mb: int, fields: dict = fields, fam_fixed: dict = fam_fixed, tried: dict = tried) -> _Outcome:
+            if mb not in tried:
+                tried[mb] = _try_micro_batch(model, cluster, request, fields, mb, _grad_accum(gb, mb, dp, fam_fixed))
+            return tried[mb]
+
+        walk = (_bisect_walk(mbs, outcome) if bisect and bisect_ok(request, fields) else None) or _linear_walk(mbs, outcome)
         fit_any = fit_max = False
-        for mb in mbs:
-            ga = _grad_accum(gb, mb, dp, fam_fixed)
-            if ga is None:
+        for mb in walk:
+            o = outcome(mb)
+            if o.kind == "error":
+                first_error = first_error or o.reason
                 continue
-            try:
-                setup = Setup(**dict(fields, micro_batch=mb, grad_accum=ga))
-                plan = evaluate(model, cluster, setup, request.calibration, headroom=request.headroom,
-                                efficiency=request.efficiency, data=request.dataset, explain=False)
-            except SetupError as e:
-                first_error = first_error or str(e)
-                break
-            except ValueError as e:
-                first_error = first_error or str(e).splitlines()[-1]
-                break
-            why = request.admit(setup) if request.admit is not None else None
-            if why is not None:  # a possible setup the caller cannot use; the micro-batch does not change that
-                exclusions[why] = exclusions.get(why, 0) + 1
-                break
+            if o.kind == "excluded":
+                exclusions[o.reason] = exclusions.get(o.reason, 0) + 1
+                continue
             considered += 1
-            mem, speed = plan.memory, plan.speed
-            if not plan.fits_gpu:
-                rejected.append(
-                    Rejection(
-                        setup,
-                        f"needs {gib(mem.peak_bytes)} per GPU > {gib(usable)} usable "
-                        f"({request.headroom:.0%} headroom on {gib(cluster.gpu.memory_bytes)})",
-                        mem.peak_bytes,
-                        speed.tokens_per_s,
-                    )
-                )
-                break  # larger micro-batches need more memory
-            if not plan.fits_host:
-                rejected.append(
-                    Rejection(
-                        setup,
-                        f"needs {gib(mem.host_bytes)} host RAM per node > {gib(cluster.host_ram_bytes_per_node)} "
-                        "(--host-ram-gib)",
-                        mem.peak_bytes,
-                        speed.tokens_per_s,
-                    )
-                )
+            if o.kind in ("oom", "host"):
+                mem, speed = o.plan.memory, o.plan.speed
+                reason = (f"needs {gib(mem.peak_bytes)} per GPU > {gib(usable)} usable "
+                          f"({request.headroom:.0%} headroom on {gib(cluster.gpu.memory_bytes)})") if o.kind == "oom" else (
+                          f"needs {gib(mem.host_bytes)} host RAM per node > {gib(cluster.host_ram_bytes_per_node)} "
+                          "(--host-ram-gib)")
+                rejected.append(Rejection(o.setup, reason, mem.peak_bytes, speed.tokens_per_s))
                 continue
             fit_any = True
             fit_max = fit_max or mb == mbs[-1]
-            fits.append((_score(plan, request.objective), plan))
+            fits.append((_score(o.plan, request.objective), o.plan))
         status[fam.key] = (fit_any, fit_max)
     excluded = sum(exclusions.values())
     if considered == 0 and exclusions:  # possible setups existed, the caller's filter kept them all out

@@ -198,3 +198,73 @@ def test_sharded_plans_in_a_search_carry_the_note(result):
     for p in sharded:
         note = next(r for r in p.reasons if r.startswith("parameters sharded"))
         assert note == sharding_traffic_note(LLAMA8, p.setup, 8)
+
+
+# ---- bisection over the micro-batch ---------------------------------------------------------------------------
+
+
+def _walk_outcomes(kinds: list[str]):
+    """A fake family: the outcome kind of each micro-batch (index), and a counter of how often each was asked."""
+    from planner.search.rank import _Outcome
+
+    asked: list[int] = []
+
+    def outcome(mb: int) -> _Outcome:
+        asked.append(mb)
+        return _Outcome(kinds[mb])  # type: ignore[arg-type]
+
+    return outcome, asked
+
+
+@given(st.integers(min_value=1, max_value=7), st.data())
+def test_bisection_reports_what_the_linear_walk_reports(n, data):
+    """Memory is monotone in the micro-batch: the first k fit, the rest do not (out of memory). Bisection then
+    reports the same largest fit and the same first miss as trying every micro-batch in turn (and some of the
+    smaller fits on the way), and asks for at most 2 + ceil(log2 n) of them."""
+    from planner.search.rank import _bisect_walk, _linear_walk
+
+    k = data.draw(st.integers(min_value=0, max_value=n))
+    kinds = ["fit"] * k + ["oom"] * (n - k)
+    mbs = list(range(n))
+    linear = _linear_walk(mbs, _walk_outcomes(kinds)[0])
+    outcome, asked = _walk_outcomes(kinds)
+    bisected = _bisect_walk(mbs, outcome)
+    if k == 0:
+        assert bisected is None  # the smallest does not fit: the linear walk stops there anyway
+        return
+    assert set(bisected) <= set(linear)
+    assert bisected[-2:] == linear[-2:] if k < n else bisected[-1] == linear[-1] == n - 1
+    assert max(mb for mb in bisected if kinds[mb] == "fit") == k - 1
+    assert len(set(asked)) <= 2 + math.ceil(math.log2(n))
+
+
+@pytest.mark.parametrize("kind", ["error", "excluded"])
+def test_bisection_falls_back_to_the_linear_walk_on_an_invalid_micro_batch(kind):
+    from planner.search.rank import _bisect_walk
+
+    outcome, _ = _walk_outcomes(["fit", "fit", kind, "oom"])
+    assert _bisect_walk([0, 1, 2, 3], outcome) is None
+
+
+@pytest.mark.parametrize(
+    "model, gpus, fixed",
+    [
+        ("llama3-8b", "8xA800", {}),
+        ("llama3-8b", "1xRTX4090", {}),
+        ("qwen2.5-7b", "2xA100-40GB", {"seq_len": 4096}),
+        ("qwen3-30b-a3b", "8xH100", {}),
+        ("llama3-70b", "8xH100", {"method": "full"}),
+        ("mistral-7b", "1xH100", {"method": "lora", "seq_len": 1024}),
+    ],
+)
+def test_bisection_finds_the_plans_trying_every_micro_batch_finds(model, gpus, fixed):
+    """The search's bisection (:func:`planner.search.rank.bisect_ok`) rests on the speed model being
+    non-decreasing in the micro-batch; this holds the ranked plans, their numbers and their reasons equal to the
+    search that tries every micro-batch, across models, GPUs and fixed fields."""
+    m, c = get_model(model), parse_cluster(gpus)
+    req = SearchRequest(fixed=fixed, top=5)
+    fast, full = search(m, c, req, bisect=True), search(m, c, req, bisect=False)
+    assert fast.plans, "the case should have plans to compare"
+    assert [(p.setup, p.speed.tokens_per_s, p.memory.peak_bytes, p.reasons) for p in fast.plans] == [
+        (p.setup, p.speed.tokens_per_s, p.memory.peak_bytes, p.reasons) for p in full.plans]
+    assert fast.considered <= full.considered
