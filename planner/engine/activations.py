@@ -81,6 +81,20 @@ def effective_attention(model: ModelProfile, setup: Setup) -> str:
     return setup.attention
 
 
+def sdpa_window_mask(model: ModelProfile, setup: Setup) -> bool:
+    """Eq. A4b: whether SDPA runs with an explicit mask because of a sliding window. transformers
+    (``masking_utils._ignore_causal_mask_sdpa``) drops the mask, and SDPA runs causal, only while the key length is
+    below the window (``kv_length < local_attention_size``); from the window on it builds a boolean
+    ``(b, 1, s, s)`` mask, repeats K and V to every query head (``repeat_kv``: expanded copies, no ``enable_gqa``),
+    and torch's ``scaled_dot_product_attention`` converts the boolean mask to a float one in the query dtype
+    (``convert_boolean_attn_mask``, aten/src/ATen/native/transformers/attention.cpp) in every block, which the
+    memory-efficient kernel saves for backward. Traced (transformers 5.24): at s = 4096 with Mistral's 4096 window
+    the mask and the copies are there. FlashAttention-2 takes the window as an argument: none of this. Errs high
+    where a real run passes a float mask built once (transformers 4.x's 4D float mask, shared by the blocks)."""
+    return (effective_attention(model, setup) == "sdpa" and model.sliding_window is not None
+            and setup.seq_len >= model.sliding_window)
+
+
 def _norm_saved(h: int, rb: RecipeBytes, weight_trains: bool, fp32_output: bool = False) -> dict[str, int]:
     """RMSNorm in fp32 (eq. A2): ``x.float()`` (4h, saved by pow and mul), ``rsqrt`` (4 B per token), and
     ``y.to(dtype)`` (residual-dtype h) saved by ``weight * y`` only when the weight trains. Gemma's RMSNorm
@@ -117,6 +131,7 @@ def _layer_inventory(facts: ModelFacts, setup: Setup, rb: RecipeBytes, trains_la
     targets, experts_lora = set(lt.modules), lt.experts
     items: dict[str, int] = {}
     per_seq = 0
+    mask_seq = 0
 
     def add(name: str, nbytes: int) -> None:
         items[name] = items.get(name, 0) + nbytes
@@ -165,9 +180,11 @@ def _layer_inventory(facts: ModelFacts, setup: Setup, rb: RecipeBytes, trains_la
             # the matmul output is not saved; o_proj saves its contiguous copy (below)
             linear_input("o_proj", qw, "o_in")
         else:
-            # beyond the sliding window transformers builds a mask and repeats K/V for SDPA: expanded copies
-            windowed = model.sliding_window is not None and setup.seq_len > model.sliding_window
+            windowed = sdpa_window_mask(model, setup)
             kv_saved = qw if windowed else kvw
+            if windowed:  # eq. A4b: the float mask SDPA makes of the bool mask, one per block, saved by the kernel
+                mask_seq = c
+                per_seq += mask_seq
             add("q_rot", c * qw)
             add("k_rot", c * kv_saved)
             add("v", c * kv_saved)
@@ -268,8 +285,9 @@ def _layer_inventory(facts: ModelFacts, setup: Setup, rb: RecipeBytes, trains_la
     per_token = sum(items.values())
     # eager backward: the probabilities' bf16 gradient and the softmax backward's fp32 gradient while the bf16
     # probabilities are released: 5 bytes per score beyond the saved ones (traced, docs/accuracy.md)
-    bwd_seq = 5 * model.num_heads if per_seq else 0
-    fwd_seq = 3 * model.num_heads if per_seq else 0
+    eager_scores = per_seq - mask_seq  # the eager score terms; SDPA's window mask (eq. A4b) has no transients
+    bwd_seq = 5 * model.num_heads if eager_scores else 0
+    fwd_seq = 3 * model.num_heads if eager_scores else 0
     return LayerInventory(
         per_token, per_seq, transient, items, forward_per_token_per_seq=fwd_seq, backward_per_token_per_seq=bwd_seq,
         per_layer=per_layer, backward_per_layer=backward_per_layer,

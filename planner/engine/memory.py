@@ -614,6 +614,38 @@ def host_bytes(
     return out
 
 
+def last_embedding_grad_bytes(facts: ModelFacts, setup: Setup, gpu_grads: int) -> int:
+    """Eq. A9c: the gradient bytes that do not exist yet while the first block runs backward: the input embedding's,
+    which autograd produces after every block (``embedding_dense_backward`` is the last node). Only for an untied
+    embedding that trains, with whole gradients on the rank (no ZeRO-2/3 or FSDP partition: their per-rank share
+    of the embedding is left in, erring high by it); a tied one already holds the LM head's gradient
+    (:func:`tied_embedding_grad_sum_bytes`). Its share of the rank's gradient bytes is its share of the trainable
+    parameters (every trainable gradient has one dtype). Traced: Qwen2.5-7B full bf16 s2048 peaks in the first
+    block's backward with every gradient but the embedding's (docs/accuracy.md)."""
+    model = facts.model
+    if (model.tie_embeddings or setup.method != "full" or setup.badam or setup.zero >= 2 or setup.fsdp is not None
+            or not facts.trainable.trainable):
+        return 0
+    return gpu_grads * facts.counts.embedding // facts.trainable.trainable
+
+
+def tied_embedding_grad_sum_bytes(model: ModelProfile, setup: Setup, rb: RecipeBytes) -> int:
+    """Eq. A9b: the transient of a tied embedding's gradient at the end of backward. The weight is used twice, so
+    autograd holds the LM head's gradient (made at the start of backward) in its input buffer until the embedding
+    lookup's backward adds its dense gradient (``embedding_dense_backward``); the sum is a new tensor. At that
+    moment three ``[V, h]`` gradients are alive beside every other gradient, two more than the ``.grad`` the step
+    keeps. Only when the embedding trains (full fine-tuning, LISA; BAdam never trains it). The gradient has the
+    parameter's dtype as the backward sees it: fp32 under AMP with fp32 weights, the compute dtype for bf16
+    weights and for FSDP's gathered bf16 parameters; vocabulary-parallel TP divides it by ``tp``. Traced
+    (Gemma-2-2B, hf-amp, s512 b4: the LM head's fp32 gradient, the embedding's and their sum, 3 x 2.20 GiB, at the
+    backward peak; docs/accuracy.md). Exact for one rank's autograd; errs high where the LM head's gradient is
+    reduced and freed before the embedding's arrives (none of the frameworks modelled does that)."""
+    if not model.tie_embeddings or setup.method != "full" or setup.badam:
+        return 0
+    grad = rb.compute if rb.gathered else (rb.grad16 or rb.grad32)
+    return 2 * grad * model.vocab_size * model.hidden_size // setup.tp
+
+
 def estimate_memory(
     facts: ModelFacts, cluster: Cluster, setup: Setup, calibration: Calibration | None = None, explain: bool = True
 ) -> MemoryEstimate:
@@ -639,7 +671,6 @@ def estimate_memory(
     biggest_linear = facts.largest_linear_weight
     dequant = rb.compute * biggest_linear if setup.method == "qlora" else 0
     dora_tmp = rb.adapter * biggest_linear if setup.dora else 0
-    ckpt = setup.checkpointing == "full"
     # FP8 casts (eq. F8) and context parallelism's gathered K / V of one layer (eq. T3), forward and backward
     fp8_fwd, fp8_bwd = fp8_temporary_bytes(facts, setup, T, cluster.gpu.arch) if setup.fp8 != "none" else (0, 0)
     kv = cp_kv_gather_bytes(facts, setup, rb.compute)
@@ -675,11 +706,12 @@ def estimate_memory(
     bwd_a = dict(base)
     bwd_a["activations"] = acts.saved
     bwd_a["logits_loss"] = lg.backward_peak
-    bwd_a["temporaries"] = (0 if ckpt else autocast_copies) + dequant + dora_tmp + fp8_bwd
-    if setup.checkpointing == "op" and autocast_copies:
-        # per-op SAC recomputes the blocks' weight casts; the LM head's copy, outside the blocks, stays (eq. A12)
-        head_copy = rb.compute * model.vocab_size * model.hidden_size if setup.method == "full" and not setup.badam else 0
-        bwd_a["temporaries"] += min(head_copy, autocast_copies) - autocast_copies
+    # full and per-op checkpointing recompute the blocks' weight casts; the LM head's copy, outside the blocks, is
+    # saved by its matmul until the loss backward has run through it (eq. A12; traced, tests/validation/
+    # test_engine_vs_trace_regressions.py)
+    head_copy = rb.compute * model.vocab_size * model.hidden_size if setup.method == "full" and not setup.badam else 0
+    kept_copies = min(head_copy, autocast_copies) if setup.checkpointing in ("full", "op") else autocast_copies
+    bwd_a["temporaries"] = kept_copies + dequant + dora_tmp + fp8_bwd
     bwd_a["comm_buffers"] = cb.persistent + cb.backward
     head_grad = 0
     if setup.method == "full" and not setup.zero and setup.fsdp is None:
@@ -692,12 +724,17 @@ def estimate_memory(
     if cb.backward_top is not None:
         bwd_c["comm_buffers"] = cb.persistent + cb.backward_top
     bwd_b = dict(base)
-    bwd_b["gradients"] = gpu_grads
+    # the first block's backward: every gradient but the embedding's, whose lookup runs backward last (eq. A9c)
+    bwd_b["gradients"] = gpu_grads - last_embedding_grad_bytes(facts, setup, gpu_grads)
     bwd_b["activations"] = acts.backward_transient
     bwd_b["temporaries"] = (dequant + dora_tmp + (rb.compute * biggest_linear if rb.autocast else 0) + fp8_bwd
                             + bwd_step_temp)
     bwd_b["comm_buffers"] = cb.persistent + (cb.backward if cb.backward_end is None else cb.backward_end)
-    bwd = max((bwd_a, bwd_c, bwd_b), key=lambda d: sum(d.values()))
+    # the end of backward with a tied embedding: its dense gradient summed into the LM head's (eq. A9b)
+    bwd_e = dict(bwd_b)
+    bwd_e["activations"] = 0
+    bwd_e["temporaries"] = tied_embedding_grad_sum_bytes(model, setup, rb) + bwd_step_temp
+    bwd = max((bwd_a, bwd_c, bwd_b, bwd_e), key=lambda d: sum(d.values()))
 
     opt = dict(base)
     opt["gradients"] = gpu_grads + ms.gradients_step_only
