@@ -99,7 +99,7 @@ def print_table(console: Console, table: Table, keep: int = 1) -> None:
     for n, part in enumerate(fit_table(console, table, keep)):
         if n:
             console.print()
-        if fits(console, part):
+        if part is table or fits(console, part):  # fit_table returns the table itself only when it fits
             console.print(part)
         else:  # a column too wide even beside the row labels: print it whole, the terminal wraps the line
             # (rich caps print(width=) at the console's width, and would cut a word with "…")
