@@ -35,7 +35,12 @@ __all__ = ["TRAINERS", "Bundle", "Candidate", "NotExpressible", "Target", "build
 
 def check_trainer(trainer: str, job: Job) -> None:
     """Raise :class:`NotExpressible` unless ``trainer`` runs ``job``'s setup as planned: each trainer's own
-    ``check`` (the emitter calls the same function before it writes anything)."""
+    ``check`` (the emitter calls the same function before it writes anything). ``--fsdp-version 1`` (FSDP1, which
+    tuneplan models to explain runs of older accelerate and Lightning) is written by none: every trainer's config
+    here is FSDP2's."""
+    if job.setup.fsdp is not None and job.setup.fsdp_version == 1:
+        raise NotExpressible(trainer, "tuneplan writes FSDP2 configs only (accelerate fsdp_version 2, torchtune, "
+                             "torchtitan); --fsdp-version 1 is modelled for estimates of FSDP1 runs: drop it to get configs")
     if trainer in accelerate.TRAINER_OF:
         accelerate.check(job, trainer)
     elif trainer == "llamafactory":
@@ -52,15 +57,17 @@ def refusal(choice: str, model: ModelProfile, cluster: Cluster, setup: Setup) ->
     """Why ``plan configs --trainer choice`` could not write ``setup``, or None when it could: with ``all``,
     None as soon as one of :func:`trainers_for` runs it. The search's filter (``SearchRequest.admit``)."""
     job = Candidate(model, cluster, setup)
-    reasons: list[str] = []
+    reasons: list[NotExpressible] = []
     for name in trainers_for(job, choice):
         try:
             check_trainer(name, job)
         except NotExpressible as e:
-            reasons.append(str(e))
+            reasons.append(e)
         else:
             return None
-    return "; ".join(reasons)
+    if len(reasons) > 1 and len({e.reason for e in reasons}) == 1:  # one reason for every trainer: say it once
+        return f"no trainer can express this plan: {reasons[0].reason}"
+    return "; ".join(str(e) for e in reasons)
 
 
 def emit_trainer(t: Target, trainer: str) -> Emitted:

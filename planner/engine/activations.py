@@ -110,7 +110,7 @@ def layer_inventory(facts: ModelFacts, setup: Setup, rb: RecipeBytes, trains_lay
     return _LAYER_MEMO(facts, setup, rb, trains_layer)
 
 
-_LAYER_KEY = {"micro_batch": 1, "grad_accum": 1, "zero": 0, "fsdp": None, "offload": "none", "optimizer": "adamw",
+_LAYER_KEY = {"micro_batch": 1, "grad_accum": 1, "zero": 0, "fsdp": None, "fsdp_version": 2, "offload": "none", "optimizer": "adamw",
               "checkpointing": "none", "checkpoint_every": 1, "loss": "plain", "framework": "hf",
               "padding_efficiency": 1.0, "activation_offload": False, "fused_kernels": False, "packing": True,
               "optimizer_in_backward": False}

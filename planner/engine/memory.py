@@ -474,7 +474,65 @@ def comm_buffer_bytes(facts: ModelFacts, cluster: Cluster, setup: Setup, rb: Rec
         # params + their 16-bit gradient (the gradient only exists when the base weights train)
         gathered_bwd = (2 if setup.method in ("full", "freeze") else 1) * largest * c + prefetch
         return CommBytes(buckets, gathered_fwd, gathered_bwd, 0)
+    if setup.fsdp_version == 1 and setup.fsdp == "full-shard":
+        return fsdp1_comm_bytes(facts, cluster, setup, rb)
     return fsdp2_comm_bytes(facts, cluster, setup, rb)
+
+
+def fsdp1_comm_bytes(facts: ModelFacts, cluster: Cluster, setup: Setup, rb: RecipeBytes) -> CommBytes:
+    """Eq. C4b: gathered parameters under FSDP1 (``FullyShardedDataParallel``, full shard) as accelerate (before
+    ``fsdp_version: 2``) and the HF Trainer wrap it: one unit per decoder block (``TRANSFORMER_BASED_WRAP``; for
+    LoRA peft's ``fsdp_auto_wrap_policy`` also gives every adapter its own unit, so the block units are wholly
+    frozen), and the root unit with everything else: input embedding, final norm, LM head.
+
+    FSDP1 never reshards the root after forward (torch ``_runtime_utils._post_forward_reshard``: the root is
+    skipped), so the root stays gathered from the first forward to the end of backward; beside it one decoder
+    block is gathered (the one running; under ``BACKWARD_PRE`` the prefetched next one replaces it as it frees,
+    and a LoRA unit, not a block, is what comes next in a frozen model's backward). When the base weights train,
+    the root's unsharded gradient exists from the LM head's backward to the root's post-backward reduce at the
+    end, and a block in backward holds its unsharded gradient, the reduce-scatter buffers and the prefetched
+    next block. Matched against IBM fms-acceleration's 2-GPU Mistral-7B LoRA / QLoRA rows (torch 2.4.1,
+    accelerate 1.0.1): the fitted intercepts of (peak - end of training) over micro-batch 2 and 4 are 962.1e6 B
+    (LoRA) and 634.8e6 B (QLoRA) against 960.5e6 and 633.4e6 from this rule (root 524.3e6 + one block, bf16 or
+    packed 4-bit; /work/notes/helper-fsdp1.md). Errs low by what CUDA streams add (reserved, eq. R3).
+    Shard-grad-op under FSDP1 is counted as FSDP2's (:func:`fsdp2_comm_bytes`)."""
+    model, counts = facts.model, facts.trainable
+    N = cluster.world_size
+    c = rb.compute if rb.gathered else rb.trainable_weight if setup.method == "full" else rb.frozen_weight
+    V, h = model.vocab_size, model.hidden_size
+    root_params = V * h * (1 if model.tie_embeddings else 2) + (h if model.final_norm else 0)
+    root = c * root_params
+    block = facts.block_params
+    pblock = c * block
+    if setup.method == "qlora":  # the packed 4-bit weights are what a rank stores and gathers (as eq. C4)
+        lin = counts.frozen_linear // model.num_layers
+        pblock = quantized_frozen_bytes(lin, setup.double_quant) + c * (block - lin)
+    trains_base = setup.method == "full"
+    g_root = root_params if trains_base else 0
+    g_block = block if setup.method in ("full", "freeze") else counts.trainable // model.num_layers
+    next_block = pblock if setup.method in ("full", "freeze") else 0
+
+    def reduce(g: int) -> int:  # unsharded gradient + reduce-scatter input; output and fp32 shard (1/N)
+        return 2 * c * g + g * (c + 4) // N
+
+    block_bwd = pblock + reduce(g_block) + next_block
+    held = root + c * g_root  # the root and, once the LM head has run backward, its unsharded gradient
+    return CommBytes(0, root + pblock, root + pblock, 0, backward_top=held + block_bwd, backward_end=held + block_bwd)
+
+
+def fsdp1_retains_block_inputs(setup: Setup) -> bool:
+    """Eq. A9d: whether FSDP1 keeps every checkpointed block input and its gradient until the end of backward.
+    FSDP1 reshards a frozen unit (``use_orig_params=True``, accelerate's default; the flat parameter does not
+    require grad) through ``register_multi_grad_hook`` on the unit's forward inputs (torch
+    ``_runtime_utils._register_post_backward_reshard_only_hook``). Under reentrant checkpointing (the HF Trainer's
+    default when ``gradient_checkpointing_kwargs`` is unset) those inputs are the detached leaves the recompute
+    makes; the hook holds their ``AccumulateGrad`` nodes, so each leaf and its ``.grad`` live until
+    ``_finalize_params`` removes the hooks in the final backward callback. Frozen block units: LoRA / QLoRA
+    (peft's wrap policy puts the adapters in units of their own). Reproduced with real FSDP1 on a fake process
+    group of 2 ranks (torch 2.13): per block, backward memory grows by the block input's gradient instead of
+    falling by the input (/work/notes/helper-fsdp1.md)."""
+    return (setup.fsdp == "full-shard" and setup.fsdp_version == 1 and setup.method in ("lora", "qlora")
+            and setup.checkpointing == "full")
 
 
 def fsdp2_comm_bytes(facts: ModelFacts, cluster: Cluster, setup: Setup, rb: RecipeBytes) -> CommBytes:
@@ -734,7 +792,15 @@ def estimate_memory(
     bwd_e = dict(bwd_b)
     bwd_e["activations"] = 0
     bwd_e["temporaries"] = tied_embedding_grad_sum_bytes(model, setup, rb) + bwd_step_temp
-    bwd = max((bwd_a, bwd_c, bwd_b, bwd_e), key=lambda d: sum(d.values()))
+    moments = [bwd_a, bwd_c, bwd_b, bwd_e]
+    if fsdp1_retains_block_inputs(setup):
+        # the bottom block's backward under FSDP1's frozen-unit hooks (eq. A9d): every block input still saved, the
+        # gradients of all but the bottom one, and the bottom block's working set
+        bwd_f = dict(bwd_b)
+        bwd_f["activations"] = (acts.saved + (model.num_layers - 1) * T * model.hidden_size * rb.residual
+                                + acts.backward_transient)
+        moments.append(bwd_f)
+    bwd = max(moments, key=lambda d: sum(d.values()))
 
     opt = dict(base)
     opt["gradients"] = gpu_grads + ms.gradients_step_only

@@ -104,6 +104,8 @@ def ignored_fields(setup: Setup) -> dict[str, tuple[str, str]]:
         out["freeze_layers"] = ("--method freeze", method)
     if setup.method != "qlora":
         out["double_quant"] = ("--method qlora (its NF4 block constants)", method)
+    if setup.fsdp is None:
+        out["fsdp_version"] = ("--fsdp full-shard or shard-grad-op", "no --fsdp")
     if setup.checkpointing in ("none", "op"):
         out["checkpoint_every"] = ("--checkpointing full or selective", f"--checkpointing {setup.checkpointing}")
     return out

@@ -113,6 +113,10 @@ class Setup(BaseModel):
     optimizer: Optimizer = Field("adamw", description="HF Trainer default: adamw_torch_fused")
     zero: Literal[0, 1, 2, 3] = Field(0, description="DeepSpeed ZeRO stage; 0 = plain data parallel (DDP)")
     fsdp: Fsdp | None = Field(None, description="PyTorch FSDP instead of ZeRO (then zero must be 0)")
+    fsdp_version: Literal[1, 2] = Field(
+        2, description="FSDP implementation (with fsdp): 2 = fully_shard (accelerate fsdp_version 2, torchtune, "
+        "torchtitan); 1 = FullyShardedDataParallel (accelerate before fsdp_version 2, Lightning 2.x): the root unit "
+        "stays gathered, and frozen LoRA blocks under reentrant checkpointing keep their inputs (docs/memory.md C4b)")
     offload: Offload = "none"
     checkpointing: Checkpointing = Field("none", description="HF Trainer default: gradient_checkpointing=False")
     checkpoint_every: int = Field(1, ge=1, description="checkpoint every k-th block (1 = all blocks)")

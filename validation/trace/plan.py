@@ -189,6 +189,12 @@ def plan_trace(model: ModelProfile, cluster: Cluster, setup: Setup, adam_impl: A
                    "attention only), so a real run uses eager too")
         subs.append(Substitution(f"{setup.attention} attention", "eager attention", why))
 
+    if setup.fsdp is not None and setup.fsdp_version == 1:
+        subs.append(Substitution(
+            "FSDP1 (FullyShardedDataParallel)", "FSDP2 (fully_shard, as accelerate wraps it)",
+            "the trace runs FSDP2 only; FSDP1 keeps its root unit gathered and, for frozen LoRA blocks under reentrant "
+            "checkpointing, every block input and its gradient to the end of backward (docs/memory.md C4b, A9d): "
+            "the engine counts those, the trace does not"))
     loss: Literal["plain", "chunked"] = "chunked" if setup.loss in ("chunked", "liger") else "plain"
     if setup.loss == "liger":
         subs.append(Substitution(

@@ -86,6 +86,9 @@ def add_setup_args(parser: argparse.ArgumentParser, search: bool = False) -> Non
                    help="DeepSpeed ZeRO stage; 0 = DDP" + dflt(0))
     g.add_argument("--fsdp", choices=["full-shard", "shard-grad-op"], default=None,
                    help="use PyTorch FSDP with this sharding strategy instead of ZeRO")
+    g.add_argument("--fsdp-version", type=int, choices=[1, 2], default=None,
+                   help="FSDP implementation: 2 = fully_shard (accelerate fsdp_version 2, torchtune, torchtitan; "
+                   "default), 1 = FullyShardedDataParallel (accelerate before fsdp_version 2, Lightning 2.x)")
     g.add_argument("--offload", choices=["none", "optimizer", "optimizer+params"], default=default(d.offload),
                    help="offload optimizer states (ZeRO >= 1) or also parameters (ZeRO-3) to CPU RAM" + dflt(d.offload))
     g.add_argument("--checkpointing", choices=get_args(Checkpointing), default=default(d.checkpointing),
@@ -157,7 +160,7 @@ def add_setup_args(parser: argparse.ArgumentParser, search: bool = False) -> Non
 
 SETUP_FIELD_OF: dict[str, str] = {
     name: ("seq_len" if name == "seq" else name)
-    for name in ("method", "recipe", "optimizer", "zero", "fsdp", "offload", "checkpointing", "checkpoint_every",
+    for name in ("method", "recipe", "optimizer", "zero", "fsdp", "fsdp_version", "offload", "checkpointing", "checkpoint_every",
                  "attention", "loss", "micro_batch", "grad_accum", "seq", "packing", "lora_rank", "lora_alpha",
                  "lora_targets", "lora_dropout", "dora", "lora_train_embeddings", "lora_train_lm_head",
                  "freeze_layers", "double_quant", "optimizer_in_backward", "activation_offload", "compile",
@@ -206,6 +209,7 @@ def setup_from_args(args: argparse.Namespace, cluster: Cluster, model: ModelProf
     recipe = args.recipe or default_recipe(cluster.gpu.supports_bf16, zero, args.fsdp)
     fields = dict(
         recipe=recipe, method=args.method, optimizer=args.optimizer, zero=zero, fsdp=args.fsdp,
+        fsdp_version=args.fsdp_version or 2,
         offload=args.offload, checkpointing=args.checkpointing, checkpoint_every=args.checkpoint_every,
         attention=args.attention, loss=args.loss, micro_batch=args.micro_batch, grad_accum=args.grad_accum,
         seq_len=args.seq, packing=args.packing, lora_rank=args.lora_rank,
@@ -317,7 +321,7 @@ def fixed_from_args(args: argparse.Namespace) -> dict:
         fixed["fsdp"] = args.fsdp
         fixed.setdefault("zero", 0)
     for name in ("lora_rank", "lora_alpha", "lora_targets", "lora_dropout", "freeze_layers", "double_quant",
-                 "attention", "checkpoint_every", "framework", "padding_efficiency"):
+                 "attention", "checkpoint_every", "framework", "padding_efficiency", "fsdp_version"):
         v = getattr(args, name, None)
         if v is not None:
             fixed[name] = v

@@ -57,7 +57,18 @@ def test_the_rule_lists_what_each_setup_uses():
     assert "double_quant" not in ignored_fields(Setup(method="qlora"))
     assert "freeze_layers" not in ignored_fields(Setup(method="freeze"))
     assert "checkpoint_every" not in ignored_fields(Setup(checkpointing="selective"))
-    assert set(ignored_fields(Setup(method="qlora", checkpointing="full"))) == {"freeze_layers"}
+    assert set(ignored_fields(Setup(method="qlora", checkpointing="full"))) == {"freeze_layers", "fsdp_version"}
+    assert "fsdp_version" not in ignored_fields(Setup(method="qlora", recipe="bf16", fsdp="full-shard"))
+
+
+def test_fsdp_version_without_fsdp_is_refused_and_fsdp1_gets_no_configs(capsys, tmp_path):
+    code, _, err = run(["estimate", "--model", "llama3.2-1b", "--gpus", "2xA100", "--fsdp-version", "1"], capsys)
+    assert code == 2 and "--fsdp-version is not used" in err and "--fsdp" in err
+    code, _, err = run(["configs", "--model", "llama3.2-1b", "--gpus", "2xA100", "--method", "lora", "--recipe", "bf16",
+                        "--fsdp", "full-shard", "--fsdp-version", "1", "--micro-batch", "1", "--grad-accum", "1",
+                        "--out", str(tmp_path / "out")], capsys)
+    assert code == 2 and "FSDP2 configs only" in err, err
+    assert not (tmp_path / "out").exists()  # nothing half-written
 
 
 # ---- --plan: setup flags change the plan; --global-batch is refused --------------------------------------------
