@@ -494,7 +494,7 @@ def fsdp1_comm_bytes(facts: ModelFacts, cluster: Cluster, setup: Setup, rb: Reci
     next block. Matched against IBM fms-acceleration's 2-GPU Mistral-7B LoRA / QLoRA rows (torch 2.4.1,
     accelerate 1.0.1): the fitted intercepts of (peak - end of training) over micro-batch 2 and 4 are 962.1e6 B
     (LoRA) and 634.8e6 B (QLoRA) against 960.5e6 and 633.4e6 from this rule (root 524.3e6 + one block, bf16 or
-    packed 4-bit; /work/notes/helper-fsdp1.md). Errs low by what CUDA streams add (reserved, eq. R3).
+    packed 4-bit; docs/fsdp1.md). Errs low by what CUDA streams add (reserved, eq. R3).
     Shard-grad-op under FSDP1 is counted as FSDP2's (:func:`fsdp2_comm_bytes`)."""
     model, counts = facts.model, facts.trainable
     N = cluster.world_size
@@ -530,7 +530,7 @@ def fsdp1_retains_block_inputs(setup: Setup) -> bool:
     ``_finalize_params`` removes the hooks in the final backward callback. Frozen block units: LoRA / QLoRA
     (peft's wrap policy puts the adapters in units of their own). Reproduced with real FSDP1 on a fake process
     group of 2 ranks (torch 2.13): per block, backward memory grows by the block input's gradient instead of
-    falling by the input (/work/notes/helper-fsdp1.md)."""
+    falling by the input (docs/fsdp1.md)."""
     return (setup.fsdp == "full-shard" and setup.fsdp_version == 1 and setup.method in ("lora", "qlora")
             and setup.checkpointing == "full")
 
