@@ -124,6 +124,13 @@ class MemoryRow:
         est_gap = self.device(fractions) - self.allocated
         return (est_gap - gap) / self.measured_device_bytes
 
+    def device_uncapped(self, fractions: dict[str, float]) -> int:
+        """The nvidia-smi figure without eq. R3's cap at the card: as if the fragmented share could not be freed
+        and retried (the second verdict rule the report gives beside the engine's)."""
+        f = fractions[self.frag_class]
+        return max(reserved_bytes(t + self.cublas_bytes, t - self.once_bytes, f, limit=None)
+                   for t in self.tensors.values()) + self.overhead_bytes
+
     def predicted_fits(self, fractions: dict[str, float]) -> bool:
         """The engine's verdict on the device figure against the whole card (no headroom: the run either went out
         of memory or not)."""
@@ -144,9 +151,10 @@ class MemoryReport:
         f = self.held_out.get(row.source, self.fit) if held_out else self.fit
         return row.rel_error(f)
 
-    def fits(self, row: MemoryRow, held_out: bool = True) -> bool:
+    def fits(self, row: MemoryRow, held_out: bool = True, capped: bool = True) -> bool:
+        """The engine's verdict (``capped``: eq. R3 as the engine computes it) or the uncapped one."""
         f = self.held_out.get(row.source, self.fit) if held_out else self.fit
-        return row.predicted_fits(f)
+        return row.predicted_fits(f) if capped else row.device_uncapped(f) <= row.capacity_bytes
 
 
 def rows_from(corpus: Corpus) -> tuple[list[MemoryRow], list[MemoryRow]]:
@@ -235,6 +243,8 @@ def summary(report: MemoryReport, kinds: tuple[str, ...] | None = None, held_out
         "oom_predicted_to_fit": [r.id for r in ooms if report.fits(r, held_out)],
         "ran_total": len(ran),
         "ran_predicted_not_to_fit": [r.id for r in ran if not report.fits(r, held_out)],
+        "uncapped_oom_predicted_to_fit": [r.id for r in ooms if report.fits(r, held_out, capped=False)],
+        "uncapped_ran_predicted_not_to_fit": [r.id for r in ran if not report.fits(r, held_out, capped=False)],
     }
 
 

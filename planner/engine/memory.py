@@ -520,6 +520,35 @@ def fsdp1_comm_bytes(facts: ModelFacts, cluster: Cluster, setup: Setup, rb: Reci
     return CommBytes(0, root + pblock, root + pblock, 0, backward_top=held + block_bwd, backward_end=held + block_bwd)
 
 
+def fsdp1_no_sync_grad_bytes(facts: ModelFacts, setup: Setup, rb: RecipeBytes) -> int:
+    """Eq. M5c: gradients FSDP1 keeps unsharded while it accumulates. Trainers that accumulate inside FSDP1's
+    ``no_sync`` (the HF Trainer through accelerate's ``accumulate``; LitGPT through Fabric's ``no_backward_sync``,
+    ``_FSDPBackwardSyncControl``) skip the reduce-scatter on every micro-step but the last, and FSDP1 keeps each
+    unit's flat gradient unsharded meanwhile (torch FSDP docs, ``no_sync``: gradients are accumulated unsharded,
+    which needs more memory). The flat gradient covers a unit's whole flat parameter: under
+    ``use_orig_params=True`` a unit that mixes frozen and trainable weights gets a gradient for the frozen ones too
+    (the FSDP docs' warning on mixed ``requires_grad``). Units: full fine-tuning, every parameter; LoRA under
+    LitGPT (Lightning's ``FSDPStrategy(auto_wrap_policy={Block})``: the adapters share the block's unit), every
+    block parameter; LoRA under the HF Trainer (peft's wrap policy: adapters in units of their own) and the freeze
+    method, the trainable parameters only. In the flat parameter's dtype. Alive from the first micro-step's
+    backward to the last one's reduce-scatter, so in forward and backward but not at the optimizer step. Against
+    LitGPT's 2023-10 resource tables (A100 40GB, bf16-true, FSDP on 2 and 4 GPUs, 128 / micro-batch accumulation):
+    Llama-2-7B LoRA at micro-batch 1 / 2 / 4 on 2 GPUs, 20.66 / 20.93 / 21.78 GiB measured; Llama-2-13B at 1 on 4
+    GPUs, 33.13 GiB (docs/accuracy.md). Errs high by the sharded gradient of the last micro-step (``1/N``)."""
+    if not (setup.fsdp is not None and setup.fsdp_version == 1 and setup.grad_accum > 1
+            and setup.framework in ("hf", "litgpt")):
+        return 0
+    model, counts = facts.model, facts.trainable
+    c = rb.compute if rb.gathered else rb.trainable_weight if setup.method == "full" else rb.frozen_weight
+    if setup.method == "full" and not setup.badam:
+        elements = facts.counts.total
+    elif setup.trains_adapters and setup.framework == "litgpt":
+        elements = facts.block_params * model.num_layers + counts.adapter
+    else:
+        elements = counts.trainable
+    return c * elements
+
+
 def fsdp1_retains_block_inputs(setup: Setup) -> bool:
     """Eq. A9d: whether FSDP1 keeps every checkpointed block input and its gradient until the end of backward.
     FSDP1 reshards a frozen unit (``use_orig_params=True``, accelerate's default; the flat parameter does not
@@ -528,11 +557,12 @@ def fsdp1_retains_block_inputs(setup: Setup) -> bool:
     default when ``gradient_checkpointing_kwargs`` is unset) those inputs are the detached leaves the recompute
     makes; the hook holds their ``AccumulateGrad`` nodes, so each leaf and its ``.grad`` live until
     ``_finalize_params`` removes the hooks in the final backward callback. Frozen block units: LoRA / QLoRA
-    (peft's wrap policy puts the adapters in units of their own). Reproduced with real FSDP1 on a fake process
+    under peft's wrap policy (the adapters in units of their own; not LitGPT, whose block units hold the adapters
+    and so require grad). Reproduced with real FSDP1 on a fake process
     group of 2 ranks (torch 2.13): per block, backward memory grows by the block input's gradient instead of
     falling by the input (docs/fsdp1.md)."""
     return (setup.fsdp == "full-shard" and setup.fsdp_version == 1 and setup.method in ("lora", "qlora")
-            and setup.checkpointing == "full")
+            and setup.checkpointing == "full" and setup.framework != "litgpt")
 
 
 def fsdp2_comm_bytes(facts: ModelFacts, cluster: Cluster, setup: Setup, rb: RecipeBytes) -> CommBytes:
@@ -800,7 +830,11 @@ def estimate_memory(
         bwd_f["activations"] = (acts.saved + (model.num_layers - 1) * T * model.hidden_size * rb.residual
                                 + acts.backward_transient)
         moments.append(bwd_f)
-    bwd = max(moments, key=lambda d: sum(d.values()))
+    bwd = dict(max(moments, key=lambda d: sum(d.values())))
+    # FSDP1's no_sync keeps unsharded gradients across the accumulation micro-steps (eq. M5c)
+    nosync = fsdp1_no_sync_grad_bytes(facts, setup, rb)
+    fwd["gradients"] += nosync
+    bwd["gradients"] += nosync
 
     opt = dict(base)
     opt["gradients"] = gpu_grads + ms.gradients_step_only
