@@ -9,6 +9,7 @@ stderr, exit 2, no traceback.
 from __future__ import annotations
 
 import argparse
+import gc
 import importlib
 import os
 import sys
@@ -151,9 +152,18 @@ BROKEN_PIPE_EXIT = 1
 recipe and as rich's console does for the tables (``Console.on_broken_pipe``)."""
 
 
+GC_THRESHOLDS = (100_000, 50, 100)
+"""The cyclic garbage collector's thresholds for the ``plan`` process (CPython's default is (700, 10, 10)). Measured
+on ``plan --model llama3-8b --gpus 8xA800`` (2-core VM, cached bytecode): the default runs about 110 collections,
+most of them while pydantic and rich import, costing 60-90 ms of a 0.6-0.9 s answer and freeing almost nothing
+(peak RSS 41.3 MB with them, 41.8 MB without: reference counting frees the rest). Long commands (trace, derive,
+validate) still collect, every 100,000 net allocations."""
+
+
 def entry() -> None:
     """Console-script entry point (``plan`` and ``python -m planner``). A reader that closes stdout early
     (``| head``) ends the command quietly: no traceback, exit :data:`BROKEN_PIPE_EXIT`."""
+    gc.set_threshold(*GC_THRESHOLDS)
     try:
         code = main()
         sys.stdout.flush()  # inside the try: the last buffered output can meet the closed pipe too
