@@ -479,6 +479,32 @@ def comm_buffer_bytes(facts: ModelFacts, cluster: Cluster, setup: Setup, rb: Rec
     return fsdp2_comm_bytes(facts, cluster, setup, rb)
 
 
+def fsdp_gather_width(setup: Setup, rb: RecipeBytes) -> int:
+    """Bytes per element FSDP gathers (eq. C4, C4b): the compute dtype under a mixed-precision policy, else the
+    stored weights' dtype (trainable weights for full fine-tuning, the frozen base otherwise)."""
+    return rb.compute if rb.gathered else rb.trainable_weight if setup.method == "full" else rb.frozen_weight
+
+
+def fsdp_block_bytes(facts: ModelFacts, setup: Setup, c: int, tp: int = 1) -> int:
+    """One decoder block's gathered parameter bytes at width ``c`` (its TP shard under TP). QLoRA: FSDP gathers what a
+    rank stores, the packed 4-bit weights and their constants (torchao's NF4Tensor implements
+    ``fsdp_pre_all_gather`` on its quantized data and scalers; bitsandbytes' Params4bit under FSDP packs 4-bit values
+    into ``bnb_4bit_quant_storage`` elements), not a bf16 copy: each linear is dequantised when it runs (the
+    ``dequant`` temporary, eq. M3). The norms are gathered at ``c``; the adapters, a few MiB, are left out here as for
+    every method. (TP is full fine-tuning only, rules.validate_setup.)"""
+    block = facts.block_params // tp
+    if setup.method != "qlora":
+        return c * block
+    lin = facts.trainable.frozen_linear // facts.model.num_layers
+    return quantized_frozen_bytes(lin, setup.double_quant) + c * (block - lin)
+
+
+def fsdp_reduce_bytes(grad_elements: int, c: int, world: int) -> int:
+    """A unit's gradient reduction under FSDP (eq. C4): its unsharded gradient and the reduce-scatter input (``c``
+    bytes each), then the output and the fp32 gradient shard (``1/N`` each)."""
+    return 2 * c * grad_elements + grad_elements * (c + 4) // world
+
+
 def fsdp1_comm_bytes(facts: ModelFacts, cluster: Cluster, setup: Setup, rb: RecipeBytes) -> CommBytes:
     """Eq. C4b: gathered parameters under FSDP1 (``FullyShardedDataParallel``, full shard) as accelerate (before
     ``fsdp_version: 2``) and the HF Trainer wrap it: one unit per decoder block (``TRANSFORMER_BASED_WRAP``; for
@@ -498,24 +524,17 @@ def fsdp1_comm_bytes(facts: ModelFacts, cluster: Cluster, setup: Setup, rb: Reci
     Shard-grad-op under FSDP1 is counted as FSDP2's (:func:`fsdp2_comm_bytes`)."""
     model, counts = facts.model, facts.trainable
     N = cluster.world_size
-    c = rb.compute if rb.gathered else rb.trainable_weight if setup.method == "full" else rb.frozen_weight
+    c = fsdp_gather_width(setup, rb)
     V, h = model.vocab_size, model.hidden_size
     root_params = V * h * (1 if model.tie_embeddings else 2) + (h if model.final_norm else 0)
     root = c * root_params
     block = facts.block_params
-    pblock = c * block
-    if setup.method == "qlora":  # the packed 4-bit weights are what a rank stores and gathers (as eq. C4)
-        lin = counts.frozen_linear // model.num_layers
-        pblock = quantized_frozen_bytes(lin, setup.double_quant) + c * (block - lin)
+    pblock = fsdp_block_bytes(facts, setup, c)
     trains_base = setup.method == "full"
     g_root = root_params if trains_base else 0
     g_block = block if setup.method in ("full", "freeze") else counts.trainable // model.num_layers
     next_block = pblock if setup.method in ("full", "freeze") else 0
-
-    def reduce(g: int) -> int:  # unsharded gradient + reduce-scatter input; output and fp32 shard (1/N)
-        return 2 * c * g + g * (c + 4) // N
-
-    block_bwd = pblock + reduce(g_block) + next_block
+    block_bwd = pblock + fsdp_reduce_bytes(g_block, c, N) + next_block
     held = root + c * g_root  # the root and, once the LM head has run backward, its unsharded gradient
     return CommBytes(0, root + pblock, root + pblock, 0, backward_top=held + block_bwd, backward_end=held + block_bwd)
 
@@ -588,21 +607,13 @@ def fsdp2_comm_bytes(facts: ModelFacts, cluster: Cluster, setup: Setup, rb: Reci
     converted linears' weights are gathered in fp8, 1 B per element."""
     model, counts = facts.model, facts.trainable
     N = cluster.world_size
-    c = rb.compute if rb.gathered else rb.trainable_weight if setup.method == "full" else rb.frozen_weight
+    c = fsdp_gather_width(setup, rb)
     V, h = model.vocab_size, model.hidden_size
     tp = setup.tp
     head = (V * h + (h if model.final_norm else 0)) // tp
     emb = (0 if model.tie_embeddings else V * h) // tp
     block = facts.block_params // tp
-    pblock = c * block  # one block's gathered parameter bytes
-    if setup.method == "qlora":  # (TP is full fine-tuning only, rules.validate_setup)
-        # QLoRA: FSDP gathers what a rank stores, the packed 4-bit weights and their constants (torchao's NF4Tensor
-        # implements fsdp_pre_all_gather on its quantized data and scalers; bitsandbytes' Params4bit under FSDP
-        # packs 4-bit values into bnb_4bit_quant_storage elements), not a bf16 copy: each linear is dequantised
-        # when it runs (the `dequant` temporary, eq. M3). The norms are gathered at the compute width (the adapters,
-        # a few MiB, are left out here as for every method).
-        lin = counts.frozen_linear // model.num_layers
-        pblock = quantized_frozen_bytes(lin, setup.double_quant) + c * (block - lin)
+    pblock = fsdp_block_bytes(facts, setup, c, tp)  # one block's gathered parameter bytes
     if setup.fp8 == "tensorwise":
         pblock -= (c - 1) * fp8_weight_params(facts) // model.num_layers // tp
     trains_base = setup.method == "full"
@@ -610,8 +621,8 @@ def fsdp2_comm_bytes(facts: ModelFacts, cluster: Cluster, setup: Setup, rb: Reci
     g_emb = emb if trains_base else 0
     g_block = block if setup.method in ("full", "freeze") else counts.trainable // model.num_layers // tp
 
-    def reduce(g: int) -> int:  # unsharded gradient + reduce-scatter input; output and fp32 shard (1/N)
-        return 2 * c * g + g * (c + 4) // N
+    def reduce(g: int) -> int:
+        return fsdp_reduce_bytes(g, c, N)
 
     if setup.fsdp == "full-shard":
         forward = 2 * max(c * head, pblock)
