@@ -936,7 +936,14 @@ def _assumptions(
         out.append("DDP gradient buckets are a second gradient copy (gradient_as_bucket_view=False)")
     if setup.zero:
         out.append("ZeRO bucket sizes as the HF integration fills 'auto': reduce h^2, prefetch 0.9 h^2")
-    if setup.fsdp is not None:
+    if setup.fsdp is not None and setup.fsdp_version == 1:
+        out.append("FSDP1 (FullyShardedDataParallel) as accelerate and the HF Trainer wrap it: the root unit (embedding, "
+                   "final norm, LM head) stays gathered from forward to the end of backward (eq. C4b)"
+                   + ("; frozen LoRA block units under reentrant checkpointing keep every block input and its gradient "
+                      "to the end of backward (eq. A9d)" if fsdp1_retains_block_inputs(setup) else "")
+                   + ("; no_sync keeps unsharded gradients across the accumulation micro-steps (eq. M5c)"
+                      if fsdp1_no_sync_grad_bytes(facts, setup, rb) else ""))
+    elif setup.fsdp is not None:
         out.append("FSDP2 as accelerate wraps it (block groups, embedding, norm + LM head kept gathered)"
                    + ("; bf16 MixedPrecisionPolicy: bf16 gathered weights, no autocast copies (eq. M1b)"
                       if rb.gathered else ""))

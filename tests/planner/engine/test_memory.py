@@ -390,3 +390,13 @@ def test_fsdp1_holds_at_least_what_fsdp2_holds_and_retains_only_frozen_checkpoin
     ddp = s1.model_copy(update={"fsdp": None})
     assert evaluate(m, parse_cluster("A100"), ddp).memory.peak_bytes == evaluate(
         m, parse_cluster("A100"), ddp.model_copy(update={"fsdp_version": 2})).memory.peak_bytes
+
+
+def test_the_assumptions_say_which_fsdp_the_estimate_counts():
+    from planner.engine.evaluate import evaluate
+
+    m, c = get_model("mistral-7b-v0.1"), parse_cluster("2xA100")
+    v1 = evaluate(m, c, _fms_mistral("lora", 2, 1).model_copy(update={"grad_accum": 4})).memory.assumptions
+    v2 = evaluate(m, c, _fms_mistral("lora", 2, 2)).memory.assumptions
+    assert any(a.startswith("FSDP1") and "A9d" in a and "M5c" in a for a in v1)
+    assert any(a.startswith("FSDP2") for a in v2) and not any(a.startswith("FSDP1") for a in v2)
