@@ -577,11 +577,13 @@ def fsdp1_retains_block_inputs(setup: Setup) -> bool:
     makes; the hook holds their ``AccumulateGrad`` nodes, so each leaf and its ``.grad`` live until
     ``_finalize_params`` removes the hooks in the final backward callback. Frozen block units: LoRA / QLoRA
     under peft's wrap policy (the adapters in units of their own; not LitGPT, whose block units hold the adapters
-    and so require grad). Reproduced with real FSDP1 on a fake process
+    and so require grad). The HF Trainer only: its gradient checkpointing is reentrant unless told otherwise;
+    torchtune's FSDP1 recipes (0.1-0.2) wrap the same way, but whether their checkpoint wrapper re-enters was not
+    read, so they are left out (errs low there if it does). Reproduced with real FSDP1 on a fake process
     group of 2 ranks (torch 2.13): per block, backward memory grows by the block input's gradient instead of
     falling by the input (docs/fsdp1.md)."""
     return (setup.fsdp == "full-shard" and setup.fsdp_version == 1 and setup.method in ("lora", "qlora")
-            and setup.checkpointing == "full" and setup.framework != "litgpt")
+            and setup.checkpointing == "full" and setup.framework == "hf")
 
 
 def fsdp2_comm_bytes(facts: ModelFacts, cluster: Cluster, setup: Setup, rb: RecipeBytes) -> CommBytes:
