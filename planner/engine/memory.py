@@ -743,8 +743,9 @@ def tied_embedding_grad_sum_bytes(model: ModelProfile, setup: Setup, rb: RecipeB
     reduced and freed before the embedding's arrives (none of the frameworks modelled does that)."""
     if not model.tie_embeddings or setup.method != "full" or setup.badam:
         return 0
-    grad = rb.compute if rb.gathered else (rb.grad16 or rb.grad32)
-    return 2 * grad * model.vocab_size * model.hidden_size // setup.tp
+    from planner.engine.speed.comm import grad_comm_bytes  # the one rule for a gradient element's dtype
+
+    return 2 * grad_comm_bytes(setup) * model.vocab_size * model.hidden_size // setup.tp
 
 
 def estimate_memory(

@@ -235,6 +235,8 @@ def validate_techniques(setup: Setup, model: ModelProfile, cluster: Cluster) -> 
         if setup.fsdp is None:
             raise SetupError("--tp/--cp are modelled as torchtitan composes them with FSDP2 (TP inside a node, FSDP "
                              "across); add --fsdp full-shard")
+        if setup.fsdp_version == 1:
+            raise SetupError("--tp/--cp are modelled with FSDP2 only (torchtitan); drop --fsdp-version 1")
         if setup.method != "full":
             raise SetupError(f"--tp/--cp are modelled for full fine-tuning (torchtitan 0.2.2 has no LoRA), not "
                              f"--method {setup.method}")

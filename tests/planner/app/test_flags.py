@@ -142,3 +142,9 @@ def test_help_says_the_rule(command, capsys):
     flat = " ".join(out.split())
     assert "flags change the plan's setup" in flat or "setup flags change the plan's setup" in flat.lower()
     assert "is refused" in flat
+
+
+def test_fsdp1_with_tensor_parallelism_is_refused(capsys):
+    code, _, err = run(["estimate", "--model", "llama3-8b", "--gpus", "8xH100", "--fsdp", "full-shard", "--fsdp-version",
+                        "1", "--tp", "2", "--framework", "torchtitan", "--recipe", "hf-amp"], capsys)
+    assert code == 2 and "--fsdp-version 1" in err and "Traceback" not in err
