@@ -280,7 +280,8 @@ def bisect_ok(request: SearchRequest, fields: dict) -> bool:
 
 
 def _bisect_walk(mbs: list[int], outcome: Callable[[int], _Outcome]) -> list[int] | None:
-    """The micro-batches to report when searching for the largest that fits by bisection: the smallest, the
+    """The micro-batches to report when searching for the largest that fits by bisection: the largest first
+    (when it fits, memory being monotone, it is the answer and nothing else is estimated), else the smallest, the
     boundary pair (the largest that fits and the next, which does not) and every one looked at on the way, in
     ascending order. ``None`` (fall back to :func:`_linear_walk`) when the smallest does not fit, or when any
     micro-batch looked at is invalid or filtered (the linear walk then stops where it always did)."""
@@ -290,11 +291,11 @@ def _bisect_walk(mbs: list[int], outcome: Callable[[int], _Outcome]) -> list[int
         looked.add(i)
         return outcome(mbs[i]).kind == "fit"
 
-    if not fits(0):
-        return None
     lo, hi = 0, len(mbs) - 1
     if fits(hi):
         lo = hi
+    elif not fits(0):
+        return None
     while hi - lo > 1:
         mid = (lo + hi) // 2
         if fits(mid):
