@@ -46,6 +46,14 @@ HF_OPTIM: dict[str, str] = {
 }
 """Setup optimizer -> ``TrainingArguments.optim`` (members of ``transformers.training_args.OptimizerNames``)."""
 
+
+def hf_optim(s: Setup) -> str:
+    """``TrainingArguments.optim`` for ``s``: :data:`HF_OPTIM`, with torch's multi-tensor AdamW
+    (``adamw_torch``, torch's ``foreach`` default) for ``optimizer_kernel="foreach"``."""
+    if s.optimizer == "adamw" and s.optimizer_kernel == "foreach":
+        return "adamw_torch"
+    return HF_OPTIM[s.optimizer]
+
 GALORE_HF_OPTIM: dict[str, str] = {"adamw": "galore_adamw", "adamw-8bit": "galore_adamw_8bit",
                                     "adafactor": "galore_adafactor"}
 """Setup optimizer -> transformers' GaLore ``optim`` (``OptimizerNames``; ``_layerwise`` appended for layer-wise)."""
@@ -214,7 +222,7 @@ def training_arguments(t: Target) -> dict[str, Any]:
         "max_grad_norm": hp.max_grad_norm.value,
     }
     if not deepspeed_owns_optimizer(s):
-        args["optim"] = HF_OPTIM[s.optimizer]
+        args["optim"] = hf_optim(s)
     if s.galore_rank is not None:
         # transformers trainer_optimizer: optim_target_modules names the projected modules; optim_args its knobs
         args["optim"] = GALORE_HF_OPTIM[s.optimizer] + ("_layerwise" if s.galore_layerwise else "")

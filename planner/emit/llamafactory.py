@@ -188,7 +188,7 @@ def llamafactory_config(t: Target) -> dict[str, Any]:
         max_grad_norm=hp.max_grad_norm.value,
     )
     if not acc.deepspeed_owns_optimizer(s):  # else DeepSpeed's optimizer block runs and optim would be ignored
-        cfg["optim"] = GALORE_OPTIM[s.optimizer] if s.galore_rank is not None else acc.HF_OPTIM[s.optimizer]
+        cfg["optim"] = GALORE_OPTIM[s.optimizer] if s.galore_rank is not None else acc.hf_optim(s)
     if s.fp8 in ("rowwise", "te"):
         cfg.update(fp8=True, fp8_backend="torchao" if s.fp8 == "rowwise" else "te")
     if hp.neftune_alpha.value is not None:

@@ -37,6 +37,7 @@ METHODS: dict[str, str] = {
 }
 
 Optimizer = Literal["adamw", "adamw-8bit", "paged-adamw", "paged-adamw-8bit", "sgd", "sgd-momentum", "adafactor"]
+OptimizerKernel = Literal["fused", "foreach"]
 OPTIMIZERS: dict[str, str] = {
     "adamw": "AdamW, two fp32 states (m, v) per trainable parameter (bf16 under the pure-bf16 recipe)",
     "adamw-8bit": f"bitsandbytes 8-bit AdamW: two uint8 states plus one fp32 absmax per {BNB_8BIT_BLOCK}-value block",
@@ -111,6 +112,11 @@ class Setup(BaseModel):
     recipe: Recipe = Field("deepspeed-bf16", description="precision recipe; decides the byte accounting")
     method: Method = Field("full", description="what trains")
     optimizer: Optimizer = Field("adamw", description="HF Trainer default: adamw_torch_fused")
+    optimizer_kernel: OptimizerKernel = Field(
+        "fused", description="how torch's AdamW runs its update on the GPU: fused = one kernel per step (torch "
+        "fused=True, HF adamw_torch_fused since torch 2.8, torchtune's fused: True, torchtitan, DeepSpeed FusedAdam); "
+        "foreach = torch's multi-tensor ops (torch.optim.AdamW's default, HF adamw_torch): 20 passes over the states "
+        "instead of 7 (docs/speed.md S8c)")
     zero: Literal[0, 1, 2, 3] = Field(0, description="DeepSpeed ZeRO stage; 0 = plain data parallel (DDP)")
     fsdp: Fsdp | None = Field(None, description="PyTorch FSDP instead of ZeRO (then zero must be 0)")
     fsdp_version: Literal[1, 2] = Field(

@@ -50,12 +50,27 @@ def qlora_dequant_bytes_per_pass(facts: ModelFacts, setup: Setup) -> float:
     return quantized_frozen_bytes(frozen_linear, setup.double_quant) + 2.0 * frozen_linear
 
 
-def optimizer_step_bytes_per_param(setup: Setup) -> float:
+FOREACH_ADAMW_PASSES = 20
+"""Eq. S8c: tensor passes of one step of torch's multi-tensor (``foreach``) AdamW, counted from
+``torch/optim/adam.py`` ``_multi_tensor_adam`` (torch 2.13, not capturable, weight decay on): ``_foreach_mul_``
+(decay: read and write p, 2), ``_foreach_lerp_`` (m: read m and g, write m, 3), ``_foreach_mul_`` (v, 2),
+``_foreach_addcmul_`` (v += g*g: read v and g, write v, 3), ``_foreach_sqrt`` (read v, write a temporary, 2),
+``_foreach_div_`` and ``_foreach_add_`` on the temporary (2 + 2), ``_foreach_addcdiv_`` (read p, m and the
+temporary, write p, 4): 20, against the fused kernel's 7 (read p, g, m, v; write p, m, v). A test counts both
+on a real torch step. All tensors are taken at the state size (exact where parameters, gradients and states
+share a dtype, as under pure bf16 and torch AMP). Without weight decay (the HF Trainer's default 0.0) it is 18:
+the count errs slow by 2 passes there; every pass is taken at the HBM bandwidth (errs fast for the many small
+tensors of a LoRA run, whose launches the step's fixed costs hold)."""
+
+
+def optimizer_step_bytes_per_param(setup: Setup, on_gpu: bool = True) -> float:
     """Bytes one optimizer step reads and writes per trainable parameter (GPU HBM or host DRAM).
 
     With ``s`` the recipe's state element size (:func:`planner.engine.dtypes.recipe_bytes`: 4; 2 under pure bf16):
     AdamW reads param, grad, m, v and writes param, m, v: ``7 s`` (+2 for the 16-bit copy written back from
-    an fp32 master, DeepSpeed); 8-bit
+    an fp32 master, DeepSpeed); on the GPU with ``optimizer_kernel="foreach"`` (torch's default multi-tensor
+    AdamW) ``20 s`` (eq. S8c, :data:`FOREACH_ADAMW_PASSES`; ``on_gpu=False``, the host step, keeps ``7 s``:
+    DeepSpeedCPUAdam and torch's CPU AdamW are one loop per element); 8-bit
     AdamW: ``3 s + 4``; SGD ``3 s``; SGD with momentum ``5 s``; Adafactor ``3 s`` (factored second moment
     is O(rows + cols)); bitsandbytes' 32-bit paged AdamW keeps fp32 m and v whatever the parameter dtype:
     ``16 + 2 w + g`` (w, g the weight and gradient sizes). Assumes each tensor streams through memory once (fused /
@@ -67,7 +82,7 @@ def optimizer_step_bytes_per_param(setup: Setup) -> float:
     if setup.optimizer == "paged-adamw":
         return 16.0 + 2.0 * rb.trainable_weight + float(rb.grad16 or rb.grad32) + copy
     return {
-        "adamw": 7 * s + copy,
+        "adamw": (FOREACH_ADAMW_PASSES if on_gpu and setup.optimizer_kernel == "foreach" else 7) * s + copy,
         "adamw-8bit": 3 * s + 4 + copy,
         "paged-adamw": 7 * 4.0 + copy,  # bitsandbytes keeps 32-bit states whatever the recipe
         "paged-adamw-8bit": 3 * s + 4 + copy,

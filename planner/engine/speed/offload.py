@@ -72,7 +72,7 @@ def host_optimizer_seconds(facts: ModelFacts, cluster: Cluster, setup: Setup,
     if setup.offload == "none":
         return 0.0
     node_params = facts.trainable.trainable / cluster.nodes
-    return node_params * optimizer_step_bytes_per_param(setup) / host_bytes_per_s
+    return node_params * optimizer_step_bytes_per_param(setup, on_gpu=False) / host_bytes_per_s
 
 
 def activation_offload_bytes_per_micro_step(facts: ModelFacts, setup: Setup) -> float:

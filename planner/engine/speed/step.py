@@ -243,7 +243,10 @@ def _assumptions(facts: ModelFacts, cluster: Cluster, setup: Setup, params: Spee
     if setup.method == "qlora":
         out.append("QLoRA dequantisation: NF4 read + bf16 written per weight per pass at HBM bandwidth (S7)")
     if setup.offload == "none":
-        out.append(f"GPU optimizer step: {optimizer_step_bytes_per_param(setup):g} B/param at HBM bandwidth (S8b)")
+        kernel = (" (torch's foreach AdamW: 20 passes, S8c)"
+                  if setup.optimizer == "adamw" and setup.optimizer_kernel == "foreach" else "")
+        out.append(f"GPU optimizer step: {optimizer_step_bytes_per_param(setup):g} B/param at HBM bandwidth (S8b)"
+                   + kernel)
     if has_comm:
         out.append(
             f"ring collectives at {bw / 1e9:g} GB/s per GPU ({link_eff:.0%} of the "
@@ -259,7 +262,7 @@ def _assumptions(facts: ModelFacts, cluster: Cluster, setup: Setup, params: Spee
             f"PCIe {gpu.pcie_bandwidth_gb_s:g} GB/s per GPU at {params.pcie_efficiency:.0%}, copies not overlapped (S14)"
         )
         out.append(
-            f"host optimizer step: {optimizer_step_bytes_per_param(setup):g} B/param at "
+            f"host optimizer step: {optimizer_step_bytes_per_param(setup, on_gpu=False):g} B/param at "
             f"{params.host_optimizer('fsdp' if setup.fsdp else 'deepspeed') / 1e9:g} GB/s per node, not overlapped (S15)"
         )
     if setup.activation_offload:

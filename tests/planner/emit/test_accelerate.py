@@ -206,3 +206,21 @@ def test_every_optimizer_setting_written_takes_effect(case, change):
     lf_cfg = yaml.safe_load(lf.emit(t).files[lf.FILENAME])
     assert ("optim" in lf_cfg) == (built == "trainer")
     assert has_block == ds.owns_optimizer(t.setup)
+
+
+@pytest.mark.parametrize("kernel, fused", [("fused", True), ("foreach", False)])
+def test_optimizer_kernel_is_what_transformers_builds(kernel, fused):
+    """The written ``optim`` builds, in transformers' own code, torch's AdamW with the plan's kernel:
+    ``adamw_torch_fused`` passes fused=True, ``adamw_torch`` leaves torch's foreach default."""
+    transformers = pytest.importorskip("transformers")
+    from planner.emit import llamafactory as lf
+
+    t = target("llama3-8b-full-zero3-8xA800")
+    t = dataclasses.replace(t, plan=t.plan.model_copy(update={"setup": t.setup.model_copy(
+        update={"optimizer_kernel": kernel})}))
+    optim = yaml.safe_load(acc.emit(t, "hf-deepspeed").files[acc.TRAINING_ARGS_FILE])["optim"]
+    assert yaml.safe_load(lf.emit(t).files[lf.FILENAME])["optim"] == optim
+    args = transformers.TrainingArguments(output_dir="/tmp/unused", optim=optim, report_to=[])
+    cls, kwargs = transformers.Trainer.get_optimizer_cls_and_kwargs(args)
+    assert cls.__name__ == "AdamW" and cls.__module__.startswith("torch.optim")
+    assert bool(kwargs.get("fused", False)) is fused

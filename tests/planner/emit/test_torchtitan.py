@@ -47,6 +47,7 @@ PLANS = {
                                                         checkpointing="op")),
     "qwen3-8b-offload-2xh100": ("qwen3-8b", "2xH100", dict(FULL, recipe="hf-amp", offload="optimizer+params")),
     "8b-ddp-1gpu": ("llama3-8b", "H100", dict(method="full", recipe="bf16", checkpointing="none")),
+    "8b-foreach-adamw": ("llama3-8b", "8xH100", dict(FULL, recipe="bf16", optimizer_kernel="foreach")),
 }
 
 
@@ -282,3 +283,9 @@ def test_per_op_sac_is_written_as_torchtitans_op_option_and_only_torchtitan_runs
     sel = Target(evaluate(m, c, Setup(**dict(FULL, recipe="hf-amp", checkpointing="selective"))), m, c)
     with pytest.raises(NotExpressible, match="no attention-only recompute"):
         tt.emit(sel)
+
+
+def test_optimizer_kernel_is_written():
+    """``optimizer.implementation`` is the plan's AdamW kernel (torchtitan's choices: for-loop, foreach, fused)."""
+    assert tt.torchtitan_config(target("8b-foreach-adamw"))["optimizer"]["implementation"] == "foreach"
+    assert tt.torchtitan_config(target("8b-ddp-1gpu"))["optimizer"]["implementation"] == "fused"

@@ -145,3 +145,15 @@ def test_random_plans_torchtune(t):
     s = t.setup
     assert cfg["batch_size"] == s.micro_batch and cfg["gradient_accumulation_steps"] == s.grad_accum
     assert cfg["model"]["_component_"].rpartition(".")[2].startswith("qlora_") == (s.method == "qlora")
+
+
+def test_optimizer_kernel_is_written():
+    """torch's AdamW runs the plan's kernel: ``fused: True`` by default, torch's own default (foreach) when the
+    plan says foreach."""
+    from dataclasses import replace
+
+    t = target("llama3.2-3b-full-obwd-h100")
+    assert tt.torchtune_config(t)["optimizer"]["fused"] is True
+    s = t.setup.model_copy(update={"optimizer_kernel": "foreach"})
+    cfg = tt.torchtune_config(replace(t, plan=t.plan.model_copy(update={"setup": s})))
+    assert cfg["optimizer"]["fused"] is False and cfg["optimizer"]["_component_"] == "torch.optim.AdamW"

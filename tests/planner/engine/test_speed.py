@@ -535,3 +535,83 @@ def test_offload_is_slower(seq, mb, ga, gpus, zero, method):
     if zero == 3:
         slower = evaluate(LLAMA3_8B, c, Setup(offload="optimizer+params", **kw)).speed
         assert slower.tokens_per_s < slow.tokens_per_s
+
+
+# --- eq. S8c: torch's foreach AdamW against the fused kernel ------------------------------------------------------
+
+
+def _adamw_step_passes(foreach: bool) -> float:
+    """Tensor passes of one real ``torch.optim.AdamW`` step (weight decay on, the torch default 0.01), counted by
+    intercepting every aten op the step dispatches and summing the bytes of its tensor arguments (read) and of
+    what it writes (its outputs, or its mutated arguments for in-place ops), divided by the bytes of one
+    parameter-sized tensor. An argument counts as written when its values changed (the fused op's schema marks
+    the gradients mutable for the grad-scaler path, but without a scaler it leaves them as they are); a tensor
+    passed twice to one op is read once (the kernel's second load of the same address hits the cache). Counted on
+    CPU, where torch dispatches the same ``_foreach_*`` ops (or ``_fused_adamw_``) as on CUDA; the scalar step
+    counters are left out."""
+    torch = pytest.importorskip("torch")
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    numel = 1 << 16
+    params = [torch.nn.Parameter(torch.randn(numel)) for _ in range(3)]
+    for p in params:
+        p.grad = torch.randn(numel)
+    opt = torch.optim.AdamW(params, lr=1e-3, foreach=foreach, fused=not foreach)
+    opt.step()  # the first step creates the states; count the second
+
+    def tensors(x):  # noqa: ANN001, ANN202
+        if isinstance(x, torch.Tensor):
+            return [x] if x.numel() >= numel else []
+        if isinstance(x, (list, tuple)):
+            return [t for y in x for t in tensors(y)]
+        return []
+
+    moved = [0]
+
+    class Count(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN202
+            kwargs = kwargs or {}
+            # one tensor passed twice (addcmul's g * g) is read from memory once
+            reads = list({t.data_ptr(): t for t in tensors(list(args) + list(kwargs.values()))}.values())
+            before = [t.clone() for t in reads]
+            out = func(*args, **kwargs)
+            # written: an argument whose values changed (in place), else the outputs
+            changed = [t for t, b in zip(reads, before) if not torch.equal(t, b)]
+            writes = changed or tensors(out)
+            moved[0] += sum(t.numel() * t.element_size() for t in reads + writes)
+            return out
+
+    with Count():
+        opt.step()
+    return moved[0] / (len(params) * numel * 4)
+
+
+def test_foreach_adamw_passes_match_torch():
+    """Eq. S8c against torch itself: the multi-tensor AdamW step moves FOREACH_ADAMW_PASSES parameter-sized
+    tensors, the fused one 7 (the engine's ``7 s``)."""
+    from planner.engine.speed.compute import FOREACH_ADAMW_PASSES
+
+    assert _adamw_step_passes(foreach=False) == pytest.approx(7, abs=0.01)
+    assert _adamw_step_passes(foreach=True) == pytest.approx(FOREACH_ADAMW_PASSES, abs=0.01)
+
+
+def test_foreach_kernel_scales_the_gpu_step_only():
+    """foreach costs 20/7 of the fused step's bytes on the GPU; the host step (offload) is one loop either way,
+    and the flag is refused where nothing uses it."""
+    from planner.engine.rules import ignored_fields
+    from planner.engine.speed.compute import optimizer_step_bytes_per_param
+
+    cluster = make_cluster(A800, 8)
+    for recipe in ("bf16", "hf-amp"):
+        fused = Setup(recipe=recipe)
+        foreach = fused.model_copy(update={"optimizer_kernel": "foreach"})
+        assert optimizer_step_bytes_per_param(foreach) / optimizer_step_bytes_per_param(fused) == pytest.approx(20 / 7)
+        a, b = evaluate(LLAMA3_8B, cluster, fused).speed, evaluate(LLAMA3_8B, cluster, foreach).speed
+        assert b.breakdown_s["optimizer"] == pytest.approx(a.breakdown_s["optimizer"] * 20 / 7)
+        assert b.step_s > a.step_s
+    off = Setup(zero=2, offload="optimizer", optimizer_kernel="foreach")
+    assert optimizer_step_bytes_per_param(off, on_gpu=False) == optimizer_step_bytes_per_param(
+        off.model_copy(update={"optimizer_kernel": "fused"}), on_gpu=False)
+    assert "optimizer_kernel" in ignored_fields(off)
+    assert "optimizer_kernel" in ignored_fields(Setup(optimizer="sgd"))
+    assert "optimizer_kernel" not in ignored_fields(Setup())
