@@ -111,8 +111,20 @@ def _med(xs: list[float]) -> float:
     return statistics.median(xs) if xs else float("nan")
 
 
+def anomalies() -> dict[str, str]:
+    """Record id -> why its published numbers fail a physics check (the corpus's ``anomaly``, where it puts the
+    throughput in doubt: more FLOPs per second than the GPU's dense peak, or a stated setup the published memory
+    cannot hold). Such records are listed with their errors but left out of the
+    summary, the GPU-family table and the per-source table, as in the memory section."""
+    from profiles.evidence import corpus_records
+
+    return {rec.id: rec.record.anomaly for rec in corpus_records()
+            if rec.record.anomaly and "speed" in rec.record.anomaly_affects}
+
+
 def speed_summary(data: dict) -> dict:
-    rows = data["rows"]
+    flagged = anomalies()
+    rows = [r for r in data["rows"] if r["id"] not in flagged]
     held = [r["held_out"] / r["measured"] - 1 for r in rows]
     ins = [r["in_sample"] / r["measured"] - 1 for r in rows]
     fam: dict[str, list[float]] = defaultdict(list)
@@ -120,6 +132,7 @@ def speed_summary(data: dict) -> dict:
         fam[r["gpu_family"]].append(e)
     return {
         "n": len(rows), "sources": len({r["source"] for r in rows}),
+        "anomalies": sum(1 for r in data["rows"] if r["id"] in flagged),
         "held_median_abs": _med([abs(e) for e in held]), "held_max_abs": max((abs(e) for e in held), default=0),
         "in_median_abs": _med([abs(e) for e in ins]),
         "families": {k: (len(v), _med(v)) for k, v in sorted(fam.items())},
@@ -164,7 +177,8 @@ def speed_section(data: dict) -> str:
         "column, reported beside it only. Errors are `(estimated - measured) / measured`: positive means the "
         "model is too fast.",
         "",
-        f"**Summary: held-out median |error| {s['held_median_abs'] * 100:.1f} %, max {s['held_max_abs'] * 100:.0f} % "
+        f"**Summary: {s['n']} records ({s['anomalies']} more flagged as anomalies by the corpus, listed but not "
+        f"counted), held-out median |error| {s['held_median_abs'] * 100:.1f} %, max {s['held_max_abs'] * 100:.0f} % "
         f"(in-sample median {s['in_median_abs'] * 100:.1f} %). Target (issue 10): median <= 15 % and no GPU "
         f"family biased by more than 15 % in median.**",
         "",
@@ -200,8 +214,11 @@ def speed_section(data: dict) -> str:
               *ord_rows]
     lines += ["", "### Per source", "", "| source | records | held-out median signed % | min % | max % |",
               "|---|---:|---:|---:|---:|"]
+    flagged = anomalies()
     by_src: dict[str, list[float]] = defaultdict(list)
     for r in data["rows"]:
+        if r["id"] in flagged:
+            continue
         by_src[r["source"]].append(r["held_out"] / r["measured"] - 1)
     for src, es in sorted(by_src.items()):
         lines.append(f"| {src} | {len(es)} | {_pct(_med(es))} | {_pct(min(es))} | {_pct(max(es))} |")
@@ -212,7 +229,8 @@ def speed_section(data: dict) -> str:
         lines.append(
             f"| {r['id']} | {r['setup']}, seq {r['seq_len']}, {r['framework']} | {r['cluster']} | {r['measured']:,.0f} | "
             f"{r['held_out']:,.0f} | {_pct(r['held_out'] / r['measured'] - 1)} | {_pct(r['in_sample'] / r['measured'] - 1)} | "
-            f"{'yes' if r['fit'] else 'no: ' + '; '.join(r['notes'])} |")
+            + (f"no: anomaly, not counted: {flagged[r['id']]} |" if r["id"] in flagged else
+               f"{'yes' if r['fit'] else 'no: ' + '; '.join(r['notes'])} |"))
     skipped = [x for x in data["skipped"]]
     lines += ["", f"### Records not evaluated ({len(skipped)})", "",
               "Kept in the corpus; each says why it cannot be expressed yet.", "", "| record | why |", "|---|---|"]

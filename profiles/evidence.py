@@ -216,6 +216,10 @@ class Record(_Frozen):
     anomaly: str | None = Field(
         None, description="why the published numbers fail a physics check, when they do (kept on purpose)"
     )
+    anomaly_affects: tuple[Literal["memory", "speed"], ...] = Field(
+        ("memory", "speed"), description="which of the record's figures the anomaly puts in doubt (both by default: "
+        "a setup the published memory cannot hold is not the setup the throughput was measured on either)"
+    )
 
     @model_validator(mode="after")
     def _check(self) -> "Record":
