@@ -232,10 +232,33 @@ def model_states(facts: ModelFacts, cluster: Cluster, setup: Setup, rb: RecipeBy
     if setup.optimizer == "adafactor":
         # transformers' Adafactor steps one tensor at a time, building an fp32 update of its size
         step_temp = max(step_temp, 3 * 4 * min(facts.largest_module_params, max(P_t, 1)))
+    if foreach_adamw(setup):
+        step_temp = max(step_temp, foreach_adamw_temp_bytes(facts, setup, int(opt)))
     return ModelStates(
         trainable_b, frozen_b, int(g_gpu), int(opt), int(master), int(host_opt), int(host_params), int(step_temp),
         int(step_only), paged_optimizer=int(paged),
     )
+
+
+def foreach_adamw(setup: Setup) -> bool:
+    """Whether torch's multi-tensor (``foreach``) AdamW steps on the GPU (``optimizer_kernel="foreach"``, AdamW, no
+    optimizer offload, no GaLore projection)."""
+    return (setup.optimizer == "adamw" and setup.optimizer_kernel == "foreach" and setup.offload == "none"
+            and setup.galore_rank is None)
+
+
+def foreach_adamw_temp_bytes(facts: ModelFacts, setup: Setup, state_bytes: int) -> int:
+    """Eq. M4d: the temporary of torch's foreach AdamW step. ``_multi_tensor_adam`` (``torch/optim/adam.py``, torch
+    2.13) computes ``exp_avg_sq_sqrt = torch._foreach_sqrt(exp_avg_sqs)`` for every tensor of a device/dtype group
+    at once, then divides and adds eps in place: one second-moment-sized tensor per parameter, alive together
+    until ``_foreach_addcdiv_`` (half of AdamW's ``state_bytes`` on this rank; under DeepSpeed, the flat fp32
+    partition's). Stepping in backward (one optimizer per parameter) holds only the largest tensor's. The fused
+    kernel keeps nothing. A test measures it on a real torch step. Exact for one parameter group (the trainers'
+    usual two groups, with and without weight decay, each free theirs before the next: errs high there)."""
+    v = state_bytes // 2
+    if setup.steps_in_backward:
+        return min(v, int(v // max(1, facts.trainable.trainable) * facts.largest_module_params))
+    return v
 
 
 def zero_paper_model_state_bytes(params: int, world: int, stage: int) -> int:

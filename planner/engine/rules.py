@@ -104,9 +104,11 @@ def ignored_fields(setup: Setup) -> dict[str, tuple[str, str]]:
         out["freeze_layers"] = ("--method freeze", method)
     if setup.method != "qlora":
         out["double_quant"] = ("--method qlora (its NF4 block constants)", method)
-    if setup.optimizer != "adamw" or setup.offload != "none":
-        has = f"--optimizer {setup.optimizer}" if setup.optimizer != "adamw" else f"--offload {setup.offload}"
-        out["optimizer_kernel"] = ("torch's AdamW stepping on the GPU (--optimizer adamw, no --offload)", has)
+    if setup.optimizer != "adamw" or setup.offload != "none" or setup.galore_rank is not None:
+        has = (f"--optimizer {setup.optimizer}" if setup.optimizer != "adamw" else
+               f"--offload {setup.offload}" if setup.offload != "none" else "--galore-rank (GaLore's own AdamW)")
+        out["optimizer_kernel"] = ("torch's AdamW stepping on the GPU (--optimizer adamw, no --offload, no GaLore)",
+                                   has)
     if setup.fsdp is None:
         out["fsdp_version"] = ("--fsdp full-shard or shard-grad-op", "no --fsdp")
     if setup.checkpointing in ("none", "op"):

@@ -91,7 +91,7 @@ FRAGMENTATION_PRIOR: dict[str, float] = {"static": 0.05, "dynamic": 0.25, "shard
 """The assumptions before any fit (no source states them): 5 % of a step's churn stays fragmented with the same
 shapes every step (the old engine-wide margin), 25 % with shapes that change or parameters gathered on a side
 stream. Used for a class the fit has no data for."""
-FRAGMENTATION: dict[str, float] = {"static": 0.29, "dynamic": 0.25, "sharded": 0.43}
+FRAGMENTATION: dict[str, float] = {"static": 0.28, "dynamic": 0.25, "sharded": 0.43}
 """Cached-but-unusable fraction of the memory freed and re-allocated within a step (activations, logits,
 gradients, gathered parameters), eq. R3, by :func:`fragmentation_class`. ``static`` and ``sharded`` are fitted by
 ``python benchmarks/memory_vs_corpus.py`` (benchmarks/results/memory_fit.json) to the 45 published runs whose

@@ -315,7 +315,8 @@ def test_properties(kw, model):
     lora_setup = Setup(recipe="deepspeed-bf16", zero=2, **{**kw, "method": "lora"})
     if kw["method"] == "full" and not model_facts(m, lora_setup).lora.experts:
         lo = evaluate(m, cluster, lora_setup).memory
-        assert lo.peak_bytes < e.peak_bytes
+        # strict in the phases' bytes: the device peak of both can sit at the card (eq. R3's cap)
+        assert max(lo.phases.values()) < max(e.phases.values()) and lo.peak_bytes <= e.peak_bytes
     if kw["method"] == "lora":
         q = evaluate(m, cluster, Setup(recipe="deepspeed-bf16", zero=2, **{**kw, "method": "qlora"})).memory
         assert q.categories["weights_frozen"] + q.categories["weights_trainable"] < e.categories["weights_frozen"] + e.categories["weights_trainable"]
@@ -400,3 +401,70 @@ def test_the_assumptions_say_which_fsdp_the_estimate_counts():
     v2 = evaluate(m, c, _fms_mistral("lora", 2, 2)).memory.assumptions
     assert any(a.startswith("FSDP1") and "A9d" in a and "M5c" in a for a in v1)
     assert any(a.startswith("FSDP2") for a in v2) and not any(a.startswith("FSDP1") for a in v2)
+
+
+# --- eq. M4d: the temporary of torch's foreach AdamW ---------------------------------------------------------------
+
+
+def _adamw_step_peak_temporary_bytes(foreach: bool, sizes: list[int]) -> int:
+    """The most bytes of new tensors alive at once during a real ``torch.optim.AdamW`` step (the second one, after
+    the states exist), tracked by intercepting every aten op and watching its outputs die (weak references). In
+    place ops make nothing; scalar step counters and bias corrections (under 1 KiB) are left out."""
+    torch = pytest.importorskip("torch")
+    import weakref
+
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    params = [torch.nn.Parameter(torch.randn(n, dtype=torch.bfloat16)) for n in sizes]
+    for p in params:
+        p.grad = torch.randn(p.shape, dtype=torch.bfloat16)
+    opt = torch.optim.AdamW(params, lr=1e-3, foreach=foreach, fused=not foreach)
+    opt.step()
+    live, peak = [0], [0]
+
+    def flat(x):  # noqa: ANN001, ANN202
+        if isinstance(x, torch.Tensor):
+            return [x]
+        return [t for y in x for t in flat(y)] if isinstance(x, (list, tuple)) else []
+
+    class Track(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN202
+            out = func(*args, **(kwargs or {}))
+            inputs = {t.untyped_storage().data_ptr() for t in flat(list(args) + list((kwargs or {}).values()))}
+            for t in flat(out):
+                n = t.untyped_storage().nbytes()
+                if t.untyped_storage().data_ptr() in inputs or n < 1024:
+                    continue
+                live[0] += n
+                peak[0] = max(peak[0], live[0])
+                weakref.finalize(t, lambda n=n: live.__setitem__(0, live[0] - n))
+            return out
+
+    with Track():
+        opt.step()
+    return peak[0]
+
+
+def test_foreach_adamw_temporary_matches_torch():
+    """Eq. M4d against torch: the foreach step holds one second-moment-sized tensor per parameter at once (the
+    engine's half of AdamW's states); the fused step holds none."""
+    from planner.engine.memory import foreach_adamw_temp_bytes
+
+    sizes = [1 << 14, 3 << 12, 1 << 13]
+    measured = _adamw_step_peak_temporary_bytes(True, sizes)
+    states = 2 * 2 * sum(sizes)  # m and v in bf16, the parameters' dtype
+    setup = Setup(recipe="bf16", optimizer_kernel="foreach")
+    assert measured == foreach_adamw_temp_bytes(None, setup, states) == 2 * sum(sizes)  # type: ignore[arg-type]
+    assert _adamw_step_peak_temporary_bytes(False, sizes) == 0
+
+
+def test_foreach_adamw_raises_the_optimizer_phase_only(llama8b):
+    """foreach adds the temporary at the optimizer step, nothing elsewhere; where offload steps on the host the
+    flag is ignored."""
+    cluster = make_cluster(get_gpu("H100"), 8)
+    for fields in (dict(recipe="bf16", fsdp="full-shard"), dict(zero=2), dict(recipe="bf16")):
+        a = evaluate(llama8b, cluster, Setup(**fields)).memory
+        b = evaluate(llama8b, cluster, Setup(**fields, optimizer_kernel="foreach")).memory
+        assert b.phases["optimizer_peak"] - a.phases["optimizer_peak"] > 0
+        assert b.phases["backward_peak"] == a.phases["backward_peak"]
+        assert b.phases["forward_peak"] == a.phases["forward_peak"]
