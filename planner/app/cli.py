@@ -160,10 +160,18 @@ most of them while pydantic and rich import, costing 60-90 ms of a 0.6-0.9 s ans
 validate) still collect, every 100,000 net allocations."""
 
 
+PYDANTIC_PLUGINS_OFF = ("PYDANTIC_DISABLE_PLUGINS", "__all__")
+"""Set for the ``plan`` process unless the caller set it: pydantic looks for plugins by scanning the entry points
+of every installed distribution when it builds its first model (``pydantic/plugin/_loader.py`` ``get_plugins``),
+10-13 ms in an environment with torch and transformers, and tuneplan uses none. A caller who wants a plugin
+(e.g. tracing) sets the variable to ``""`` or to the names to disable."""
+
+
 def entry() -> None:
     """Console-script entry point (``plan`` and ``python -m planner``). A reader that closes stdout early
     (``| head``) ends the command quietly: no traceback, exit :data:`BROKEN_PIPE_EXIT`."""
     gc.set_threshold(*GC_THRESHOLDS)
+    os.environ.setdefault(*PYDANTIC_PLUGINS_OFF)
     try:
         code = main()
         sys.stdout.flush()  # inside the try: the last buffered output can meet the closed pipe too
