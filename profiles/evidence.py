@@ -46,6 +46,7 @@ Framework = Literal[
     "ms-swift",
     "megatron",
     "nemo",
+    "nemo-automodel",
     "deepspeed",
     "axolotl",
     "xtuner",

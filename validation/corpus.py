@@ -37,8 +37,9 @@ FRAMEWORK_OF: dict[str, str] = {
     "xtuner": "other",
     "deepspeed": "other",
     "unsloth": "other",
-    "megatron": "other",
-    "nemo": "other",
+    "megatron": "megatron",
+    "nemo": "megatron",
+    "nemo-automodel": "other",
     "other": "other",
 }
 """Evidence frameworks -> tuneplan's :data:`~planner.engine.speed.params.Framework` (the ones whose speed differs

@@ -50,16 +50,19 @@ OPTIMIZERS: dict[str, str] = {
     "adafactor": "Adafactor: factored second moment (row + column vectors per matrix), no first moment",
 }
 
-Framework = Literal["hf", "torchtune", "torchtitan", "litgpt", "other"]
+Framework = Literal["hf", "torchtune", "torchtitan", "litgpt", "megatron", "other"]
 FRAMEWORKS: dict[str, str] = {
     "hf": "Hugging Face Trainer under accelerate / DeepSpeed / FSDP, and what wraps it (LLaMA-Factory, TRL, "
     "ms-swift, axolotl): eager PyTorch with the Trainer's per-step bookkeeping",
     "torchtune": "torchtune recipes (plain PyTorch training loop, FSDP2)",
     "torchtitan": "torchtitan (FSDP2 / TP / CP, usually compiled)",
     "litgpt": "LitGPT on Lightning Fabric",
+    "megatron": "Megatron-Core and what runs on it (NeMo 2, Megatron-Bridge, ms-swift's Megatron path): Transformer "
+    "Engine kernels, whose attention is cuDNN's fused attention on Hopper and later (docs/speed.md S21b)",
     "other": "another training loop (a plain PyTorch loop, a research harness)",
 }
-"""The software that runs a plan, where it changes the speed (per-step and per-layer host overhead)."""
+"""The software that runs a plan, where it changes the speed (per-step and per-layer host overhead; Megatron's
+attention kernel)."""
 
 Fsdp = Literal["full-shard", "shard-grad-op"]
 Offload = Literal["none", "optimizer", "optimizer+params"]

@@ -328,7 +328,7 @@ def micro_step_time(work: MicroWork, gpu: GpuProfile, framework: str, peak: floa
         return sum(f / (peak * gemm_efficiency(rows, arch, params)) for rows, f in groups if f)
 
     fuse = params.fused_memory_factor if work.fused else 1.0
-    attn_eff = params.attention(arch)
+    attn_eff = params.attention(arch, framework)
     eager_eff = gemm_efficiency(work.eager_rows, arch, params)
 
     def attention(flops: float, eager_flops: float, score_bytes: float) -> float:

@@ -51,6 +51,16 @@ class SpeedParams(BaseModel):
         "H100' (Shah et al. 2024, FlashAttention-3, arXiv:2407.08608, abstract); the others are assumptions "
         "by analogy (Ada as Ampere, Blackwell as Hopper, pre-Ampere 0.40 for the memory-efficient SDPA kernel)",
     )
+    fused_attention_efficiency: dict[str, float] = Field(
+        default_factory=lambda: {"hopper": 0.56, "blackwell": 0.56},
+        description="eq. S21b: Transformer Engine's cuDNN fused attention (framework megatron), forward and backward "
+        "together, where TE picks it over FlashAttention-2: on Hopper and later ('Disabling FlashAttention to give "
+        "FusedAttention preference on Hopper+ for performance reasons', transformer_engine/pytorch/attention/"
+        "dot_product_attention/utils.py, since June 2024). Hopper: FlashAttention-3 / cuDNN-class kernels reach "
+        "75 % of the H100's peak forward and run the backward 1.5-1.75x faster than FlashAttention-2's 35 % "
+        "(Shah et al. 2024, arXiv:2407.08608, abstract and sec. 4): 0.35 x 1.6 = 0.56, errs either way; Blackwell "
+        "as Hopper (assumption). Other architectures keep attention_efficiency",
+    )
     hbm_efficiency: float = Field(
         0.80, gt=0, le=1,
         description="eq. S22: fraction of the HBM bandwidth that streaming kernels (elementwise ops, the "
@@ -141,7 +151,11 @@ class SpeedParams(BaseModel):
     def matmul(self, arch: str) -> float:
         return self.matmul_efficiency.get(arch, 0.80)
 
-    def attention(self, arch: str) -> float:
+    def attention(self, arch: str, framework: str | None = None) -> float:
+        """The attention kernel's fraction of peak (eq. S21): FlashAttention-2 / SDPA, or Transformer Engine's
+        cuDNN fused attention under Megatron on the architectures where TE prefers it (eq. S21b)."""
+        if framework == "megatron" and arch in self.fused_attention_efficiency:
+            return self.fused_attention_efficiency[arch]
         return self.attention_efficiency.get(arch, 0.35)
 
     def link(self, interconnect: str) -> float:

@@ -218,7 +218,7 @@ def _assumptions(facts: ModelFacts, cluster: Cluster, setup: Setup, params: Spee
         out.append("eager attention: QK^T and PV as GEMMs over the full s x s square, mask/softmax/casts at HBM "
                    "bandwidth (S21)")
     else:
-        out.append(f"{setup.attention} attention at {params.attention(gpu.arch):.2f} of peak ({gpu.arch}, S21)")
+        out.append(f"{setup.attention} attention at {params.attention(gpu.arch, setup.framework):.2f} of peak ({gpu.arch}, S21)")
     fused = setup.compile or setup.fused_kernels
     out.append(
         f"elementwise work: {params.memory_passes:g} HBM passes over each block's activations at "

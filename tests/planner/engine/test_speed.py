@@ -615,3 +615,20 @@ def test_foreach_kernel_scales_the_gpu_step_only():
     assert "optimizer_kernel" in ignored_fields(off)
     assert "optimizer_kernel" in ignored_fields(Setup(optimizer="sgd"))
     assert "optimizer_kernel" not in ignored_fields(Setup())
+
+
+def test_megatron_attention_is_te_fused_attention_on_hopper_only():
+    """Eq. S21b: Transformer Engine's cuDNN fused attention under framework megatron where TE prefers it (Hopper
+    and later); FlashAttention-2's efficiency elsewhere; nothing but attention changes."""
+    from profiles.registry import get_gpu
+
+    assert PRIORS.attention("hopper", "megatron") == PRIORS.fused_attention_efficiency["hopper"]
+    assert PRIORS.attention("hopper", "hf") == PRIORS.attention_efficiency["hopper"]
+    assert PRIORS.attention("ampere", "megatron") == PRIORS.attention_efficiency["ampere"]
+    kw = dict(recipe="bf16", fsdp="full-shard", attention="flash", seq_len=8192)
+    for gpu, faster in (("H100", True), ("A100", False)):
+        cluster = make_cluster(get_gpu(gpu), 8)
+        other = evaluate(LLAMA3_8B, cluster, Setup(**kw, framework="other")).speed.breakdown_s
+        mega = evaluate(LLAMA3_8B, cluster, Setup(**kw, framework="megatron")).speed.breakdown_s
+        assert (mega["attention"] < other["attention"]) is faster
+        assert all(mega[k] == other[k] for k in other if k != "attention")
