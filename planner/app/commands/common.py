@@ -135,7 +135,8 @@ def add_setup_args(parser: argparse.ArgumentParser, search: bool = False) -> Non
     g.add_argument("--fused-kernels", action="store_true",
                    help="Liger / Triton fused RMSNorm, SwiGLU and RoPE (LLaMA-Factory enable_liger_kernel)")
     g.add_argument("--framework", choices=get_args(Framework), default=default(d.framework),
-                   help="the trainer that runs the plan (its per-step overhead)" + dflt(d.framework))
+                   help="the trainer that runs the plan (its per-step overhead; megatron: Transformer Engine's fused "
+                   "attention on Hopper+)" + dflt(d.framework))
     g.add_argument("--padding-efficiency", type=fraction_arg, default=d.padding_efficiency, metavar="F",
                    help="real tokens / processed positions, in (0, 1]: padding or unfilled packs "
                         "(default: 1.0, rows full; --dataset measures it)")
