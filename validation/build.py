@@ -336,7 +336,7 @@ def apply_checkpointing(net: nn.Module, setup: Setup) -> str:
 def make_optimizer(params: list[nn.Parameter], setup: Setup, device: str) -> tuple[Any, str]:
     """The optimizer the HF Trainer would build for ``setup.optimizer``, and a name of its implementation."""
     o = setup.optimizer
-    if o == "adamw" and setup.optimizer_kernel == "foreach":
+    if setup.foreach_adamw:
         return torch.optim.AdamW(params, lr=LR, foreach=True), "torch AdamW foreach (adamw_torch)"
     if o == "adamw":
         try:

@@ -50,7 +50,7 @@ HF_OPTIM: dict[str, str] = {
 def hf_optim(s: Setup) -> str:
     """``TrainingArguments.optim`` for ``s``: :data:`HF_OPTIM`, with torch's multi-tensor AdamW
     (``adamw_torch``, torch's ``foreach`` default) for ``optimizer_kernel="foreach"``."""
-    if s.optimizer == "adamw" and s.optimizer_kernel == "foreach":
+    if s.foreach_adamw:
         return "adamw_torch"
     return HF_OPTIM[s.optimizer]
 

@@ -120,7 +120,8 @@ def torchtitan_config(t: Target) -> dict[str, dict[str, Any]]:
         "model": {"name": name, "flavor": flavor, "hf_assets_path": assets},
         "optimizer": {"name": "AdamW", "lr": float(hp.learning_rate.value), "beta1": ADAM_BETAS[0],
                       "beta2": ADAM_BETAS[1], "eps": ADAM_EPS, "weight_decay": float(hp.weight_decay.value),
-                      "implementation": s.optimizer_kernel, "early_step_in_backward": s.optimizer_in_backward},
+                      "implementation": "foreach" if s.foreach_adamw else "fused",
+                      "early_step_in_backward": s.optimizer_in_backward},
         "lr_scheduler": {"warmup_steps": warmup,
                          "decay_type": SCHEDULES.get(hp.scheduler.value, "linear")},
         "training": {

@@ -267,7 +267,7 @@ def torchtune_config(t: Target) -> dict[str, Any]:
                max_steps_per_epoch=None)
     cfg["gradient_accumulation_steps"] = s.grad_accum
     opt = dict(OPTIMIZERS[s.optimizer])
-    if s.optimizer == "adamw" and s.optimizer_kernel == "foreach":
+    if s.foreach_adamw:
         opt["fused"] = False  # torch.optim.AdamW's own default: the multi-tensor (foreach) update
     opt["lr"] = hp.learning_rate.value
     if s.optimizer in ("adamw", "adamw-8bit", "paged-adamw", "paged-adamw-8bit"):

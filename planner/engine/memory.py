@@ -232,19 +232,12 @@ def model_states(facts: ModelFacts, cluster: Cluster, setup: Setup, rb: RecipeBy
     if setup.optimizer == "adafactor":
         # transformers' Adafactor steps one tensor at a time, building an fp32 update of its size
         step_temp = max(step_temp, 3 * 4 * min(facts.largest_module_params, max(P_t, 1)))
-    if foreach_adamw(setup):
+    if setup.foreach_adamw:
         step_temp = max(step_temp, foreach_adamw_temp_bytes(facts, setup, int(opt)))
     return ModelStates(
         trainable_b, frozen_b, int(g_gpu), int(opt), int(master), int(host_opt), int(host_params), int(step_temp),
         int(step_only), paged_optimizer=int(paged),
     )
-
-
-def foreach_adamw(setup: Setup) -> bool:
-    """Whether torch's multi-tensor (``foreach``) AdamW steps on the GPU (``optimizer_kernel="foreach"``, AdamW, no
-    optimizer offload, no GaLore projection)."""
-    return (setup.optimizer == "adamw" and setup.optimizer_kernel == "foreach" and setup.offload == "none"
-            and setup.galore_rank is None)
 
 
 def foreach_adamw_temp_bytes(facts: ModelFacts, setup: Setup, state_bytes: int) -> int:
@@ -951,7 +944,10 @@ def _assumptions(
         act_line,
         "steady state: optimizer states exist from the start of the step (step >= 2)",
     ]
-    if setup.optimizer == "adamw":
+    if setup.foreach_adamw:
+        out.append("AdamW foreach (torch.optim.AdamW's default, HF adamw_torch): one second-moment-sized temporary per "
+                   "parameter at the optimizer step (eq. M4d)")
+    elif setup.optimizer == "adamw":
         out.append("AdamW fused implementation (HF Trainer adamw_torch_fused, DeepSpeed FusedAdam): no step temporaries")
     if setup.method == "qlora":
         out.append(

@@ -285,6 +285,13 @@ class Setup(BaseModel):
             out.append("activation offload" if short else "act-off")
         return out
 
+    @property
+    def foreach_adamw(self) -> bool:
+        """Whether torch's multi-tensor (``foreach``) AdamW steps on the GPU: ``optimizer_kernel="foreach"`` with
+        AdamW, no optimizer offload (the host steps then) and no GaLore (its own optimizer): eqs. S8c, M4d."""
+        return (self.optimizer == "adamw" and self.optimizer_kernel == "foreach" and self.offload == "none"
+                and self.galore_rank is None)
+
     def short(self) -> str:
         """A one-line label: ``full · ZeRO-3 · ckpt full · mb 2 x ga 8 · adamw``."""
         parts = [self.method_label + (f" r{self.lora_rank}" if self.trains_adapters else "")
@@ -294,7 +301,7 @@ class Setup(BaseModel):
             parts.append(f"offload {self.offload}")
         parts.append(f"ckpt {self.checkpointing}" if self.checkpointing != "none" else "no ckpt")
         parts.append(f"mb {self.micro_batch} x ga {self.grad_accum}")
-        parts.append(self.optimizer)
+        parts.append(self.optimizer + (" foreach" if self.foreach_adamw else ""))
         parts += self._extra_parts(short=True)
         if self.loss != "plain":
             parts.append(f"{self.loss} loss")

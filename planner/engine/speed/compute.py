@@ -82,7 +82,7 @@ def optimizer_step_bytes_per_param(setup: Setup, on_gpu: bool = True) -> float:
     if setup.optimizer == "paged-adamw":
         return 16.0 + 2.0 * rb.trainable_weight + float(rb.grad16 or rb.grad32) + copy
     return {
-        "adamw": (FOREACH_ADAMW_PASSES if on_gpu and setup.optimizer_kernel == "foreach" else 7) * s + copy,
+        "adamw": (FOREACH_ADAMW_PASSES if on_gpu and setup.foreach_adamw else 7) * s + copy,
         "adamw-8bit": 3 * s + 4 + copy,
         "paged-adamw": 7 * 4.0 + copy,  # bitsandbytes keeps 32-bit states whatever the recipe
         "paged-adamw-8bit": 3 * s + 4 + copy,

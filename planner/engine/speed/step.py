@@ -244,7 +244,7 @@ def _assumptions(facts: ModelFacts, cluster: Cluster, setup: Setup, params: Spee
         out.append("QLoRA dequantisation: NF4 read + bf16 written per weight per pass at HBM bandwidth (S7)")
     if setup.offload == "none":
         kernel = (" (torch's foreach AdamW: 20 passes, S8c)"
-                  if setup.optimizer == "adamw" and setup.optimizer_kernel == "foreach" else "")
+                  if setup.foreach_adamw else "")
         out.append(f"GPU optimizer step: {optimizer_step_bytes_per_param(setup):g} B/param at HBM bandwidth (S8b)"
                    + kernel)
     if has_comm:
