@@ -107,7 +107,7 @@ def _optimizer_block(t: Target, flavour: Flavour) -> dict[str, Any] | None:
     HF flavour: only when :func:`owns_optimizer` (a torch optimizer would step on the CPU unfused); the HF
     Trainer then ignores ``optim``, so its files leave ``optim`` out and say why (:data:`OPTIM_NOT_WRITTEN`).
     Explicit flavour: every optimizer DeepSpeed can build (AdamW, SGD); 8-bit AdamW and Adafactor stay with the
-    script.
+    script. AdamW is DeepSpeed's FusedAdam, or torch's foreach AdamW (``torch_adam``) for ``optimizer_kernel="foreach"``.
     """
     s = t.setup
     if flavour == "hf":
@@ -116,8 +116,13 @@ def _optimizer_block(t: Target, flavour: Flavour) -> dict[str, Any] | None:
         return {"type": "AdamW", "params": {"lr": "auto", "betas": "auto", "eps": "auto", "weight_decay": "auto"}}
     lr = t.hp.learning_rate.value
     if s.optimizer == "adamw":
-        return {"type": "AdamW", "params": {"lr": lr, "betas": list(ADAM_BETAS), "eps": ADAM_EPS,
-                                            "weight_decay": t.hp.weight_decay.value}}
+        adam: dict[str, Any] = {"lr": lr, "betas": list(ADAM_BETAS), "eps": ADAM_EPS,
+                                "weight_decay": t.hp.weight_decay.value}
+        if s.foreach_adamw:
+            # DeepSpeed builds torch.optim.AdamW (its foreach default) instead of FusedAdam
+            # (runtime/engine.py get_optimizer_configuration, TORCH_ADAM_PARAM)
+            adam["torch_adam"] = True
+        return {"type": "AdamW", "params": adam}
     if s.optimizer in ("sgd", "sgd-momentum"):
         params: dict[str, Any] = {"lr": lr}
         if s.optimizer == "sgd-momentum":

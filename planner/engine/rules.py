@@ -104,7 +104,7 @@ def ignored_fields(setup: Setup) -> dict[str, tuple[str, str]]:
         out["freeze_layers"] = ("--method freeze", method)
     if setup.method != "qlora":
         out["double_quant"] = ("--method qlora (its NF4 block constants)", method)
-    if setup.optimizer != "adamw" or setup.offload != "none" or setup.galore_rank is not None:
+    if not setup.torch_adamw_on_gpu:
         has = (f"--optimizer {setup.optimizer}" if setup.optimizer != "adamw" else
                f"--offload {setup.offload}" if setup.offload != "none" else "--galore-rank (GaLore's own AdamW)")
         out["optimizer_kernel"] = ("torch's AdamW stepping on the GPU (--optimizer adamw, no --offload, no GaLore)",

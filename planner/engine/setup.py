@@ -286,11 +286,15 @@ class Setup(BaseModel):
         return out
 
     @property
+    def torch_adamw_on_gpu(self) -> bool:
+        """Whether torch's AdamW steps on the GPU, so that ``optimizer_kernel`` applies: AdamW, no optimizer offload
+        (the host steps then) and no GaLore (its own optimizer)."""
+        return self.optimizer == "adamw" and self.offload == "none" and self.galore_rank is None
+
+    @property
     def foreach_adamw(self) -> bool:
-        """Whether torch's multi-tensor (``foreach``) AdamW steps on the GPU: ``optimizer_kernel="foreach"`` with
-        AdamW, no optimizer offload (the host steps then) and no GaLore (its own optimizer): eqs. S8c, M4d."""
-        return (self.optimizer == "adamw" and self.optimizer_kernel == "foreach" and self.offload == "none"
-                and self.galore_rank is None)
+        """Whether torch's multi-tensor (``foreach``) AdamW steps on the GPU (eqs. S8c, M4d)."""
+        return self.torch_adamw_on_gpu and self.optimizer_kernel == "foreach"
 
     def short(self) -> str:
         """A one-line label: ``full · ZeRO-3 · ckpt full · mb 2 x ga 8 · adamw``."""

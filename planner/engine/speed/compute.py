@@ -7,7 +7,6 @@ from planner.engine.bnb import quantized_frozen_bytes
 from planner.engine.dtypes import recipe_bytes
 from planner.engine.facts import ModelFacts
 from planner.engine.setup import Setup, SetupError
-from profiles.cluster import Cluster
 from profiles.schema import GpuProfile
 
 def peak_flops(gpu: GpuProfile, setup: Setup) -> float:
@@ -95,14 +94,3 @@ def optimizer_step_bytes_per_param(setup: Setup, on_gpu: bool = True) -> float:
 def optimizer_shards(setup: Setup, world_size: int) -> int:
     """How many ranks the optimizer states are partitioned over: N under ZeRO-1/2/3 and FSDP, 1 under DDP."""
     return world_size if (setup.zero > 0 or setup.fsdp is not None) else 1
-
-
-def gpu_optimizer_seconds(facts: ModelFacts, cluster: Cluster, setup: Setup) -> float:
-    """Eq. S8b: memory-bound GPU optimizer step, ``(Psi_t / shards) * bytes_per_param / HBM bandwidth``.
-    Zero when the optimizer is offloaded (it runs on the host, eq. S15)."""
-    if setup.offload != "none":
-        return 0.0
-    local = facts.trainable.trainable / optimizer_shards(setup, cluster.world_size)
-    return local * optimizer_step_bytes_per_param(setup) / (cluster.gpu.hbm_bandwidth_gb_s * 1e9)
-
-

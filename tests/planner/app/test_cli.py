@@ -53,6 +53,10 @@ BAD = [
     (["estimate", "--model", "llama3-8b", "--gpus", "8xA800", "--fsdp", "full-shard", "--zero", "2"],
      "plan estimate: error: choose ZeRO or FSDP, not both (got --zero 2 and --fsdp full-shard)"),
     (["estimat", "--model", "x"], "plan: error: unknown command 'estimat'; did you mean 'estimate'?"),
+    (["estimate", "--model", "llama3-8b", "--gpus", "H100", "--optimizer-kernel", "fast"],
+     "plan estimate: error: argument --optimizer-kernel: invalid choice: 'fast'"),
+    (["estimate", "--model", "llama3-8b", "--gpus", "H100", "--optimizer", "sgd", "--optimizer-kernel", "foreach"],
+     "plan estimate: error: --optimizer-kernel is not used: it applies to torch's AdamW stepping on the GPU"),
 ]
 
 
@@ -156,3 +160,20 @@ def test_version(capsys):
         assert code == 0 and out == f"tuneplan {declared}\n", (argv, out, err)
     r = subprocess.run([sys.executable, "-m", "planner", "--version"], cwd=root, capture_output=True, text=True)
     assert r.returncode == 0 and r.stdout == f"tuneplan {declared}\n" and r.stderr == ""
+
+
+@pytest.mark.parametrize("preset, seen", [(None, "__all__"), ("", "")])
+def test_plan_process_skips_pydantic_plugin_scan_unless_the_caller_set_it(preset, seen):
+    """``entry`` sets PYDANTIC_DISABLE_PLUGINS for its own process (pydantic's entry-point scan costs 10-13 ms) and
+    leaves a caller's value alone."""
+    import os
+
+    code = ("import os, sys; sys.argv = ['plan', '--version']; from planner.app import cli\n"
+            "try:\n    cli.entry()\nexcept SystemExit:\n    pass\n"
+            "print(repr(os.environ.get('PYDANTIC_DISABLE_PLUGINS')))")
+    env = {k: v for k, v in os.environ.items() if k != "PYDANTIC_DISABLE_PLUGINS"}
+    if preset is not None:
+        env["PYDANTIC_DISABLE_PLUGINS"] = preset
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines()[-1] == repr(seen)

@@ -169,3 +169,27 @@ def test_not_expressible_reasons_are_one_line():
     with pytest.raises(NotExpressible) as e:
         ds.deepspeed_config(t, "explicit")
     assert "\n" not in str(e.value) and "FSDP" in str(e.value) and "--trainer hf-fsdp" in str(e.value)
+
+
+@pytest.mark.parametrize("kernel, built", [("fused", "FusedAdam"), ("foreach", "AdamW")])
+def test_explicit_adamw_is_the_plans_kernel(kernel, built):
+    """The explicit flavour's AdamW block builds, in DeepSpeed's own code, FusedAdam for the fused kernel and
+    torch.optim.AdamW with torch's default (foreach) for ``optimizer_kernel="foreach"``."""
+    from dataclasses import replace
+
+    from deepspeed.runtime.engine import DeepSpeedEngine
+
+    t = target("llama3-8b-full-zero3-8xA800")
+    t = replace(t, plan=t.plan.model_copy(update={"setup": t.setup.model_copy(update={"optimizer_kernel": kernel})}))
+    block = ds.deepspeed_config(t, "explicit")["optimizer"]
+    assert block["type"] == "AdamW"
+    params = dict(block["params"])
+    engine = types.SimpleNamespace(zero_use_cpu_optimizer=lambda: False)  # the GPU path: no CPU offload here
+    try:
+        cls, kwargs = DeepSpeedEngine.get_optimizer_configuration(engine, params, True)
+    except ImportError:  # FusedAdam's extension needs a CUDA build; the decision is what is checked
+        assert kernel == "fused" and "torch_adam" not in block["params"]
+        return
+    assert cls.__name__ == built
+    if kernel == "foreach":
+        assert cls.__module__.startswith("torch.optim") and kwargs.get("foreach") is None

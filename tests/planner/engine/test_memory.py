@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import types
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -456,6 +457,12 @@ def test_foreach_adamw_temporary_matches_torch():
     setup = Setup(recipe="bf16", optimizer_kernel="foreach")
     assert measured == foreach_adamw_temp_bytes(None, setup, states) == 2 * sum(sizes)  # type: ignore[arg-type]
     assert _adamw_step_peak_temporary_bytes(False, sizes) == 0
+    # stepping in backward (one optimizer per parameter, torchtune's optimizer_in_bwd): the largest tensor's alone
+    per_param = max(_adamw_step_peak_temporary_bytes(True, [n]) for n in sizes)
+    facts = types.SimpleNamespace(trainable=types.SimpleNamespace(trainable=sum(sizes)), largest_module_params=max(sizes))
+    in_bwd = Setup(recipe="bf16", optimizer_kernel="foreach", optimizer_in_backward=True)
+    assert in_bwd.steps_in_backward
+    assert per_param == foreach_adamw_temp_bytes(facts, in_bwd, states) == 2 * max(sizes)  # type: ignore[arg-type]
 
 
 def test_foreach_adamw_raises_the_optimizer_phase_only(llama8b):
