@@ -119,7 +119,7 @@ def anomalies() -> dict[str, str]:
     from profiles.evidence import corpus_records
 
     return {rec.id: rec.record.anomaly for rec in corpus_records()
-            if rec.record.anomaly and "speed" in rec.record.anomaly_affects}
+            if rec.record.doubts("speed")}
 
 
 def speed_summary(data: dict, flagged: dict[str, str] | None = None) -> dict:

@@ -222,6 +222,10 @@ class Record(_Frozen):
         "a setup the published memory cannot hold is not the setup the throughput was measured on either)"
     )
 
+    def doubts(self, figure: Literal["memory", "speed"]) -> bool:
+        """Whether the record's anomaly puts this figure in doubt (then it is listed, never counted or fitted)."""
+        return self.anomaly is not None and figure in self.anomaly_affects
+
     @model_validator(mode="after")
     def _check(self) -> "Record":
         if not _ID.match(self.id):

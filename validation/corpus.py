@@ -201,13 +201,13 @@ def load(records: list[EvidenceRecord] | None = None) -> Corpus:
                 tps = throughput_tokens_per_s(m.throughput, r.setup, cluster.world_size)
                 if tps is None:
                     raise ValueError("throughput cannot be converted to tokens/s (row length or batch not stated)")
-                out.speed.append(SpeedCase(**base, setup=setup, notes=notes, fit=fit and not r.anomaly,
+                out.speed.append(SpeedCase(**base, setup=setup, notes=notes, fit=fit and not r.doubts("speed"),
                                            tokens_per_s=tps))
             except ValueError as e:
                 out.skipped.append(Skipped(rec.id, f"speed: {e}"))
         if m.memory is not None or m.oom:
             out.memory.append(MemoryCase(
-                **base, setup=mem_setup, notes=mem_notes, fit=not r.anomaly,
+                **base, setup=mem_setup, notes=mem_notes, fit=not r.doubts("memory"),
                 measured_bytes=memory_bytes(m.memory) if m.memory is not None else None,
                 kind=m.memory.kind if m.memory is not None else "unknown", oom=m.oom, other=m.memory_other,
             ))

@@ -76,3 +76,26 @@ def test_the_engine_ships_the_fit():
     assert all(v < max(FRACTION_GRID) for v in rep.fit.values())  # a fit at the search bound would be no fit
     stored = json.loads((ROOT / "benchmarks/results/memory_fit.json").read_text())
     assert stored["fit"] == FRAGMENTATION and stored["prior"] == FRAGMENTATION_PRIOR
+
+
+def test_an_anomaly_doubts_only_the_figures_it_names():
+    """``anomaly_affects`` decides which figure leaves the fit and the counts: a speed-only anomaly (hardware below
+    its spec, profiles/evidence/torchtitan-mxfp8-b200-2025.yaml) keeps the memory figure counted, and a memory-only
+    one (chenyaofo's bs8x128 row) keeps the throughput fitted."""
+    from profiles.evidence import corpus_records
+
+    recs = {rec.id: rec.record for rec in corpus_records()}
+    corpus = load()
+    mem = {c.id: c for c in corpus.memory}
+    speed = {c.id: c for c in corpus.speed}
+    speed_only = [i for i, r in recs.items() if r.anomaly and r.anomaly_affects == ("speed",) and i in mem]
+    memory_only = [i for i, r in recs.items() if r.anomaly and r.anomaly_affects == ("memory",) and i in speed]
+    both = [i for i, r in recs.items() if r.doubts("memory") and r.doubts("speed") and i in mem]
+    assert speed_only and memory_only and both
+    for i in speed_only:
+        assert mem[i].fit and (i not in speed or not speed[i].fit)
+    for i in memory_only:
+        assert not mem[i].fit if i in mem else True
+        assert speed[i].fit or "unknown length" in " ".join(speed[i].notes)
+    for i in both:
+        assert not mem[i].fit and (i not in speed or not speed[i].fit)
