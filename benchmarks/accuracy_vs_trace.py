@@ -71,6 +71,8 @@ class Case:
                              f"fsdp-{s[k]}" if k == "fsdp" else str(s[k]))
         if self.gpus != "A800":
             parts.append(self.gpus)
+        if s.get("framework", "hf") != "hf":
+            parts.append(s["framework"])
         return " ".join(parts)
 
 
@@ -113,6 +115,13 @@ EXTRA = [
                                       micro_batch=2)),
     Case("llama-3.1-8b", "4xH100", dict(method="full", recipe="bf16", fsdp="full-shard", checkpointing="full",
                                         seq_len=4096, micro_batch=1)),
+    # FSDP2's end of backward (eq. C4c: the peak sits there at shorter sequences) and torchtune's own groups (C4d)
+    Case("llama-3.1-8b", "4xH100", dict(method="full", recipe="bf16", fsdp="full-shard", checkpointing="full",
+                                        seq_len=2048, micro_batch=1)),
+    Case("llama-3.1-8b", "4xH100", dict(method="full", recipe="bf16", fsdp="full-shard", checkpointing="full",
+                                        seq_len=2048, micro_batch=1, framework="torchtune")),
+    Case("qwen2.5-7b", "4xH100", dict(method="full", recipe="hf-amp", fsdp="full-shard", checkpointing="full",
+                                      seq_len=1024, micro_batch=1)),
 ]
 
 

@@ -428,7 +428,7 @@ def _world_size() -> int:
 
 
 def wrap_distributed(net: nn.Module, setup: Setup, device: str) -> tuple[nn.Module, str]:
-    """DDP, or FSDP2 wrapped as accelerate 1.15 wraps it for the HF Trainer (validation/trace/fsdp.py:
+    """DDP, or FSDP2 wrapped as accelerate 1.15 wraps it for the HF Trainer or as torchtune does (validation/trace/fsdp.py:
     ``full-shard`` reshards after forward, ``shard-grad-op`` keeps parameters gathered until backward; the AMP
     recipes get accelerate's bf16 ``MixedPrecisionPolicy``)."""
     if setup.fsdp is None:
@@ -438,14 +438,17 @@ def wrap_distributed(net: nn.Module, setup: Setup, device: str) -> tuple[nn.Modu
         return DDP(net, device_ids=ids), "DDP (torch DistributedDataParallel)"
     from torch.distributed.device_mesh import init_device_mesh
 
-    from validation.trace.fsdp import MESH_DIM, accelerate_fsdp2, mixed_precision_name
+    from validation.trace.fsdp import MESH_DIM, mixed_precision_name, shard_fsdp2
 
-    # the same wrapping the trace runs: accelerate's fsdp2_prepare_model with the HF Trainer's plugin
+    # the same wrapping the trace runs: accelerate's fsdp2_prepare_model with the HF Trainer's plugin, or torchtune's
+    # shard_model for --framework torchtune
     mesh = init_device_mesh(device, (_world_size(),), mesh_dim_names=(MESH_DIM,))
-    net = accelerate_fsdp2(net, setup, mesh)
+    net = shard_fsdp2(net, setup, mesh)
     reshard = setup.fsdp == "full-shard"
     mp = mixed_precision_name(setup)
-    return net, (f"FSDP2 as accelerate's fsdp2_prepare_model wraps it, reshard_after_forward={reshard} ({setup.fsdp})"
+    how = ("torchtune's shard_model wraps it (custom_sharded_layers tok_embeddings, output)"
+           if setup.framework == "torchtune" else "accelerate's fsdp2_prepare_model wraps it")
+    return net, (f"FSDP2 as {how}, reshard_after_forward={reshard} ({setup.fsdp})"
                  + (f", MixedPrecisionPolicy param/reduce/output {mp}" if mp != "no" else ""))
 
 

@@ -286,6 +286,11 @@ def torchtune_config(t: Target) -> dict[str, Any]:
     if s.fsdp is not None and t.world_size > 1:
         cfg["fsdp_reshard_after_forward"] = s.fsdp == "full-shard"
         cfg["fsdp_cpu_offload"] = s.offload != "none"
+        if not t.model.tie_embeddings:
+            # the input embedding and the LM head in FSDP groups of their own, as torchtune's own larger configs
+            # shard them (llama3_1/8B_full.yaml: "useful for large vocab size models. Lower Memory"); the memory
+            # estimate assumes it (docs/memory.md eq. C4d). A tied head has no module of its own to shard.
+            cfg["custom_sharded_layers"] = ["tok_embeddings", "output"]
     cfg["metric_logger"] = {"_component_": "torchtune.training.metric_logging.DiskLogger", "log_dir": "${output_dir}/logs"}
     cfg.update(log_every_n_steps=1, log_peak_memory_stats=True)
     return cfg
@@ -294,6 +299,7 @@ def torchtune_config(t: Target) -> dict[str, Any]:
 COMMENTS = {
     "model_dir": "where `tune download <hf id> --output-dir` put the weights (launch.sh: MODEL_DIR=...)",
     "model.lora_rank": "higher trains more and needs more memory",
+    "custom_sharded_layers": "embedding and LM head sharded on their own: less memory than keeping them gathered",
     "model.lora_alpha": "usually 2 x rank",
     "tokenizer.max_seq_len": "the plan's sequence length (packing fills it)",
     "dataset.packed": "True packs samples to max_seq_len (the plan's packing)",

@@ -455,6 +455,8 @@ class CommBytes:
     """at the top block's backward (eq. A9's moment c); None: as ``backward``"""
     backward_end: int | None = None
     """at the end of backward (every gradient made); None: as ``backward``"""
+    backward_embedding: int | None = None
+    """FSDP2, a trained untied embedding: at its backward, after every block's (eq. C4c); None: no such moment"""
 
 
 def comm_buffer_bytes(facts: ModelFacts, cluster: Cluster, setup: Setup, rb: RecipeBytes) -> CommBytes:
@@ -495,6 +497,15 @@ def comm_buffer_bytes(facts: ModelFacts, cluster: Cluster, setup: Setup, rb: Rec
     return fsdp2_comm_bytes(facts, cluster, setup, rb)
 
 
+def torchtune_separate_head(model: ModelProfile, setup: Setup) -> bool:
+    """Eq. C4d: whether FSDP2 shards the LM head in a group of its own that reshards after forward: torchtune's
+    ``shard_model`` with ``custom_sharded_layers: ['tok_embeddings', 'output']`` (torchtune/training/_distributed.py;
+    set by torchtune's own configs for large vocabularies and written by tuneplan's torchtune emitter), for an
+    untied LM head. accelerate instead keeps the final norm and LM head in one group that stays gathered from
+    forward to backward (eq. C4); a tied head stays in torchtune's root, which never reshards."""
+    return setup.framework == "torchtune" and not model.tie_embeddings
+
+
 def fsdp_gather_width(setup: Setup, rb: RecipeBytes) -> int:
     """Bytes per element FSDP gathers (eq. C4, C4b): the compute dtype under a mixed-precision policy, else the
     stored weights' dtype (trainable weights for full fine-tuning, the frozen base otherwise)."""
@@ -515,10 +526,12 @@ def fsdp_block_bytes(facts: ModelFacts, setup: Setup, c: int, tp: int = 1) -> in
     return quantized_frozen_bytes(lin, setup.double_quant) + c * (block - lin)
 
 
-def fsdp_reduce_bytes(grad_elements: int, c: int, world: int) -> int:
+def fsdp_reduce_bytes(grad_elements: int, c: int, world: int, shard_bytes: int = 4) -> int:
     """A unit's gradient reduction under FSDP (eq. C4): its unsharded gradient and the reduce-scatter input (``c``
-    bytes each), then the output and the fp32 gradient shard (``1/N`` each)."""
-    return 2 * c * grad_elements + grad_elements * (c + 4) // world
+    bytes each), then the output (``1/N``) and, where the sharded parameter has another dtype, the gradient shard
+    cast to it (``shard_bytes / N``: the fp32 shard of fp32 parameters under a bf16 policy). Under FSDP2 with
+    parameters already in the compute dtype (pure bf16) the output is the shard: pass ``shard_bytes=c``."""
+    return 2 * c * grad_elements + grad_elements * (c + (0 if shard_bytes == c else shard_bytes)) // world
 
 
 def fsdp1_comm_bytes(facts: ModelFacts, cluster: Cluster, setup: Setup, rb: RecipeBytes) -> CommBytes:
@@ -639,15 +652,29 @@ def fsdp2_comm_bytes(facts: ModelFacts, cluster: Cluster, setup: Setup, rb: Reci
     g_emb = emb if trains_base else 0
     g_block = block if setup.method in ("full", "freeze") else counts.trainable // model.num_layers // tp
 
-    def reduce(g: int) -> int:
-        return fsdp_reduce_bytes(g, c, N)
+    def reduce(g: int) -> int:  # FSDP2 keeps each gradient shard in its parameter's dtype (eq. C4)
+        return fsdp_reduce_bytes(g, c, N, rb.trainable_weight)
 
     if setup.fsdp == "full-shard":
         forward = 2 * max(c * head, pblock)
+        if torchtune_separate_head(model, setup):
+            # torchtune's output group reshards when its forward returns, before the loss: only its all-gather
+            # output, kept until the next group's copy-out, is alive at the loss (eq. C4d)
+            forward = max(c * head, 2 * pblock)
         block_bwd = pblock + reduce(g_block) + pblock  # itself, its gradients, the prefetched next
         top = max(pblock + reduce(g_head), block_bwd)
-        end = max(reduce(g_emb), block_bwd)
-        return CommBytes(0, forward, c * head, 0, backward_top=top, backward_end=end)
+        if not g_emb:
+            end = max(reduce(g_emb), block_bwd)
+            return CommBytes(0, forward, c * head, 0, backward_top=top, backward_end=end)
+        # eq. C4c, a trained untied embedding (its own group, resharded after forward): the bottom block's backward
+        # prefetches the embedding, not another block; then the embedding's backward holds its gathered weight, its
+        # unsharded gradient and the bottom block's reduce-scatter input, which post_backward frees only when the
+        # next group reduces (comm_ctx.reduce_scatter_states, one in flight); its post_backward reshards first and
+        # then reduces (reduce(g_emb))
+        bottom = pblock + reduce(g_block) + c * emb
+        at_embedding = max(c * emb + c * g_emb + c * g_block, reduce(g_emb))
+        return CommBytes(0, forward, c * head, 0, backward_top=top, backward_end=bottom,
+                         backward_embedding=at_embedding)
     # shard-grad-op: every group stays gathered from its forward to its backward
     gathered = c * (head + emb) + pblock * model.num_layers
     return CommBytes(0, gathered + max(c * head, pblock), gathered, 0, backward_top=gathered + reduce(g_head),
@@ -744,6 +771,16 @@ def last_embedding_grad_bytes(facts: ModelFacts, setup: Setup, gpu_grads: int) -
             or not facts.trainable.trainable):
         return 0
     return gpu_grads * facts.counts.embedding // facts.trainable.trainable
+
+
+def fsdp_pending_grad_bytes(facts: ModelFacts, gpu_grads: int) -> tuple[int, int]:
+    """Eq. C4c: the rank's gradient-shard bytes of the input embedding and of one decoder block, which FSDP2 makes
+    in their groups' ``post_backward`` (after the bottom block's backward, and the embedding's): each group's share
+    of the rank's gradient bytes is its share of the trainable parameters (one gradient dtype)."""
+    t = facts.trainable.trainable
+    if not t:
+        return 0, 0
+    return gpu_grads * facts.counts.embedding // t, gpu_grads * facts.block_params // t
 
 
 def tied_embedding_grad_sum_bytes(model: ModelProfile, setup: Setup, rb: RecipeBytes) -> int:
@@ -853,6 +890,15 @@ def estimate_memory(
     bwd_e["activations"] = 0
     bwd_e["temporaries"] = tied_embedding_grad_sum_bytes(model, setup, rb) + bwd_step_temp
     moments = [bwd_a, bwd_c, bwd_b, bwd_e]
+    if cb.backward_embedding is not None:
+        # FSDP2 with a trained untied embedding (eq. C4c): the bottom block's backward runs before its own gradient
+        # shard and the embedding's exist; the embedding's backward, with every block's working set freed, before
+        # its own shard exists
+        emb_shard, block_shard = fsdp_pending_grad_bytes(facts, gpu_grads)
+        bwd_b["gradients"] = gpu_grads - emb_shard - block_shard
+        bwd_e["gradients"] = gpu_grads - emb_shard
+        bwd_e["comm_buffers"] = cb.persistent + cb.backward_embedding
+        bwd_e["temporaries"] = bwd_step_temp
     if fsdp1_retains_block_inputs(setup):
         # the bottom block's backward under FSDP1's frozen-unit hooks (eq. A9d): every block input still saved, the
         # gradients of all but the bottom one, and the bottom block's working set

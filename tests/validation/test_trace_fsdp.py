@@ -124,3 +124,51 @@ def test_trace_leaves_no_process_group_behind():
 
     run_trace(tiny(), parse_cluster("2xH100"), amp_fsdp(fsdp="shard-grad-op"), steps=1)
     assert not dist.is_initialized()
+
+
+def _groups(net) -> list[str]:  # noqa: ANN001
+    from torch.distributed.fsdp import FSDPModule
+
+    return [n for n, m in net.named_modules() if isinstance(m, FSDPModule)]
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_torchtune_wrapping_is_shard_model_with_custom_sharded_layers(tied):
+    """torchtune's shard_model (torchtune/training/_distributed.py): one group per ``layers.<i>``, the embedding and
+    an untied LM head on their own (``custom_sharded_layers: ['tok_embeddings', 'output']``, what the emitter
+    writes), the root last; a tied head stays in the root."""
+    from validation.trace.build import build_model
+    from validation.trace.fsdp import fake_process_group, torchtune_fsdp2
+    from validation.trace.plan import plan_trace
+
+    m = tiny(tie_embeddings=tied)
+    setup = Setup(method="full", recipe="bf16", fsdp="full-shard", seq_len=64, framework="torchtune")
+    with fake_process_group(4) as mesh:
+        from torch._subclasses.fake_tensor import FakeTensorMode
+
+        with FakeTensorMode():
+            net = torchtune_fsdp2(build_model(m, setup, plan_trace(m, parse_cluster("4xH100"), setup)), setup, mesh)
+        groups = _groups(net)
+    layers = [g for g in groups if g.split(".")[-2:-1] == ["layers"]]
+    assert len(layers) == m.num_layers and groups[0] == ""  # the root (named_modules lists it first)
+    separate = {g.split(".")[-1] for g in groups if g and g not in layers}
+    assert separate == (set() if tied else {"embed_tokens", "lm_head"})
+
+
+def test_torchtune_head_is_resharded_before_the_loss():
+    """Eq. C4d against the real FSDP2 run: at the loss, torchtune's LM head group (resharded after its forward) holds
+    one tail's bytes fewer than accelerate's tail group (kept gathered until backward), and the engine says the
+    same (the trace is the truth: tests compare the forward peaks' difference, which nothing else changes)."""
+    from planner.engine.evaluate import evaluate
+
+    m, cl = tiny(vocab_size=32768), parse_cluster("4xH100")
+    base = dict(method="full", recipe="bf16", fsdp="full-shard", seq_len=128, micro_batch=1)
+    peak = {}
+    for fw in ("hf", "torchtune"):
+        s = Setup(**base, framework=fw)
+        r = run_trace(m, cl, s, steps=2)
+        traced = max(x.peak_bytes for x in r.records if x.step == 2 and x.phase == "forward")
+        peak[fw] = (traced, evaluate(m, cl, s).memory.phase_tensors["forward_peak"])
+    head = 2 * (m.vocab_size + 1) * m.hidden_size  # accelerate's tail group: LM head + final norm, bf16
+    assert peak["hf"][0] - peak["torchtune"][0] == head
+    assert peak["hf"][1] - peak["torchtune"][1] == head

@@ -95,6 +95,56 @@ def accelerate_fsdp2(net: nn.Module, setup: "Setup", mesh: "DeviceMesh") -> nn.M
     return fsdp2_prepare_model(accelerator, net)
 
 
+TORCHTUNE_SEPARATE_UNITS = ("embed_tokens", "lm_head")
+"""The HF names of torchtune's ``custom_sharded_layers: ['tok_embeddings', 'output']`` (set by torchtune's own
+larger configs, e.g. llama3_1/8B_full.yaml and 70B_full.yaml, "Layers to shard separately (useful for large vocab
+size models). Lower Memory", and written by tuneplan's torchtune emitter for a model whose LM head is not tied)."""
+
+
+def torchtune_fsdp2(net: nn.Module, setup: "Setup", mesh: "DeviceMesh") -> nn.Module:
+    """Shard ``net`` as torchtune's ``training.shard_model`` does (torchtune/training/_distributed.py, main at
+    bd2a0fc): ``fully_shard`` on every module named ``...layers.<i>`` (``get_shard_conditions``) and on the
+    ``custom_sharded_layers``, bottom-up, with ``reshard_after_forward`` True for ``full-shard``; then the root with
+    ``reshard_after_forward=False``, which keeps whatever no unit claimed (the final norm; the embedding too when the
+    LM head is tied to it, as torchtune's tied models shard no separate unit) gathered for the whole step. torchtune
+    trains in pure bf16 with no ``MixedPrecisionPolicy``; the AMP recipes get accelerate's policy as above (torchtune
+    itself never runs them). The HF module tree stands in for torchtune's: ``model.layers.<i>``, ``embed_tokens`` for
+    ``tok_embeddings``, ``lm_head`` for ``output``."""
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    kw: dict = {"mesh": mesh, "reshard_after_forward": setup.fsdp == "full-shard"}
+    mp = mixed_precision_name(setup)
+    if mp != "no":
+        dt = torch.bfloat16 if mp == "bf16" else torch.float16
+        kw["mp_policy"] = MixedPrecisionPolicy(param_dtype=dt, reduce_dtype=dt, output_dtype=dt)
+    tied = _lm_head_tied(net)
+    for name, m in reversed(list(net.named_modules())):
+        parts = name.split(".")
+        is_layer = len(parts) >= 2 and parts[-2] == "layers" and parts[-1].isdigit()
+        separate = not tied and parts[-1] in TORCHTUNE_SEPARATE_UNITS and any(True for _ in m.parameters())
+        if is_layer or separate:
+            fully_shard(m, **kw)
+    fully_shard(net, **{**kw, "reshard_after_forward": False})
+    return net
+
+
+def _lm_head_tied(net: nn.Module) -> bool:
+    """Whether the model's output projection shares the input embedding's weight."""
+    inp = net.get_input_embeddings() if hasattr(net, "get_input_embeddings") else None
+    out = net.get_output_embeddings() if hasattr(net, "get_output_embeddings") else None
+    if inp is None or out is None:
+        return False
+    return getattr(out, "weight", None) is getattr(inp, "weight", None)
+
+
+def shard_fsdp2(net: nn.Module, setup: "Setup", mesh: "DeviceMesh") -> nn.Module:
+    """FSDP2 as the setup's framework wraps it: torchtune's ``shard_model`` (:func:`torchtune_fsdp2`) for
+    ``--framework torchtune``, else accelerate's ``fsdp2_prepare_model`` (:func:`accelerate_fsdp2`)."""
+    if setup.framework == "torchtune":
+        return torchtune_fsdp2(net, setup, mesh)
+    return accelerate_fsdp2(net, setup, mesh)
+
+
 @contextlib.contextmanager
 def tag_fsdp_buffers(tracker: "StorageTracker") -> Iterator[None]:
     """Tag what FSDP2 allocates for the tracker: the flat all-gather output and the unsharded parameters

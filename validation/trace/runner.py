@@ -99,9 +99,9 @@ def run_trace(
         stack.enter_context(_host_offload(tracker))
         net = build_model(model, setup, plan, num_layers=num_layers)
         if mesh is not None:
-            from validation.trace.fsdp import accelerate_fsdp2
+            from validation.trace.fsdp import shard_fsdp2
 
-            net = accelerate_fsdp2(net, setup, mesh)
+            net = shard_fsdp2(net, setup, mesh)
         tick("build")
         with tracker:
             runner = StepRunner(net, plan, setup, tracker, model.final_logit_softcap, progress=tick)

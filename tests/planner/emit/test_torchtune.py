@@ -92,6 +92,9 @@ def test_lora_fsdp_plan():
     assert cfg["enable_activation_offloading"] is True and cfg["enable_activation_checkpointing"] is True
     assert cfg["fsdp_reshard_after_forward"] is True and cfg["fsdp_cpu_offload"] is False
     assert cfg["compile"] is True and cfg["tokenizer"]["max_seq_len"] == 8192
+    # Llama 3.1 8B's LM head is not tied: embedding and head get FSDP groups of their own (eq. C4d), as torchtune's
+    # own llama3_1/8B_full.yaml sets them
+    assert cfg["custom_sharded_layers"] == ["tok_embeddings", "output"]
 
 
 @pytest.mark.parametrize(
