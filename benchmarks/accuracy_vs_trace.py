@@ -122,6 +122,11 @@ EXTRA = [
                                         seq_len=2048, micro_batch=1, framework="torchtune")),
     Case("qwen2.5-7b", "4xH100", dict(method="full", recipe="hf-amp", fsdp="full-shard", checkpointing="full",
                                       seq_len=1024, micro_batch=1)),
+    # a tied LM head under FSDP2 (eq. C4e)
+    Case("qwen2.5-0.5b", "4xH100", dict(method="full", recipe="bf16", fsdp="full-shard", checkpointing="full",
+                                        seq_len=512, micro_batch=2)),
+    Case("qwen2.5-0.5b", "4xH100", dict(method="lora", recipe="bf16", fsdp="full-shard", checkpointing="full",
+                                        seq_len=512, micro_batch=2, framework="torchtune")),
 ]
 
 

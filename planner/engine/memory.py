@@ -663,6 +663,21 @@ def fsdp2_comm_bytes(facts: ModelFacts, cluster: Cluster, setup: Setup, rb: Reci
             forward = max(c * head, 2 * pblock)
         block_bwd = pblock + reduce(g_block) + pblock  # itself, its gradients, the prefetched next
         top = max(pblock + reduce(g_head), block_bwd)
+        if model.tie_embeddings and tp == 1:
+            # eq. C4e, a tied LM head: the group that holds the shared weight (accelerate's tail, torchtune's root) is
+            # gathered at the embedding lookup, the first thing forward runs, and stays gathered to the end of
+            # backward (its gradient is complete only after the lookup's backward). At the loss it is held once,
+            # beside the last block's all-gather output (no later group copies out in forward); each block's
+            # backward runs beside it, the bottom one prefetching nothing (the next group is already gathered);
+            # when the base trains, the lookup's backward holds it and the bottom block's reduce-scatter input
+            # (the gradients are counted by eq. A9b's tied sum)
+            held = c * head
+            at_sum = held + c * g_block if trains_base else None
+            # at the loss's backward the last block's all-gather output is still alive in torchtune's wrapping and
+            # already freed in accelerate's (both traced with real FSDP2)
+            loss_bwd = held + (pblock if setup.framework == "torchtune" else 0)
+            return CommBytes(0, held + pblock, loss_bwd, 0, backward_top=held + block_bwd,
+                             backward_end=held + pblock + reduce(g_block), backward_embedding=at_sum)
         if not g_emb:
             end = max(reduce(g_emb), block_bwd)
             return CommBytes(0, forward, c * head, 0, backward_top=top, backward_end=end)
@@ -893,12 +908,17 @@ def estimate_memory(
     if cb.backward_embedding is not None:
         # FSDP2 with a trained untied embedding (eq. C4c): the bottom block's backward runs before its own gradient
         # shard and the embedding's exist; the embedding's backward, with every block's working set freed, before
-        # its own shard exists
+        # its own shard exists. A tied one (eq. C4e): the LM head's whole gradient waits in autograd's input buffer
+        # from the top of backward to the lookup's (eq. A9b), where the sum of three [V, h] gradients is made; none
+        # of them is the rank's shard, which comes last
         emb_shard, block_shard = fsdp_pending_grad_bytes(facts, gpu_grads)
-        bwd_b["gradients"] = gpu_grads - emb_shard - block_shard
-        bwd_e["gradients"] = gpu_grads - emb_shard
+        tied = model.tie_embeddings
+        head_wait = tied_embedding_grad_sum_bytes(model, setup, rb) // 2 if tied else 0
+        bwd_c["gradients"] += head_wait
+        bwd_b["gradients"] = gpu_grads - emb_shard - block_shard + head_wait
+        bwd_e["gradients"] = gpu_grads - emb_shard + head_wait
         bwd_e["comm_buffers"] = cb.persistent + cb.backward_embedding
-        bwd_e["temporaries"] = bwd_step_temp
+        bwd_e["temporaries"] = (tied_embedding_grad_sum_bytes(model, setup, rb) if tied else 0) + bwd_step_temp
     if fsdp1_retains_block_inputs(setup):
         # the bottom block's backward under FSDP1's frozen-unit hooks (eq. A9d): every block input still saved, the
         # gradients of all but the bottom one, and the bottom block's working set
