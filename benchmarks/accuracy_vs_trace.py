@@ -115,18 +115,23 @@ EXTRA = [
                                       micro_batch=2)),
     Case("llama-3.1-8b", "4xH100", dict(method="full", recipe="bf16", fsdp="full-shard", checkpointing="full",
                                         seq_len=4096, micro_batch=1)),
+]
+
+
+def _fsdp2(model: str, method: str, recipe: str, seq_len: int, micro_batch: int = 1, **kw) -> Case:  # noqa: ANN003
+    """A full-shard FSDP2 case on 4xH100 with full checkpointing (the backward moments of eq. C4c-C4e)."""
+    return Case(model, "4xH100", dict(method=method, recipe=recipe, fsdp="full-shard", checkpointing="full",
+                                      seq_len=seq_len, micro_batch=micro_batch, **kw))
+
+
+EXTRA += [
     # FSDP2's end of backward (eq. C4c: the peak sits there at shorter sequences) and torchtune's own groups (C4d)
-    Case("llama-3.1-8b", "4xH100", dict(method="full", recipe="bf16", fsdp="full-shard", checkpointing="full",
-                                        seq_len=2048, micro_batch=1)),
-    Case("llama-3.1-8b", "4xH100", dict(method="full", recipe="bf16", fsdp="full-shard", checkpointing="full",
-                                        seq_len=2048, micro_batch=1, framework="torchtune")),
-    Case("qwen2.5-7b", "4xH100", dict(method="full", recipe="hf-amp", fsdp="full-shard", checkpointing="full",
-                                      seq_len=1024, micro_batch=1)),
+    _fsdp2("llama-3.1-8b", "full", "bf16", 2048),
+    _fsdp2("llama-3.1-8b", "full", "bf16", 2048, framework="torchtune"),
+    _fsdp2("qwen2.5-7b", "full", "hf-amp", 1024),
     # a tied LM head under FSDP2 (eq. C4e)
-    Case("qwen2.5-0.5b", "4xH100", dict(method="full", recipe="bf16", fsdp="full-shard", checkpointing="full",
-                                        seq_len=512, micro_batch=2)),
-    Case("qwen2.5-0.5b", "4xH100", dict(method="lora", recipe="bf16", fsdp="full-shard", checkpointing="full",
-                                        seq_len=512, micro_batch=2, framework="torchtune")),
+    _fsdp2("qwen2.5-0.5b", "full", "bf16", 512, 2),
+    _fsdp2("qwen2.5-0.5b", "lora", "bf16", 512, 2, framework="torchtune"),
 ]
 
 
