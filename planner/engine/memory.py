@@ -1032,9 +1032,18 @@ def _assumptions(
                    + ("; no_sync keeps unsharded gradients across the accumulation micro-steps (eq. M5c)"
                       if fsdp1_no_sync_grad_bytes(facts, setup, rb) else ""))
     elif setup.fsdp is not None:
-        out.append("FSDP2 as accelerate wraps it (block groups, embedding, norm + LM head kept gathered)"
-                   + ("; bf16 MixedPrecisionPolicy: bf16 gathered weights, no autocast copies (eq. M1b)"
-                      if rb.gathered else ""))
+        model = facts.model
+        if torchtune_separate_head(model, setup):
+            wrap = ("FSDP2 as torchtune's shard_model wraps it (block groups; embedding and LM head in groups of their "
+                    "own, custom_sharded_layers, resharded after forward; eq. C4d)")
+        elif setup.framework == "torchtune":
+            wrap = "FSDP2 as torchtune's shard_model wraps it (block groups; the tied embedding in the root, eq. C4e)"
+        else:
+            wrap = "FSDP2 as accelerate wraps it (block groups, embedding, norm + LM head kept gathered)"
+        if model.tie_embeddings and setup.framework != "torchtune":
+            wrap += "; the tied weight gathered from the embedding lookup to the end of backward (eq. C4e)"
+        out.append(wrap + ("; bf16 MixedPrecisionPolicy: bf16 gathered weights, no autocast copies (eq. M1b)"
+                           if rb.gathered else ""))
     if setup.optimizer in ("paged-adamw", "paged-adamw-8bit"):
         out.append("bitsandbytes paged states of tensors >= 1e5 elements live in CUDA unified memory, outside torch's "
                    "allocator: counted in host RAM (eq. M4b)")
