@@ -316,8 +316,9 @@ def test_properties(kw, model):
     lora_setup = Setup(recipe="deepspeed-bf16", zero=2, **{**kw, "method": "lora"})
     if kw["method"] == "full" and not model_facts(m, lora_setup).lora.experts:
         lo = evaluate(m, cluster, lora_setup).memory
-        # strict in the phases' bytes: the device peak of both can sit at the card (eq. R3's cap)
-        assert max(lo.phases.values()) < max(e.phases.values()) and lo.peak_bytes <= e.peak_bytes
+        # strict in the phases' tensor bytes: the device figure of both phases can sit at the card (eq. R3's cap;
+        # hypothesis found Gemma-2-2B full at micro-batch 7 x 1024, both capped at 79.65 GiB)
+        assert max(lo.phase_tensors.values()) < max(e.phase_tensors.values()) and lo.peak_bytes <= e.peak_bytes
     if kw["method"] == "lora":
         q = evaluate(m, cluster, Setup(recipe="deepspeed-bf16", zero=2, **{**kw, "method": "qlora"})).memory
         assert q.categories["weights_frozen"] + q.categories["weights_trainable"] < e.categories["weights_frozen"] + e.categories["weights_trainable"]
