@@ -438,16 +438,18 @@ def wrap_distributed(net: nn.Module, setup: Setup, device: str) -> tuple[nn.Modu
         return DDP(net, device_ids=ids), "DDP (torch DistributedDataParallel)"
     from torch.distributed.device_mesh import init_device_mesh
 
-    from validation.trace.fsdp import MESH_DIM, mixed_precision_name, shard_fsdp2
+    from validation.trace.fsdp import MESH_DIM, lm_head_tied, mixed_precision_name, shard_fsdp2
 
     # the same wrapping the trace runs: accelerate's fsdp2_prepare_model with the HF Trainer's plugin, or torchtune's
     # shard_model for --framework torchtune
     mesh = init_device_mesh(device, (_world_size(),), mesh_dim_names=(MESH_DIM,))
+    tied = lm_head_tied(net)
     net = shard_fsdp2(net, setup, mesh)
     reshard = setup.fsdp == "full-shard"
     mp = mixed_precision_name(setup)
-    how = ("torchtune's shard_model wraps it (custom_sharded_layers tok_embeddings, output)"
-           if setup.framework == "torchtune" else "accelerate's fsdp2_prepare_model wraps it")
+    how = ("accelerate's fsdp2_prepare_model wraps it" if setup.framework != "torchtune" else
+           "torchtune's shard_model wraps it (" + ("the tied embedding in the root" if tied else
+                                                   "custom_sharded_layers tok_embeddings, output") + ")")
     return net, (f"FSDP2 as {how}, reshard_after_forward={reshard} ({setup.fsdp})"
                  + (f", MixedPrecisionPolicy param/reduce/output {mp}" if mp != "no" else ""))
 

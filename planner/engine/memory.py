@@ -663,6 +663,8 @@ def fsdp2_comm_bytes(facts: ModelFacts, cluster: Cluster, setup: Setup, rb: Reci
             forward = max(c * head, 2 * pblock)
         block_bwd = pblock + reduce(g_block) + pblock  # itself, its gradients, the prefetched next
         top = max(pblock + reduce(g_head), block_bwd)
+        # a block's reduce-scatter input, which FSDP2 keeps until the next group reduces (reduce_scatter_states)
+        rs_input_block = c * g_block
         if model.tie_embeddings and tp == 1:
             # eq. C4e, a tied LM head: the group that holds the shared weight (accelerate's tail, torchtune's root) is
             # gathered at the embedding lookup, the first thing forward runs, and stays gathered to the end of
@@ -672,7 +674,7 @@ def fsdp2_comm_bytes(facts: ModelFacts, cluster: Cluster, setup: Setup, rb: Reci
             # when the base trains, the lookup's backward holds it and the bottom block's reduce-scatter input
             # (the gradients are counted by eq. A9b's tied sum)
             held = c * head
-            at_sum = held + c * g_block if trains_base else None
+            at_sum = held + rs_input_block if trains_base else None
             # at the loss's backward the last block's all-gather output is still alive in torchtune's wrapping and
             # already freed in accelerate's (both traced with real FSDP2)
             loss_bwd = held + (pblock if setup.framework == "torchtune" else 0)
@@ -687,7 +689,7 @@ def fsdp2_comm_bytes(facts: ModelFacts, cluster: Cluster, setup: Setup, rb: Reci
         # next group reduces (comm_ctx.reduce_scatter_states, one in flight); its post_backward reshards first and
         # then reduces (reduce(g_emb))
         bottom = pblock + reduce(g_block) + c * emb
-        at_embedding = max(c * emb + c * g_emb + c * g_block, reduce(g_emb))
+        at_embedding = max(c * emb + c * g_emb + rs_input_block, reduce(g_emb))
         return CommBytes(0, forward, c * head, 0, backward_top=top, backward_end=bottom,
                          backward_embedding=at_embedding)
     # shard-grad-op: every group stays gathered from its forward to its backward
@@ -809,11 +811,18 @@ def tied_embedding_grad_sum_bytes(model: ModelProfile, setup: Setup, rb: RecipeB
     (Gemma-2-2B, hf-amp, s512 b4: the LM head's fp32 gradient, the embedding's and their sum, 3 x 2.20 GiB, at the
     backward peak; docs/accuracy.md). Exact for one rank's autograd; errs high where the LM head's gradient is
     reduced and freed before the embedding's arrives (none of the frameworks modelled does that)."""
+    return 2 * tied_head_grad_bytes(model, setup)
+
+
+def tied_head_grad_bytes(model: ModelProfile, setup: Setup) -> int:
+    """One ``[V, h]`` gradient of a tied, trained embedding (eq. A9b), in the dtype the backward sees; 0 when the
+    embedding is untied or frozen. The LM head's gradient of this size waits in autograd's input buffer from the top
+    of backward to the lookup's backward."""
     if not model.tie_embeddings or setup.method != "full" or setup.badam:
         return 0
     from planner.engine.speed.comm import grad_comm_bytes  # the one rule for a gradient element's dtype
 
-    return 2 * grad_comm_bytes(setup) * model.vocab_size * model.hidden_size // setup.tp
+    return grad_comm_bytes(setup) * model.vocab_size * model.hidden_size // setup.tp
 
 
 def estimate_memory(
@@ -912,13 +921,12 @@ def estimate_memory(
         # from the top of backward to the lookup's (eq. A9b), where the sum of three [V, h] gradients is made; none
         # of them is the rank's shard, which comes last
         emb_shard, block_shard = fsdp_pending_grad_bytes(facts, gpu_grads)
-        tied = model.tie_embeddings
-        head_wait = tied_embedding_grad_sum_bytes(model, setup, rb) // 2 if tied else 0
+        head_wait = tied_head_grad_bytes(model, setup)
         bwd_c["gradients"] += head_wait
         bwd_b["gradients"] = gpu_grads - emb_shard - block_shard + head_wait
         bwd_e["gradients"] = gpu_grads - emb_shard + head_wait
         bwd_e["comm_buffers"] = cb.persistent + cb.backward_embedding
-        bwd_e["temporaries"] = (tied_embedding_grad_sum_bytes(model, setup, rb) if tied else 0) + bwd_step_temp
+        bwd_e["temporaries"] = tied_embedding_grad_sum_bytes(model, setup, rb) + bwd_step_temp
     if fsdp1_retains_block_inputs(setup):
         # the bottom block's backward under FSDP1's frozen-unit hooks (eq. A9d): every block input still saved, the
         # gradients of all but the bottom one, and the bottom block's working set

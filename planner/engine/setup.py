@@ -118,8 +118,8 @@ class Setup(BaseModel):
     optimizer_kernel: OptimizerKernel = Field(
         "fused", description="how torch's AdamW runs its update on the GPU: fused = one kernel per step (torch "
         "fused=True, HF adamw_torch_fused since torch 2.8, torchtune's fused: True, torchtitan, DeepSpeed FusedAdam); "
-        "foreach = torch's multi-tensor ops (torch.optim.AdamW's default, HF adamw_torch): 20 passes over the states "
-        "instead of 7 (docs/speed.md S8c)")
+        "foreach = torch's multi-tensor ops (torch.optim.AdamW's default, HF adamw_torch), several passes over the "
+        "states per step (docs/speed.md S8c)")
     zero: Literal[0, 1, 2, 3] = Field(0, description="DeepSpeed ZeRO stage; 0 = plain data parallel (DDP)")
     fsdp: Fsdp | None = Field(None, description="PyTorch FSDP instead of ZeRO (then zero must be 0)")
     fsdp_version: Literal[1, 2] = Field(

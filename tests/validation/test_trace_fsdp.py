@@ -138,7 +138,7 @@ def test_torchtune_wrapping_is_shard_model_with_custom_sharded_layers(tied):
     an untied LM head on their own (``custom_sharded_layers: ['tok_embeddings', 'output']``, what the emitter
     writes), the root last; a tied head stays in the root."""
     from validation.trace.build import build_model
-    from validation.trace.fsdp import fake_process_group, torchtune_fsdp2
+    from validation.trace.fsdp import fake_process_group, lm_head_tied, torchtune_fsdp2
     from validation.trace.plan import plan_trace
 
     m = tiny(tie_embeddings=tied)
@@ -147,7 +147,9 @@ def test_torchtune_wrapping_is_shard_model_with_custom_sharded_layers(tied):
         from torch._subclasses.fake_tensor import FakeTensorMode
 
         with FakeTensorMode():
-            net = torchtune_fsdp2(build_model(m, setup, plan_trace(m, parse_cluster("4xH100"), setup)), setup, mesh)
+            net = build_model(m, setup, plan_trace(m, parse_cluster("4xH100"), setup))
+            assert lm_head_tied(net) is tied
+            net = torchtune_fsdp2(net, setup, mesh)
         groups = _groups(net)
     layers = [g for g in groups if g.split(".")[-2:-1] == ["layers"]]
     assert len(layers) == m.num_layers and groups[0] == ""  # the root (named_modules lists it first)
@@ -172,3 +174,14 @@ def test_torchtune_head_is_resharded_before_the_loss():
     head = 2 * (m.vocab_size + 1) * m.hidden_size  # accelerate's tail group: LM head + final norm, bf16
     assert peak["hf"][0] - peak["torchtune"][0] == head
     assert peak["hf"][1] - peak["torchtune"][1] == head
+
+
+def test_torchtune_wrapping_refuses_a_model_without_layers():
+    """torchtune's shard_model raises when no ``layers.<i>`` module matched; the trace says so in one line."""
+    from validation.trace import NotTraceable
+    from validation.trace.fsdp import fake_process_group, torchtune_fsdp2
+
+    setup = Setup(method="full", recipe="bf16", fsdp="full-shard", seq_len=64, framework="torchtune")
+    with fake_process_group(2) as mesh:
+        with pytest.raises(NotTraceable, match="layers.<i>"):
+            torchtune_fsdp2(torch.nn.Sequential(torch.nn.Linear(8, 8)), setup, mesh)

@@ -117,18 +117,25 @@ def torchtune_fsdp2(net: nn.Module, setup: "Setup", mesh: "DeviceMesh") -> nn.Mo
     if mp != "no":
         dt = torch.bfloat16 if mp == "bf16" else torch.float16
         kw["mp_policy"] = MixedPrecisionPolicy(param_dtype=dt, reduce_dtype=dt, output_dtype=dt)
-    tied = _lm_head_tied(net)
+    tied = lm_head_tied(net)
+    layers = 0
     for name, m in reversed(list(net.named_modules())):
         parts = name.split(".")
         is_layer = len(parts) >= 2 and parts[-2] == "layers" and parts[-1].isdigit()
         separate = not tied and parts[-1] in TORCHTUNE_SEPARATE_UNITS and any(True for _ in m.parameters())
         if is_layer or separate:
             fully_shard(m, **kw)
+            layers += is_layer
+    if not layers:  # torchtune's shard_model raises here too ("No layer modules were sharded")
+        from validation.trace import NotTraceable
+
+        raise NotTraceable(f"{type(net).__name__} has no modules named layers.<i> for torchtune's FSDP2 wrapping; "
+                           "use --framework hf (accelerate's wrapping)")
     fully_shard(net, **{**kw, "reshard_after_forward": False})
     return net
 
 
-def _lm_head_tied(net: nn.Module) -> bool:
+def lm_head_tied(net: nn.Module) -> bool:
     """Whether the model's output projection shares the input embedding's weight."""
     inp = net.get_input_embeddings() if hasattr(net, "get_input_embeddings") else None
     out = net.get_output_embeddings() if hasattr(net, "get_output_embeddings") else None

@@ -73,7 +73,10 @@ def run(args: argparse.Namespace) -> int:
         raise CliError(f"--layers {args.layers} exceeds {model.name}'s {model.num_layers} layers; "
                        f"use a number up to {model.num_layers}")
 
-    result = _trace_with_progress(vt, model, cluster, setup, args)
+    try:
+        result = _trace_with_progress(vt, model, cluster, setup, args)
+    except vt.NotTraceable as e:
+        raise CliError(str(e).splitlines()[0]) from None
     if args.json:
         print_json(result.to_json(detail=args.detail))
     else:

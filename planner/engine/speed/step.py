@@ -22,7 +22,9 @@ from planner.engine.speed.comm import (
     ring_bandwidth_bytes_per_s,
     ring_factor,
 )
-from planner.engine.speed.compute import optimizer_shards, optimizer_step_bytes_per_param, peak_flops
+from planner.engine.speed.compute import (
+    FOREACH_ADAMW_PASSES, optimizer_shards, optimizer_step_bytes_per_param, peak_flops,
+)
 from planner.engine.speed.flops import flops_per_token
 from planner.engine.speed.kernels import BASE_KERNELS_PER_BLOCK, gemm_efficiency, micro_step_time, micro_step_work
 from planner.engine.speed.offload import (
@@ -243,7 +245,7 @@ def _assumptions(facts: ModelFacts, cluster: Cluster, setup: Setup, params: Spee
     if setup.method == "qlora":
         out.append("QLoRA dequantisation: NF4 read + bf16 written per weight per pass at HBM bandwidth (S7)")
     if setup.offload == "none":
-        kernel = (" (torch's foreach AdamW: 20 passes, S8c)"
+        kernel = (f" (torch's foreach AdamW: {FOREACH_ADAMW_PASSES} passes, S8c)"
                   if setup.foreach_adamw else "")
         out.append(f"GPU optimizer step: {optimizer_step_bytes_per_param(setup):g} B/param at HBM bandwidth (S8b)"
                    + kernel)
