@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Callable
 
+from validation.trace.errors import NotTraceable, TraceUnavailable
 from validation.trace.plan import ADAM_IMPLS, AdamImpl, Substitution, TracePlan, plan_trace
 
 if TYPE_CHECKING:
@@ -25,14 +26,6 @@ INSTALL_HINT = "pip install 'tuneplan[validate]'"
 
 __all__ = ["ADAM_IMPLS", "INSTALL_HINT", "AdamImpl", "NotTraceable", "Substitution", "TracePlan",
            "TraceUnavailable", "plan_trace", "require_torch", "trace_memory"]
-
-
-class TraceUnavailable(ImportError):
-    """torch / transformers (or peft for LoRA) are not installed."""
-
-
-class NotTraceable(ValueError):
-    """The model has no transformers class to build (remote-code architectures), or the request is invalid."""
 
 
 def require_torch(peft: bool = False, accelerate: bool = False) -> None:

@@ -127,7 +127,7 @@ def torchtune_fsdp2(net: nn.Module, setup: "Setup", mesh: "DeviceMesh") -> nn.Mo
             fully_shard(m, **kw)
             layers += is_layer
     if not layers:  # torchtune's shard_model raises here too ("No layer modules were sharded")
-        from validation.trace import NotTraceable
+        from validation.trace.errors import NotTraceable
 
         raise NotTraceable(f"{type(net).__name__} has no modules named layers.<i> for torchtune's FSDP2 wrapping; "
                            "use --framework hf (accelerate's wrapping)")
