@@ -38,8 +38,10 @@ from planner.engine.runtime_memory import (
     FRAGMENTATION_CLASSES,
     FRAGMENTATION_PRIOR,
     cublas_workspace_bytes,
+    STRANDED_PRIOR,
     fragmentation_class,
     reserved_bytes,
+    retry_floor_bytes,
 )
 from profiles.evidence import memory_bytes
 from validation.corpus import Corpus, MemoryCase
@@ -131,10 +133,32 @@ class MemoryRow:
         return max(reserved_bytes(t + self.cublas_bytes, t - self.once_bytes, f, limit=None)
                    for t in self.tensors.values()) + self.overhead_bytes
 
-    def predicted_fits(self, fractions: dict[str, float]) -> bool:
-        """The engine's verdict on the device figure against the whole card (no headroom: the run either went out
-        of memory or not)."""
-        return self.device(fractions) <= self.capacity_bytes
+    def floor(self, fractions: dict[str, float], stranded: dict[str, float]) -> int:
+        """Eq. R3c at each phase, as the engine computes it, + the overhead: what the process holds after the
+        allocator's retry."""
+        f, s = fractions[self.frag_class], stranded[self.frag_class]
+        return max(retry_floor_bytes(t + self.cublas_bytes, t - self.once_bytes, f, s, self.capacity_bytes)
+                   for t in self.tensors.values()) + self.overhead_bytes
+
+    def predicted_fits(self, fractions: dict[str, float], stranded: dict[str, float] | None = None) -> bool:
+        """The engine's verdict against the whole card (no headroom: the run either went out of memory or not):
+        the capped device figure and the retry floor (eq. R3c) both fit."""
+        return self.device(fractions) <= self.capacity_bytes and (
+            stranded is None or self.floor(fractions, stranded) <= self.capacity_bytes)
+
+    def stranded_bound(self, fractions: dict[str, float]) -> float | None:
+        """The share of the card at which this record's verdict flips (eq. R3c): the run is predicted out of memory
+        when the stranded share exceeds it. None when no share flips it (the tensors alone exceed the card, or the
+        fragmented churn is too small to reach it)."""
+        f = fractions[self.frag_class]
+        bounds = []
+        for t in self.tensors.values():
+            room = self.capacity_bytes - self.overhead_bytes - t - self.cublas_bytes
+            if room < 0:
+                return None  # out of memory whatever the share
+            if int(f * max(t - self.once_bytes, 0)) > room:
+                bounds.append(room / self.capacity_bytes)
+        return min(bounds) if bounds else None
 
 
 @dataclass
@@ -145,6 +169,10 @@ class MemoryReport:
     held_out: dict[str, dict[str, float]]
     """source -> the fractions fitted without it (only the sources that fit them)"""
     refused: list[MemoryRow] = field(default_factory=list)
+    stranded: dict[str, float] = field(default_factory=lambda: dict(STRANDED_PRIOR))
+    """eq. R3c's stranded share of the card by class, fitted to every source's deciding verdicts"""
+    stranded_held_out: dict[str, dict[str, float]] = field(default_factory=dict)
+    """source -> the shares fitted without it"""
 
     def error(self, row: MemoryRow, held_out: bool = True) -> float | None:
         """The row's signed relative error; held out: with the fractions fitted without its source."""
@@ -154,7 +182,8 @@ class MemoryReport:
     def fits(self, row: MemoryRow, held_out: bool = True, capped: bool = True) -> bool:
         """The engine's verdict (``capped``: eq. R3 as the engine computes it) or the uncapped one."""
         f = self.held_out.get(row.source, self.fit) if held_out else self.fit
-        return row.predicted_fits(f) if capped else row.device_uncapped(f) <= row.capacity_bytes
+        s = self.stranded_held_out.get(row.source, self.stranded) if held_out else self.stranded
+        return row.predicted_fits(f, s) if capped else row.device_uncapped(f) <= row.capacity_bytes
 
 
 def rows_from(corpus: Corpus) -> tuple[list[MemoryRow], list[MemoryRow]]:
@@ -206,6 +235,53 @@ def fit_fractions(rows: list[MemoryRow], prior: dict[str, float] | None = None) 
     return out
 
 
+STRANDED_STEP = 0.005
+"""Step of the stranded shares searched (eq. R3c): 0.5 % of the card."""
+
+
+def stranded_grid(fragmentation: float) -> tuple[float, ...]:
+    """The stranded shares that can change a verdict: 0 up to the class's fragmentation fraction in
+    :data:`STRANDED_STEP` steps. Above it nothing changes: a run whose verdict depends on the share has its tensors
+    within the card, so its churn is below the card and its fragmented churn below ``fragmentation`` of it, and the
+    stranded bytes are the smaller of the two (eq. R3c)."""
+    return tuple(round(i * STRANDED_STEP, 4) for i in range(int(fragmentation / STRANDED_STEP + 1e-9) + 1))
+
+
+def stranded_verdicts(rows: list[MemoryRow], fractions: dict[str, float], cls: str) -> list[tuple[float, bool]]:
+    """The (bound, went out of memory) pairs of the class's rows whose verdict the stranded share decides
+    (:meth:`MemoryRow.stranded_bound`): published out-of-memory runs and runs that fitted with a measured figure;
+    anomalies never."""
+    out = []
+    for r in rows:
+        if r.frag_class != cls or not r.fit or not (r.oom or r.measured_bytes):
+            continue
+        b = r.stranded_bound(fractions)
+        if b is not None:
+            out.append((b, r.oom))
+    return out
+
+
+def fit_stranded(rows: list[MemoryRow], fractions: dict[str, float],
+                 prior: dict[str, float] | None = None) -> dict[str, float]:
+    """Eq. R3c's stranded share per class: among the shares that can change a verdict (:func:`stranded_grid`, up to
+    the class's fragmentation fraction in ``fractions``), those that get the most of the class's deciding verdicts
+    right (an out-of-memory run needs a share above its bound, a run that fitted one at or below it), and of those
+    the centre (the largest margin to both kinds, or to the one kind and the end of the range). A class with no
+    deciding verdict keeps ``prior`` (:data:`~planner.engine.runtime_memory.STRANDED_PRIOR`)."""
+    prior = dict(prior or STRANDED_PRIOR)
+    out = {}
+    for cls in FRAGMENTATION_CLASSES:
+        v = stranded_verdicts(rows, fractions, cls)
+        if not v:
+            out[cls] = prior[cls]
+            continue
+        grid = stranded_grid(fractions[cls])
+        wrong = {s: sum((s > b) != oom for b, oom in v) for s in grid}
+        best = [s for s in grid if wrong[s] == min(wrong.values())]
+        out[cls] = round((best[0] + best[-1]) / 2, 4)
+    return out
+
+
 def gap_sources(rows: list[MemoryRow]) -> list[str]:
     """Sources whose records fit the runtime term."""
     return sorted({r.source for r in rows if r.measured_gap_bytes is not None})
@@ -219,7 +295,12 @@ def evaluate_corpus(corpus: Corpus) -> MemoryReport:
     held_out = {}
     for src in gap_sources(rows):
         held_out[src] = fit_fractions([r for r in rows if r.source != src])
-    return MemoryReport(rows=rows, fit=fit, held_out=held_out, refused=refused)
+    stranded = fit_stranded(rows, fit)
+    stranded_held_out = {}
+    for src in sorted({r.source for r in rows}):
+        stranded_held_out[src] = fit_stranded([r for r in rows if r.source != src], held_out.get(src, fit))
+    return MemoryReport(rows=rows, fit=fit, held_out=held_out, refused=refused, stranded=stranded,
+                        stranded_held_out=stranded_held_out)
 
 
 def summary(report: MemoryReport, kinds: tuple[str, ...] | None = None, held_out: bool = True) -> dict:
@@ -249,5 +330,6 @@ def summary(report: MemoryReport, kinds: tuple[str, ...] | None = None, held_out
 
 
 def with_fractions(report: MemoryReport, fractions: dict[str, float]) -> MemoryReport:
-    """The report re-read at fixed fractions (no fit), e.g. the engine's prior assumptions, for comparison."""
+    """The report re-read at fixed fractions (no fit), e.g. the engine's prior assumptions, for comparison (the
+    stranded shares as fitted)."""
     return replace(report, fit=dict(fractions), held_out={k: dict(fractions) for k in report.held_out})

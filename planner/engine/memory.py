@@ -43,10 +43,12 @@ from planner.engine.op_sac import op_sac_block_bytes
 from planner.engine.results import CATEGORIES, MemoryEstimate, unchecked
 from planner.engine.runtime_memory import (
     FRAGMENTATION,
+    STRANDED,
     cuda_context_bytes,
     fragmentation_class,
     nccl_buffer_bytes,
     reserved_bytes,
+    retry_floor_bytes,
 )
 from planner.engine.runtime_memory import allocated_bytes as rt_allocated_bytes
 from planner.engine.setup import RECIPES, Setup
@@ -749,6 +751,19 @@ def allocator_margin_bytes(tensor_bytes: int, churn_bytes: int, cluster: Cluster
     return allocated, reserved_bytes(allocated, churn_bytes, fragmentation_fraction(cluster, setup), limit=limit)
 
 
+def retry_floor(tensor_bytes: int, churn_bytes: int, cluster: Cluster, setup: Setup,
+                calibration: Calibration | None = None) -> int:
+    """Eq. R3c for one phase: what the allocator still holds after it frees its cache and retries a failed
+    ``cudaMalloc`` (allocated + the stranded share of the fragmented churn, at most :data:`STRANDED` of the card, by
+    fragmentation class). Above the card less the overhead, the run goes out of memory although eq. R3's capped
+    reserved figure fits. Calibrated (a measured reserved / allocated ratio, no fragmentation model): allocated."""
+    allocated = rt_allocated_bytes(tensor_bytes, cluster.gpu.name)
+    if calibration is not None:
+        return allocated
+    cls = fragmentation_class(setup.packing, sharded_gathers(cluster, setup))
+    return retry_floor_bytes(allocated, churn_bytes, FRAGMENTATION[cls], STRANDED[cls], cluster.gpu.memory_bytes)
+
+
 def host_bytes(
     model: ModelProfile, cluster: Cluster, setup: Setup, rb: RecipeBytes, ms: ModelStates
 ) -> dict[str, int]:
@@ -948,13 +963,14 @@ def estimate_memory(
     phases_alloc = {"after_load": after_load, "forward_peak": fwd, "backward_peak": bwd, "optimizer_peak": opt}
     overhead = framework_overhead_bytes(cluster, calibration)
     phases: dict[str, dict[str, int]] = {}
-    allocated_peak = reserved_peak = 0
+    allocated_peak = reserved_peak = floor_peak = 0
     phase_tensors: dict[str, int] = {}
     for name, cats in phases_alloc.items():
         tensors = phase_tensors[name] = int(sum(cats.values()))
         once = sum(int(cats[k]) for k in ("weights_trainable", "weights_frozen", "optimizer_states", "master_weights"))
         allocated, reserved = allocator_margin_bytes(tensors, tensors - once, cluster, setup, overhead, calibration)
         allocated_peak, reserved_peak = max(allocated_peak, allocated), max(reserved_peak, reserved)
+        floor_peak = max(floor_peak, retry_floor(tensors, tensors - once, cluster, setup, calibration))
         full = dict(cats)
         full["framework_overhead"] = overhead
         full["allocator_margin"] = reserved - tensors
@@ -983,6 +999,7 @@ def estimate_memory(
         allocated_peak_bytes=allocated_peak,
         reserved_peak_bytes=min(reserved_peak, totals[peak_phase]),
         phase_tensors=phase_tensors,
+        retry_floor_bytes=floor_peak + overhead,
     )
 
 

@@ -86,6 +86,9 @@ class MemoryEstimate(BaseModel):
                                      "fragmentation (eq. R3)")
     phase_tensors: dict[str, int] = Field(default_factory=dict, description="tensor bytes at each phase's peak "
                                           "(the phase total less allocator margin and framework overhead)")
+    retry_floor_bytes: int = Field(0, description="the least the process holds on the GPU after the allocator frees "
+                                   "its cache and retries a failed cudaMalloc (eq. R3c, + CUDA context and NCCL): above "
+                                   "the card, out of memory although the capped peak fits; 0 in files written before it")
 
     @model_validator(mode="after")
     def _parts_sum(self) -> "MemoryEstimate":
@@ -116,7 +119,9 @@ class MemoryEstimate(BaseModel):
 
     @property
     def fits(self) -> bool:
-        return self.peak_bytes <= self.capacity_bytes
+        """The run does not go out of memory (no headroom): the peak fits the card and so does what the allocator
+        cannot give back when it retries (eq. R3c)."""
+        return self.peak_bytes <= self.capacity_bytes and self.retry_floor_bytes <= self.capacity_bytes
 
     def to_json(self) -> dict:
         """The ``plan estimate --json`` contract (schema_version 1)."""
@@ -130,6 +135,7 @@ class MemoryEstimate(BaseModel):
                 "allocated_peak_bytes": self.allocated_peak_bytes or None,  # None: not modelled (hand-made)
                 "reserved_peak_bytes": self.reserved_peak_bytes or None,
                 "phase_tensor_bytes": dict(self.phase_tensors) or None,
+                "retry_floor_bytes": self.retry_floor_bytes or None,
                 "peak_phase": self.peak_phase,
                 "capacity_bytes": self.capacity_bytes,
                 "categories": dict(self.categories),

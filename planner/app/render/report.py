@@ -108,6 +108,12 @@ def render_estimate(
             f"max_memory_reserved {gib(est.reserved_peak_bytes)} GiB; nvidia-smi {gib(est.peak_bytes)} GiB "
             "(reserved + CUDA context + NCCL)"
         )
+    if est.peak_bytes <= est.capacity_bytes < est.retry_floor_bytes:
+        console.print(
+            f"  [red]out of memory through fragmentation[/]: when the allocator frees its cache and retries, "
+            f"{gib(est.retry_floor_bytes)} GiB stays held (tensors + fragments in segments that still hold live "
+            "tensors, eq. R3c), more than the card"
+        )
     if host_capacity_bytes is not None and est.host_bytes > host_capacity_bytes:
         console.print(
             f"[red]host RAM short[/]: needs {gib(est.host_bytes)} GiB per node, the node has "

@@ -21,6 +21,7 @@ from planner.engine.runtime_memory import (
     nccl_buffer_bytes,
     paged_resident_bytes,
     reserved_bytes,
+    retry_floor_bytes,
 )
 from planner.engine.setup import Setup
 from profiles.cluster import parse_cluster
@@ -170,3 +171,47 @@ def test_litgpt_llama2_7b_lora_micro_batch_4_does_not_fit_an_a100_40gb():
         if mb == 2:
             assert alloc / 1e9 == pytest.approx(29.07, rel=0.05)
     assert fits == {1: True, 2: True, 4: False}
+
+
+# ---- eq. R3c: what the allocator's retry cannot give back ----------------------------------------------------
+@settings(max_examples=200, deadline=None)
+@given(alloc=st.integers(0, 200 * GiB), churn_frac=st.floats(0, 1), frag=st.floats(0, 1), stranded=st.floats(0, 1))
+def test_the_retry_floor_lies_between_allocated_and_the_uncapped_reserved(alloc, churn_frac, frag, stranded):
+    churn = int(alloc * churn_frac)
+    floor = retry_floor_bytes(alloc, churn, frag, stranded, 80 * GiB)
+    assert alloc <= floor <= reserved_bytes(alloc, churn, frag)
+    assert floor <= alloc + stranded * 80 * GiB
+    assert retry_floor_bytes(alloc, churn, frag, 0.0, 80 * GiB) == alloc  # the prior: the retry frees every fragment
+
+
+def test_retry_floor_rejects_a_share_outside_0_1():
+    with pytest.raises(ValueError, match="stranded"):
+        retry_floor_bytes(GiB, GiB, 0.3, 1.5, 80 * GiB)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(kw=setups, model=st.sampled_from(["qwen2.5-0.5b", "llama3.1-8b", "qwen3-30b-a3b"]),
+       gpus=st.sampled_from(["4090", "A100-40G", "2xA100-40G", "8xH100"]), fsdp=st.sampled_from([None, "full-shard"]))
+def test_a_plan_that_fits_with_headroom_never_runs_out_of_memory_through_fragmentation(kw, model, gpus, fsdp):
+    """Eq. R3c never decides a fit with headroom: the floor is at most the uncapped device figure, which is the peak
+    unless capped at the card, and a capped peak is above any usable limit."""
+    m, c = get_model(model), parse_cluster(gpus)
+    try:
+        p = evaluate(m, c, Setup(fsdp=fsdp if c.world_size > 1 else None, **kw))
+    except ValueError:
+        return
+    mem = p.memory
+    assert mem.allocated_peak_bytes + mem.categories["framework_overhead"] <= mem.retry_floor_bytes
+    if p.fits_gpu:
+        assert mem.retry_floor_bytes <= p.usable_bytes and mem.fits
+
+
+def test_ligers_fsdp1_llama3_8b_out_of_memory_is_predicted_through_fragmentation():
+    """Liger-Kernel README (profiles/evidence/liger-kernel-readme-ooms.yaml): Llama-3-8B, FSDP1 on 8xA100-80GB, batch
+    8, seq 4096, went out of memory without Liger. Its tensors fit the card with 12.5 % of it to spare, so eq. R3's
+    capped figure alone says it fits; the retry floor of eq. R3c (sharded class) says it does not."""
+    from validation.corpus import load
+
+    case = next(c for c in load().memory if c.id.endswith("llama3-8b-fsdp1-8xa100-bs8-seq4096-oom"))
+    mem = evaluate(case.model, case.cluster, case.setup).memory
+    assert case.oom and mem.peak_bytes <= mem.capacity_bytes < mem.retry_floor_bytes and not mem.fits
