@@ -61,9 +61,11 @@ def memory_section(rep, prior: dict[str, float], seconds: float) -> str:  # noqa
         "`reserved` with the estimated `max_memory_reserved` (+ segment rounding + the fragmented share of the "
         "step's churn, capped at the card), `device` with the nvidia-smi figure (+ CUDA context + NCCL). Sources "
         "that print \"peak memory\" without saying which (`unknown`) are compared with reserved and never fitted. "
-        "Errors are `(estimated - measured) / measured`; positive means the engine errs high. The fragmentation "
-        "fractions are the only fitted term: every record of a source that fits them is computed with the fractions "
-        "fitted *without* that source (leave one source out); records of the other sources never enter the fit.",
+        "Errors are `(estimated - measured) / measured`; positive means the engine errs high. Two terms are fitted, "
+        "both leave one source out. The fragmentation fractions of the figures: every record of a source that fits "
+        "them is computed with the fractions fitted *without* that source; records of the other sources never enter "
+        "that fit. The stranded share of the out-of-memory verdict (eq. R3c, the table of verdicts below): every "
+        "source's verdicts come from shares fitted without it.",
         "",
         f"**Summary: {s['n']} records ({s['anomalies']} more flagged as anomalies by the corpus, listed but not counted), median |error| {s['median_abs'] * 100:.1f} %, max {s['max_abs'] * 100:.0f} % "
         f"({s['worst']}); {s['within_8']} within 8 %, {s['within_25']} within 25 %. Out of memory: "
