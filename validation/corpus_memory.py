@@ -37,8 +37,8 @@ from planner.engine.memory import sharded_gathers
 from planner.engine.runtime_memory import (
     FRAGMENTATION_CLASSES,
     FRAGMENTATION_PRIOR,
-    cublas_workspace_bytes,
     STRANDED_PRIOR,
+    cublas_workspace_bytes,
     fragmentation_class,
     reserved_bytes,
     retry_floor_bytes,
