@@ -140,6 +140,38 @@ class Measurement(_Frozen):
         return json.dumps(self.model_dump(mode="json"), separators=(",", ":"), sort_keys=False)
 
 
+_SIZE = r"([0-9.]+) (bytes|KiB|MiB|GiB|TiB)"
+_UNITS = {"bytes": 1, "KiB": 2**10, "MiB": 2**20, "GiB": 2**30, "TiB": 2**40}
+OOM_FIELDS = {
+    "requested_bytes": r"Tried to allocate " + _SIZE,
+    "capacity_bytes": r"total capacity of " + _SIZE,
+    "free_bytes": r"of which " + _SIZE + r" is free",
+    "allocated_bytes": r"Of the allocated memory " + _SIZE + r" is allocated by PyTorch",
+    "reserved_unallocated_bytes": r"and " + _SIZE + r" is reserved by PyTorch but unallocated",
+}
+"""The figures torch's out-of-memory message states (c10/cuda/CUDACachingAllocator.cpp, ``malloc``: "Tried to
+allocate ... GPU n has a total capacity of ... of which ... is free. ... Of the allocated memory ... is allocated by
+PyTorch, and ... is reserved by PyTorch but unallocated."), each formatted by ``format_size`` (bytes, KiB, MiB or
+GiB with two decimals, so each is exact to 0.005 of its unit). The message is composed after the allocator has freed
+its unused cached segments and retried (``release_cached_blocks``), so "reserved but unallocated" is what the retry
+could not give back: the quantity of eq. R3c (docs/memory.md)."""
+
+
+def cuda_oom_figures(message: str | None) -> dict[str, int] | None:
+    """The byte figures of a CUDA out-of-memory message (:data:`OOM_FIELDS`), or None when it is not one or states
+    none of them. Fields the message lacks (older torch versions word some differently) are left out."""
+    import re
+
+    if not message or "out of memory" not in message:
+        return None
+    out = {}
+    for key, pat in OOM_FIELDS.items():
+        hit = re.search(pat, message)
+        if hit:
+            out[key] = int(round(float(hit.group(1)) * _UNITS[hit.group(2)]))
+    return out or None
+
+
 def append_measurement(out_dir: str | Path, m: Measurement) -> Path:
     """Append ``m`` to ``out_dir/measurements.jsonl`` atomically (rewrite-and-replace); returns the path."""
     path = Path(out_dir) / MEASUREMENTS_FILE

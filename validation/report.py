@@ -27,7 +27,7 @@ from validation.compare import (
     speed_row,
 )
 from planner.fileio import atomic_write_text
-from validation.measurement import Measurement, read_measurements
+from validation.measurement import Measurement, cuda_oom_figures, read_measurements
 
 REPORT_FILE = "report.md"
 FIG_DIR = "figures"
@@ -210,10 +210,31 @@ def summary_figure(ms: list[Measurement], path: Path) -> bool:
     return True
 
 
+def oom_stranded_line(m: Measurement) -> str | None:
+    """For a run that went out of memory on CUDA: what the allocator's retry could not give back, from torch's own
+    message (:func:`validation.measurement.cuda_oom_figures`), against eq. R3c's stranded share for the run's
+    fragmentation class (docs/memory.md). None for other runs or a message without those figures."""
+    from planner.engine.runtime_memory import STRANDED, fragmentation_class
+
+    f = cuda_oom_figures(m.error) if m.status == "oom" else None
+    if not f or "reserved_unallocated_bytes" not in f or not f.get("capacity_bytes"):
+        return None
+    share = f["reserved_unallocated_bytes"] / f["capacity_bytes"]
+    sharded = m.world_size > 1 and (bool(m.setup.get("fsdp")) or m.setup.get("zero") == 3)
+    cls = fragmentation_class(bool(m.setup.get("packing", True)), sharded)
+    alloc = f" with {fmt_bytes(f['allocated_bytes'])} allocated" if "allocated_bytes" in f else ""
+    return (f"at the failure (torch's message){alloc}: {fmt_bytes(f['reserved_unallocated_bytes'])} reserved but "
+            f"unallocated after the allocator's retry, {share:.1%} of the card; eq. R3c's stranded share for the "
+            f"{cls} class is at most {STRANDED[cls]:.1%}")
+
+
 def _run_section(m: Measurement, out_dir: Path) -> list[str]:
     lines = [f"### {m.label}", ""]
     lines.append(f"- run `{m.run_id}`, rank {m.rank} of {m.world_size} ({m.launcher}), {m.started_at}")
     lines.append(f"- status **{m.status}**, reached `{m.reached}`" + (f": {m.error}" if m.error else ""))
+    stranded = oom_stranded_line(m)
+    if stranded:
+        lines.append(f"- {stranded}")
     lines.append(f"- model {m.model}; plan for {m.cluster.get('gpus_per_node')}x{m.cluster.get('gpu')}"
                  f" ({m.cluster.get('nodes')} node(s)); setup: {_setup_short(m)}")
     lines.append(f"- device {m.device_name}" + (f" (profile {m.device_gpu})" if m.device_gpu else "")

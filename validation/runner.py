@@ -29,6 +29,10 @@ from validation.probe import Probe, StepProfiler, device_used_bytes, memory_hist
 from validation.records import RunState, utc_now, make_record, new_run_id
 from validation.spec import RunSpec
 
+OOM_MESSAGE_CHARS = 2000
+"""How much of an out-of-memory message's first line a record keeps: torch's CUDA message is one line of about 450
+characters, and its figures (validation.measurement.cuda_oom_figures) come last."""
+
 StepCallback = Callable[[int, int], None]
 
 
@@ -179,7 +183,7 @@ def run_one(spec: RunSpec, out_dir: str | Path, on_step: StepCallback | None = N
         try:
             _train(spec, device, out, run_dir, st, probe, on_step, ds_config)
         except torch.OutOfMemoryError as e:
-            status, error = "oom", str(e).strip().splitlines()[0][:500]
+            status, error = "oom", str(e).strip().splitlines()[0][:OOM_MESSAGE_CHARS]
             e.__traceback__ = None
             if device == "cuda" and torch.cuda.is_available():
                 try:  # the peak up to the failed allocation, while the tensors of the failed phase still exist

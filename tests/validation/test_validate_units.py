@@ -227,3 +227,38 @@ def test_validate_a_plan_file_dry_run(tmp_path, capsys):
     assert "Qwen2.5-0.5B on 1xH100 80GB SXM" in out and "lora r8" in out and "seq 256" in out
     assert main(["validate", "--plan", str(plan), "--model", TINY, "--dry-run", "--out", str(tmp_path / "o")]) == 0
     assert "tiny-qwen2 on 1xH100 80GB SXM" in capsys.readouterr().out
+
+
+# torch's CUDA out-of-memory message, as c10/cuda/CUDACachingAllocator.cpp (malloc) composes it after the allocator
+# has freed its unused cached segments and retried; sizes through format_size (two decimals)
+OOM_MESSAGE = (
+    "CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of 79.19 GiB of which 1.06 GiB is "
+    "free. Including non-PyTorch memory, this process has 78.12 GiB memory in use. Of the allocated memory 70.25 GiB "
+    "is allocated by PyTorch, and 6.48 GiB is reserved by PyTorch but unallocated. If reserved but unallocated memory "
+    "is large try setting PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True to avoid fragmentation.  See documentation "
+    "for Memory Management  (https://pytorch.org/docs/stable/notes/cuda.html#environment-variables)"
+)
+
+
+def test_the_figures_of_torchs_out_of_memory_message():
+    from validation.measurement import cuda_oom_figures
+
+    GiB = 2**30
+    f = cuda_oom_figures(OOM_MESSAGE)
+    assert f == {"requested_bytes": 2 * GiB, "capacity_bytes": round(79.19 * GiB), "free_bytes": round(1.06 * GiB),
+                 "allocated_bytes": round(70.25 * GiB), "reserved_unallocated_bytes": round(6.48 * GiB)}
+    assert cuda_oom_figures("CUDA out of memory. Tried to allocate 20.00 MiB.") == {"requested_bytes": 20 * 2**20}
+    assert cuda_oom_figures("0 bytes is reserved by PyTorch but unallocated") is None  # not an out-of-memory message
+    assert cuda_oom_figures(None) is None
+
+
+def test_the_report_states_what_the_retry_kept_against_eq_r3c():
+    from planner.engine.runtime_memory import STRANDED
+    from validation.report import oom_stranded_line
+
+    m = record(status="oom", error=OOM_MESSAGE, setup={"packing": True})
+    line = oom_stranded_line(m)
+    assert "6.48 GiB reserved but unallocated" in line and f"{6.48 / 79.19:.1%} of the card" in line
+    assert f"static class is at most {STRANDED['static']:.1%}" in line
+    assert oom_stranded_line(record(status="ok")) is None
+    assert oom_stranded_line(record(status="oom", error="CUDA out of memory. Tried to allocate 2.00 GiB.")) is None

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Validate tuneplan's memory and speed estimates on one H100 in under 8 minutes, then calibrate.
 #
-#   bash validation/gpu/run_h100.sh              on the GPU machine (matrix_h100.yaml, 27 runs)
+#   bash validation/gpu/run_h100.sh              on the GPU machine (matrix_h100.yaml, 27 runs and one meant to go out of memory)
 #   bash validation/gpu/run_h100.sh --dry-run    anywhere, on the CPU: the same flow on tiny configs
 #                                                (matrix_dryrun.yaml); tests/validation/test_validate_script.py
 #
