@@ -84,6 +84,18 @@ def memory_section(rep, prior: dict[str, float], seconds: float) -> str:  # noqa
                          f"{k['within_8']} | {k['within_25']} | {kp['median_abs'] * 100:.1f} |")
     lines.append(f"| all | {s['n']} | {s['median_abs'] * 100:.1f} | {s['max_abs'] * 100:.0f} | {s['within_8']} | "
                  f"{s['within_25']} | {s_prior['median_abs'] * 100:.1f} |")
+    unknown = sorted((r for r in rep.rows if r.kind == "unknown" and r.measured_bytes), key=lambda r: r.id)
+    if unknown:
+        lines += ["", "A record of unknown kind is one of torch's counters, but its source does not say which: the "
+                  "estimate it is held against lies between the engine's allocated and reserved figures. The "
+                  "headline reads every such record as reserved; this is what each would be as allocated:", "",
+                  "| record (unknown kind) | measured GiB | estimated allocated GiB | error as allocated % | "
+                  "estimated reserved GiB | error as reserved % (counted) |", "|---|---:|---:|---:|---:|---:|"]
+        for r in unknown:
+            f = rep.held_out.get(r.source, rep.fit)
+            lines.append(f"| {r.id}{'' if r.fit else ' (anomaly)'} | {_gib(r.measured_bytes)} | {_gib(r.allocated)} | "
+                         f"{_pct(r.allocated / r.measured_bytes - 1)} | {_gib(r.reserved(f))} | "
+                         f"{_pct(r.reserved(f) / r.measured_bytes - 1)} |")
 
     # the fitted term
     lines += ["", "### The fitted term: fragmentation (eq. R3)", "",
