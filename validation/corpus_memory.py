@@ -33,13 +33,12 @@ import statistics
 from dataclasses import dataclass, field, replace
 
 from planner.engine.evaluate import evaluate
-from planner.engine.memory import sharded_gathers
+from planner.engine.memory import run_fragmentation_class
 from planner.engine.runtime_memory import (
     FRAGMENTATION_CLASSES,
     FRAGMENTATION_PRIOR,
     STRANDED_PRIOR,
     cublas_workspace_bytes,
-    fragmentation_class,
     reserved_bytes,
     retry_floor_bytes,
 )
@@ -201,7 +200,7 @@ def _row(case: MemoryCase) -> MemoryRow:
     base = dict(id=case.id, source=case.source, kind=case.kind, measured_bytes=case.measured_bytes, oom=case.oom,
                 measured_device_bytes=device[0] if device else None,
                 capacity_bytes=case.cluster.gpu.memory_bytes,
-                frag_class=fragmentation_class(case.setup.packing, sharded_gathers(case.cluster, case.setup)),
+                frag_class=run_fragmentation_class(case.cluster, case.setup),
                 fit=case.fit,
                 label=f"{case.model.name} · {case.cluster.label()} · {case.setup.short()} · seq {case.setup.seq_len}",
                 notes=case.notes)

@@ -214,14 +214,20 @@ def oom_stranded_line(m: Measurement) -> str | None:
     """For a run that went out of memory on CUDA: what the allocator's retry could not give back, from torch's own
     message (:func:`validation.measurement.cuda_oom_figures`), against eq. R3c's stranded share for the run's
     fragmentation class (docs/memory.md). None for other runs or a message without those figures."""
-    from planner.engine.runtime_memory import STRANDED, fragmentation_class
+    from planner.engine.memory import run_fragmentation_class
+    from planner.engine.runtime_memory import STRANDED
+    from planner.engine.setup import Setup
+    from validation.spec import cluster_from_json
 
     f = cuda_oom_figures(m.error) if m.status == "oom" else None
     if not f or "reserved_unallocated_bytes" not in f or not f.get("capacity_bytes"):
         return None
     share = f["reserved_unallocated_bytes"] / f["capacity_bytes"]
-    sharded = m.world_size > 1 and (bool(m.setup.get("fsdp")) or m.setup.get("zero") == 3)
-    cls = fragmentation_class(bool(m.setup.get("packing", True)), sharded)
+    try:
+        cls = run_fragmentation_class(cluster_from_json(m.cluster), Setup.model_validate(m.setup))
+    except (ValueError, KeyError, TypeError):  # a record whose plan no longer parses: the figures alone
+        return (f"at the failure (torch's message): {fmt_bytes(f['reserved_unallocated_bytes'])} reserved but "
+                f"unallocated after the allocator's retry, {share:.1%} of the card")
     alloc = f" with {fmt_bytes(f['allocated_bytes'])} allocated" if "allocated_bytes" in f else ""
     return (f"at the failure (torch's message){alloc}: {fmt_bytes(f['reserved_unallocated_bytes'])} reserved but "
             f"unallocated after the allocator's retry, {share:.1%} of the card; eq. R3c's stranded share for the "

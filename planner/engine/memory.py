@@ -729,12 +729,19 @@ def sharded_gathers(cluster: Cluster, setup: Setup) -> bool:
     return cluster.world_size > 1 and (setup.fsdp is not None or setup.zero == 3)
 
 
+def run_fragmentation_class(cluster: Cluster, setup: Setup) -> str:
+    """Which fragmentation class (eq. R3) a setup on a cluster falls in: the one place the engine, the corpus report
+    and the validation report decide it (:func:`~planner.engine.runtime_memory.fragmentation_class` on the setup's
+    packing and :func:`sharded_gathers`)."""
+    return fragmentation_class(setup.packing, sharded_gathers(cluster, setup))
+
+
 def fragmentation_fraction(cluster: Cluster, setup: Setup) -> float:
     """The share of a step's freed-and-reallocated memory the caching allocator keeps in blocks it cannot reuse
     (eq. R3), by :func:`~planner.engine.runtime_memory.fragmentation_class`: side-stream parameter gathers, padded
     batches of changing shape, or neither. Values: :data:`~planner.engine.runtime_memory.FRAGMENTATION` (fitted
     leave-one-source-out to published allocated + nvidia-smi pairs; docs/accuracy.md, memory section)."""
-    return FRAGMENTATION[fragmentation_class(setup.packing, sharded_gathers(cluster, setup))]
+    return FRAGMENTATION[run_fragmentation_class(cluster, setup)]
 
 
 def allocator_margin_bytes(tensor_bytes: int, churn_bytes: int, cluster: Cluster, setup: Setup, overhead: int,
@@ -760,7 +767,7 @@ def retry_floor(tensor_bytes: int, churn_bytes: int, cluster: Cluster, setup: Se
     allocated = rt_allocated_bytes(tensor_bytes, cluster.gpu.name)
     if calibration is not None:
         return allocated
-    cls = fragmentation_class(setup.packing, sharded_gathers(cluster, setup))
+    cls = run_fragmentation_class(cluster, setup)
     return retry_floor_bytes(allocated, churn_bytes, FRAGMENTATION[cls], STRANDED[cls], cluster.gpu.memory_bytes)
 
 

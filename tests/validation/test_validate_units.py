@@ -260,5 +260,9 @@ def test_the_report_states_what_the_retry_kept_against_eq_r3c():
     line = oom_stranded_line(m)
     assert "6.48 GiB reserved but unallocated" in line and f"{6.48 / 79.19:.1%} of the card" in line
     assert f"static class is at most {STRANDED['static']:.1%}" in line
+    # two GPUs under FSDP: parameters gathered on a side stream, the sharded class (the engine's own rule)
+    fsdp = record(status="oom", error=OOM_MESSAGE, setup={"fsdp": "full-shard", "recipe": "hf-amp"},
+                  cluster={"gpu": "H100 80GB SXM", "gpus_per_node": 2, "nodes": 1})
+    assert f"sharded class is at most {STRANDED['sharded']:.1%}" in oom_stranded_line(fsdp)
     assert oom_stranded_line(record(status="ok")) is None
     assert oom_stranded_line(record(status="oom", error="CUDA out of memory. Tried to allocate 2.00 GiB.")) is None
