@@ -150,6 +150,13 @@ def torchtune_row(sample: dict, encode: Encode, max_seq_len: int | None, train_o
     return Row(prompt=prompt_len, response=len(tokens) - prompt_len, counted=mask.count(False))
 
 
+PROG = "torchtune_alpaca_padding"
+
+
+class ScriptError(Exception):
+    """Bad input: printed as one line, exit status 2 (:func:`main`)."""
+
+
 def llama3_encoder(path: Path) -> Encode:
     """torchtune's ``TikTokenBaseTokenizer.encode`` without BOS/EOS: tiktoken over the BPE file with the Llama 3
     pattern, special-token text encoded as plain text (``allowed_special=set(), disallowed_special=()``)."""
@@ -157,8 +164,11 @@ def llama3_encoder(path: Path) -> Encode:
         import tiktoken  # noqa: PLC0415
         from tiktoken.load import load_tiktoken_bpe  # noqa: PLC0415
     except ImportError:
-        sys.exit("this script needs tiktoken (torchtune's tokenizer backend): pip install tiktoken")
-    ranks = load_tiktoken_bpe(str(path))
+        raise ScriptError("this script needs tiktoken (torchtune's tokenizer backend): pip install tiktoken") from None
+    try:
+        ranks = load_tiktoken_bpe(str(path))
+    except (OSError, ValueError) as e:
+        raise ScriptError(f"--tokenizer {path}: not a readable tiktoken BPE file ({type(e).__name__}: {e})") from None
     enc = tiktoken.Encoding(name="llama3_tiktoken", pat_str=LLAMA3_PATTERN, mergeable_ranks=ranks,
                             special_tokens={})
     return lambda text: enc.encode(text, allowed_special=set(), disallowed_special=())
@@ -171,7 +181,7 @@ def check_tokenizer(path: Path, encode: Encode) -> str:
     got = (encode("This is a test sentence."), encode("user"), encode("assistant"), encode("\n\n"))
     want = ([2028, 374, 264, 1296, 11914, 13], [882], [78191], [271])
     if got != want:
-        sys.exit(f"{path}: not the Llama 3 tokenizer (test vector gives {got}, Meta's tests say {want})")
+        raise ScriptError(f"--tokenizer {path}: not the Llama 3 tokenizer (test vector gives {got}, Meta's tests say {want})")
     return sha
 
 
@@ -248,15 +258,47 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--expect-blob", default=TATSU_ALPACA_BLOB, help="git blob id the data file must have ('' = any)")
     ap.add_argument("--out", type=Path, help="write the summary (with the length histogram) as JSON here")
     args = ap.parse_args(argv)
+    try:
+        return _run(args)
+    except ScriptError as e:
+        print(f"{PROG}: error: {e}", file=sys.stderr)
+        return 2
 
-    raw = args.data.read_bytes()
+
+def _samples(path: Path, raw: bytes) -> list[dict]:
+    """The rows of an Alpaca JSON array, each with string ``instruction`` and ``output`` (``input`` optional)."""
+    try:
+        samples = json.loads(raw)
+    except ValueError as e:
+        raise ScriptError(f"--data {path}: not JSON ({e})") from None
+    if not isinstance(samples, list):
+        raise ScriptError(f"--data {path}: a JSON array of rows is expected, got {type(samples).__name__}")
+    for i, r in enumerate(samples):
+        if not (isinstance(r, dict) and isinstance(r.get("instruction"), str) and isinstance(r.get("output"), str)):
+            raise ScriptError(f"--data {path}: row {i} lacks a string 'instruction' and 'output' (Alpaca format)")
+    return samples
+
+
+def _run(args: argparse.Namespace) -> int:
+    from planner.fileio import OutputError, atomic_write_text  # noqa: PLC0415
+
+    if args.seq < 1 or args.micro_batch < 1:
+        raise ScriptError(f"--seq {args.seq} and --micro-batch {args.micro_batch} must be positive (README: 4096, 2)")
+    try:
+        raw = args.data.read_bytes()
+    except OSError as e:
+        raise ScriptError(f"--data {args.data}: {e.strerror or e}") from None
     blob = git_blob_id(raw)
     if args.expect_blob and blob != args.expect_blob:
-        sys.exit(f"{args.data}: git blob {blob}, expected {args.expect_blob} (pass --expect-blob '' to accept it)")
-    samples = json.loads(raw)
+        raise ScriptError(f"--data {args.data}: git blob {blob}, expected {args.expect_blob} "
+                          "(pass --expect-blob '' to accept it)")
+    samples = _samples(args.data, raw)
     encode = llama3_encoder(args.tokenizer)
     tok_sha = check_tokenizer(args.tokenizer, encode)
-    rows = [torchtune_row(s, encode, args.seq) for s in samples]
+    try:
+        rows = [torchtune_row(s, encode, args.seq) for s in samples]
+    except ValueError as e:
+        raise ScriptError(f"--data {args.data}: {e}") from None
     out = summarise(rows, args.seq, args.micro_batch)
     lengths = [min(r.length, args.seq) for r in rows]
     out["sampler_replay_seed0"] = sampler_replay(lengths, [r.counted for r in rows], args.micro_batch)
@@ -265,7 +307,10 @@ def main(argv: list[str] | None = None) -> int:
     hist = out.pop("length_histogram")
     print(json.dumps(out, indent=2))
     if args.out:
-        args.out.write_text(json.dumps({**out, "length_histogram": hist}, indent=1) + "\n", encoding="utf-8")
+        try:
+            atomic_write_text(args.out, json.dumps({**out, "length_histogram": hist}, indent=1) + "\n")
+        except OutputError as e:
+            raise ScriptError(str(e)) from None
     return 0
 
 

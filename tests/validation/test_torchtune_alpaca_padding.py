@@ -107,3 +107,36 @@ def test_sampler_replay_is_the_batches_of_torch_randperm_seed_0():
     assert rep["batches"] == 3
     assert rep["processed_positions"] == sum(2 * max(lengths[j] for j in b) for b in batches)
     assert rep["counted_tokens"] == sum(counted[j] for b in batches for j in b)
+
+
+@pytest.mark.parametrize("content,args,message", [
+    (None, [], "--data"),  # no such file
+    (b"[]", [], "git blob"),  # not tatsu-lab/alpaca's file
+    (b"{not json", ["--expect-blob", ""], "not JSON"),
+    (b'{"rows": []}', ["--expect-blob", ""], "a JSON array of rows is expected"),
+    (b'[{"instruction": "a"}]', ["--expect-blob", ""], "row 0 lacks"),
+    (b"[]", ["--expect-blob", "", "--seq", "0"], "must be positive"),
+])
+def test_bad_input_is_one_line_and_exit_2(tmp_path: Path, capsys, content, args, message):
+    data = tmp_path / "alpaca_data.json"
+    if content is not None:
+        data.write_bytes(content)
+    out = tmp_path / "summary.json"
+    code = tap.main(["--data", str(data), "--tokenizer", str(tmp_path / "tokenizer.model"), "--out", str(out), *args])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("torchtune_alpaca_padding: error: ") and message in err
+    assert err.count("\n") == 1 and not out.exists()
+
+
+def test_a_missing_tokenizer_backend_or_file_is_one_line(tmp_path: Path, capsys):
+    data = tmp_path / "alpaca_data.json"
+    data.write_bytes(b'[{"instruction": "a", "input": "", "output": "b"}]')
+    code = tap.main(["--data", str(data), "--tokenizer", str(tmp_path / "missing.model"), "--expect-blob", ""])
+    err = capsys.readouterr().err
+    try:
+        import tiktoken  # noqa: F401
+    except ImportError:
+        assert "needs tiktoken" in err
+    else:
+        assert "--tokenizer" in err and "missing.model" in err
+    assert code == 2 and err.count("\n") == 1
