@@ -100,6 +100,22 @@ def test_estimate_json_contract(capsys):
     assert per["phases"][per["peak_phase"]] == per["peak_bytes"] == sum(per["categories"].values())
     assert all(isinstance(v, int) for v in per["categories"].values())
     assert d["fits"] is True and d["assumptions"] and "speed" in d
+    assert per["allocated_peak_bytes"] <= per["retry_floor_bytes"] <= per["capacity_bytes"]
+
+
+def test_estimate_says_out_of_memory_through_fragmentation(capsys):
+    """Liger-Kernel's README OOM (profiles/evidence/liger-kernel-readme-ooms.yaml): Llama-3-8B FSDP1, 8xA100, batch 8
+    at 4096 went out of memory. Its capped peak fits the card; the retry floor (eq. R3c) does not: exit 1, the JSON
+    says so, and the text names the mechanism."""
+    argv = ["estimate", "--model", "llama-3-8b", "--gpus", "8xa100", "--method", "full", "--recipe", "hf-amp",
+            "--fsdp", "full-shard", "--fsdp-version", "1", "--checkpointing", "full", "--micro-batch", "8",
+            "--seq", "4096"]
+    code, out, _ = run([*argv, "--json"], capsys)
+    per = json.loads(out)["per_gpu"]
+    assert code == 1 and json.loads(out)["fits"] is False
+    assert per["peak_bytes"] <= per["capacity_bytes"] < per["retry_floor_bytes"]
+    code, out, _ = run(argv, capsys)
+    assert code == 1 and "out of memory through fragmentation" in out
 
 
 def test_nothing_fits_exits_1_with_suggestions(capsys):
