@@ -1,14 +1,14 @@
 """Memory against published real-GPU runs (the evidence corpus, profiles/evidence/): the memory section of
-docs/accuracy.md, and the fitted fragmentation fractions the engine ships.
+docs/accuracy.md, and the two fitted runtime terms the engine ships.
 
 Every memory record is held against the engine's figure of the kind the source measured (allocated, reserved,
-nvidia-smi; see :mod:`validation.corpus_memory`); the one fitted runtime term (the fragmentation fraction of
-docs/memory.md eq. R3) is fitted to the sources that publish both ``max_memory_allocated`` and nvidia-smi, each
-of them predicted by a fit that did not see it. Published out-of-memory runs are held against the engine's fit
-verdict. Every record is listed; the ones that refute the engine stay in the report.
+nvidia-smi; see :mod:`validation.corpus_memory`). The fragmentation fraction of docs/memory.md eq. R3 is fitted to
+the sources that publish both ``max_memory_allocated`` and nvidia-smi; the stranded share of eq. R3c to the
+published verdicts it decides (out-of-memory runs and runs that fitted near the card). Each source is predicted by
+fits that did not see it. Every record is listed; the ones that refute the engine stay in the report.
 
-    python benchmarks/memory_vs_corpus.py          # ~1 min: writes benchmarks/results/memory.md and memory_fit.json
-    python benchmarks/memory_vs_corpus.py --check  # exit 1 if the engine's FRAGMENTATION differs from the fit
+    python benchmarks/memory_vs_corpus.py          # a few seconds: writes benchmarks/results/memory.md and memory_fit.json
+    python benchmarks/memory_vs_corpus.py --check  # exit 1 if the engine's FRAGMENTATION or STRANDED differs from the fit
 """
 
 from __future__ import annotations
@@ -199,7 +199,7 @@ def run() -> tuple[object, float]:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=RESULTS / "memory.md", help="the rendered section")
-    ap.add_argument("--check", action="store_true", help="only check the engine's fractions against the fit")
+    ap.add_argument("--check", action="store_true", help="only check the engine's fractions and stranded shares against the fit")
     args = ap.parse_args(argv)
     from planner.engine.runtime_memory import FRAGMENTATION, FRAGMENTATION_PRIOR, STRANDED, STRANDED_PRIOR
     from planner.fileio import atomic_write_text

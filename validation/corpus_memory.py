@@ -24,7 +24,11 @@ it: runs whose source publishes both ``max_memory_allocated`` and nvidia-smi, so
 free of the engine's tensor error. Each such source is predicted by a fit that did not see it (leave one source
 out). Records of every other source never enter the fit. Allocated and active figures involve no fitted term.
 
-Pure: no torch, no file I/O (benchmarks/accuracy_vs_corpus.py renders and writes).
+The second fitted term is eq. R3c's stranded share of the card (:func:`fit_stranded`), which decides the
+out-of-memory verdict near the card: fitted to the published verdicts it changes, on the engine's own tensors,
+each source's verdicts predicted by shares fitted without it.
+
+Pure: no torch, no file I/O (benchmarks/memory_vs_corpus.py renders and writes).
 """
 
 from __future__ import annotations
