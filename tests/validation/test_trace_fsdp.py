@@ -48,12 +48,38 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _one_thread_gloo(store, rank: int, size: int, timeout):  # type: ignore[no-untyped-def]
+    """Gloo with one worker thread. Gloo's worker keeps a finished collective (and so its input tensors) alive
+    until it relocks its queue, after the waiter has woken (ProcessGroupGloo::runLoop: ``execute(work)``, then
+    ``lock.lock(); workInProgress_[i].reset()``). With two workers (the default) a phase could close while the
+    other worker still held the last reduce-scatter's input: CI once saw the embedding's 2 MiB bf16 gradient
+    bucket alive at the end of backward. With one worker, a barrier runs after every earlier collective let go."""
+    from torch.distributed import ProcessGroupGloo
+
+    opts = ProcessGroupGloo._Options()
+    opts._timeout = timeout
+    opts._devices = [ProcessGroupGloo.create_default_device()]
+    opts._threads = 1
+    return ProcessGroupGloo(store, rank, size, opts)
+
+
 def _gloo_rank(rank: int, world: int, port: int, queue) -> None:  # type: ignore[no-untyped-def]
     import torch.distributed as dist
     from torch.profiler import ProfilerActivity, profile
 
+    from validation.trace.tracker import StorageTracker
+
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+    dist.Backend.register_backend("gloo1", _one_thread_gloo, devices=["cpu"])
+    dist.init_process_group("gloo1", rank=rank, world_size=world)
+    end = StorageTracker.end
+
+    def end_after_collectives_let_go(self) -> None:  # type: ignore[no-untyped-def]
+        if self._open is not None:  # both ranks close the same phases in the same order
+            dist.barrier()
+        end(self)
+
+    StorageTracker.end = end_after_collectives_let_go  # type: ignore[method-assign]  (this spawned rank only)
     try:
         cluster = parse_cluster(f"{world}xH100")
         with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
