@@ -11,6 +11,8 @@ of issue 10.
 
     python benchmarks/accuracy_vs_corpus.py            # fit, write profiles/calibration/speed.json and the section
     python benchmarks/accuracy_vs_corpus.py --reuse    # re-render from benchmarks/results/speed_loso.json
+    python benchmarks/accuracy_vs_corpus.py --weigh-nothing zhang2023-dissecting --out /tmp/without.md
+                                                       # what if a source drove no fit (nothing shipped is written)
 
 Memory against published runs is rendered by the same module once the memory records are evaluated
 (:func:`memory_section`).
@@ -19,6 +21,7 @@ Memory against published runs is rendered by the same module once the memory rec
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as _dt
 import itertools
 import json
@@ -57,19 +60,26 @@ NAMED_ORDERINGS: list[tuple[str, str, str, float, float]] = [
 speed ratio must fall in for the claim to hold)."""
 
 
-def run_fit(evals: int, jobs: int) -> dict:
-    """Fit on everything and leave each source out; return the JSON the report renders."""
+def weigh_nothing(cases: list, sources: frozenset[str]) -> list:
+    """``cases`` with every record of ``sources`` kept for the error but weighing nothing in any fit (``fit``
+    False): the question "what would the shipped fit be had these sources not driven it?"."""
+    return [dataclasses.replace(c, fit=False) if c.source in sources else c for c in cases]
+
+
+def run_fit(evals: int, jobs: int, unweighted: frozenset[str] = frozenset()) -> dict:
+    """Fit on everything and leave each source out; return the JSON the report renders. ``unweighted``: sources
+    whose records are predicted and counted but drive no fit (:func:`weigh_nothing`)."""
     from multiprocessing import Pool
 
     from validation.corpus import load
     from validation.corpus_fit import fit_document, predict
 
     corpus = load()
-    cases = corpus.speed
+    cases = weigh_nothing(corpus.speed, unweighted)
     sources = sorted({c.source for c in cases})
     t0 = time.time()
     with Pool(max(1, jobs)) as pool:
-        fits = pool.starmap(_fit_job, [(None, evals)] + [(s, evals) for s in sources])
+        fits = pool.starmap(_fit_job, [(None, evals, unweighted)] + [(s, evals, unweighted) for s in sources])
     full, held = fits[0], dict(zip(sources, fits[1:]))
     rows = []
     for c in cases:
@@ -89,11 +99,11 @@ def run_fit(evals: int, jobs: int) -> dict:
     }
 
 
-def _fit_job(source: str | None, evals: int):  # noqa: ANN202
+def _fit_job(source: str | None, evals: int, unweighted: frozenset[str] = frozenset()):  # noqa: ANN202
     from validation.corpus import load
     from validation.corpus_fit import fit_speed
 
-    cases = load().speed
+    cases = weigh_nothing(load().speed, unweighted)
     return fit_speed([c for c in cases if c.source != source] if source else cases, max_evals=evals)
 
 
@@ -168,8 +178,11 @@ def speed_section(data: dict) -> str:
     s = speed_summary(data, flagged)
     p = data["params"]
     lines = [
-        "## Speed against published runs",
+        "## Speed against published runs" + (" (what-if)" if data.get("weigh_nothing") else ""),
         "",
+        *([f"**What-if run, not the shipped fit: the records of {', '.join(data['weigh_nothing'])} are predicted and "
+           "counted but drive no fit** (`--weigh-nothing`); the in-sample column is this run's own fit, not "
+           "profiles/calibration/speed.json.", ""] if data.get("weigh_nothing") else []),
         f"_{s['n']} throughput records from {s['sources']} sources of the evidence corpus (profiles/evidence/, "
         f"docs/evidence.md); fitted {data['generated'][:10]} by `python benchmarks/accuracy_vs_corpus.py` "
         f"({data['seconds'] / 60:.0f} min)._",
@@ -247,11 +260,30 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--evals", type=int, default=1200, help="objective evaluations per fit (default 1200)")
     ap.add_argument("--jobs", type=int, default=2, help="fits in parallel (default 2)")
     ap.add_argument("--out", type=Path, default=RESULTS / "speed.md", help="the rendered section")
+    ap.add_argument("--weigh-nothing", metavar="SOURCE", action="append", default=[],
+                    help="a source id whose records are predicted and counted but drive no fit (repeatable): a "
+                    "what-if run that writes only --out (a path other than the shipped section) and its .json "
+                    "beside it, never the shipped fit")
     args = ap.parse_args(argv)
     from planner.fileio import atomic_write_text
 
+    unweighted = frozenset(args.weigh_nothing)
+    if unweighted:
+        from validation.corpus import load
+
+        known = sorted({c.source for c in load().speed})
+        bad = sorted(unweighted - set(known))
+        if bad:
+            ap.error(f"--weigh-nothing {bad[0]!r} is no source with speed records; valid: {', '.join(known)}")
+        if args.reuse or args.out.resolve() == (RESULTS / "speed.md").resolve():
+            ap.error("--weigh-nothing is a what-if run: give --out another path than the shipped section, "
+                     "and no --reuse")
     if args.reuse:
         data = json.loads(LOSO_FILE.read_text(encoding="utf-8"))
+    elif unweighted:
+        data = run_fit(args.evals, args.jobs, unweighted)
+        data["weigh_nothing"] = sorted(unweighted)
+        atomic_write_text(args.out.with_suffix(".json"), json.dumps(data, indent=1) + "\n")
     else:
         data = run_fit(args.evals, args.jobs)
         atomic_write_text(LOSO_FILE, json.dumps(data, indent=1) + "\n")

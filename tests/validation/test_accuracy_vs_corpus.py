@@ -1,0 +1,60 @@
+"""benchmarks/accuracy_vs_corpus.py's what-if option (``--weigh-nothing``): a source's records stay predicted
+and counted but weigh nothing in any fit, the shipped files are never written, and bad input is one line.
+
+The fits themselves take minutes (the report's own run); these tests check the weighting the fit reads
+(:func:`validation.corpus_fit._weights`) and the argument checks, which return before any fit."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+from validation.corpus import load
+from validation.corpus_fit import _weights
+
+ROOT = Path(__file__).resolve().parents[2]
+_spec = importlib.util.spec_from_file_location("accuracy_vs_corpus", ROOT / "benchmarks" / "accuracy_vs_corpus.py")
+avc = importlib.util.module_from_spec(_spec)
+sys.modules[_spec.name] = avc
+_spec.loader.exec_module(avc)
+
+SOURCE = "zhang2023-dissecting"
+
+
+@pytest.fixture(scope="module")
+def cases():
+    return load().speed
+
+
+def test_weigh_nothing_zeroes_only_that_source_and_keeps_every_record(cases):
+    out = avc.weigh_nothing(cases, frozenset({SOURCE}))
+    assert [c.id for c in out] == [c.id for c in cases]  # still predicted and counted
+    before, after = _weights(cases), _weights(out)
+    assert any(w > 0 for c, w in zip(cases, before) if c.source == SOURCE)  # the source did weigh before
+    for c, w0, w1 in zip(cases, before, after):
+        if c.source == SOURCE:
+            assert w1 == 0.0
+        else:
+            assert w1 == w0  # every other source keeps its weight (each source weighs the same in total)
+    assert avc.weigh_nothing(cases, frozenset()) == list(cases)
+
+
+def test_unknown_source_is_one_line_exit_2(capsys):
+    with pytest.raises(SystemExit) as e:
+        avc.main(["--weigh-nothing", "zhang2023", "--out", "/tmp/x.md"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "'zhang2023' is no source with speed records" in err and SOURCE in err
+
+
+@pytest.mark.parametrize("extra", [[], ["--reuse", "--out", "/tmp/x.md"]])
+def test_what_if_never_writes_the_shipped_section(extra, capsys):
+    shipped = (ROOT / "benchmarks" / "results" / "speed.md").read_bytes()
+    with pytest.raises(SystemExit) as e:
+        avc.main(["--weigh-nothing", SOURCE, *extra])
+    assert e.value.code == 2
+    assert "what-if run" in capsys.readouterr().err
+    assert (ROOT / "benchmarks" / "results" / "speed.md").read_bytes() == shipped
