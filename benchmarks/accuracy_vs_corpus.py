@@ -271,13 +271,17 @@ def main(argv: list[str] | None = None) -> int:
     if unweighted:
         from validation.corpus import load
 
+        from profiles.errors import unknown_choice_message
+
         known = sorted({c.source for c in load().speed})
         bad = sorted(unweighted - set(known))
         if bad:
-            ap.error(f"--weigh-nothing {bad[0]!r} is no source with speed records; valid: {', '.join(known)}")
-        if args.reuse or args.out.resolve() == (RESULTS / "speed.md").resolve():
-            ap.error("--weigh-nothing is a what-if run: give --out another path than the shipped section, "
-                     "and no --reuse")
+            ap.error(f"--weigh-nothing: {unknown_choice_message('source with speed records', bad[0], known)}")
+        shipped = {(RESULTS / "speed.md").resolve(), LOSO_FILE.resolve()}
+        written = {args.out.resolve(), args.out.with_suffix(".json").resolve()}
+        if args.reuse or args.out.suffix == ".json" or written & shipped:
+            ap.error("--weigh-nothing is a what-if run: give --out a .md path other than the shipped section "
+                     "(its .json lands beside it, never on benchmarks/results/speed_loso.json), and no --reuse")
     if args.reuse:
         data = json.loads(LOSO_FILE.read_text(encoding="utf-8"))
     elif unweighted:

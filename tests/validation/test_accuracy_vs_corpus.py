@@ -47,10 +47,11 @@ def test_unknown_source_is_one_line_exit_2(capsys):
         avc.main(["--weigh-nothing", "zhang2023", "--out", "/tmp/x.md"])
     assert e.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
-    assert "'zhang2023' is no source with speed records" in err and SOURCE in err
+    assert "unknown source with speed records 'zhang2023'; did you mean 'zhang2023-dissecting'?" in err
 
 
-@pytest.mark.parametrize("extra", [[], ["--reuse", "--out", "/tmp/x.md"]])
+@pytest.mark.parametrize("extra", [[], ["--reuse", "--out", "/tmp/x.md"], ["--out", "/tmp/x.json"],
+                                   ["--out", str(ROOT / "benchmarks" / "results" / "speed_loso.md")]])
 def test_what_if_never_writes_the_shipped_section(extra, capsys):
     shipped = (ROOT / "benchmarks" / "results" / "speed.md").read_bytes()
     with pytest.raises(SystemExit) as e:
