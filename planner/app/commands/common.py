@@ -15,7 +15,7 @@ from typing import Any, Callable, get_args
 from planner.app.errors import CliError
 from planner.engine.evaluate import DEFAULT_HEADROOM, check_efficiency, check_headroom
 from planner.engine.rules import check_used, validate_setup
-from planner.engine.speed.compute import FOREACH_ADAMW_PASSES
+from planner.engine.speed.compute import FOREACH_ADAMW_PASSES, FUSED_ADAMW_PASSES
 from planner.engine.setup import (
     Attention, Checkpointing, Fp8, Framework, Loss, Method, Optimizer, OptimizerKernel, Recipe, Setup, default_recipe,
 )
@@ -93,7 +93,8 @@ def add_setup_args(parser: argparse.ArgumentParser, search: bool = False) -> Non
     g.add_argument("--optimizer-kernel", choices=get_args(OptimizerKernel), default=None,
                    help="how torch's AdamW runs on the GPU: fused (default; torch fused=True, HF adamw_torch_fused, "
                    "torchtune fused: True, DeepSpeed FusedAdam) or foreach (torch.optim.AdamW's own default, HF "
-                   f"adamw_torch before torch 2.8): {FOREACH_ADAMW_PASSES} passes over the states instead of 7 "
+                   f"adamw_torch before torch 2.8): {FOREACH_ADAMW_PASSES} passes over the states instead of "
+                   f"{FUSED_ADAMW_PASSES} "
                    "(docs/speed.md S8c)")
     g.add_argument("--offload", choices=["none", "optimizer", "optimizer+params"], default=default(d.offload),
                    help="offload optimizer states (ZeRO >= 1) or also parameters (ZeRO-3) to CPU RAM" + dflt(d.offload))

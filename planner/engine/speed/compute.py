@@ -49,13 +49,18 @@ def qlora_dequant_bytes_per_pass(facts: ModelFacts, setup: Setup) -> float:
     return quantized_frozen_bytes(frozen_linear, setup.double_quant) + 2.0 * frozen_linear
 
 
+FUSED_ADAMW_PASSES = 7
+"""Eq. S8b: tensor passes of one step of a fused AdamW kernel (torch ``fused=True``, DeepSpeed FusedAdam, and the
+host's one-loop-per-element CPU Adam): read param, grad, m and v, write param, m and v. A test counts it on a real
+torch step (tests/planner/engine/test_speed.py)."""
+
 FOREACH_ADAMW_PASSES = 20
 """Eq. S8c: tensor passes of one step of torch's multi-tensor (``foreach``) AdamW, counted from
 ``torch/optim/adam.py`` ``_multi_tensor_adam`` (torch 2.13, not capturable, weight decay on): ``_foreach_mul_``
 (decay: read and write p, 2), ``_foreach_lerp_`` (m: read m and g, write m, 3), ``_foreach_mul_`` (v, 2),
 ``_foreach_addcmul_`` (v += g*g: read v and g, write v, 3), ``_foreach_sqrt`` (read v, write a temporary, 2),
 ``_foreach_div_`` and ``_foreach_add_`` on the temporary (2 + 2), ``_foreach_addcdiv_`` (read p, m and the
-temporary, write p, 4): 20, against the fused kernel's 7 (read p, g, m, v; write p, m, v). A test counts both
+temporary, write p, 4): 20, against the fused kernel's :data:`FUSED_ADAMW_PASSES`. A test counts both
 on a real torch step. All tensors are taken at the state size (exact where parameters, gradients and states
 share a dtype, as under pure bf16 and torch AMP). Without weight decay (the HF Trainer's default 0.0) it is 18:
 the count errs slow by 2 passes there; every pass is taken at the HBM bandwidth (errs fast for the many small
@@ -66,7 +71,7 @@ def optimizer_step_bytes_per_param(setup: Setup, on_gpu: bool = True) -> float:
     """Bytes one optimizer step reads and writes per trainable parameter (GPU HBM or host DRAM).
 
     With ``s`` the recipe's state element size (:func:`planner.engine.dtypes.recipe_bytes`: 4; 2 under pure bf16):
-    AdamW reads param, grad, m, v and writes param, m, v: ``7 s`` (+2 for the 16-bit copy written back from
+    AdamW reads param, grad, m, v and writes param, m, v: ``7 s`` (:data:`FUSED_ADAMW_PASSES`) (+2 for the 16-bit copy written back from
     an fp32 master, DeepSpeed); on the GPU with ``optimizer_kernel="foreach"`` (torch's default multi-tensor
     AdamW) ``20 s`` (eq. S8c, :data:`FOREACH_ADAMW_PASSES`; ``on_gpu=False``, the host step, keeps ``7 s``:
     DeepSpeedCPUAdam and torch's CPU AdamW are one loop per element); 8-bit
@@ -81,9 +86,9 @@ def optimizer_step_bytes_per_param(setup: Setup, on_gpu: bool = True) -> float:
     if setup.optimizer == "paged-adamw":
         return 16.0 + 2.0 * rb.trainable_weight + float(rb.grad16 or rb.grad32) + copy
     return {
-        "adamw": (FOREACH_ADAMW_PASSES if on_gpu and setup.foreach_adamw else 7) * s + copy,
+        "adamw": (FOREACH_ADAMW_PASSES if on_gpu and setup.foreach_adamw else FUSED_ADAMW_PASSES) * s + copy,
         "adamw-8bit": 3 * s + 4 + copy,
-        "paged-adamw": 7 * 4.0 + copy,  # bitsandbytes keeps 32-bit states whatever the recipe
+        "paged-adamw": FUSED_ADAMW_PASSES * 4.0 + copy,  # bitsandbytes keeps 32-bit states whatever the recipe
         "paged-adamw-8bit": 3 * s + 4 + copy,
         "sgd": 3 * s + copy,
         "sgd-momentum": 5 * s + copy,
