@@ -131,7 +131,8 @@ def torchtune_row(sample: dict, encode: Encode, max_seq_len: int | None, train_o
     for role, content, masked in messages:
         body_text = content.strip()
         if any(len(w) > MAX_NO_WHITESPACE_CHARS for w in body_text.split()):
-            raise ValueError("a run of more than 25,000 non-whitespace characters: torchtune splits it first")
+            raise ValueError(f"a run of more than {MAX_NO_WHITESPACE_CHARS:,} non-whitespace characters: torchtune "
+                             "splits it first")
         header = [START_HEADER_ID, *encode(role), END_HEADER_ID, *encode("\n\n")]
         if role == "assistant":
             prompt_len = len(tokens) + len(header)

@@ -11,7 +11,6 @@ result: no single link speed gives both of the source's ZeRO-2 / ZeRO-3 ordering
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -29,12 +28,11 @@ def main(argv: list[str] | None = None) -> int:
     if bad:
         ap.error(f"--efficiency {bad[0]:g} is not a fraction in (0, 1]")
     sys.path.insert(0, str(ROOT))
-    from planner.app.calibration_io import CALIBRATION_DIR, SPEED_FILE
-    from planner.engine.speed.params import SpeedParams
+    from planner.app.calibration_io import CALIBRATION_DIR, SPEED_FILE, read_speed_fit
     from validation.corpus import load
     from validation.corpus_fit import predict
 
-    shipped = SpeedParams(**json.loads((CALIBRATION_DIR / SPEED_FILE).read_text(encoding="utf-8"))["params"])
+    shipped = read_speed_fit(CALIBRATION_DIR / SPEED_FILE)
     if args.efficiency is None:
         args.efficiency = [shipped.link_efficiency, 0.25, 0.15, 0.12, 0.10]
     print(f"shipped link efficiency {shipped.link_efficiency:g}; tokens/s of the whole job")
