@@ -22,7 +22,7 @@ _FORMAT = "expected [NODESx]GPUSxNAME, e.g. 8xA800, 2x8xH100 or 4090"
 class Cluster(BaseModel):
     """GPU kind x GPUs per node x nodes, with the host and network figures the engine needs."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", defer_build=True)
 
     gpu: GpuProfile
     gpus_per_node: int = Field(gt=0)

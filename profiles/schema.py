@@ -32,7 +32,7 @@ FlashAttention-2 builds for sm100/sm120."""
 
 
 class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", defer_build=True)
 
 
 class MoE(_Frozen):

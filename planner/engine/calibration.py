@@ -40,7 +40,7 @@ class CalibrationError(ProfileError):
 class HoldoutError(BaseModel):
     """Leave-one-out error of one fitted term: each run predicted from a fit on all the others."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", defer_build=True)
 
     quantity: str = Field(description="what was predicted, e.g. 'device used bytes'")
     n: int = Field(ge=0, description="runs predicted (0 when fewer than two runs were available)")
@@ -51,7 +51,7 @@ class HoldoutError(BaseModel):
 class Calibration(BaseModel):
     """Fitted per-GPU, per-recipe terms with their provenance and hold-out error."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", defer_build=True)
 
     schema_version: int = SCHEMA_VERSION
     gpu: str = Field(description="GPU profile name the runs were measured on, e.g. 'H100-SXM'")

@@ -65,7 +65,7 @@ def unchecked(cls: type[BaseModel], **values: object) -> BaseModel:
 class MemoryEstimate(BaseModel):
     """Bytes per GPU rank by category at the peak, per phase, and host RAM per node."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", defer_build=True)
 
     model: str
     gpu: str
@@ -151,7 +151,7 @@ class MemoryEstimate(BaseModel):
 class SpeedEstimate(BaseModel):
     """Step time split into compute / communication / offload / recompute, throughput and MFU."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", defer_build=True)
 
     step_s: float = Field(gt=0, description="one optimizer step (all micro-batches of accumulation)")
     tokens_per_step: int = Field(gt=0, description="tokens processed per optimizer step, whole cluster")
@@ -197,7 +197,7 @@ class Plan(BaseModel):
     against, and (when a search ranked it) its rank and the reasons. Made only by
     :func:`planner.engine.evaluate.evaluate` (the search re-ranks copies of those)."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", defer_build=True)
 
     rank: int = Field(0, ge=0, description="1 = best of a search; 0 = not ranked")
     setup: Setup

@@ -110,7 +110,7 @@ class SetupError(InputError):
 class Setup(BaseModel):
     """One concrete training configuration. Defaults are the trainers' own defaults (see each field)."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", defer_build=True)
 
     recipe: Recipe = Field("deepspeed-bf16", description="precision recipe; decides the byte accounting")
     method: Method = Field("full", description="what trains")

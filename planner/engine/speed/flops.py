@@ -37,7 +37,7 @@ class FlopsBreakdown(BaseModel):
     recompute) (eqs. S1-S6).
     """
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", defer_build=True)
 
     forward: dict[str, float]
     backward: dict[str, float]

@@ -21,7 +21,7 @@ class SpeedParams(BaseModel):
     """Parameters of the per-op time inventory (docs/speed.md S20-S27). Every field says where its value
     comes from; ``fitted`` lists the ones the shipped values were fitted for."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", defer_build=True)
 
     matmul_efficiency: dict[str, float] = Field(
         default_factory=lambda: {

@@ -12,7 +12,7 @@ from planner.engine.setup import Setup, SetupError
 class TrainTime(BaseModel):
     """Wall time, GPU-hours and cost of a training run at a :class:`SpeedEstimate`'s throughput (eq. S19)."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", defer_build=True)
 
     tokens: float = Field(gt=0, description="dataset tokens x epochs")
     optimizer_steps: int = Field(ge=1, description="ceil(tokens / tokens_per_step)")
