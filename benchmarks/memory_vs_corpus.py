@@ -45,7 +45,8 @@ def _fr(f: dict[str, float]) -> str:
 
 
 def memory_section(rep, prior: dict[str, float], seconds: float) -> str:  # noqa: ANN001
-    from validation.corpus_memory import gap_sources, summary, with_fractions
+    from planner.engine.runtime_memory import RESERVED_FITTED
+    from validation.corpus_memory import figure_fit_rows, gap_sources, summary, with_fractions
 
     s, s_prior = summary(rep), summary(with_fractions(rep, prior))
     n_src = len({r.source for r in rep.rows})
@@ -101,33 +102,52 @@ def memory_section(rep, prior: dict[str, float], seconds: float) -> str:  # noqa
     lines += ["", "### The fitted term: fragmentation (eq. R3)", "",
               "Fitted on the measured gap nvidia-smi - `max_memory_allocated` of the runs whose source publishes both "
               "(so the engine's tensor error does not enter it), per class: `static` (packed rows, one stream), "
-              "`dynamic` (padded batches whose shape changes), `sharded` (parameters all-gathered on a side stream: "
-              "FSDP, ZeRO-3 on several GPUs). The gap error is `(estimated gap - measured gap) / measured nvidia-smi`.",
+              "`dynamic` (padded batches whose shape changes), `sharded` (parameters all-gathered on a side stream and "
+              "freed with `record_stream`: FSDP1, ZeRO-3 on several GPUs), `fsdp2` (FSDP2 on several GPUs, which "
+              "avoids `record_stream`). The gap error is `(estimated gap - measured gap) / measured nvidia-smi`.",
               "", f"Shipped (all sources): **{_fr(rep.fit)}**; prior assumptions: {_fr(prior)}.", "",
               "| held-out source | records | fractions fitted without it | gap error, held out: median abs % / max % | "
               "with the prior: median / max |", "|---|---:|---|---|---|"]
-    for src in gap_sources(rep.rows):
+    srcs = gap_sources(rep.rows)
+    pair_srcs = [src for src in srcs if any(r.source == src and r.measured_gap_bytes is not None for r in rep.rows)]
+    for src in pair_srcs:
         rows = [r for r in rep.rows if r.source == src and r.measured_gap_bytes is not None]
         held = [abs(r.gap_error(rep.held_out[src])) for r in rows]
         pri = [abs(r.gap_error(prior)) for r in rows]
         lines.append(f"| {src} | {len(rows)} | {_fr(rep.held_out[src])} | {statistics.median(held) * 100:.1f} / "
                      f"{max(held) * 100:.0f} | {statistics.median(pri) * 100:.1f} / {max(pri) * 100:.0f} |")
-    srcs = gap_sources(rep.rows)
-    lines += ["", f"{len(srcs)} source(s) publish both figures ({', '.join(srcs)}). "
+    lines += ["", f"{len(pair_srcs)} source(s) publish both figures ({', '.join(pair_srcs)}). "
               + ("With one source, leaving it out leaves nothing to fit: its held-out row above is the prior's error, "
                  "and the fit's only out-of-sample test is the records of every other source whose kind the term "
-                 "moves (reserved and nvidia-smi), which never enter the fit:" if len(srcs) == 1 else
+                 "moves (reserved and nvidia-smi):" if len(pair_srcs) == 1 else
                  "A class seen by one source only is predicted at the prior when that source is held out. The "
-                 "records of every other source whose kind the term moves (reserved and nvidia-smi) never enter "
-                 "the fit:"), "",
+                 "records of every other source whose kind the term moves (reserved and nvidia-smi):"), "",
               "| out-of-sample records | n | median abs %, fitted fractions | median abs %, prior |", "|---|---:|---:|---:|"]
     for kinds in (("reserved",), ("device",), ("reserved", "device")):
         k, kp = summary(rep, kinds), summary(with_fractions(rep, prior), kinds)
         lines.append(f"| {' + '.join(kinds)} | {k['n']} | {k['median_abs'] * 100:.1f} | {kp['median_abs'] * 100:.1f} |")
-    classes = {r.frag_class for r in rep.rows if r.measured_gap_bytes is not None}
-    unfitted = [c for c in rep.fit if c not in classes]
+    paired = {r.frag_class for r in rep.rows if r.measured_gap_bytes is not None and r.fit}
+    for cls in (c for c in RESERVED_FITTED if c not in paired):
+        fig = figure_fit_rows(rep.rows, cls)
+        if not fig:
+            continue
+        lines += ["", f"**`{cls}` has no published pair**, so its fraction is fitted to its runs' reserved and "
+                  f"nvidia-smi figures (`RESERVED_FITTED`; {len(fig)} records): the median |error| of those figures, "
+                  "each source predicted by the fraction fitted without it. Unlike the gap fit above, this fraction "
+                  "also absorbs the engine's tensor errors on those runs.", "",
+                  f"| held-out source | records | {cls} fitted without it | error held out: median abs % / max % | "
+                  f"with the prior {prior[cls]:.2f}: median / max |", "|---|---:|---:|---|---|"]
+        for src in sorted({r.source for r in fig}):
+            rows = [r for r in fig if r.source == src]
+            held = [abs(r.rel_error(rep.held_out[src])) for r in rows]
+            pri = [abs(r.rel_error(prior)) for r in rows]
+            lines.append(f"| {src} | {len(rows)} | {rep.held_out[src][cls]:.2f} | {statistics.median(held) * 100:.1f}"
+                         f" / {max(held) * 100:.0f} | {statistics.median(pri) * 100:.1f} / {max(pri) * 100:.0f} |")
+    fitted_classes = paired | {c for c in RESERVED_FITTED if figure_fit_rows(rep.rows, c)}
+    unfitted = [c for c in rep.fit if c not in fitted_classes]
     if unfitted:
-        lines += ["", f"Classes without a published pair keep the prior: {', '.join(unfitted)}."]
+        lines += ["", f"Classes without a published pair (and not fitted to their figures) keep the prior: "
+                  f"{', '.join(unfitted)}."]
 
     # refuting cases
     bad = sorted((r for r in rep.rows if r.measured_bytes and abs(rep.error(r)) > 0.25), key=lambda r: -abs(rep.error(r)))
@@ -176,9 +196,11 @@ def memory_section(rep, prior: dict[str, float], seconds: float) -> str:  # noqa
     lines += ["", "### Every record", "",
               "| record | kind | fragmentation class | measured GiB | estimated GiB | error % | fit | setup |",
               "|---|---|---|---:|---:|---:|---|---|"]
+    fig_rows = [r for c in RESERVED_FITTED if c not in paired for r in figure_fit_rows(rep.rows, c)]
     for r in sorted((r for r in rep.rows if r.measured_bytes), key=lambda r: rep.error(r)):
         f = rep.held_out.get(r.source, rep.fit)
-        fitted = "fits the term" if (r.measured_gap_bytes is not None and r.fit) else ("anomaly: not fitted" if not r.fit else "-")
+        fitted = "fits the term" if (r.measured_gap_bytes is not None and r.fit) else (
+            "anomaly: not fitted" if not r.fit else "fits its class (held out)" if r in fig_rows else "-")
         lines.append(f"| {r.id} | {r.kind} | {r.frag_class} | {_gib(r.measured_bytes)} | {_gib(r.figure(f))} | "
                      f"{_pct(rep.error(r))} | {fitted} | {r.label} |")
     if rep.refused:

@@ -22,7 +22,10 @@ caching allocator keeps cached in blocks it cannot reuse. It is fitted on what i
 it: runs whose source publishes both ``max_memory_allocated`` and nvidia-smi, so that the measured gap
 (device - allocated) is held against the engine's (fragmented churn + segment rounding + CUDA context + NCCL),
 free of the engine's tensor error. Each such source is predicted by a fit that did not see it (leave one source
-out). Records of every other source never enter the fit. Allocated and active figures involve no fitted term.
+out). A class with no such pair that :data:`~planner.engine.runtime_memory.RESERVED_FITTED` names (FSDP2) is fitted
+to its runs' reserved and nvidia-smi figures instead, each source again predicted by a fit without it; that fraction
+absorbs the engine's tensor errors on those runs too. Other records never enter a fit. Allocated and active figures
+involve no fitted term.
 
 The second fitted term is eq. R3c's stranded share of the card (:func:`fit_stranded`), which decides the
 out-of-memory verdict near the card: fitted to the published verdicts it changes, on the engine's own tensors,
@@ -41,6 +44,7 @@ from planner.engine.memory import run_fragmentation_class
 from planner.engine.runtime_memory import (
     FRAGMENTATION_CLASSES,
     FRAGMENTATION_PRIOR,
+    RESERVED_FITTED,
     STRANDED_PRIOR,
     cublas_workspace_bytes,
     reserved_bytes,
@@ -168,7 +172,8 @@ class MemoryRow:
 class MemoryReport:
     rows: list[MemoryRow]
     fit: dict[str, float]
-    """fragmentation fraction by class, fitted to every source that publishes allocated + nvidia-smi pairs"""
+    """fragmentation fraction by class, fitted to every source that publishes allocated + nvidia-smi pairs (and, for
+    the classes of RESERVED_FITTED, to their reserved and nvidia-smi records)"""
     held_out: dict[str, dict[str, float]]
     """source -> the fractions fitted without it (only the sources that fit them)"""
     refused: list[MemoryRow] = field(default_factory=list)
@@ -225,16 +230,36 @@ def _loss(rows: list[MemoryRow], fractions: dict[str, float]) -> float:
     return statistics.median(xs) if xs else 0.0
 
 
+def _figure_loss(rows: list[MemoryRow], fractions: dict[str, float]) -> float:
+    """Median |error| of the rows' reserved or nvidia-smi figures (:meth:`MemoryRow.rel_error`)."""
+    xs = [abs(r.rel_error(fractions)) for r in rows]
+    return statistics.median(xs) if xs else 0.0
+
+
+def figure_fit_rows(rows: list[MemoryRow], cls: str) -> list[MemoryRow]:
+    """The rows that fit a :data:`~planner.engine.runtime_memory.RESERVED_FITTED` class: its measured reserved and
+    nvidia-smi records, anomalies never."""
+    return [r for r in rows if r.frag_class == cls and r.fit and r.measured_bytes and r.kind in FITTED_KINDS]
+
+
 def fit_fractions(rows: list[MemoryRow], prior: dict[str, float] | None = None) -> dict[str, float]:
     """The fragmentation fraction of each class minimising the median |gap error| of that class's rows among
-    those publishing both allocated and nvidia-smi figures. Classes never share a row, so each is fitted alone;
-    a class without rows keeps ``prior`` (the engine's documented assumption, never the shipped fit)."""
+    those publishing both allocated and nvidia-smi figures. A class without such rows that
+    :data:`~planner.engine.runtime_memory.RESERVED_FITTED` names minimises the median |error| of its reserved and
+    nvidia-smi records instead. Classes never share a row, so each is fitted alone; a class without rows keeps
+    ``prior`` (the engine's documented assumption, never the shipped fit)."""
     prior = dict(prior or FRAGMENTATION_PRIOR)
     usable = [r for r in rows if r.fit and r.measured_gap_bytes is not None]
     out = {}
     for cls in FRAGMENTATION_CLASSES:
         mine = [r for r in usable if r.frag_class == cls]
-        out[cls] = min(FRACTION_GRID, key=lambda f: (_loss(mine, {cls: f}), f)) if mine else prior[cls]
+        figures = figure_fit_rows(rows, cls) if cls in RESERVED_FITTED and not mine else []
+        if mine:
+            out[cls] = min(FRACTION_GRID, key=lambda f: (_loss(mine, {cls: f}), f))
+        elif figures:
+            out[cls] = min(FRACTION_GRID, key=lambda f: (_figure_loss(figures, {cls: f}), f))
+        else:
+            out[cls] = prior[cls]
     return out
 
 
@@ -286,8 +311,12 @@ def fit_stranded(rows: list[MemoryRow], fractions: dict[str, float],
 
 
 def gap_sources(rows: list[MemoryRow]) -> list[str]:
-    """Sources whose records fit the runtime term."""
-    return sorted({r.source for r in rows if r.measured_gap_bytes is not None})
+    """Sources whose records fit the runtime term: allocated + nvidia-smi pairs, and the reserved and nvidia-smi
+    records of the classes fitted on them (:data:`~planner.engine.runtime_memory.RESERVED_FITTED`)."""
+    pairs = [r for r in rows if r.fit and r.measured_gap_bytes is not None]
+    paired = {r.frag_class for r in pairs}
+    figures = {r.source for cls in RESERVED_FITTED if cls not in paired for r in figure_fit_rows(rows, cls)}
+    return sorted({r.source for r in rows if r.measured_gap_bytes is not None} | figures)
 
 
 def evaluate_corpus(corpus: Corpus) -> MemoryReport:

@@ -40,6 +40,7 @@ from planner.engine.calibration import Calibration
 from planner.engine.dtypes import RecipeBytes, recipe_bytes
 from planner.engine.facts import ModelFacts
 from planner.engine.op_sac import op_sac_block_bytes
+from planner.engine.rules import fsdp1_hf_lora_checkpointed
 from planner.engine.results import CATEGORIES, MemoryEstimate, unchecked
 from planner.engine.runtime_memory import (
     FRAGMENTATION,
@@ -610,11 +611,12 @@ def fsdp1_retains_block_inputs(setup: Setup) -> bool:
     under peft's wrap policy (the adapters in units of their own; not LitGPT, whose block units hold the adapters
     and so require grad). The HF Trainer only: its gradient checkpointing is reentrant unless told otherwise;
     torchtune's FSDP1 recipes (0.1-0.2) wrap the same way, but whether their checkpoint wrapper re-enters was not
-    read, so they are left out (errs low there if it does). Reproduced with real FSDP1 on a fake process
-    group of 2 ranks (torch 2.13): per block, backward memory grows by the block input's gradient instead of
-    falling by the input (docs/fsdp1.md)."""
-    return (setup.fsdp == "full-shard" and setup.fsdp_version == 1 and setup.method in ("lora", "qlora")
-            and setup.checkpointing == "full" and setup.framework == "hf")
+    read, so they are left out (errs low there if it does). ``Setup.reentrant`` False (``gradient_checkpointing_kwargs=
+    {"use_reentrant": False}``, e.g. PEFT's ``examples/sft/run_peft_fsdp.sh``) turns it off: the non-reentrant
+    checkpoint saves the real inputs, whose hooks fire as their gradients flow. Reproduced with real FSDP1 on a fake
+    process group of 2 ranks (torch 2.13): per block, backward memory grows by the block input's gradient instead of
+    falling by the input, and not with ``use_reentrant=False`` (docs/fsdp1.md)."""
+    return fsdp1_hf_lora_checkpointed(setup) and setup.reentrant
 
 
 def fsdp2_comm_bytes(facts: ModelFacts, cluster: Cluster, setup: Setup, rb: RecipeBytes) -> CommBytes:
@@ -732,8 +734,9 @@ def sharded_gathers(cluster: Cluster, setup: Setup) -> bool:
 def run_fragmentation_class(cluster: Cluster, setup: Setup) -> str:
     """Which fragmentation class (eq. R3) a setup on a cluster falls in: the one place the engine, the corpus report
     and the validation report decide it (:func:`~planner.engine.runtime_memory.fragmentation_class` on the setup's
-    packing and :func:`sharded_gathers`)."""
-    return fragmentation_class(setup.packing, sharded_gathers(cluster, setup))
+    packing, :func:`sharded_gathers` and whether the gathers are freed with ``record_stream``: all but FSDP2's)."""
+    fsdp2 = setup.fsdp is not None and setup.fsdp_version == 2
+    return fragmentation_class(setup.packing, sharded_gathers(cluster, setup), record_stream=not fsdp2)
 
 
 def fragmentation_fraction(cluster: Cluster, setup: Setup) -> float:

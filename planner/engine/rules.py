@@ -113,7 +113,27 @@ def ignored_fields(setup: Setup) -> dict[str, tuple[str, str]]:
         out["fsdp_version"] = ("--fsdp full-shard or shard-grad-op", "no --fsdp")
     if setup.checkpointing in ("none", "op"):
         out["checkpoint_every"] = ("--checkpointing full or selective", f"--checkpointing {setup.checkpointing}")
+    if not fsdp1_hf_lora_checkpointed(setup):
+        out["reentrant"] = ("--fsdp-version 1 with --framework hf, --method lora or qlora and --checkpointing full "
+                            "(eq. A9d)", _a9d_has(setup))
     return out
+
+
+def fsdp1_hf_lora_checkpointed(setup: Setup) -> bool:
+    """The setups whose memory depends on whether the HF Trainer's checkpointing re-enters (docs/memory.md eq. A9d):
+    FSDP1 full-shard, HF Trainer, LoRA / QLoRA, full checkpointing."""
+    return (setup.fsdp == "full-shard" and setup.fsdp_version == 1 and setup.method in ("lora", "qlora")
+            and setup.checkpointing == "full" and setup.framework == "hf")
+
+
+def _a9d_has(setup: Setup) -> str:
+    if setup.fsdp != "full-shard" or setup.fsdp_version != 1:
+        return "no --fsdp full-shard --fsdp-version 1"
+    if setup.framework != "hf":
+        return f"--framework {setup.framework}"
+    if setup.method not in ("lora", "qlora"):
+        return f"--method {setup.method}"
+    return f"--checkpointing {setup.checkpointing}"
 
 
 def flag_of(field: str) -> str:

@@ -129,6 +129,10 @@ class Setup(BaseModel):
     offload: Offload = "none"
     checkpointing: Checkpointing = Field("none", description="HF Trainer default: gradient_checkpointing=False")
     checkpoint_every: int = Field(1, ge=1, description="checkpoint every k-th block (1 = all blocks)")
+    reentrant: bool = Field(
+        True, description="the HF Trainer's gradient checkpointing re-enters (torch.utils.checkpoint use_reentrant=True, "
+        "its default) or not (gradient_checkpointing_kwargs={'use_reentrant': False}); decides eq. A9d, FSDP1's frozen "
+        "LoRA block units keeping their inputs (docs/memory.md)")
     attention: Attention = Field("sdpa", description="transformers default attn_implementation")
     loss: Loss = "plain"
     micro_batch: int = Field(1, ge=1, description="per-device batch size (HF default 8; planners search it)")

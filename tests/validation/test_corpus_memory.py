@@ -151,3 +151,29 @@ def test_an_anomaly_doubts_only_the_figures_it_names():
         assert speed[i].fit
     for i in both:
         assert not mem[i].fit and (i not in speed or not speed[i].fit)
+
+
+def _reserved_row(source: str, tensors: int, once: int, frac: float, cls: str) -> MemoryRow:
+    """A run whose published reserved peak is exactly eq. R3 at ``frac`` (synthetic truth), no allocated figure."""
+    reserved = reserved_bytes(tensors, tensors - once, frac, limit=80 * GiB - GiB // 2)
+    return MemoryRow(id=f"{source}/{cls}/{tensors}", source=source, kind="reserved", measured_bytes=float(reserved),
+                     measured_device_bytes=None, oom=False, capacity_bytes=80 * GiB,
+                     tensors={"backward_peak": tensors}, once_bytes=once, cublas_bytes=0, overhead_bytes=GiB // 2,
+                     frag_class=cls, fit=True, label="synthetic")
+
+
+def test_fsdp2_without_pairs_is_fitted_to_its_reserved_figures_and_dynamic_is_not(monkeypatch):
+    """RESERVED_FITTED: a class with no allocated + nvidia-smi pair may be fitted to its reserved records (fsdp2 is,
+    dynamic keeps its prior), each source held out of its own fit."""
+    import validation.corpus_memory as cm
+
+    rows = [_reserved_row("a", t * GiB, 10 * GiB, 0.2, "fsdp2") for t in (30, 40, 50)]
+    rows += [_reserved_row("b", t * GiB, 10 * GiB, 0.1, "fsdp2") for t in (30, 50)]
+    rows += [_reserved_row("c", t * GiB, 10 * GiB, 0.5, "dynamic") for t in (30, 40)]
+    fit = fit_fractions(rows)
+    assert fit["fsdp2"] == pytest.approx(0.2) and fit["dynamic"] == FRAGMENTATION_PRIOR["dynamic"]
+    monkeypatch.setattr(cm, "rows_from", lambda corpus: (rows, []))
+    rep = evaluate_corpus(None)
+    assert rep.held_out["a"]["fsdp2"] == pytest.approx(0.1) and rep.held_out["b"]["fsdp2"] == pytest.approx(0.2)
+    assert "c" not in rep.held_out  # a source that fits nothing has no held-out fit
+    assert all(abs(rep.error(r)) > 0 for r in rows if r.source in "ab")  # held out, each source misses

@@ -103,6 +103,9 @@ def add_setup_args(parser: argparse.ArgumentParser, search: bool = False) -> Non
                    "SAC: matmul and attention outputs saved, every second matmul recomputed)" + dflt(d.checkpointing))
     g.add_argument("--checkpoint-every", type=positive_int, default=default(d.checkpoint_every), metavar="K",
                    help="checkpoint every K-th block only (default 1: all blocks)")
+    g.add_argument("--reentrant", action=argparse.BooleanOptionalAction, default=None,
+                   help="the HF Trainer's checkpointing re-enters (default) or not (--no-reentrant: "
+                   "gradient_checkpointing_kwargs={'use_reentrant': False}); FSDP1 + LoRA only (docs/memory.md A9d)")
     g.add_argument("--attention", choices=get_args(Attention), default=default(d.attention),
                    help=f"attention kernel: sdpa | flash | eager (default: {d.attention})")
     g.add_argument("--loss", choices=get_args(Loss), default=default(d.loss),
@@ -169,7 +172,7 @@ def add_setup_args(parser: argparse.ArgumentParser, search: bool = False) -> Non
 SETUP_FIELD_OF: dict[str, str] = {
     name: ("seq_len" if name == "seq" else name)
     for name in ("method", "recipe", "optimizer", "optimizer_kernel", "zero", "fsdp", "fsdp_version", "offload",
-                 "checkpointing", "checkpoint_every",
+                 "checkpointing", "checkpoint_every", "reentrant",
                  "attention", "loss", "micro_batch", "grad_accum", "seq", "packing", "lora_rank", "lora_alpha",
                  "lora_targets", "lora_dropout", "dora", "lora_train_embeddings", "lora_train_lm_head",
                  "freeze_layers", "double_quant", "optimizer_in_backward", "activation_offload", "compile",
@@ -220,6 +223,7 @@ def setup_from_args(args: argparse.Namespace, cluster: Cluster, model: ModelProf
         recipe=recipe, method=args.method, optimizer=args.optimizer, zero=zero, fsdp=args.fsdp,
         fsdp_version=args.fsdp_version or 2, optimizer_kernel=args.optimizer_kernel or "fused",
         offload=args.offload, checkpointing=args.checkpointing, checkpoint_every=args.checkpoint_every,
+        reentrant=True if args.reentrant is None else args.reentrant,
         attention=args.attention, loss=args.loss, micro_batch=args.micro_batch, grad_accum=args.grad_accum,
         seq_len=args.seq, packing=args.packing, lora_rank=args.lora_rank,
         lora_alpha=args.lora_alpha, lora_targets=args.lora_targets,
@@ -330,7 +334,8 @@ def fixed_from_args(args: argparse.Namespace) -> dict:
         fixed["fsdp"] = args.fsdp
         fixed.setdefault("zero", 0)
     for name in ("lora_rank", "lora_alpha", "lora_targets", "lora_dropout", "freeze_layers", "double_quant",
-                 "attention", "checkpoint_every", "framework", "padding_efficiency", "fsdp_version", "optimizer_kernel"):
+                 "attention", "checkpoint_every", "framework", "padding_efficiency", "fsdp_version", "optimizer_kernel",
+                 "reentrant"):
         v = getattr(args, name, None)
         if v is not None:
             fixed[name] = v

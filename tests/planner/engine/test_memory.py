@@ -395,6 +395,32 @@ def test_fsdp1_holds_at_least_what_fsdp2_holds_and_retains_only_frozen_checkpoin
         m, parse_cluster("A100"), ddp.model_copy(update={"fsdp_version": 2})).memory.peak_bytes
 
 
+@pytest.mark.parametrize("method", ["lora", "qlora"])
+def test_non_reentrant_checkpointing_drops_fsdp1_s_retained_block_inputs(method):
+    """Eq. A9d needs reentrant checkpointing (the probe of tests/validation/test_fsdp1_hooks.py shows real FSDP1's
+    memory falling block by block in backward with use_reentrant=False): --no-reentrant removes the term, so the
+    allocated peak falls, by at most what A9d retains (L - 1 block inputs and their gradients, bf16)."""
+    from planner.engine.evaluate import evaluate
+    from planner.engine.memory import fsdp1_retains_block_inputs
+
+    m, c = get_model("mistral-7b-v0.1"), parse_cluster("2xA100")
+    re = _fms_mistral(method, 2, 1).model_copy(update={"checkpointing": "full"})
+    non = re.model_copy(update={"reentrant": False})
+    assert fsdp1_retains_block_inputs(re) and not fsdp1_retains_block_inputs(non)
+    a_re, a_non = (evaluate(m, c, s).memory.allocated_peak_bytes for s in (re, non))
+    tokens, h = re.micro_batch * re.seq_len, m.hidden_size
+    assert 0 < a_re - a_non <= 2 * (m.num_layers - 1) * tokens * h * 2
+
+
+def test_reentrant_is_refused_where_nothing_uses_it():
+    from planner.engine.rules import check_used
+    from planner.engine.setup import SetupError
+
+    with pytest.raises(SetupError, match="--reentrant is not used.*--fsdp-version 1"):
+        check_used([Setup(fsdp="full-shard", method="lora", checkpointing="full")], {"reentrant"})
+    check_used([_fms_mistral("lora", 2, 1).model_copy(update={"checkpointing": "full"})], {"reentrant"})
+
+
 def test_the_assumptions_say_which_fsdp_the_estimate_counts():
     from planner.engine.evaluate import evaluate
 

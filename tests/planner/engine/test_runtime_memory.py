@@ -215,3 +215,34 @@ def test_ligers_fsdp1_llama3_8b_out_of_memory_is_predicted_through_fragmentation
     case = next(c for c in load().memory if c.id.endswith("llama3-8b-fsdp1-8xa100-bs8-seq4096-oom"))
     mem = evaluate(case.model, case.cluster, case.setup).memory
     assert case.oom and mem.peak_bytes <= mem.capacity_bytes < mem.retry_floor_bytes and not mem.fits
+
+
+@pytest.mark.parametrize("gpus,fsdp,version,zero,packing,expected", [
+    ("8xH100", "full-shard", 2, 0, True, "fsdp2"),       # fully_shard: side-stream gathers without record_stream
+    ("8xH100", "shard-grad-op", 2, 0, True, "fsdp2"),
+    ("8xH100", "full-shard", 1, 0, True, "sharded"),     # FSDP1 frees its gathers with record_stream
+    ("8xH100", "shard-grad-op", 1, 0, False, "sharded"),
+    ("8xH100", None, 2, 3, True, "sharded"),             # ZeRO-3: free_param calls record_stream
+    ("1xH100", "full-shard", 2, 0, True, "static"),      # one GPU gathers nothing
+    ("8xH100", None, 2, 2, False, "dynamic"),
+])
+def test_the_fragmentation_class_follows_who_frees_gathers_with_record_stream(gpus, fsdp, version, zero, packing,
+                                                                              expected):
+    """Eq. R3's classes (runtime_memory.fragmentation_class): FSDP2 "avoids torch.Tensor.record_stream" (torch docs,
+    torch.distributed.fsdp.fully_shard), FSDP1 and DeepSpeed ZeRO-3 (partition_parameters.free_param) do not."""
+    from planner.engine.memory import fragmentation_fraction, run_fragmentation_class
+    from planner.engine.runtime_memory import FRAGMENTATION
+
+    kw = dict(recipe="hf-amp") if fsdp else dict(recipe="deepspeed-bf16")
+    setup = Setup(fsdp=fsdp, fsdp_version=version, zero=zero, packing=packing, **kw)
+    cluster = parse_cluster(gpus)
+    assert run_fragmentation_class(cluster, setup) == expected
+    assert fragmentation_fraction(cluster, setup) == FRAGMENTATION[expected]
+
+
+def test_fsdp2_fragments_no_more_than_the_record_stream_class():
+    """The direction the mechanism gives: without record_stream a freed gather is reusable at once, so the fitted
+    FSDP2 fraction must not exceed the sharded class's (a fit that said otherwise would be absorbing something else)."""
+    from planner.engine.runtime_memory import FRAGMENTATION
+
+    assert FRAGMENTATION["fsdp2"] <= FRAGMENTATION["sharded"]
