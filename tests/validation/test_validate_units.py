@@ -260,9 +260,13 @@ def test_the_report_states_what_the_retry_kept_against_eq_r3c():
     line = oom_stranded_line(m)
     assert "6.48 GiB reserved but unallocated" in line and f"{6.48 / 79.19:.1%} of the card" in line
     assert f"static class is at most {STRANDED['static']:.1%}" in line
-    # two GPUs under FSDP: parameters gathered on a side stream, the sharded class (the engine's own rule)
-    fsdp = record(status="oom", error=OOM_MESSAGE, setup={"fsdp": "full-shard", "recipe": "hf-amp"},
-                  cluster={"gpu": "H100 80GB SXM", "gpus_per_node": 2, "nodes": 1})
-    assert f"sharded class is at most {STRANDED['sharded']:.1%}" in oom_stranded_line(fsdp)
+    # two GPUs under FSDP1: parameters gathered on a side stream and freed with record_stream, the sharded class;
+    # FSDP2 avoids record_stream, its own class (the engine's own rule)
+    two = {"gpu": "H100 80GB SXM", "gpus_per_node": 2, "nodes": 1}
+    fsdp1 = record(status="oom", error=OOM_MESSAGE, setup={"fsdp": "full-shard", "fsdp_version": 1, "recipe": "hf-amp"},
+                   cluster=two)
+    assert f"sharded class is at most {STRANDED['sharded']:.1%}" in oom_stranded_line(fsdp1)
+    fsdp2 = record(status="oom", error=OOM_MESSAGE, setup={"fsdp": "full-shard", "recipe": "hf-amp"}, cluster=two)
+    assert f"fsdp2 class is at most {STRANDED['fsdp2']:.1%}" in oom_stranded_line(fsdp2)
     assert oom_stranded_line(record(status="ok")) is None
     assert oom_stranded_line(record(status="oom", error="CUDA out of memory. Tried to allocate 2.00 GiB.")) is None

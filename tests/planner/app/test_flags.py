@@ -57,7 +57,10 @@ def test_the_rule_lists_what_each_setup_uses():
     assert "double_quant" not in ignored_fields(Setup(method="qlora"))
     assert "freeze_layers" not in ignored_fields(Setup(method="freeze"))
     assert "checkpoint_every" not in ignored_fields(Setup(checkpointing="selective"))
-    assert set(ignored_fields(Setup(method="qlora", checkpointing="full"))) == {"freeze_layers", "fsdp_version"}
+    assert set(ignored_fields(Setup(method="qlora", checkpointing="full"))) == {"freeze_layers", "fsdp_version",
+                                                                                "reentrant"}
+    fsdp1 = Setup(method="qlora", checkpointing="full", fsdp="full-shard", fsdp_version=1, recipe="hf-amp")
+    assert "reentrant" not in ignored_fields(fsdp1)  # eq. A9d reads it
     assert "fsdp_version" not in ignored_fields(Setup(method="qlora", recipe="bf16", fsdp="full-shard"))
 
 
