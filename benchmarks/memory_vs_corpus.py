@@ -3,7 +3,8 @@ docs/accuracy.md, and the two fitted runtime terms the engine ships.
 
 Every memory record is held against the engine's figure of the kind the source measured (allocated, reserved,
 nvidia-smi; see :mod:`validation.corpus_memory`). The fragmentation fraction of docs/memory.md eq. R3 is fitted to
-the sources that publish both ``max_memory_allocated`` and nvidia-smi; the stranded share of eq. R3c to the
+the sources that publish both ``max_memory_allocated`` and nvidia-smi (FSDP2's, which has no such source, to its
+runs' reserved and nvidia-smi figures); the stranded share of eq. R3c to the
 published verdicts it decides (out-of-memory runs and runs that fitted near the card). Each source is predicted by
 fits that did not see it. Every record is listed; the ones that refute the engine stay in the report.
 

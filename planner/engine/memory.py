@@ -742,8 +742,9 @@ def run_fragmentation_class(cluster: Cluster, setup: Setup) -> str:
 def fragmentation_fraction(cluster: Cluster, setup: Setup) -> float:
     """The share of a step's freed-and-reallocated memory the caching allocator keeps in blocks it cannot reuse
     (eq. R3), by :func:`~planner.engine.runtime_memory.fragmentation_class`: side-stream parameter gathers, padded
-    batches of changing shape, or neither. Values: :data:`~planner.engine.runtime_memory.FRAGMENTATION` (fitted
-    leave-one-source-out to published allocated + nvidia-smi pairs; docs/accuracy.md, memory section)."""
+    batches of changing shape, or neither. Values: :data:`~planner.engine.runtime_memory.FRAGMENTATION` (fitted to
+    published allocated + nvidia-smi pairs, and FSDP2's to its runs' reserved and nvidia-smi figures, each source
+    held out; docs/accuracy.md, memory section)."""
     return FRAGMENTATION[run_fragmentation_class(cluster, setup)]
 
 

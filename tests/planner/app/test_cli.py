@@ -193,3 +193,21 @@ def test_plan_process_skips_pydantic_plugin_scan_unless_the_caller_set_it(preset
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     assert r.returncode == 0, r.stderr
     assert r.stdout.splitlines()[-1] == repr(seen)
+
+
+def test_no_reentrant_is_one_line_where_unused_and_lowers_fsdp1_lora_memory(capsys):
+    """--reentrant / --no-reentrant: refused with one line and exit 2 where eq. A9d cannot apply (FSDP2 here); under
+    FSDP1 + LoRA + full checkpointing the non-reentrant run keeps no block inputs, so its peak is lower."""
+    base = ["estimate", "--model", "mistral-7b-v0.1", "--gpus", "2xA100", "--method", "lora", "--fsdp", "full-shard",
+            "--checkpointing", "full", "--json"]
+    code, out, err = run([*base, "--no-reentrant"], capsys)
+    assert code == 2 and not out and len(err.strip().splitlines()) == 1
+    assert "--reentrant is not used" in err and "--fsdp-version 1" in err
+    peaks = {}
+    for flag in ("--reentrant", "--no-reentrant"):
+        code, out, _ = run([*base, "--fsdp-version", "1", flag], capsys)
+        assert code in (0, 1)
+        d = json.loads(out)
+        assert d["setup"]["reentrant"] is (flag == "--reentrant")
+        peaks[flag] = d["per_gpu"]["allocated_peak_bytes"]
+    assert peaks["--no-reentrant"] < peaks["--reentrant"]
