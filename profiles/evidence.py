@@ -78,10 +78,12 @@ ThroughputUnit = Literal[
     "s/micro-step",
     "min/1000 micro-steps",
     "s/run",
+    "TFLOP/s",
 ]
 """``step`` is one optimizer step (``micro_batch x grad_accum`` rows per GPU); ``micro-step`` one forward and
 backward of one micro-batch; ``s/run`` the wall time of a whole run whose size ``setup.run_steps`` /
-``setup.run_tokens`` give."""
+``setup.run_tokens`` give; ``TFLOP/s`` a model-FLOP rate counted by the source's own formula, which the record
+gives as ``flops_per_token`` (tokens/s = TFLOP/s x 1e12 / flops_per_token)."""
 
 ThroughputScope = Literal["job", "per-gpu"]
 TokenCount = Literal["real", "padded", "unknown"]
@@ -178,6 +180,14 @@ class Throughput(_Frozen):
     unit: ThroughputUnit
     scope: ThroughputScope
     counts: TokenCount = "unknown"
+    flops_per_token: float | None = Field(
+        None, gt=0, description="for unit TFLOP/s: the FLOPs per token of the source's own formula (required there)")
+
+    @model_validator(mode="after")
+    def _check(self) -> "Throughput":
+        if (self.unit == "TFLOP/s") != (self.flops_per_token is not None):
+            raise ValueError("flops_per_token is given exactly when the unit is TFLOP/s (the source's FLOPs per token)")
+        return self
 
 
 class Measured(_Frozen):
@@ -351,11 +361,14 @@ def throughput_tokens_per_s(t: Throughput, setup: dict[str, Any], world_size: in
     """The published throughput as tokens per second of the whole job, or ``None`` if it cannot be derived.
 
     ``samples/s`` multiplies by :func:`row_tokens`; ``s/run`` needs ``run_tokens``; step-based units use
-    :func:`tokens_per_step` and are whole-job by nature. A ``per-gpu`` tokens/s or samples/s is
+    :func:`tokens_per_step` and are whole-job by nature; ``TFLOP/s`` divides by the source's ``flops_per_token``
+    (then reads as tokens/s). A ``per-gpu`` tokens/s, TFLOP/s or samples/s is
     multiplied by ``world_size``: every per-GPU figure in the corpus is job tokens / time / all GPUs
     (torchtitan divides each rank's tokens by the model-parallel size, so its TPS/GPU reads the same way).
     """
     v, u = t.value, t.unit
+    if u == "TFLOP/s":
+        v, u = v * 1e12 / t.flops_per_token, "tokens/s"
     if u == "tokens/s":
         job = v
     elif u == "samples/s":

@@ -84,10 +84,12 @@ FREE: tuple[Free, ...] = (
     Free("matmul_efficiency", 0.3, 0.869, "ampere"),  # at most A100's maximum achievable matmul (params.py)
     Free("matmul_efficiency", 0.3, 0.803, "hopper"),  # at most H100's
     Free("matmul_efficiency", 0.3, 0.98, "ada"),  # no published ceiling
+    Free("matmul_efficiency", 0.2, 0.514, "cdna3"),  # at most MI300X's (params.py); two sources since issue 10
 )
 """What the corpus fit may move. The large-GEMM ceilings start at their sourced 'maximum achievable
-matmul' values and may only fall below what a tuned benchmark reaches where training runs show it (Blackwell
-and CDNA3, with no runs, keep theirs); the attention-kernel efficiencies, HBM and PCIe efficiencies and the
+matmul' values and may only fall below what a tuned benchmark reaches where training runs show it (Blackwell,
+whose only runs are Megatron's and a power-limited card's, keeps its own; CDNA3 is freed with two sources, torchao's
+torchtitan rows and SemiAnalysis' FSDP1 harness, so each is predicted from the other); the attention-kernel efficiencies, HBM and PCIe efficiencies and the
 collective latency stay at their sourced values; a framework's or architecture's parameter is freed only when the training set has runs of it. The
 per-block host overhead is not fitted: no run in the corpus is launch-bound at the priors (the fit could not
 move it), so it stays at its kernel-count prior."""

@@ -236,6 +236,19 @@ def test_unit_helpers():
     assert ev.memory_bytes(ev.Memory(value=1.0, unit="GB", kind="device")) == 1e9
 
 
+def test_tflops_throughput_reads_through_the_sources_flops_per_token():
+    """A TFLOP/s figure is kept as published and read as tokens/s through the source's own FLOPs per token: the
+    SemiAnalysis BF16 row, 410.42 TFLOP/s per GPU at 54,624,018,432 FLOPs per token (its llama.py formula,
+    profiles/evidence/semianalysis-rocm-te-issue79-2024-10.yaml), is 7,513.5 tokens/s per GPU, 60,108 on 8."""
+    t = ev.Throughput(value=410.42, unit="TFLOP/s", scope="per-gpu", flops_per_token=54_624_018_432)
+    assert ev.throughput_tokens_per_s(t, {}, 8) == pytest.approx(8 * 410.42e12 / 54_624_018_432)
+    assert ev.throughput_tokens_per_s(t, {}, 1) == pytest.approx(7513.5, abs=0.1)
+    with pytest.raises(ValueError, match="flops_per_token"):
+        ev.Throughput(value=410.42, unit="TFLOP/s", scope="per-gpu")  # the rate alone cannot be read as tokens
+    with pytest.raises(ValueError, match="flops_per_token"):
+        ev.Throughput(value=100.0, unit="tokens/s", scope="per-gpu", flops_per_token=1e9)
+
+
 def test_docs_name_every_source_and_reserved_key():
     """docs/evidence.md is the corpus's reference: every source id and every reserved setup key appears in it."""
     doc = (Path(__file__).resolve().parents[2] / "docs" / "evidence.md").read_text(encoding="utf-8")
