@@ -153,11 +153,14 @@ def memory_section(rep, prior: dict[str, float], seconds: float) -> str:  # noqa
     # refuting cases
     bad = sorted((r for r in rep.rows if r.measured_bytes and abs(rep.error(r)) > 0.25), key=lambda r: -abs(rep.error(r)))
     lines += ["", f"### Records the engine misses by more than 25 % ({len(bad)})", "",
-              "Kept in the report: each is either a setup the corpus maps imperfectly (the record's notes say how) or "
-              "a term the engine gets wrong.", "",
-              "| record | kind | measured GiB | estimated GiB | error % | setup | notes |", "|---|---|---:|---:|---:|---|---|"]
+              "Kept in the report: each is either a setup the corpus maps imperfectly (the record's notes say how), "
+              "a record the corpus flags as an anomaly (its `anomaly` field says why the figure cannot be the stated "
+              "setup's; listed, not counted) or a term the engine gets wrong.", "",
+              "| record | kind | counted | measured GiB | estimated GiB | error % | setup | notes |",
+              "|---|---|---|---:|---:|---:|---|---|"]
     for r in bad:
-        lines.append(f"| {r.id} | {r.kind} | {_gib(r.measured_bytes)} | {_gib(r.figure(rep.held_out.get(r.source, rep.fit)))} | "
+        lines.append(f"| {r.id} | {r.kind} | {'yes' if r.fit else 'no: anomaly'} | {_gib(r.measured_bytes)} | "
+                     f"{_gib(r.figure(rep.held_out.get(r.source, rep.fit)))} | "
                      f"{_pct(rep.error(r))} | {r.label} | {'; '.join(r.notes).replace('|', '/') or '-'} |")
 
     # OOMs
