@@ -111,7 +111,7 @@ def layer_inventory(facts: ModelFacts, setup: Setup, rb: RecipeBytes, trains_lay
 
 
 _LAYER_KEY = {"micro_batch": 1, "grad_accum": 1, "zero": 0, "fsdp": None, "fsdp_version": 2, "offload": "none", "optimizer": "adamw",
-              "checkpointing": "none", "checkpoint_every": 1, "loss": "plain", "framework": "hf",
+              "checkpointing": "none", "checkpoint_every": 1, "loss": "plain",
               "padding_efficiency": 1.0, "activation_offload": False, "fused_kernels": False, "packing": True,
               "optimizer_in_backward": False}
 """the fields that do not change one block's saved tensors, and the values :func:`layer_inventory` resets them to"""
@@ -188,6 +188,8 @@ def _layer_inventory(facts: ModelFacts, setup: Setup, rb: RecipeBytes, trains_la
             add("q_rot", c * qw)
             add("k_rot", c * kv_saved)
             add("v", c * kv_saved)
+            if setup.framework == "litgpt" and model.num_kv_heads == model.num_heads:
+                add("litgpt_qkv", c * (qw + kvw))  # eq. A4c: v is a view of the fused qkv output
             add("attn_out", c * qw)  # saved by SDPA's backward; o_proj's input is a view of it
             add("softmax_lse", 4 * model.num_heads)
             linear_input("o_proj", qw, "o_in")

@@ -549,12 +549,15 @@ def fsdp_block_bytes(facts: ModelFacts, setup: Setup, c: int, tp: int = 1) -> in
     return quantized_frozen_bytes(lin, setup.double_quant) + c * (block - lin)
 
 
-def fsdp_reduce_bytes(grad_elements: int, c: int, world: int, shard_bytes: int = 4) -> int:
-    """A unit's gradient reduction under FSDP (eq. C4): its unsharded gradient and the reduce-scatter input (``c``
-    bytes each), then the output (``1/N``) and, where the sharded parameter has another dtype, the gradient shard
-    cast to it (``shard_bytes / N``: the fp32 shard of fp32 parameters under a bf16 policy). Under FSDP2 with
-    parameters already in the compute dtype (pure bf16) the output is the shard: pass ``shard_bytes=c``."""
-    return 2 * c * grad_elements + grad_elements * (c + (0 if shard_bytes == c else shard_bytes)) // world
+def fsdp_reduce_bytes(grad_elements: int, c: int, world: int, shard_bytes: int = 4, reduce: int | None = None) -> int:
+    """A unit's gradient reduction under FSDP (eq. C4): its unsharded gradient (``c`` bytes) and the reduce-scatter
+    input (``reduce`` bytes, the policy's ``reduce_dtype``; ``c`` unless given), then the output (``1/N``, in the
+    reduce dtype) and, where the sharded parameter has another dtype, the gradient shard cast to it
+    (``shard_bytes / N``: the fp32 shard of fp32 parameters under a bf16 policy). Under FSDP2 with parameters
+    already in the compute dtype (pure bf16) the output is the shard: pass ``shard_bytes=c``. torchtitan reduces in
+    fp32 (``reduce=4``, :func:`planner.engine.speed.comm.grad_comm_bytes`)."""
+    r = c if reduce is None else reduce
+    return (c + r) * grad_elements + grad_elements * (r + (0 if shard_bytes == r else shard_bytes)) // world
 
 
 def fsdp1_comm_bytes(facts: ModelFacts, cluster: Cluster, setup: Setup, rb: RecipeBytes) -> CommBytes:
@@ -676,8 +679,11 @@ def fsdp2_comm_bytes(facts: ModelFacts, cluster: Cluster, setup: Setup, rb: Reci
     g_emb = emb if trains_base else 0
     g_block = block if setup.method in ("full", "freeze") else counts.trainable // model.num_layers // tp
 
+    # torchtitan's MixedPrecisionPolicy reduces in fp32 (training.mixed_precision_reduce, its only choice)
+    r = 4 if setup.framework == "torchtitan" and rb.gathered else None
+
     def reduce(g: int) -> int:  # FSDP2 keeps each gradient shard in its parameter's dtype (eq. C4)
-        return fsdp_reduce_bytes(g, c, N, rb.trainable_weight)
+        return fsdp_reduce_bytes(g, c, N, rb.trainable_weight, r)
 
     if setup.fsdp == "full-shard":
         forward = 2 * max(c * head, pblock)

@@ -116,7 +116,7 @@ so there the figure errors are the engine's tensors, not the allocator (docs/mem
 STRANDED_PRIOR: dict[str, float] = {"static": 0.0, "dynamic": 0.0, "sharded": 0.0, "fsdp2": 0.0}
 """The assumption before any fit: the allocator's retry frees every cached fragment (eq. R3's cap alone, which
 can never predict an out-of-memory below the card)."""
-STRANDED: dict[str, float] = {"static": 0.0, "dynamic": 0.13, "sharded": 0.16, "fsdp2": 0.0}
+STRANDED: dict[str, float] = {"static": 0.0, "dynamic": 0.0, "sharded": 0.16, "fsdp2": 0.0}
 """Most of the card, as a fraction, that the retry after a failed ``cudaMalloc`` cannot give back (eq. R3c), by
 :func:`fragmentation_class`. Fitted by ``python benchmarks/memory_vs_corpus.py`` (benchmarks/results/memory_fit.json)
 to the published runs whose verdict depends on it: out-of-memory runs whose tensors fit the card and runs that
@@ -125,10 +125,11 @@ the most of those verdicts right (``validation.corpus_memory.fit_stranded``), ea
 fit without it (docs/accuracy.md, memory section). ``sharded``: seven verdicts from four sources decide it (IBM
 fms-acceleration's 2-GPU QLoRA 70B, Liger-Kernel's FSDP1 Llama-3-8B and LitGPT's 2-GPU LoRA 13B went out of memory
 with 13.1 %, 12.5 % and 3.4 % of the card left beside their tensors; LitGPT's 4-GPU LoRA 13B and the chenyaofo
-ZeRO-3 run fitted with 18.6 % and 21.9 % left), all seven right at 0.135-0.185, so the centre 0.16. ``dynamic``: one
-verdict (LitGPT's 1-GPU LoRA 7B, out of memory with 0.7 % left), so the centre of 0.01-0.25 (the fragmentation
-fraction bounds what can strand); left out, its source is predicted from the prior 0. ``static`` and ``fsdp2``: no
-verdict decides them (FSDP2's published out-of-memory runs exceed the card with their tensors alone); the prior. A class no verdict constrains keeps the prior; the least-sourced term of the engine after
+ZeRO-3 run fitted with 18.6 % and 21.9 % left), all seven right at 0.135-0.185, so the centre 0.16. ``dynamic``:
+its one deciding verdict was LitGPT's 1-GPU LoRA 7B at micro-batch 4, out of memory with 0.7 % of the card left
+(0.13); since eq. A4c (LitGPT's fused qkv storage, +0.64 GiB per 1304-token row) its tensors alone exceed the card,
+so no verdict decides it: the prior, as for ``static`` and ``fsdp2`` (FSDP2's published out-of-memory runs exceed the
+card with their tensors alone). A class no verdict constrains keeps the prior; the least-sourced term of the engine after
 the fragmentation fractions. The bounds are read off the engine's own tensors, so the share makes the engine's
 verdicts right and absorbs its tensor errors rather than measuring the allocator alone: chenyaofo's ZeRO-3 run
 measured 70.5 GiB allocated where the engine has 61.8, and with its measured figure it ran with 11 % of the card

@@ -54,9 +54,14 @@ def grad_comm_bytes(setup: Setup) -> int:
 
     DeepSpeed bf16/fp16 (``communication_data_type`` defaults to the model dtype) and pure bf16: 2. HF AMP
     and fp16 AMP under DDP keep fp32 weights and reduce fp32 gradients: 4. Under FSDP, accelerate's mixed
-    precision policy reduces in bf16 (``MixedPrecisionPolicy(reduce_dtype=bf16)``, eq. M1b): 2.
+    precision policy reduces in bf16 (``MixedPrecisionPolicy(reduce_dtype=bf16)``, eq. M1b): 2. torchtitan's
+    FSDP reduces in fp32 whatever the compute dtype (``reduce_dtype=torch.float32`` in
+    ``parallelisms/parallelize_llama.py`` at 157a12c, April 2024; ``mixed_precision_reduce: Literal["float32"]`` in
+    ``config/configs.py`` to this day): 4.
     """
     rb = recipe_bytes(setup)
+    if rb.gathered and setup.framework == "torchtitan" and setup.fsdp is not None:
+        return 4
     if rb.gathered:
         return rb.compute
     return rb.grad16 if rb.grad16 else rb.grad32

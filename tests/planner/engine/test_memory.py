@@ -502,3 +502,41 @@ def test_foreach_adamw_raises_the_optimizer_phase_only(llama8b):
         assert b.phases["optimizer_peak"] - a.phases["optimizer_peak"] > 0
         assert b.phases["backward_peak"] == a.phases["backward_peak"]
         assert b.phases["forward_peak"] == a.phases["forward_peak"]
+
+
+def test_litgpt_keeps_its_fused_qkv_for_multi_head_attention_only():
+    """Eq. A4c: LitGPT's saved value is a view of its fused qkv output, which stays whole: c (q_w + kv_w) per token
+    and block more than the same setup under transformers, for multi-head attention (Llama-2-7B) and not for
+    grouped queries (Llama-3-8B, whose v LitGPT copies). Checked on lit_gpt/model.py at 8641822 with
+    saved_tensors_hooks (docs/memory.md A4c)."""
+    from planner.engine.activations import layer_inventory
+
+    for name, extra in (("llama2-7b", True), ("llama3-8b", False)):
+        model = get_model(name)
+        s = Setup(method="lora", recipe="bf16", lora_targets="q_proj,v_proj", framework="hf")
+        facts = model_facts(model, s)
+        hf = layer_inventory(facts, s, recipe_bytes(s), False)
+        lit = layer_inventory(facts, s.model_copy(update={"framework": "litgpt"}), recipe_bytes(s), False)
+        got = lit.items.get("litgpt_qkv", 0)
+        assert got == (2 * (model.q_width + model.kv_width) if extra else 0), name
+        assert sum(lit.items.values()) - sum(hf.items.values()) == got
+
+
+def test_torchtitan_reduces_gradients_in_fp32():
+    """torchtitan's FSDP policy reduces in fp32 (reduce_dtype=torch.float32 at 157a12c; mixed_precision_reduce
+    Literal['float32'] since): 4 B per gradient element on the wire and in the reduce-scatter input, where
+    accelerate's bf16 policy moves 2."""
+    from planner.engine.memory import fsdp_reduce_bytes
+    from planner.engine.speed.comm import grad_comm_bytes
+
+    hf = Setup(recipe="hf-amp", fsdp="full-shard", framework="hf")
+    tt = hf.model_copy(update={"framework": "torchtitan"})
+    assert grad_comm_bytes(hf) == 2 and grad_comm_bytes(tt) == 4
+    g, n = 1000, 8
+    # unsharded bf16 gradient + fp32 reduce-scatter input + fp32 output shard (already the fp32 shard's dtype)
+    assert fsdp_reduce_bytes(g, 2, n, 4, reduce=4) == 2 * g + 4 * g + 4 * g // n
+    assert fsdp_reduce_bytes(g, 2, n, 4) == 2 * 2 * g + (2 + 4) * g // n
+    cluster = make_cluster(get_gpu("h100"), 8)
+    m = get_model("llama3-8b")
+    assert (evaluate(m, cluster, tt.model_copy(update={"checkpointing": "full"})).memory.peak_bytes
+            >= evaluate(m, cluster, hf.model_copy(update={"checkpointing": "full"})).memory.peak_bytes)
