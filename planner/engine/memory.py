@@ -344,9 +344,9 @@ def loss_parallel_logits_bytes(vocab: int, compute: int, tokens: int, tp: int) -
     lines in torch 2.13 and in the stored 2024 copies). Forward: the bf16 logits (``c``), their fp32 copy (4),
     ``shifted = x - x_max`` (4) and ``exp(shifted)`` or the result (4) alive together, ``c + 12`` B per local logit
     against eq. L1's ``c + 8``; the result (4) is saved. Backward: the saved result, ``zeros_like`` (4),
-    ``exp(x)`` (4) and their sum (4), 16 B against L1's 12. Measured on the CPU (torch 2.13, one-rank gloo mesh,
-    8192 x 16,032 logits, resident-set high-water mark per phase): 14.28 / 16.31 B per logit forward / backward,
-    against 10.02 / 12.03 for the plain loss. Errs low by the row statistics (``V``-free) only."""
+    ``exp(x)`` (4) and their sum (4), 16 B against L1's 12. Traced on real CPU tensors of a vocabulary-sharded
+    DTensor with the trace's storage tracker (torch 2.13; tests/validation/test_loss_parallel.py): 14.00 / 4.00 /
+    16.01 B per logit forward / saved / backward. Errs low by the row statistics (``V``-free) only."""
     local = tokens * (-(-vocab // tp))
     return LogitsBytes(local * (compute + 12), local * 4, local * 16)
 
