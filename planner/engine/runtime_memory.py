@@ -98,7 +98,7 @@ gradients, gathered parameters), eq. R3, by :func:`fragmentation_class`. ``stati
 source gives both ``max_memory_allocated`` and nvidia-smi (IBM fms-acceleration, A100-80GB, 1-2 GPUs; its 2-GPU runs
 counted as FSDP1, eq. C4b): median gap error 9.9 % of the nvidia-smi figure with the priors. One source, so no
 leave-one-source-out error exists; out of sample (the 55 reserved and nvidia-smi records of other sources, FSDP2's
-each with the fsdp2 fraction fitted without its source) a median 7.9 % against 10.3 % with the priors
+each with the fsdp2 fraction fitted without its source) a median 8.4 % against 10.3 % with the priors
 (docs/accuracy.md, memory section). ``fsdp2`` has no published pair either; it is fitted to the reserved and
 nvidia-smi figures of its own published runs (:data:`RESERVED_FITTED`), each source predicted by a fit without it,
 so it absorbs the engine's tensor errors on those runs as well as the allocator's. ``dynamic`` has no published
