@@ -97,3 +97,15 @@ def fsdp_amp_recipe_bytes(full_model_fp32: bool) -> RecipeBytes:
     cast, so none of the per-weight copies of plain AMP exist (traced with real FSDP2, docs/accuracy.md).
     The frozen base of LoRA stays in its load dtype (only trainable parameters are upcast)."""
     return replace(amp_recipe_bytes(full_model_fp32), residual=2, autocast=False, gathered=True)
+
+
+def fsdp_reduce_dtype_bytes(setup: Setup, rb: RecipeBytes) -> int | None:
+    """Bytes per gradient element of the FSDP mixed-precision policy's ``reduce_dtype`` where it is not the compute
+    dtype, else ``None``. torchtitan reduces in fp32 whatever the compute dtype (``reduce_dtype=torch.float32`` in
+    ``torchtitan/parallelisms/parallelize_llama.py`` at 157a12c, April 2024; ``mixed_precision_reduce:
+    Literal["float32"]`` in ``torchtitan/config/configs.py`` to this day): 4. accelerate's policy reduces in the
+    compute dtype (eq. M1b). The one place the speed model's gradient bytes on the wire (eq. S12) and the memory
+    engine's reduce-scatter buffers (eq. C4) read it."""
+    if rb.gathered and setup.fsdp is not None and setup.framework == "torchtitan":
+        return 4
+    return None

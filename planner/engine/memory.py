@@ -37,7 +37,7 @@ from planner.engine.bnb import (
     quantized_frozen_bytes,
 )
 from planner.engine.calibration import Calibration
-from planner.engine.dtypes import RecipeBytes, recipe_bytes
+from planner.engine.dtypes import RecipeBytes, fsdp_reduce_dtype_bytes, recipe_bytes
 from planner.engine.facts import ModelFacts
 from planner.engine.op_sac import op_sac_block_bytes
 from planner.engine.rules import fsdp1_hf_lora_checkpointed
@@ -555,7 +555,7 @@ def fsdp_reduce_bytes(grad_elements: int, c: int, world: int, shard_bytes: int =
     reduce dtype) and, where the sharded parameter has another dtype, the gradient shard cast to it
     (``shard_bytes / N``: the fp32 shard of fp32 parameters under a bf16 policy). Under FSDP2 with parameters
     already in the compute dtype (pure bf16) the output is the shard: pass ``shard_bytes=c``. torchtitan reduces in
-    fp32 (``reduce=4``, :func:`planner.engine.speed.comm.grad_comm_bytes`)."""
+    fp32 (``reduce=4``, :func:`planner.engine.dtypes.fsdp_reduce_dtype_bytes`)."""
     r = c if reduce is None else reduce
     return (c + r) * grad_elements + grad_elements * (r + (0 if shard_bytes == r else shard_bytes)) // world
 
@@ -679,8 +679,7 @@ def fsdp2_comm_bytes(facts: ModelFacts, cluster: Cluster, setup: Setup, rb: Reci
     g_emb = emb if trains_base else 0
     g_block = block if setup.method in ("full", "freeze") else counts.trainable // model.num_layers // tp
 
-    # torchtitan's MixedPrecisionPolicy reduces in fp32 (training.mixed_precision_reduce, its only choice)
-    r = 4 if setup.framework == "torchtitan" and rb.gathered else None
+    r = fsdp_reduce_dtype_bytes(setup, rb)  # torchtitan's policy reduces in fp32
 
     def reduce(g: int) -> int:  # FSDP2 keeps each gradient shard in its parameter's dtype (eq. C4)
         return fsdp_reduce_bytes(g, c, N, rb.trainable_weight, r)

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from planner.engine.bnb import quantized_frozen_bytes
-from planner.engine.dtypes import recipe_bytes
+from planner.engine.dtypes import fsdp_reduce_dtype_bytes, recipe_bytes
 from planner.engine.facts import ModelFacts
 from planner.engine.setup import Setup
 from profiles.cluster import Cluster
@@ -55,15 +55,11 @@ def grad_comm_bytes(setup: Setup) -> int:
     DeepSpeed bf16/fp16 (``communication_data_type`` defaults to the model dtype) and pure bf16: 2. HF AMP
     and fp16 AMP under DDP keep fp32 weights and reduce fp32 gradients: 4. Under FSDP, accelerate's mixed
     precision policy reduces in bf16 (``MixedPrecisionPolicy(reduce_dtype=bf16)``, eq. M1b): 2. torchtitan's
-    FSDP reduces in fp32 whatever the compute dtype (``reduce_dtype=torch.float32`` in
-    ``parallelisms/parallelize_llama.py`` at 157a12c, April 2024; ``mixed_precision_reduce: Literal["float32"]`` in
-    ``config/configs.py`` to this day): 4.
+    FSDP reduces in fp32 (:func:`planner.engine.dtypes.fsdp_reduce_dtype_bytes`): 4.
     """
     rb = recipe_bytes(setup)
-    if rb.gathered and setup.framework == "torchtitan" and setup.fsdp is not None:
-        return 4
     if rb.gathered:
-        return rb.compute
+        return fsdp_reduce_dtype_bytes(setup, rb) or rb.compute
     return rb.grad16 if rb.grad16 else rb.grad32
 
 
