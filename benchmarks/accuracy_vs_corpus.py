@@ -94,7 +94,7 @@ def run_fit(evals: int, jobs: int, unweighted: frozenset[str] = frozenset()) -> 
     doc = fit_document(SpeedFit(full, [], held), cases)
     return {
         "generated": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "seconds": time.time() - t0, "evals": evals, "params": full.model_dump(mode="json"), "fit": doc,
+        "seconds": time.time() - t0, "evals": evals, "params": doc["params"], "fit": doc,
         "rows": rows, "skipped": [{"id": s.id, "reason": s.reason} for s in corpus.skipped],
     }
 

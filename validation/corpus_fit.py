@@ -87,6 +87,8 @@ FREE: tuple[Free, ...] = (
     # at most MI300X's (params.py); two sources since issue 10. Floor 0.2, below the others' 0.3: each source alone
     # gives 0.30 (torchao's) and 0.34 (SemiAnalysis'), so a 0.3 floor would decide the first fold's value
     Free("matmul_efficiency", 0.2, 0.514, "cdna3"),
+    # CDNA3's FP8 GEMMs relative to NVIDIA's recipe ratios (eq. S28b): from half to 1.2x of them
+    Free("fp8_arch_ratio", 0.3, 1.2, "cdna3"),
 )
 """What the corpus fit may move. The large-GEMM ceilings start at their sourced 'maximum achievable
 matmul' values and may only fall below what a tuned benchmark reaches where training runs show it (Blackwell,
@@ -102,6 +104,8 @@ def _relevant(free: Free, cases: Sequence[SpeedCase]) -> bool:
         return any(c.framework == free.dict_key for c in cases)
     if free.name == "matmul_efficiency":
         return any(c.cluster.gpu.arch == free.dict_key for c in cases)
+    if free.name == "fp8_arch_ratio":
+        return any(c.cluster.gpu.arch == free.dict_key and c.setup.fp8 != "none" for c in cases)
     if free.name == "fused_memory_factor":
         return any(c.setup.compile or c.setup.fused_kernels for c in cases)
     if free.name == "host_optimizer_bytes_per_s":
@@ -229,12 +233,18 @@ def leave_one_source_out(cases: Sequence[SpeedCase], progress: Callable[[str], N
 def fit_document(fit: SpeedFit, cases: Sequence[SpeedCase] = ()) -> dict:
     """The shipped fit (``profiles/calibration/speed.json``): the parameters, what they were fitted from and
     the held-out error that goes with them (from :func:`leave_one_source_out`'s predictions, or the caller's)."""
+    n_records = len(cases) or len(fit.predictions)
+    sources = sorted({c.source for c in cases} or {p.case.source for p in fit.predictions})
+    # the label every estimate prints ("speed parameters: ..."): the fit, never the priors it started from
+    params = fit.params.model_copy(update={"source": f"corpus fit {_dt.date.today().isoformat()}: {n_records} "
+                                                     f"throughput records from {len(sources)} sources "
+                                                     "(profiles/calibration/speed.json)"})
     return {
         "schema_version": 1,
         "fitted_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "method": "Powell on source-weighted mean |log(predicted / measured)|, pulled towards the priors "
                   f"(weight {PRIOR_WEIGHT}); validation/corpus_fit.py",
-        "records": len(cases) or len(fit.predictions),
-        "sources": sorted({c.source for c in cases} or {p.case.source for p in fit.predictions}),
-        "params": fit.params.model_dump(mode="json"),
+        "records": n_records,
+        "sources": sources,
+        "params": params.model_dump(mode="json"),
     }

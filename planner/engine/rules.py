@@ -240,9 +240,10 @@ def validate_techniques(setup: Setup, model: ModelProfile, cluster: Cluster) -> 
             raise SetupError("LISA is modelled on one GPU or under DDP (LMFlow toggles whole layers' requires_grad); "
                              "use --zero 0")
     if setup.fp8 != "none":
-        if not (gpu.supports_fp8 and gpu.arch in FP8_ARCHS) or (setup.fp8 == "te" and gpu.vendor != "nvidia"):
+        if not (gpu.supports_fp8 and gpu.arch in FP8_ARCHS):
             raise SetupError(f"--fp8 {setup.fp8} needs FP8 tensor cores ("
-                             + ("NVIDIA Ada, Hopper or Blackwell for TransformerEngine" if setup.fp8 == "te" else
+                             + ("TransformerEngine: NVIDIA Ada, Hopper or Blackwell, or MI300X with ROCm's "
+                                "TransformerEngine" if setup.fp8 == "te" else
                                 "torchao float8: compute capability 8.9+ (Ada, Hopper, Blackwell) or MI300X")
                              + f"); {gpu.name} ({gpu.arch}) has none; use --fp8 none")
         if setup.method != "full":

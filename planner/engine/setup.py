@@ -100,7 +100,8 @@ FP8: dict[str, str] = {
 FP8_ARCHS = ("ada", "hopper", "blackwell", "cdna3")
 """Architectures with FP8 tensor cores that torchao's float8 training runs on: torchtitan's ``Float8LinearConverter``
 requires ``has_cuda_capability(8, 9)`` (SM89 Ada, SM90 Hopper, SM100 Blackwell; MI300X's gfx942 reports 9.4 under
-ROCm and is in torchao's own float8 benchmark table). TransformerEngine: NVIDIA only."""
+ROCm and is in torchao's own float8 benchmark table). TransformerEngine: the same architectures, CDNA3 through ROCm's
+port (ROCm/TransformerEngine, FP8 GEMMs in hipBLASLt; SemiAnalysis' MI300X runs in issue #79 of that repository)."""
 
 
 class SetupError(InputError):

@@ -342,7 +342,7 @@ def micro_step_time(work: MicroWork, gpu: GpuProfile, framework: str, peak: floa
         if not groups:
             return 0.0
         f8_peak = (gpu.fp8_tflops or 0.0) * 1e12 or peak
-        ratio = params.fp8(work.fp8)
+        ratio = params.fp8(work.fp8, arch)
         return sum(f / (f8_peak * ratio * gemm_efficiency(rows, arch, params)) for rows, f in groups if f)
 
     gemm_s = gemms(work.gemm_flops) + fp8_gemms(work.fp8_gemm_flops)

@@ -131,6 +131,14 @@ class SpeedParams(BaseModel):
         "nearest published figure is TE's block scaling, 1.40x bf16 with autocast -> 0.70 [assumption by analogy: "
         "torchao rowwise runs CUTLASS per-row-scaled GEMMs, slower than cuBLAS tensorwise]. Priors; not fitted",
     )
+    fp8_arch_ratio: dict[str, float] = Field(
+        default_factory=lambda: {"cdna3": 1.0},
+        description="eq. S28b: an architecture's FP8 GEMMs relative to the recipe ratios above, which were measured "
+        "on NVIDIA's (1.0 = as fast relative to the FP8 peak as there). CDNA3's FP8 runs through hipBLASLt "
+        "(torch._scaled_mm on ROCm, ROCm TransformerEngine with NVTE_USE_HIPBLASLT=1): prior 1.0, fitted where the "
+        "training set has CDNA3 FP8 runs (torchao's torchtitan table and SemiAnalysis' ROCm TE runs, each predicted "
+        "from the other); absent architectures read 1.0",
+    )
     async_tp_overlap: float = Field(
         0.5, ge=0, le=1,
         description="eq. S30: fraction of the TP collectives that torchtitan's asynchronous TP hides behind the "
@@ -165,8 +173,9 @@ class SpeedParams(BaseModel):
     def host_optimizer(self, implementation: str) -> float:
         return self.host_optimizer_bytes_per_s.get(implementation, 25e9)
 
-    def fp8(self, recipe: str) -> float:
-        return self.fp8_matmul_ratio.get(recipe, 0.7)
+    def fp8(self, recipe: str, arch: str | None = None) -> float:
+        """Eq. S28 / S28b: the recipe's FP8 GEMM ratio, scaled by the architecture's factor where it has one."""
+        return self.fp8_matmul_ratio.get(recipe, 0.7) * (self.fp8_arch_ratio.get(arch, 1.0) if arch else 1.0)
 
     def layer_overhead(self, framework: str) -> float:
         return self.layer_overhead_s.get(framework, self.layer_overhead_s.get("other", 0.0))

@@ -192,7 +192,41 @@ def test_fp8_is_refused_without_fp8_units():
     msg = one_line_refusal("llama3-8b", "8xA800", "needs FP8 tensor cores", method="full", fsdp="full-shard",
                            recipe="bf16", fp8="tensorwise")
     assert "A800" in msg
-    one_line_refusal("llama3-8b", "8xMI300X", "TransformerEngine", method="full", recipe="bf16", fp8="te")
+    msg = one_line_refusal("llama3-8b", "8xA800", "TransformerEngine", method="full", fsdp="full-shard", recipe="bf16",
+                           fp8="te")
+    assert "MI300X" in msg  # the message names what would be valid
+
+
+def test_te_fp8_runs_on_mi300x_through_rocm_transformer_engine():
+    """ROCm/TransformerEngine (issue #79: SemiAnalysis' Llama 3.1 8B FSDP TE FP8 runs on 8xMI300X) is accepted, and
+    its GEMMs are priced below the bf16 ones where they are large."""
+    te = est("llama3.1-8b", "8xMI300X", method="full", recipe="hf-amp", fsdp="full-shard", fp8="te", micro_batch=2,
+             seq_len=4096)
+    bf16 = est("llama3.1-8b", "8xMI300X", method="full", recipe="hf-amp", fsdp="full-shard", micro_batch=2,
+               seq_len=4096)
+    assert te.speed.breakdown_s["gemm"] < bf16.speed.breakdown_s["gemm"]
+
+
+def test_cdna3_fp8_factor_scales_only_mi300x_fp8_gemms():
+    """Eq. S28b: SpeedParams.fp8_arch_ratio["cdna3"] moves MI300X's FP8 GEMM time in inverse proportion and leaves
+    its bf16 GEMMs and an H100's FP8 GEMMs as they were."""
+    from planner.engine.speed.params import PRIORS
+    from planner.engine.speed.step import estimate_speed
+
+    half = PRIORS.model_copy(update={"fp8_arch_ratio": {"cdna3": 0.5}})
+    kw = dict(method="full", recipe="hf-amp", fsdp="full-shard", micro_batch=1, seq_len=8192)
+    model = get_model("llama3-8b")
+
+    def gemm_s(gpus: str, params, **extra) -> float:
+        setup = Setup(**kw, **extra)
+        return estimate_speed(model_facts(model, setup), parse_cluster(gpus), setup, None, params,
+                              explain=False).breakdown_s["gemm"]
+
+    full_rate = gemm_s("8xMI300X", PRIORS, fp8="tensorwise")
+    bf16_part = gemm_s("8xMI300X", PRIORS)  # the bf16 LM head is in both; only the FP8 share doubles
+    assert full_rate < gemm_s("8xMI300X", half, fp8="tensorwise") < 2 * full_rate
+    assert gemm_s("8xMI300X", half) == pytest.approx(bf16_part)
+    assert gemm_s("8xH100", half, fp8="tensorwise") == pytest.approx(gemm_s("8xH100", PRIORS, fp8="tensorwise"))
 
 
 def test_torchao_fp8_keeps_activations_and_speeds_up_large_gemms():
