@@ -1,0 +1,38 @@
+"""benchmarks/evidence_scripts/zero3_host_overhead.py: the arithmetic and the refusals (the DeepSpeed runs themselves
+take minutes and are a measurement, not a test; docs/speed.md S23 quotes them)."""
+
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+SCRIPT = ROOT / "benchmarks" / "evidence_scripts" / "zero3_host_overhead.py"
+
+
+def _module():
+    spec = importlib.util.spec_from_file_location("zero3_host_overhead", SCRIPT)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_per_block_time_is_the_slope_between_the_depths():
+    mod = _module()
+    lo, hi = mod.DEPTHS
+    runs = [{"stage": 3, "layers": lo, "median_s": 0.050}, {"stage": 3, "layers": hi, "median_s": 0.170},
+            {"stage": 3, "layers": lo, "median_s": 0.900},  # an outlier repeat: the median of three ignores it
+            {"stage": 3, "layers": lo, "median_s": 0.052}, {"stage": 3, "layers": hi, "median_s": 0.168},
+            {"stage": 3, "layers": hi, "median_s": 0.172}]
+    assert mod.per_block_s(runs, 3) == pytest.approx((0.170 - 0.052) / (hi - lo))
+
+
+@pytest.mark.parametrize("argv, needle", [(["--repeats", "0"], "--repeats 0"),
+                                           (["--out", "/nonexistent-dir/x.json"], "does not exist")])
+def test_bad_arguments_are_one_line_exit_2(argv, needle, tmp_path):
+    p = subprocess.run([sys.executable, str(SCRIPT), *argv], capture_output=True, text=True, cwd=tmp_path, timeout=60)
+    assert p.returncode == 2 and needle in p.stderr and "Traceback" not in p.stderr
