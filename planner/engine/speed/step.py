@@ -242,6 +242,14 @@ def _assumptions(facts: ModelFacts, cluster: Cluster, setup: Setup, params: Spee
                           "op": "its forward but the saved matmul and attention outputs (S6b)"}[setup.checkpointing]
             + " (S6)"
         )
+    if setup.fp8 != "none":
+        arch_ratio = params.fp8_arch_ratio.get(gpu.arch, 1.0)
+        out.append(
+            f"FP8 {setup.fp8} linears at the FP8 peak {(gpu.fp8_tflops or peak / 1e12):g} TFLOPS x the bf16 GEMM "
+            f"efficiency x {params.fp8_matmul_ratio.get(setup.fp8, 0.7):g} (the recipe, S28)"
+            + (f" x {arch_ratio:.3g} ({gpu.arch}, S28b)" if arch_ratio != 1.0 else "")
+            + "; casts at HBM bandwidth; LM head and attention in bf16"
+        )
     if setup.method == "qlora":
         out.append("QLoRA dequantisation: NF4 read + bf16 written per weight per pass at HBM bandwidth (S7)")
     if setup.offload == "none":

@@ -227,6 +227,12 @@ def test_cdna3_fp8_factor_scales_only_mi300x_fp8_gemms():
     assert full_rate < gemm_s("8xMI300X", half, fp8="tensorwise") < 2 * full_rate
     assert gemm_s("8xMI300X", half) == pytest.approx(bf16_part)
     assert gemm_s("8xH100", half, fp8="tensorwise") == pytest.approx(gemm_s("8xH100", PRIORS, fp8="tensorwise"))
+    # the estimate says which factors priced its FP8 GEMMs (every number explained)
+    setup = Setup(**kw, fp8="tensorwise")
+    lines = estimate_speed(model_facts(model, setup), parse_cluster("8xMI300X"), setup, None, half).assumptions
+    assert any("x 0.95 (the recipe, S28) x 0.5 (cdna3, S28b)" in line for line in lines), lines
+    lines = estimate_speed(model_facts(model, setup), parse_cluster("8xH100"), setup, None, half).assumptions
+    assert any("(the recipe, S28);" in line and "S28b" not in line for line in lines), lines
 
 
 def test_torchao_fp8_keeps_activations_and_speeds_up_large_gemms():
