@@ -8,7 +8,8 @@ Sections (each also a file under benchmarks/results/, written by its own script)
 - memory against the trace: benchmarks/accuracy_vs_trace.py (the transformers model code on fake tensors,
   ~6 min);
 - derived architecture profiles (issue 13) against the trace: the same script with ``--section derived``
-  (~75 min on 2 cores; ``--derived``).
+  (~75 min on 2 cores; ``--derived``);
+- the speed and memory pictures: benchmarks/accuracy_figures.py (docs/figures/, from the first two sections' results).
 
     python benchmarks/accuracy.py           # re-run memory; re-use the speed fit and the trace run; assemble
     python benchmarks/accuracy.py --all     # re-run every section (~20 min on 2 cores), then assemble
@@ -91,9 +92,25 @@ def assemble() -> str:
     for f, what, cmd in missing:
         lines.append(f"| {what} | not generated (benchmarks/results/{f} missing{'; run ' + cmd if cmd else ''}) |")
     lines.append("")
-    for _f, _what, _cmd, text in present:
-        lines += [text.rstrip("\n"), ""]
+    for f, _what, _cmd, text in present:
+        lines += [_with_figure(text, FIGURES.get(f)).rstrip("\n"), ""]
     return "\n".join(lines) + "\n"
+
+
+FIGURES = {"speed.md": ("figures/accuracy_speed.png", "held-out estimate against measured tokens/s, by GPU family"),
+           "memory.md": ("figures/accuracy_memory.png", "estimated against published peak memory, by kind of memory")}
+"""The picture each section gets in docs/accuracy.md (drawn by benchmarks/accuracy_figures.py; paths relative to docs/)."""
+
+
+def _with_figure(text: str, figure: tuple[str, str] | None) -> str:
+    """``text`` with its figure after the summary paragraph, when the figure exists."""
+    if figure is None or not (OUT.parent / figure[0]).exists():
+        return text
+    m = re.search(r"\*\*Summary: .*?\*\*\n", text, re.S)
+    if not m:
+        return text
+    link = f"\n![{figure[1]}]({figure[0]})\n"
+    return text[:m.end()] + link + text[m.end():]
 
 
 def _anchor(text: str) -> str:
@@ -118,6 +135,7 @@ def main(argv: list[str] | None = None) -> int:
         _run("benchmarks/accuracy_vs_trace.py --per-layer 6")
     if args.derived:
         _run(SECTIONS[3][2])
+    _run("benchmarks/accuracy_figures.py")
     from planner.fileio import atomic_write_text
 
     text = assemble()

@@ -29,6 +29,8 @@ if str(ROOT) not in sys.path:
 
 RESULTS = ROOT / "benchmarks" / "results"
 FIT_FILE = RESULTS / "memory_fit.json"
+ROWS_FILE = RESULTS / "memory_rows.json"
+"""each record with a measured peak: the published and the estimated figure (what docs/accuracy.md's picture draws)"""
 GiB = 2**30
 TARGET = "Target (issue 11): median |error| <= 8 %, max <= 25 %; no published OOM predicted to fit, no run that fitted predicted not to."
 
@@ -241,6 +243,11 @@ def main(argv: list[str] | None = None) -> int:
                                             "stranded": rep.stranded, "stranded_held_out": rep.stranded_held_out,
                                             "stranded_prior": STRANDED_PRIOR,
                                             "generated": str(_dt.date.today())}, indent=1) + "\n")
+    # every record's figure, for the report's picture (benchmarks/accuracy_figures.py)
+    rows = [{"id": r.id, "source": r.source, "kind": r.kind, "counted": r.fit, "measured_bytes": r.measured_bytes,
+             "estimated_bytes": r.figure(rep.held_out.get(r.source, rep.fit)), "error": rep.error(r)}
+            for r in rep.rows if r.measured_bytes]
+    atomic_write_text(ROWS_FILE, json.dumps({"generated": str(_dt.date.today()), "rows": rows}, indent=1) + "\n")
     from validation.corpus_memory import summary
 
     s = summary(rep)
