@@ -230,7 +230,7 @@ COMMENTS = {
     "galore_layerwise": "step each parameter in backward: no gradient buffer, no accumulation",
     "use_badam": "BAdam: one decoder block trains at a time; embeddings and LM head frozen",
     "badam_switch_interval": "switch the trained block every N steps",
-    "fp8": "FP8 matmuls for the blocks' linear layers (Hopper / Ada / Blackwell)",
+    "fp8": "FP8 matmuls for the blocks' linear layers (Hopper / Ada / Blackwell; MI300X through ROCm's builds)",
     "fp8_backend": "torchao = rowwise scaling; te = TransformerEngine",
     "deepspeed": "ZeRO config (HF-integration flavour, auto values filled from this file)",
     "cutoff_len": "the plan's sequence length",
