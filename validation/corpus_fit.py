@@ -77,6 +77,7 @@ FREE: tuple[Free, ...] = (
     Free("step_overhead_s", 1e-3, 3.0, "hf"),
     Free("step_overhead_s", 1e-3, 3.0, "torchtune"),
     Free("step_overhead_s", 1e-3, 3.0, "other"),
+    Free("fsdp1_unit_s", 1e-4, 2e-2),
     Free("link_efficiency", 0.05, 1.0, fraction=True),
     Free("pcie_link_efficiency", 0.02, 1.0, fraction=True),
     Free("host_optimizer_bytes_per_s", 1e9, 400e9, "deepspeed"),
@@ -104,6 +105,8 @@ def _relevant(free: Free, cases: Sequence[SpeedCase]) -> bool:
         return any(c.framework == free.dict_key for c in cases)
     if free.name == "matmul_efficiency":
         return any(c.cluster.gpu.arch == free.dict_key for c in cases)
+    if free.name == "fsdp1_unit_s":
+        return any(c.setup.fsdp is not None and c.setup.fsdp_version == 1 and c.cluster.world_size > 1 for c in cases)
     if free.name == "fp8_arch_ratio":
         return any(c.cluster.gpu.arch == free.dict_key and c.setup.fp8 != "none" for c in cases)
     if free.name == "fused_memory_factor":

@@ -36,3 +36,22 @@ def test_per_block_time_is_the_slope_between_the_depths():
 def test_bad_arguments_are_one_line_exit_2(argv, needle, tmp_path):
     p = subprocess.run([sys.executable, str(SCRIPT), *argv], capture_output=True, text=True, cwd=tmp_path, timeout=60)
     assert p.returncode == 2 and needle in p.stderr and "Traceback" not in p.stderr
+
+
+FSDP1_SCRIPT = ROOT / "benchmarks" / "evidence_scripts" / "fsdp1_unit_overhead.py"
+
+
+def test_fsdp1_unit_time_is_the_difference_over_the_extra_units():
+    spec = importlib.util.spec_from_file_location("fsdp1_unit_overhead", FSDP1_SCRIPT)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    runs = [{"mode": "wrap", "units": 193, "mean_s": 0.200}, {"mode": "ignore", "units": 65, "mean_s": 0.040},
+            {"mode": "wrap", "units": 193, "mean_s": 0.210}, {"mode": "ignore", "units": 65, "mean_s": 0.044},
+            {"mode": "wrap", "units": 193, "mean_s": 0.900}, {"mode": "ignore", "units": 65, "mean_s": 0.042}]
+    assert mod.per_unit_s(runs) == pytest.approx((0.210 - 0.042) / 128)
+
+
+def test_fsdp1_script_refuses_bad_arguments(tmp_path):
+    p = subprocess.run([sys.executable, str(FSDP1_SCRIPT), "--blocks", "0"], capture_output=True, text=True,
+                       cwd=tmp_path, timeout=60)
+    assert p.returncode == 2 and "--blocks 0" in p.stderr and "Traceback" not in p.stderr

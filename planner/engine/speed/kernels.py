@@ -82,6 +82,27 @@ ADAPTER_KERNELS = 18
 twice that in backward)."""
 
 
+ADAPTER_UNIT_FRAMEWORKS = frozenset({"hf", "torchtune", "other"})
+"""Eq. S26b: trainers whose FSDP1 wrapping makes every LoRA A and B matrix a unit of its own: transformers' Trainer
+hands a PEFT model peft's ``fsdp_auto_wrap_policy`` (transformers 4.44 ``Trainer._fsdp_qlora_plugin_updates``,
+trainer.py:4707-4722; peft 0.12 ``utils/other.py:440-455``: every leaf whose weight trains), torchtune 0.1's recipes
+``lora_fsdp_wrap_policy`` (``torchtune/utils/_distributed.py`` at 20747cd: "wrap individual LoRA A & B submodules in
+their own FSDP units"), and Answer.AI's fsdp_qlora the same lambda policy (``other``). LitGPT and the FSDP2 trainers
+shard whole blocks."""
+
+
+def fsdp1_units(facts: ModelFacts, setup: Setup) -> int:
+    """Eq. S26b: FSDP1 units whose hooks run every micro-step: one per block, the root (embedding, final norm, LM
+    head), and under :data:`ADAPTER_UNIT_FRAMEWORKS` one per LoRA A and B matrix (and DoRA magnitude). 0 for FSDP2,
+    DeepSpeed and DDP, whose per-unit host work tuneplan does not price (eq. S26's per-block overhead covers it)."""
+    if setup.fsdp is None or setup.fsdp_version != 1:
+        return 0
+    units = facts.model.num_layers + 1
+    if setup.trains_adapters and setup.framework in ADAPTER_UNIT_FRAMEWORKS:
+        units += (3 if setup.dora else 2) * sum(x.count for x in facts.adapted)
+    return units
+
+
 @dataclass(frozen=True)
 class MicroWork:
     """What one micro-step does on one GPU, free of fitted parameters (eqs. S20-S22, S26)."""

@@ -93,6 +93,15 @@ class SpeedParams(BaseModel):
         "reduction, learning-rate scheduler, DeepSpeed engine hooks, the data loader's hand-off). Priors; fitted "
         "per framework",
     )
+    fsdp1_unit_s: float = Field(
+        1.4e-3, ge=0,
+        description="eq. S26b: host time per FSDP1 unit per micro-step (its pre-forward unshard, post-forward "
+        "reshard, pre-backward unshard and post-backward reduction hooks with their small collectives), added to "
+        "the host time that competes with the GPU's. Prior: 1.39 ms per unit per forward + backward, measured with "
+        "torch 2.13's FSDP1 on a 2-core CPU (benchmarks/evidence_scripts/fsdp1_unit_overhead.py: the hooks' Python "
+        "only; errs low for a GPU run, whose unshards launch NCCL collectives and wait on FSDP1's rate limiter); "
+        "fitted where the training set has multi-GPU FSDP1 runs",
+    )
     link_efficiency: float = Field(
         0.80, gt=0, le=1,
         description="eq. S23: achieved fraction of the link bandwidth in large collectives over NVLink / xGMI / "

@@ -4,6 +4,7 @@ communication, offload and the trainer's fixed costs, assembled into a
 
 from __future__ import annotations
 
+from dataclasses import replace
 from functools import partial
 
 import math
@@ -26,7 +27,13 @@ from planner.engine.speed.compute import (
     FOREACH_ADAMW_PASSES, optimizer_shards, optimizer_step_bytes_per_param, peak_flops,
 )
 from planner.engine.speed.flops import flops_per_token
-from planner.engine.speed.kernels import BASE_KERNELS_PER_BLOCK, gemm_efficiency, micro_step_time, micro_step_work
+from planner.engine.speed.kernels import (
+    BASE_KERNELS_PER_BLOCK,
+    fsdp1_units,
+    gemm_efficiency,
+    micro_step_time,
+    micro_step_work,
+)
 from planner.engine.speed.offload import (
     activation_offload_bytes_per_micro_step,
     host_optimizer_seconds,
@@ -108,6 +115,9 @@ def estimate_speed(
         ceiling_source = calibration.label
     peak = peak_flops(gpu, setup)
     ms = micro_step_time(micro_step_work(facts, setup), gpu, setup.framework, peak, params)
+    units = fsdp1_units(facts, setup)
+    if units:  # eq. S26b: FSDP1's per-unit hooks, host work that competes with the GPU's like the launches
+        ms = replace(ms, host_s=ms.host_s + units * params.fsdp1_unit_s)
     hbm = gpu.hbm_bandwidth_gb_s * 1e9 * params.hbm_efficiency
 
     # the optimizer step on the GPU (S8b), memory-bound
@@ -233,6 +243,11 @@ def _assumptions(facts: ModelFacts, cluster: Cluster, setup: Setup, params: Spee
         f"{BASE_KERNELS_PER_BLOCK} kernels) overlapped with the GPU; {params.step_overhead(setup.framework) * 1e3:.0f} ms "
         "per optimizer step (S26)"
     )
+    units = fsdp1_units(facts, setup)
+    if units:
+        out.append(f"FSDP1: {units} units per micro-step (blocks, root"
+                   + (", and each LoRA matrix: the trainer's wrapping policy" if units > model.num_layers + 1 else "")
+                   + f") x {params.fsdp1_unit_s * 1e3:.2f} ms of host hooks each, beside the launches (S26b)")
     if ms.host_s > ms.gpu_s:
         out.append(f"launch-bound: the host needs {ms.host_s * 1e3:.1f} ms per micro-step, the GPU {ms.gpu_s * 1e3:.1f} ms")
     if setup.checkpointing != "none":
