@@ -97,7 +97,8 @@ whose only runs are Megatron's and a power-limited card's, keeps its own; CDNA3 
 torchtitan rows and SemiAnalysis' FSDP1 harness, so each is predicted from the other); the attention-kernel efficiencies, HBM and PCIe efficiencies and the
 collective latency stay at their sourced values; a framework's or architecture's parameter is freed only when the training set has runs of it. The
 per-block host overhead is not fitted: no run in the corpus is launch-bound at the priors (the fit could not
-move it), so it stays at its kernel-count prior."""
+move it), so it stays at its kernel-count prior. FSDP1's per-unit host time (eq. S26b) is freed when the training set
+has multi-GPU FSDP1 runs, whose short rows are host-bound; the CDNA3 FP8 factor (S28b) when it has MI300X FP8 runs."""
 
 
 def _relevant(free: Free, cases: Sequence[SpeedCase]) -> bool:
@@ -201,14 +202,18 @@ class SpeedFit:
     per_source_params: dict[str, SpeedParams] = field(default_factory=dict)
 
     def summary(self) -> dict:
-        errs = [abs(p.error) for p in self.predictions]
-        ins = [abs(p.error_in_sample) for p in self.predictions]
+        """The figures docs/accuracy.md leads with, by the same rule (``Record.doubts``): a record whose anomaly
+        puts its throughput in doubt is predicted but not counted."""
+        counted = [p for p in self.predictions if not p.case.record.record.doubts("speed")]
+        errs = [abs(p.error) for p in counted]
+        ins = [abs(p.error_in_sample) for p in counted]
         fam: dict[str, list[float]] = defaultdict(list)
-        for p in self.predictions:
+        for p in counted:
             fam[gpu_family(p.case)].append(p.error)
         return {
-            "records": len(self.predictions),
-            "sources": len({p.case.source for p in self.predictions}),
+            "records": len(counted),
+            "anomalies": len(self.predictions) - len(counted),
+            "sources": len({p.case.source for p in counted}),
             "loso_median_abs_error": statistics.median(errs) if errs else None,
             "loso_max_abs_error": max(errs) if errs else None,
             "in_sample_median_abs_error": statistics.median(ins) if ins else None,

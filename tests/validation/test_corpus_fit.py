@@ -33,3 +33,20 @@ def test_the_shipped_fit_is_labelled_as_the_fit():
     assert doc["params"]["source"].startswith("corpus fit ")
     assert f"{len(cases)} throughput records" in doc["params"]["source"]
     assert PRIORS.source == "priors (docs/speed.md)"  # the priors themselves keep theirs
+
+
+def test_summary_counts_what_the_report_counts():
+    """`plan calibrate --corpus` leads with the same figures as docs/accuracy.md: a record whose anomaly doubts its
+    throughput (Zhang et al.'s "no ZeRO" row, which no 80 GB card can hold) is predicted but not counted."""
+    from planner.engine.speed.params import PRIORS
+    from validation.corpus_fit import Prediction, SpeedFit
+
+    cases = {c.id: c for c in load().speed}
+    flagged = cases["zhang2023-dissecting/llama2-7b-no-zero"]
+    normal = cases["zhang2023-dissecting/llama2-7b-zero2"]
+    assert flagged.record.record.doubts("speed") and not normal.record.record.doubts("speed")
+    preds = [Prediction(flagged, 10 * flagged.tokens_per_s, 10 * flagged.tokens_per_s),
+             Prediction(normal, 1.1 * normal.tokens_per_s, 1.2 * normal.tokens_per_s)]
+    s = SpeedFit(PRIORS, preds).summary()
+    assert s["records"] == 1 and s["anomalies"] == 1
+    assert abs(s["loso_median_abs_error"] - 0.2) < 1e-9 and abs(s["in_sample_median_abs_error"] - 0.1) < 1e-9

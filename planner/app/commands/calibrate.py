@@ -82,7 +82,8 @@ def run_corpus(args: argparse.Namespace) -> int:
     if args.json:
         print_json(doc)
     else:
-        print(f"{s['records']} records from {s['sources']} sources: held-out (leave one source out) median |error| "
+        print(f"{s['records']} records from {s['sources']} sources ({s['anomalies']} more flagged as anomalies by the "
+              "corpus: predicted, not counted): held-out (leave one source out) median |error| "
               f"{s['loso_median_abs_error'] * 100:.1f} %, in-sample {s['in_sample_median_abs_error'] * 100:.1f} %")
         for fam, med in s["family_median_error"].items():
             print(f"  {fam:16s} {s['family_records'][fam]:4d} records, held-out median {med * 100:+.1f} %")
