@@ -94,7 +94,8 @@ shard whole blocks."""
 def fsdp1_units(facts: ModelFacts, setup: Setup) -> int:
     """Eq. S26b: FSDP1 units whose hooks run every micro-step: one per block, the root (embedding, final norm, LM
     head), and under :data:`ADAPTER_UNIT_FRAMEWORKS` one per LoRA A and B matrix (and DoRA magnitude). 0 for FSDP2,
-    DeepSpeed and DDP, whose per-unit host work tuneplan does not price (eq. S26's per-block overhead covers it)."""
+    DeepSpeed and DDP: their per-unit host work is not priced beyond eq. S26's per-block overhead (FSDP2 has no rate
+    limiter and lighter hooks; DeepSpeed ZeRO-3's hooks were measured on the CPU and not adopted, docs/speed.md S23)."""
     if setup.fsdp is None or setup.fsdp_version != 1:
         return 0
     units = facts.model.num_layers + 1

@@ -145,8 +145,8 @@ class SpeedParams(BaseModel):
         description="eq. S28b: an architecture's FP8 GEMMs relative to the recipe ratios above, which were measured "
         "on NVIDIA's (1.0 = as fast relative to the FP8 peak as there). CDNA3's FP8 runs through hipBLASLt "
         "(torch._scaled_mm on ROCm, ROCm TransformerEngine with NVTE_USE_HIPBLASLT=1): prior 1.0, fitted where the "
-        "training set has CDNA3 FP8 runs (torchao's torchtitan table and SemiAnalysis' ROCm TE runs, each predicted "
-        "from the other); absent architectures read 1.0",
+        "training set has CDNA3 FP8 runs (today torchao's torchtitan table alone, so in sample only: docs/speed.md "
+        "S28b); absent architectures read 1.0",
     )
     async_tp_overlap: float = Field(
         0.5, ge=0, le=1,
