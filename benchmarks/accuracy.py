@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
+import os
 import platform
 import re
 import subprocess
@@ -66,7 +67,7 @@ def _versions() -> str:
     return ", ".join(out)
 
 
-def assemble() -> str:
+def assemble(out: Path = OUT) -> str:
     present = [(f, what, cmd, (RESULTS / f).read_text(encoding="utf-8")) for f, what, cmd in SECTIONS
                if (RESULTS / f).exists()]
     missing = [(f, what, cmd) for f, what, cmd in SECTIONS if not (RESULTS / f).exists()]
@@ -93,23 +94,26 @@ def assemble() -> str:
         lines.append(f"| {what} | not generated (benchmarks/results/{f} missing{'; run ' + cmd if cmd else ''}) |")
     lines.append("")
     for f, _what, _cmd, text in present:
-        lines += [_with_figure(text, FIGURES.get(f)).rstrip("\n"), ""]
+        lines += [_with_figure(text, FIGURES.get(f), out).rstrip("\n"), ""]
     return "\n".join(lines) + "\n"
 
 
 FIGURES = {"speed.md": ("figures/accuracy_speed.png", "held-out estimate against measured tokens/s, by GPU family"),
            "memory.md": ("figures/accuracy_memory.png", "estimated against published peak memory, by kind of memory")}
 """The picture each section gets in docs/accuracy.md (drawn by benchmarks/accuracy_figures.py; paths relative to docs/)."""
+FIGURE_ROOT = ROOT / "docs"
 
 
-def _with_figure(text: str, figure: tuple[str, str] | None) -> str:
-    """``text`` with its figure after the summary paragraph, when the figure exists."""
-    if figure is None or not (OUT.parent / figure[0]).exists():
+def _with_figure(text: str, figure: tuple[str, str] | None, out: Path = OUT) -> str:
+    """``text`` with its figure after the summary paragraph, when the figure exists; the link is relative to the
+    report ``out`` (the figures live in docs/, wherever the report is written)."""
+    if figure is None or not (FIGURE_ROOT / figure[0]).exists():
         return text
     m = re.search(r"\*\*Summary: .*?\*\*\n", text, re.S)
     if not m:
         return text
-    link = f"\n![{figure[1]}]({figure[0]})\n"
+    rel = Path(os.path.relpath(FIGURE_ROOT / figure[0], out.resolve().parent)).as_posix()
+    link = f"\n![{figure[1]}]({rel})\n"
     return text[:m.end()] + link + text[m.end():]
 
 
@@ -138,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     _run("benchmarks/accuracy_figures.py")
     from planner.fileio import atomic_write_text
 
-    text = assemble()
+    text = assemble(args.out)
     atomic_write_text(args.out, text)
     print(f"wrote {args.out}")
     for line in text.splitlines():

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import statistics
 import sys
 from pathlib import Path
@@ -35,12 +34,11 @@ MARKERS = "osD^v<>pPX*h"
 
 def _write_png(fig: Any, path: Path) -> Path:
     """Render to memory, then replace ``path`` in one step (a reader never sees half a file)."""
+    from profiles.atomic import write_atomic
+
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight", metadata={"Software": None})
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(buf.getvalue())
-    os.replace(tmp, path)
+    write_atomic(path, buf.getvalue())
     return path
 
 
@@ -97,13 +95,16 @@ def speed_points(data: dict, flagged: dict[str, str]) -> list[dict]:
 def memory_points(rows: list[dict]) -> list[dict]:
     """Every memory record with a measured peak (benchmarks/results/memory_rows.json), in GiB, grouped by the kind
     of memory the source reports."""
-    gib = 2**30
-    return [{"measured": r["measured_bytes"] / gib, "estimated": r["estimated_bytes"] / gib, "group": r["kind"],
+    from planner.units import GiB
+
+    return [{"measured": r["measured_bytes"] / GiB, "estimated": r["estimated_bytes"] / GiB, "group": r["kind"],
              "counted": r["counted"]} for r in rows if r["measured_bytes"] and r["estimated_bytes"]]
 
 
 def main(argv: list[str] | None = None) -> int:
-    del argv
+    import argparse
+
+    argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args(argv)
     written = []
     loso = RESULTS / "speed_loso.json"
     if loso.exists():

@@ -28,12 +28,17 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
+for _p in (str(ROOT), str(Path(__file__).resolve().parent)):
+    if _p not in sys.path:
+        sys.path.insert(0, _p)
+
+from childrun import run_json_child  # noqa: E402
+from profiles.atomic import write_atomic  # noqa: E402
 
 
 def child(mode: str, blocks: int) -> dict:
@@ -96,13 +101,7 @@ def child(mode: str, blocks: int) -> dict:
 
 
 def run_child(mode: str, blocks: int) -> dict:
-    p = subprocess.run([sys.executable, __file__, "--child", mode, str(blocks)], capture_output=True, text=True,
-                       timeout=600, check=False, env={**os.environ, "PYTHONWARNINGS": "ignore"})
-    lines = [ln for ln in p.stdout.splitlines() if ln.startswith("{")]
-    if p.returncode != 0 or not lines:
-        tail = (p.stderr.strip().splitlines() or ["no output"])[-1]
-        raise RuntimeError(f"FSDP1 {mode} at {blocks} blocks failed: {tail}")
-    return json.loads(lines[-1])
+    return run_json_child(__file__, [mode, str(blocks)], f"FSDP1 {mode} at {blocks} blocks")
 
 
 def per_unit_s(runs: list[dict]) -> float:
@@ -132,9 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     runs = [run_child(mode, args.blocks) for _ in range(args.repeats) for mode in ("wrap", "ignore")]
     doc = {"measured": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, Python "
            f"{platform.python_version()}", "torch": runs[0]["torch"], "per_unit_s": per_unit_s(runs), "runs": runs}
-    tmp = args.out.with_name(args.out.name + ".tmp")
-    tmp.write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
-    os.replace(tmp, args.out)
+    write_atomic(args.out, json.dumps(doc, indent=1) + "\n")
     print(f"FSDP1 host time per unit per forward + backward: {doc['per_unit_s'] * 1e3:.2f} ms "
           f"({runs[0]['units']} against {runs[1]['units']} units); wrote {args.out}")
     return 0

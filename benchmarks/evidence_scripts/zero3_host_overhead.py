@@ -29,12 +29,17 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
+for _p in (str(ROOT), str(Path(__file__).resolve().parent)):
+    if _p not in sys.path:
+        sys.path.insert(0, _p)
+
+from childrun import run_json_child  # noqa: E402
+from profiles.atomic import write_atomic  # noqa: E402
 DEPTHS = (8, 32)
 STAGES = (2, 3)
 SOURCE = "zhang2023-dissecting"
@@ -81,14 +86,8 @@ def child(stage: int, layers: int, steps: int = 30) -> dict:
 
 
 def run_child(stage: int, layers: int) -> dict:
-    env = {**os.environ, "DS_ACCELERATOR": "cpu", "PYTHONWARNINGS": "ignore"}
-    p = subprocess.run([sys.executable, __file__, "--child", str(stage), str(layers)], capture_output=True, text=True,
-                       env=env, timeout=600, check=False)
-    lines = [ln for ln in p.stdout.splitlines() if ln.startswith("{")]
-    if p.returncode != 0 or not lines:
-        tail = (p.stderr.strip().splitlines() or ["no output"])[-1]
-        raise RuntimeError(f"ZeRO-{stage} at {layers} blocks failed: {tail}")
-    return json.loads(lines[-1])
+    return run_json_child(__file__, [str(stage), str(layers)], f"ZeRO-{stage} at {layers} blocks",
+                          env={"DS_ACCELERATOR": "cpu"})
 
 
 def per_block_s(runs: list[dict], stage: int) -> float:
@@ -117,12 +116,6 @@ def zhang_orderings(extra_s_per_block: float) -> list[dict]:
         out.append({"pair": f"{z2} / {z3}", "measured_ratio": c2.tokens_per_s / c3.tokens_per_s,
                     "held_out_ratio": t2 / t3, "held_out_ratio_with_hooks": t2 / t3_hook})
     return out
-
-
-def atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -154,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
            "zero3_extra_s_per_block": slope[3] - slope[2], "runs": runs}
     if args.zhang:
         doc["zhang_orderings"] = zhang_orderings(doc["zero3_extra_s_per_block"])
-    atomic_write(args.out, json.dumps(doc, indent=1) + "\n")
+    write_atomic(args.out, json.dumps(doc, indent=1) + "\n")
     print(f"host time per block per micro-step: ZeRO-2 {slope[2] * 1e3:.2f} ms, ZeRO-3 {slope[3] * 1e3:.2f} ms, "
           f"ZeRO-3 adds {doc['zero3_extra_s_per_block'] * 1e3:.2f} ms; wrote {args.out}")
     for z in doc.get("zhang_orderings", []):

@@ -43,10 +43,22 @@ def test_figure_is_a_png_written_whole(tmp_path):
 def test_report_links_the_figure_after_the_summary_only_when_it_exists(tmp_path, monkeypatch):
     acc = _load("accuracy")
     text = "## Speed\n\nintro\n\n**Summary: 3 records, median 5 %.**\n\n| table |\n"
-    monkeypatch.setattr(acc, "OUT", tmp_path / "accuracy.md")
+    monkeypatch.setattr(acc, "FIGURE_ROOT", tmp_path / "docs")
     figure = ("figures/s.png", "speed picture")
-    assert acc._with_figure(text, figure) == text  # not drawn: no link to a missing file
-    (tmp_path / "figures").mkdir()
-    (tmp_path / "figures" / "s.png").write_bytes(b"png")
-    linked = acc._with_figure(text, figure)
+    out = tmp_path / "docs" / "accuracy.md"
+    assert acc._with_figure(text, figure, out) == text  # not drawn: no link to a missing file
+    (tmp_path / "docs" / "figures").mkdir(parents=True)
+    (tmp_path / "docs" / "figures" / "s.png").write_bytes(b"png")
+    linked = acc._with_figure(text, figure, out)
     assert linked.index("**Summary") < linked.index("![speed picture](figures/s.png)") < linked.index("| table |")
+    # a report written elsewhere links the same file from where it lies
+    elsewhere = acc._with_figure(text, figure, tmp_path / "out" / "acc.md")
+    assert "![speed picture](../docs/figures/s.png)" in elsewhere
+
+
+def test_unknown_argument_is_one_line_exit_2(tmp_path):
+    import subprocess
+
+    p = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "accuracy_figures.py"), "--nope"],
+                       capture_output=True, text=True, cwd=tmp_path, timeout=60)
+    assert p.returncode == 2 and "--nope" in p.stderr and "Traceback" not in p.stderr

@@ -94,11 +94,12 @@ class SpeedParams(BaseModel):
         "per framework",
     )
     fsdp1_unit_s: float = Field(
-        1.4e-3, ge=0,
+        1.0e-3, ge=0,
         description="eq. S26b: host time per FSDP1 unit per micro-step (its pre-forward unshard, post-forward "
         "reshard, pre-backward unshard and post-backward reduction hooks with their small collectives), added to "
-        "the host time that competes with the GPU's. Prior: 1.39 ms per unit per forward + backward, measured with "
-        "torch 2.13's FSDP1 on a 2-core CPU (benchmarks/evidence_scripts/fsdp1_unit_overhead.py: the hooks' Python "
+        "the host time that competes with the GPU's. Prior: 0.99 ms per unit per forward + backward (9 paired runs, "
+        "0.88-1.11 ms), measured with torch 2.13's FSDP1 on a 2-core CPU "
+        "(benchmarks/evidence_scripts/fsdp1_unit_overhead.py, benchmarks/results/fsdp1_unit_overhead.json: the hooks' Python "
         "only; errs low for a GPU run, whose unshards launch NCCL collectives and wait on FSDP1's rate limiter); "
         "fitted where the training set has multi-GPU FSDP1 runs",
     )
@@ -184,7 +185,11 @@ class SpeedParams(BaseModel):
 
     def fp8(self, recipe: str, arch: str | None = None) -> float:
         """Eq. S28 / S28b: the recipe's FP8 GEMM ratio, scaled by the architecture's factor where it has one."""
-        return self.fp8_matmul_ratio.get(recipe, 0.7) * (self.fp8_arch_ratio.get(arch, 1.0) if arch else 1.0)
+        return self.fp8_matmul_ratio.get(recipe, 0.7) * (self.fp8_arch(arch) if arch else 1.0)
+
+    def fp8_arch(self, arch: str) -> float:
+        """Eq. S28b: the architecture's FP8 GEMM factor (1.0 where none is known)."""
+        return self.fp8_arch_ratio.get(arch, 1.0)
 
     def layer_overhead(self, framework: str) -> float:
         return self.layer_overhead_s.get(framework, self.layer_overhead_s.get("other", 0.0))

@@ -258,10 +258,10 @@ def _assumptions(facts: ModelFacts, cluster: Cluster, setup: Setup, params: Spee
             + " (S6)"
         )
     if setup.fp8 != "none":
-        arch_ratio = params.fp8_arch_ratio.get(gpu.arch, 1.0)
+        arch_ratio = params.fp8_arch(gpu.arch)
         out.append(
             f"FP8 {setup.fp8} linears at the FP8 peak {(gpu.fp8_tflops or peak / 1e12):g} TFLOPS x the bf16 GEMM "
-            f"efficiency x {params.fp8_matmul_ratio.get(setup.fp8, 0.7):g} (the recipe, S28)"
+            f"efficiency x {params.fp8(setup.fp8):g} (the recipe, S28)"
             + (f" x {arch_ratio:.3g} ({gpu.arch}, S28b)" if arch_ratio != 1.0 else "")
             + "; casts at HBM bandwidth; LM head and attention in bf16"
         )

@@ -222,10 +222,11 @@ def test_cdna3_fp8_factor_scales_only_mi300x_fp8_gemms():
         return estimate_speed(model_facts(model, setup), parse_cluster(gpus), setup, None, params,
                               explain=False).breakdown_s["gemm"]
 
-    full_rate = gemm_s("8xMI300X", PRIORS, fp8="tensorwise")
-    bf16_part = gemm_s("8xMI300X", PRIORS)  # the bf16 LM head is in both; only the FP8 share doubles
-    assert full_rate < gemm_s("8xMI300X", half, fp8="tensorwise") < 2 * full_rate
-    assert gemm_s("8xMI300X", half) == pytest.approx(bf16_part)
+    quarter = PRIORS.model_copy(update={"fp8_arch_ratio": {"cdna3": 0.25}})
+    # GEMM time = bf16 LM head + FP8 blocks / factor: halving the factor again adds twice what halving it once did
+    g1, g2, g4 = (gemm_s("8xMI300X", p, fp8="tensorwise") for p in (PRIORS, half, quarter))
+    assert g2 > g1 and g4 - g2 == pytest.approx(2 * (g2 - g1), rel=1e-9)
+    assert gemm_s("8xMI300X", half) == pytest.approx(gemm_s("8xMI300X", PRIORS))  # bf16 GEMMs do not move
     assert gemm_s("8xH100", half, fp8="tensorwise") == pytest.approx(gemm_s("8xH100", PRIORS, fp8="tensorwise"))
     # the estimate says which factors priced its FP8 GEMMs (every number explained)
     setup = Setup(**kw, fp8="tensorwise")
