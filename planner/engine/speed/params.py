@@ -43,13 +43,18 @@ class SpeedParams(BaseModel):
     attention_efficiency: dict[str, float] = Field(
         default_factory=lambda: {
             "ampere": 0.60, "ada": 0.60, "hopper": 0.35, "blackwell": 0.35,
-            "volta": 0.40, "turing": 0.40, "cdna3": 0.35, "davinci": 0.35,
+            "volta": 0.40, "turing": 0.40, "cdna3": 0.14, "davinci": 0.35,
         },
         description="eq. S21: FlashAttention-2 / SDPA-flash fraction of the dense peak, forward and backward "
         "together. Ampere: 'reaching 50-73% of the theoretical maximum FLOPs/s on A100' (Dao 2023, "
         "arXiv:2307.08691, abstract): 0.60; Hopper: 'FlashAttention-2 achieves only 35% utilization on the "
-        "H100' (Shah et al. 2024, FlashAttention-3, arXiv:2407.08608, abstract); the others are assumptions "
-        "by analogy (Ada as Ampere, Blackwell as Hopper, pre-Ampere 0.40 for the memory-efficient SDPA kernel)",
+        "H100' (Shah et al. 2024, FlashAttention-3, arXiv:2407.08608, abstract); CDNA3 (MI300X): PyTorch SDPA's "
+        "ROCm kernel (AOTriton) measured forward at 256.9 / 289.5 TFLOPS, 0.196 / 0.221 of 1307.4, at 4096 / 8192 "
+        "causal, head dim 128 (midiareshadi/attn-dsl-bench results/raw/sweep_v1.csv @ 603819b3, torch 2.10), with "
+        "no MI300X backward measurement of it; backward taken at 0.6 of forward, the ratio of flash-attn's CK "
+        "backend on MI300X (ROCm/flash-attention issue #142: 194-207 against 340-356 TFLOPS): 3.5 / (1/f + "
+        "2.5/(0.6 f)) = 0.13 / 0.15, 0.14 (docs/speed.md S21); the others are assumptions by analogy (Ada as "
+        "Ampere, Blackwell as Hopper, pre-Ampere 0.40 for the memory-efficient SDPA kernel)",
     )
     fused_attention_efficiency: dict[str, float] = Field(
         default_factory=lambda: {"hopper": 0.56, "blackwell": 0.56},
@@ -145,7 +150,9 @@ class SpeedParams(BaseModel):
         default_factory=lambda: {"cdna3": 1.0},
         description="eq. S28b: an architecture's FP8 GEMMs relative to the recipe ratios above, which were measured "
         "on NVIDIA's (1.0 = as fast relative to the FP8 peak as there). CDNA3's FP8 runs through hipBLASLt "
-        "(torch._scaled_mm on ROCm, ROCm TransformerEngine with NVTE_USE_HIPBLASLT=1): prior 1.0, fitted where the "
+        "(torch._scaled_mm on ROCm, ROCm TransformerEngine with NVTE_USE_HIPBLASLT=1): prior 1.0 (tuned GEMMs: MI300X's "
+        "FP8 / bf16 share of peak 0.487 / 0.541 (ROCm blog 'Measuring Max-Achievable FLOPs - Part 2', Table 1) against "
+        "H200's 0.734 / 0.803 (stas00/ml-engineering insights/when-to-upgrade-gpus): 0.98), fitted where the "
         "training set has CDNA3 FP8 runs (today torchao's torchtitan table alone, so in sample only: docs/speed.md "
         "S28b); absent architectures read 1.0",
     )
