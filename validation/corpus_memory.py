@@ -294,8 +294,10 @@ def fit_stranded(rows: list[MemoryRow], fractions: dict[str, float],
     """Eq. R3c's stranded share per class: among the shares that can change a verdict (:func:`stranded_grid`, up to
     the class's fragmentation fraction in ``fractions``), those that get the most of the class's deciding verdicts
     right (an out-of-memory run needs a share above its bound, a run that fitted one at or below it), and of those
-    the centre (the largest margin to both kinds, or to the one kind and the end of the range). A class with no
-    deciding verdict keeps ``prior`` (:data:`~planner.engine.runtime_memory.STRANDED_PRIOR`)."""
+    the centre (the largest margin to both kinds, or to the one kind and the end of the range). When the best shares
+    fall in separate ranges (verdicts that conflict, so that each range gets a different one wrong), the centre is
+    taken in the widest range, never between them, where more verdicts would be wrong. A class with no deciding
+    verdict keeps ``prior`` (:data:`~planner.engine.runtime_memory.STRANDED_PRIOR`)."""
     prior = dict(prior or STRANDED_PRIOR)
     out = {}
     for cls in FRAGMENTATION_CLASSES:
@@ -305,7 +307,15 @@ def fit_stranded(rows: list[MemoryRow], fractions: dict[str, float],
             continue
         grid = stranded_grid(fractions[cls])
         wrong = {s: sum((s > b) != oom for b, oom in v) for s in grid}
-        best = [s for s in grid if wrong[s] == min(wrong.values())]
+        least = min(wrong.values())
+        runs: list[list[float]] = []  # consecutive grid shares that all get the fewest verdicts wrong
+        for i, s in enumerate(grid):
+            if wrong[s] == least:
+                if runs and runs[-1][-1] == grid[i - 1]:
+                    runs[-1].append(s)
+                else:
+                    runs.append([s])
+        best = max(runs, key=len)  # the widest range (the first of equals)
         out[cls] = round((best[0] + best[-1]) / 2, 4)
     return out
 

@@ -65,6 +65,10 @@ class LayerInventory:
     """saved bytes that do not scale with tokens (an average block): peft's merged expert weights (eq. A7b)"""
     backward_per_layer: int = 0
     """the gradient of the largest merged expert stack while its block runs backward (eq. A7b)"""
+    mlp_grad_copies: int = 3
+    """MLP-wide gradients the block's backward holds at once (eq. A9): the product's, then the activation's and
+    the up output's (3); Liger's fused SwiGLU / GeGLU writes the gate and up gradients into its saved inputs'
+    storage, leaving only the product's (1, eq. A10b)"""
 
     def bytes(self, tokens: int, seq_len: int) -> int:
         return self.per_token * tokens + self.per_token_per_seq * tokens * seq_len + self.per_layer
@@ -95,6 +99,13 @@ def sdpa_window_mask(model: ModelProfile, setup: Setup) -> bool:
             and setup.seq_len >= model.sliding_window)
 
 
+def _liger_norm_saved(h: int, rb: RecipeBytes) -> dict[str, int]:
+    """Eq. A10b: what Liger's fused RMSNorm saves: its input in the residual stream's dtype and one fp32 reciprocal
+    RMS per row (``LigerRMSNormFunction.forward``: ``ctx.save_for_backward(X, W, RSTD)``, linkedin/Liger-Kernel
+    ``src/liger_kernel/ops/rms_norm.py``); the output is computed in one kernel and not saved."""
+    return {"norm_input": rb.residual * h, "norm_rsqrt": 4}
+
+
 def _norm_saved(h: int, rb: RecipeBytes, weight_trains: bool, fp32_output: bool = False) -> dict[str, int]:
     """RMSNorm in fp32 (eq. A2): ``x.float()`` (4h, saved by pow and mul), ``rsqrt`` (4 B per token), and
     ``y.to(dtype)`` (residual-dtype h) saved by ``weight * y`` only when the weight trains. Gemma's RMSNorm
@@ -112,7 +123,7 @@ def layer_inventory(facts: ModelFacts, setup: Setup, rb: RecipeBytes, trains_lay
 
 _LAYER_KEY = {"micro_batch": 1, "grad_accum": 1, "zero": 0, "fsdp": None, "fsdp_version": 2, "offload": "none", "optimizer": "adamw",
               "checkpointing": "none", "checkpoint_every": 1, "loss": "plain",
-              "padding_efficiency": 1.0, "activation_offload": False, "fused_kernels": False, "packing": True,
+              "padding_efficiency": 1.0, "activation_offload": False, "packing": True,
               "optimizer_in_backward": False}
 """the fields that do not change one block's saved tensors, and the values :func:`layer_inventory` resets them to"""
 
@@ -139,7 +150,9 @@ def _layer_inventory(facts: ModelFacts, setup: Setup, rb: RecipeBytes, trains_la
     # ---- the two (or four) norms, eq. A2
     n_norms = max(model.norms_per_layer, 2)
     for i in range(n_norms):
-        for k, v in _norm_saved(h, rb, trains_layer, model.model_type.startswith("gemma")).items():
+        norm = (_liger_norm_saved(h, rb) if setup.fused_kernels
+                else _norm_saved(h, rb, trains_layer, model.model_type.startswith("gemma")))
+        for k, v in norm.items():
             add(k, v)
 
     def linear_input(name: str, in_features: int, shared_key: str) -> None:
@@ -224,7 +237,8 @@ def _layer_inventory(facts: ModelFacts, setup: Setup, rb: RecipeBytes, trains_la
             linear_input(nm, h, prefix + "mlp_in")
         if model.gated:
             add(prefix + "gate_out", int(c * width * copies))
-            add(prefix + "act_out", int(c * width * copies))
+            if not setup.fused_kernels:  # Liger's fused SwiGLU / GeGLU saves the gate and up outputs only (A10b)
+                add(prefix + "act_out", int(c * width * copies))
             add(prefix + "up_out", int(c * width * copies))
         else:
             add(prefix + "up_out", int(c * width * copies))
@@ -290,9 +304,10 @@ def _layer_inventory(facts: ModelFacts, setup: Setup, rb: RecipeBytes, trains_la
     eager_scores = per_seq - mask_seq  # the eager score terms; SDPA's window mask (eq. A4b) has no transients
     bwd_seq = 5 * model.num_heads if eager_scores else 0
     fwd_seq = 3 * model.num_heads if eager_scores else 0
+    fused_mlp = setup.fused_kernels and model.gated and model.moe is None
     return LayerInventory(
         per_token, per_seq, transient, items, forward_per_token_per_seq=fwd_seq, backward_per_token_per_seq=bwd_seq,
-        per_layer=per_layer, backward_per_layer=backward_per_layer,
+        per_layer=per_layer, backward_per_layer=backward_per_layer, mlp_grad_copies=1 if fused_mlp else 3,
     )
 
 

@@ -424,7 +424,9 @@ def activation_bytes(facts: ModelFacts, setup: Setup, rb: RecipeBytes) -> Activa
     # final norm before the LM head (fp32 input + normalised output) and the token ids / labels; under TP the
     # norm runs sequence-parallel and the LM head (ColwiseParallel(input_layouts=Shard(1))) all-gathers its input
     # along the sequence and saves the gathered tensor, T x h, which TP does not divide (eq. T1)
-    head_side = T * (4 * model.hidden_size + rb.compute * model.hidden_size) / tp + T * 3 * 8
+    # (Liger's fused RMSNorm keeps its input in the residual dtype and one fp32 value per row instead, eq. A10b)
+    norm_in = rb.residual * model.hidden_size + 4 if setup.fused_kernels else 4 * model.hidden_size
+    head_side = T * (norm_in + rb.compute * model.hidden_size) / tp + T * 3 * 8
     if tp > 1:
         head_side += T * rb.compute * model.hidden_size
     saved += head_side
@@ -438,7 +440,7 @@ def activation_bytes(facts: ModelFacts, setup: Setup, rb: RecipeBytes) -> Activa
         fwd_transient += layer_full  # the block running forward holds all its intermediates until it exits
     bwd_transient = (
         bwd_extra
-        + inv.transient_per_token * T * 3 / tp
+        + inv.transient_per_token * T * inv.mlp_grad_copies / tp
         + rb.compute * model.hidden_size * T * 2 / tp
         # the MLP runs backward (and frees its saved tensors, merged expert weights included) before attention
         + max(inv.backward_per_token_per_seq * T * s / tp, inv.backward_per_layer / tp)

@@ -110,6 +110,19 @@ def test_the_stranded_share_is_the_centre_of_the_shares_that_get_the_verdicts_ri
     assert only["sharded"] == pytest.approx((0.105 + 0.43) / 2, abs=0.003) and max(stranded_grid(0.43)) <= 0.43
 
 
+def test_conflicting_verdicts_put_the_share_in_the_widest_best_range_never_between_two():
+    # out of memory with 10 % and 17 % left, fitted with 14 % and 18 % left: every share gets one verdict wrong at best,
+    # in (0.10, 0.14] (the 17 % one) or in (0.17, 0.18] (the 14 % one); between them both would be wrong
+    rows = [_verdict_row("a", 8, True), _verdict_row("b", 13.6, True), _verdict_row("c", 11.2, False),
+            _verdict_row("d", 14.4, False)]
+    fr = {"static": 0.3, "dynamic": 0.3, "sharded": 0.43}
+    bounds = sorted(r.stranded_bound(fr) for r in rows)
+    assert bounds == [pytest.approx(0.10), pytest.approx(0.14), pytest.approx(0.17), pytest.approx(0.18)]
+    share = fit_stranded(rows, fr)["sharded"]
+    assert 0.10 < share <= 0.14  # the wider of the two best ranges, not the gap between them
+    assert sum(r.predicted_fits(fr, {"sharded": share}) == r.oom for r in rows) == 1  # one verdict wrong, not two
+
+
 def test_a_record_whose_tensors_exceed_the_card_or_whose_churn_is_small_decides_nothing():
     fr = {"static": 0.3, "dynamic": 0.3, "sharded": 0.43}
     over = _verdict_row("a", -1, True)

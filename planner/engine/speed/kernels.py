@@ -244,8 +244,11 @@ def _work(facts: ModelFacts, setup: Setup) -> MicroWork:
     core = attention_core_flops(model, s, causal_full_square=eager) * tokens  # forward, one block
     scores = tokens * s * model.num_heads if eager else 0.0
 
-    inv = layer_inventory(facts, setup, rb, True)
-    ew_block = (inv.per_token + inv.transient_per_token) * tokens  # one block's activation inventory
+    # one block's activation inventory as eager kernels save it: the traffic proxy of eq. S22, whose fused-kernel
+    # factor carries what Liger's kernels save (their smaller saved set, eq. A10b, would count that twice)
+    eager_setup = setup.model_copy(update={"fused_kernels": False}) if setup.fused_kernels else setup
+    inv = layer_inventory(facts, eager_setup, rb, True)
+    ew_block = (inv.per_token + inv.transient_per_token) * tokens
 
     gemm: dict[float, float] = {}
     rec: dict[float, float] = {}

@@ -200,6 +200,55 @@ def test_chunked_and_liger_cut_logits(llama8b):
     assert lg.peak_bytes < ch.peak_bytes < plain.peak_bytes
 
 
+@pytest.mark.parametrize("name", ["llama3.1-8b", "qwen2.5-7b", "mistral-7b", "gemma-2-9b"])
+@pytest.mark.parametrize("method, ckpt", [("full", "none"), ("full", "full"), ("lora", "full"), ("qlora", "none")])
+def test_fused_kernels_never_hold_more_and_save_less_in_every_phase_that_has_activations(name, method, ckpt):
+    """Eq. A10b: Liger's fused RMSNorm / SwiGLU save a subset of what the eager ops save, so no phase grows."""
+    model = get_model(name)
+    kw = dict(method=method, recipe="hf-amp" if method != "full" else "deepspeed-bf16", checkpointing=ckpt,
+              seq_len=4096, attention="sdpa" if not model.attn_logit_softcap else "eager")
+    eager = _est(model, "8xH100", zero=3 if method == "full" else 0, **kw)
+    fused = _est(model, "8xH100", zero=3 if method == "full" else 0, fused_kernels=True, **kw)
+    for phase in ("forward_peak", "backward_peak"):
+        assert fused.phases[phase] < eager.phases[phase]
+    assert fused.phases["after_load"] == eager.phases["after_load"]  # weights and states are not activations
+
+
+def test_fused_kernel_inventory_is_what_liger_saves(llama8b):
+    """Liger-Kernel's autograd Functions (src/liger_kernel/ops/rms_norm.py, swiglu.py): RMSNorm saves X and an fp32
+    RSTD per row, SwiGLU saves its two inputs; the eager block saves the fp32 norm input and the normalised output
+    (A2) and the SiLU output (A6) besides."""
+    from planner.engine.activations import layer_inventory
+
+    setup = Setup(method="full", recipe="deepspeed-bf16")
+    facts, rb = model_facts(llama8b, setup), recipe_bytes(setup)
+    eager = layer_inventory(facts, setup, rb, True)
+    fused = layer_inventory(facts, setup.model_copy(update={"fused_kernels": True}), rb, True)
+    h, f = llama8b.hidden_size, llama8b.intermediate_size
+    assert "act_out" not in fused.items and "norm_input_fp32" not in fused.items
+    assert fused.items["norm_input"] == 2 * rb.residual * h and fused.items["norm_rsqrt"] == 2 * 4
+    assert eager.per_token - fused.per_token == 2 * 4 * h + rb.compute * f  # two fp32 norm copies less, no SiLU output
+    assert (eager.mlp_grad_copies, fused.mlp_grad_copies) == (3, 1)  # SwiGLU's backward writes into its saved inputs
+
+
+def test_fused_kernels_match_the_published_per_token_growth_of_a_long_context_sweep():
+    """ml-engineering 'When Is It Worth Upgrading GPUs?' (stas00/ml-engineering insights/when-to-upgrade-gpus at
+    2943345, profiles/evidence/ml-engineering-when-to-upgrade-gpus-2026.yaml): Llama-3.1-8B, DeepSpeed ZeRO-3 + CPU
+    optimizer offload + full checkpointing + Liger, one row per GPU, 8K-256K tokens; the source fits its peaks as
+    'peak ~ 12.6GiB + 0.00043GiB/token'. The engine's activations grow at that rate only with eq. A10b."""
+    model = get_model("llama-3.1-8b")
+
+    def per_token(fused: bool) -> float:
+        kw = dict(method="full", recipe="deepspeed-bf16", zero=3, offload="optimizer", checkpointing="full",
+                  attention="flash", loss="liger", fused_kernels=fused, allow_long_seq=True)
+        a = _est(model, "8xH200", seq_len=131072, **kw).phase_tensors["backward_peak"]
+        b = _est(model, "8xH200", seq_len=262144, **kw).phase_tensors["backward_peak"]
+        return (b - a) / 131072 / GiB
+
+    assert per_token(True) == pytest.approx(0.00043, rel=0.05)
+    assert per_token(False) > 1.2 * 0.00043
+
+
 def test_optimizer_in_backward_frees_gradients(llama8b):
     a = _est(llama8b, recipe="bf16", checkpointing="full")
     b = _est(llama8b, recipe="bf16", checkpointing="full", optimizer_in_backward=True)
