@@ -44,7 +44,10 @@ LR = 1e-5
 
 
 def _has(module: str) -> bool:
-    return importlib.util.find_spec(module) is not None
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ImportError:  # a submodule's parent package is missing
+        return False
 
 
 def uses_deepspeed(setup: Setup) -> bool:
@@ -66,8 +69,8 @@ def not_runnable_reason(spec: RunSpec) -> str | None:
         needs_cuda.append("QLoRA (bitsandbytes NF4 kernels)")
     if s.optimizer in ("adamw-8bit", "paged-adamw", "paged-adamw-8bit"):
         needs_cuda.append(f"--optimizer {s.optimizer} (bitsandbytes)")
-    if s.attention == "flash":
-        needs_cuda.append("FlashAttention-2")
+    if s.attention in ("flash", "fa3", "fa4"):
+        needs_cuda.append({"flash": "FlashAttention-2", "fa3": "FlashAttention-3", "fa4": "FlashAttention-4"}[s.attention])
     if s.loss == "liger":
         needs_cuda.append("Liger fused cross-entropy (Triton)")
     if s.offload != "none":
@@ -81,6 +84,10 @@ def not_runnable_reason(spec: RunSpec) -> str | None:
         missing.append("bitsandbytes")
     if s.attention == "flash" and not _has("flash_attn"):
         missing.append("flash-attn")
+    if s.attention == "fa3" and not _has("flash_attn_interface"):
+        missing.append("flash-attn 3 (flash_attn_interface, built from flash-attention's hopper/)")
+    if s.attention == "fa4" and not _has("flash_attn.cute"):
+        missing.append("flash-attn 4 (flash_attn.cute)")
     if s.loss == "liger" and not _has("liger_kernel"):
         missing.append("liger-kernel")
     if uses_deepspeed(s) and not _has("deepspeed"):
@@ -183,7 +190,8 @@ def hf_config(spec: RunSpec) -> Any:
 
 
 def attn_implementation(setup: Setup) -> str:
-    base = {"sdpa": "sdpa", "eager": "eager", "flash": "flash_attention_2"}[setup.attention]
+    base = {"sdpa": "sdpa", "eager": "eager", "flash": "flash_attention_2", "fa3": "flash_attention_3",
+            "fa4": "flash_attention_4"}[setup.attention]
     if setup.checkpointing == "selective":
         _register_selective(setup.checkpoint_every)
         if base == "flash_attention_2":

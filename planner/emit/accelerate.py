@@ -58,7 +58,8 @@ GALORE_HF_OPTIM: dict[str, str] = {"adamw": "galore_adamw", "adamw-8bit": "galor
                                     "adafactor": "galore_adafactor"}
 """Setup optimizer -> transformers' GaLore ``optim`` (``OptimizerNames``; ``_layerwise`` appended for layer-wise)."""
 
-HF_ATTENTION: dict[str, str] = {"sdpa": "sdpa", "flash": "flash_attention_2", "eager": "eager"}
+HF_ATTENTION: dict[str, str] = {"sdpa": "sdpa", "flash": "flash_attention_2", "fa3": "flash_attention_3",
+                                "fa4": "flash_attention_4", "eager": "eager"}
 """Setup attention -> ``attn_implementation`` of ``from_pretrained``."""
 
 MAIN_PROCESS_PORT = 29500

@@ -39,8 +39,9 @@ LLAMAFACTORY_VERSION = "0.9.5"
 FILENAME = "llamafactory.yaml"
 ACCELERATE_FILE = "llamafactory_accelerate.yaml"
 
-FLASH_ATTN: dict[str, str] = {"flash": "fa2", "sdpa": "sdpa", "eager": "disabled"}
-"""Setup attention -> ``flash_attn`` (``extras/constants.py`` ``AttentionFunction``)."""
+FLASH_ATTN: dict[str, str] = {"flash": "fa2", "fa3": "fa3", "fa4": "auto", "sdpa": "sdpa", "eager": "disabled"}
+"""Setup attention -> ``flash_attn`` (``extras/constants.py`` ``AttentionFunction``: auto, disabled, sdpa, fa2, and fa3
+in recent releases; no FlashAttention-4, so ``auto``, which picks FlashAttention-2 or SDPA: :func:`notes` says so)."""
 
 TEMPLATES: dict[str, str] = {
     "qwen2": "qwen",
@@ -251,6 +252,12 @@ HP_KEYS = {"lora_rank": "lora_rank", "lora_alpha": "lora_alpha", "lora_dropout":
 def notes(t: Target) -> list[str]:
     s = t.setup
     out = []
+    if s.attention == "fa3":
+        out.append("flash_attn: fa3 needs a LLaMA-Factory release whose AttentionFunction has FA3 and the FlashAttention-3 "
+                   "package (flash_attn_interface, Hopper)")
+    if s.attention == "fa4":
+        out.append("LLaMA-Factory has no FlashAttention-4 setting: flash_attn auto picks FlashAttention-2 or SDPA, so expect "
+                   "the speed of --attention flash; transformers' attn_implementation flash_attention_4 runs it")
     if s.checkpointing == "selective" or s.checkpoint_every > 1:
         out.append("LLaMA-Factory checkpoints every block (no selective or every-k mode): less memory than "
                    "planned, more recompute")

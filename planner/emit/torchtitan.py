@@ -226,8 +226,9 @@ def notes(t: Target) -> list[str]:
     if s.fp8 == "tensorwise" and s.tp > 1:
         out.append("torchtitan 0.2.2 keeps TP collectives in bf16 under float8 (its float8 TP styles look for the old "
                    "converter name 'float8'); the plan counted them in bf16 too")
-    if s.attention == "flash":
-        out.append("torchtitan uses PyTorch SDPA (its flash backend); the plan assumed FlashAttention-2")
+    if s.attention in ("flash", "fa3", "fa4"):
+        label = {"flash": "FlashAttention-2", "fa3": "FlashAttention-3", "fa4": "FlashAttention-4"}[s.attention]
+        out.append(f"torchtitan uses PyTorch SDPA (its flash backend); the plan assumed {label}")
     return out
 
 

@@ -73,10 +73,12 @@ CHECKPOINTING: dict[str, str] = {
     "selective": "recompute attention only (Korthikanti et al. 2022, sec. 4.2); keep MLP activations",
     "op": "per-op SAC (torchtitan): save matmul and attention outputs, every second matmul recomputed",
 }
-Attention = Literal["sdpa", "flash", "eager"]
+Attention = Literal["sdpa", "flash", "fa3", "fa4", "eager"]
 ATTENTION: dict[str, str] = {
     "sdpa": "torch scaled_dot_product_attention (flash / memory-efficient kernel: log-sum-exp per row, no s^2)",
     "flash": "FlashAttention-2: no s^2 scores, a log-sum-exp per row",
+    "fa3": "FlashAttention-3 (Hopper; transformers' flash_attention_3): memory as FlashAttention-2, faster kernels",
+    "fa4": "FlashAttention-4 (Blackwell; transformers' flash_attention_4): memory as FlashAttention-2, faster kernels",
     "eager": "eager attention: materialises the a x s x s scores and probabilities",
 }
 Loss = Literal["plain", "chunked", "liger"]

@@ -170,9 +170,10 @@ def plan_trace(model: ModelProfile, cluster: Cluster, setup: Setup, adam_impl: A
     notes: list[str] = []
 
     attention: Literal["sdpa", "eager"] = "eager" if setup.attention == "eager" else "sdpa"
-    if setup.attention == "flash" and model.attn_logit_softcap is None:
+    flash_label = {"flash": "FlashAttention-2", "fa3": "FlashAttention-3", "fa4": "FlashAttention-4"}.get(setup.attention)
+    if flash_label and model.attn_logit_softcap is None:
         subs.append(Substitution(
-            "FlashAttention-2", "SDPA (torch's flash kernel on CPU)",
+            flash_label, "SDPA (torch's flash kernel on CPU)",
             "a CUDA kernel; SDPA's flash path keeps the same q, k, v, output and one log-sum-exp per row"))
     if model.derived is not None and not model.derived.supports_sdpa and attention == "sdpa":
         attention = "eager"
@@ -181,8 +182,8 @@ def plan_trace(model: ModelProfile, cluster: Cluster, setup: Setup, adam_impl: A
                                  "(_supports_sdpa is False), so a real run uses eager too"))
     if model.attn_logit_softcap is not None and attention == "sdpa":
         attention = "eager"
-        if setup.attention == "flash":
-            why = (f"FlashAttention-2 supports {model.name}'s attention soft-capping but not on a CPU, and "
+        if flash_label:
+            why = (f"{flash_label} supports {model.name}'s attention soft-capping but not on a CPU, and "
                    "transformers refuses SDPA for it: errs high by the eager s^2 scores")
         else:
             why = (f"transformers refuses SDPA for {model.name} (attention soft-capping is implemented in eager "

@@ -107,7 +107,8 @@ def add_setup_args(parser: argparse.ArgumentParser, search: bool = False) -> Non
                    help="the HF Trainer's checkpointing re-enters (default) or not (--no-reentrant: "
                    "gradient_checkpointing_kwargs={'use_reentrant': False}); FSDP1 + LoRA only (docs/memory.md A9d)")
     g.add_argument("--attention", choices=get_args(Attention), default=default(d.attention),
-                   help=f"attention kernel: sdpa | flash | eager (default: {d.attention})")
+                   help=f"attention kernel: sdpa | flash (FlashAttention-2) | fa3 (FlashAttention-3, Hopper) | "
+                   f"fa4 (FlashAttention-4, Blackwell) | eager (default: {d.attention})")
     g.add_argument("--loss", choices=get_args(Loss), default=default(d.loss),
                    help="loss kernel: plain (fp32 logits) | chunked | liger (fused linear CE)" + dflt(d.loss))
     g.add_argument("--micro-batch", type=positive_int, default=default(d.micro_batch), metavar="N",

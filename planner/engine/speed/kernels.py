@@ -136,6 +136,9 @@ class MicroWork:
     fp8_cast_bytes: float = 0.0
     """bytes of the FP8 casts (forward + backward), eq. S28"""
     recompute_fp8_cast_bytes: float = 0.0
+    attention_kernel: str = "sdpa"
+    """the kernel that runs attention (:func:`~planner.engine.activations.effective_attention`), which sets its
+    efficiency (eq. S21, S21b)"""
     fp8: str = "none"
 
     @property
@@ -341,6 +344,7 @@ def _work(facts: ModelFacts, setup: Setup) -> MicroWork:
         kernel_units=kernel_units, fused=setup.compile or setup.fused_kernels,
         fp8_gemm_flops=per_rank(f8g), recompute_fp8_gemm_flops=per_rank(rec_f8),
         fp8_cast_bytes=cast / t, recompute_fp8_cast_bytes=rec_cast / t, fp8=setup.fp8,
+        attention_kernel=effective_attention(model, setup),
     )
 
 
@@ -353,7 +357,7 @@ def micro_step_time(work: MicroWork, gpu: GpuProfile, framework: str, peak: floa
         return sum(f / (peak * gemm_efficiency(rows, arch, params)) for rows, f in groups if f)
 
     fuse = params.fused_memory_factor if work.fused else 1.0
-    attn_eff = params.attention(arch, framework)
+    attn_eff = params.attention(arch, framework, work.attention_kernel)
     eager_eff = gemm_efficiency(work.eager_rows, arch, params)
 
     def attention(flops: float, eager_flops: float, score_bytes: float) -> float:

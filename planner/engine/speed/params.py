@@ -63,8 +63,11 @@ class SpeedParams(BaseModel):
         "FusedAttention preference on Hopper+ for performance reasons', transformer_engine/pytorch/attention/"
         "dot_product_attention/utils.py, since June 2024). Hopper: FlashAttention-3 / cuDNN-class kernels reach "
         "75 % of the H100's peak forward and run the backward 1.5-1.75x faster than FlashAttention-2's 35 % "
-        "(Shah et al. 2024, arXiv:2407.08608, abstract and sec. 4): 0.35 x 1.6 = 0.56, errs either way; Blackwell "
-        "as Hopper (assumption). Other architectures keep attention_efficiency",
+        "(Shah et al. 2024, arXiv:2407.08608, abstract and sec. 4): 0.35 x 1.6 = 0.56, errs either way. The same class "
+        "prices FlashAttention-3 on Hopper (--attention fa3, the kernels of that paper) and FlashAttention-4 on Blackwell "
+        "(--attention fa4): on a B200, causal, head dim 128, 8,192 tokens, 1418 TFLOPS forward and 1118-1208 backward "
+        "(Dao-AILab/flash-attention PR #2280, 2026-02), 0.63 / 0.50-0.54 of 2250, together 3.5 / (1/0.63 + 2.5/0.52) = "
+        "0.55: Blackwell 0.56 as Hopper. Other architectures keep attention_efficiency",
     )
     hbm_efficiency: float = Field(
         0.80, gt=0, le=1,
@@ -176,10 +179,11 @@ class SpeedParams(BaseModel):
     def matmul(self, arch: str) -> float:
         return self.matmul_efficiency.get(arch, 0.80)
 
-    def attention(self, arch: str, framework: str | None = None) -> float:
-        """The attention kernel's fraction of peak (eq. S21): FlashAttention-2 / SDPA, or Transformer Engine's
-        cuDNN fused attention under Megatron on the architectures where TE prefers it (eq. S21b)."""
-        if framework == "megatron" and arch in self.fused_attention_efficiency:
+    def attention(self, arch: str, framework: str | None = None, kernel: str = "sdpa") -> float:
+        """The attention kernel's fraction of peak (eq. S21): FlashAttention-2 / SDPA, or the Hopper-and-later class
+        of kernels (Transformer Engine's cuDNN fused attention under Megatron where TE prefers it, FlashAttention-3
+        on Hopper, FlashAttention-4 on Blackwell: eq. S21b)."""
+        if (framework == "megatron" or kernel in ("fa3", "fa4")) and arch in self.fused_attention_efficiency:
             return self.fused_attention_efficiency[arch]
         return self.attention_efficiency.get(arch, 0.35)
 

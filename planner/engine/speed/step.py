@@ -230,7 +230,9 @@ def _assumptions(facts: ModelFacts, cluster: Cluster, setup: Setup, params: Spee
         out.append("eager attention: QK^T and PV as GEMMs over the full s x s square, mask/softmax/casts at HBM "
                    "bandwidth (S21)")
     else:
-        out.append(f"{setup.attention} attention at {params.attention(gpu.arch, setup.framework):.2f} of peak ({gpu.arch}, S21)")
+        eff = params.attention(gpu.arch, setup.framework, setup.attention)
+        out.append(f"{setup.attention} attention at {eff:.2f} of peak ({gpu.arch}, "
+                   f"{'S21b' if setup.attention in ('fa3', 'fa4') else 'S21'})")
     fused = setup.compile or setup.fused_kernels
     out.append(
         f"elementwise work: {params.memory_passes:g} HBM passes over each block's activations at "

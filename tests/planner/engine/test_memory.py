@@ -290,6 +290,8 @@ def test_recipe_printed_in_assumptions(llama8b):
         ("8xA800", dict(zero=2, offload="optimizer+params"), "parameter offload needs ZeRO-3"),
         ("1xH100", dict(optimizer_in_backward=True, grad_accum=4), "cannot accumulate"),
         ("1xV100", dict(recipe="bf16"), "needs bf16, which V100"),
+        ("1xA100", dict(attention="fa3"), "FlashAttention-3 runs on Hopper GPUs only"),
+        ("1xH100", dict(attention="fa4"), "FlashAttention-4 runs on Blackwell GPUs only"),
         ("1xH100", dict(seq_len=200_000), "exceeds Llama-3.1-8B's max positions 131072"),
         ("1xH100", dict(method="full", dora=True), "--dora applies to LoRA"),
         ("1xH100", dict(method="lora", lora_targets="q_proj,nope"), "LoRA target nope is not a linear layer"),

@@ -632,3 +632,21 @@ def test_megatron_attention_is_te_fused_attention_on_hopper_only():
         mega = evaluate(LLAMA3_8B, cluster, Setup(**kw, framework="megatron")).speed.breakdown_s
         assert (mega["attention"] < other["attention"]) is faster
         assert all(mega[k] == other[k] for k in other if k != "attention")
+
+
+@pytest.mark.parametrize("gpu, kernel", [("H100", "fa3"), ("B200", "fa4")])
+def test_flashattention_3_and_4_change_the_attention_time_only(gpu, kernel):
+    """Eq. S21b: FlashAttention-3 on Hopper and -4 on Blackwell run at the fused-kernel class's efficiency, faster than
+    FlashAttention-2's; memory and every other part of the step are FlashAttention-2's."""
+    from profiles.registry import get_gpu
+
+    cluster = make_cluster(get_gpu(gpu), 8)
+    kw = dict(recipe="bf16", fsdp="full-shard", seq_len=8192)
+    fa2 = evaluate(LLAMA3_8B, cluster, Setup(**kw, attention="flash"))
+    new = evaluate(LLAMA3_8B, cluster, Setup(**kw, attention=kernel))
+    arch = get_gpu(gpu).arch
+    ratio = PRIORS.attention(arch, "hf", kernel) / PRIORS.attention(arch, "hf", "flash")
+    assert ratio > 1
+    assert new.speed.breakdown_s["attention"] == pytest.approx(fa2.speed.breakdown_s["attention"] / ratio, rel=1e-9)
+    assert all(new.speed.breakdown_s[k] == fa2.speed.breakdown_s[k] for k in fa2.speed.breakdown_s if k != "attention")
+    assert new.memory.phases == fa2.memory.phases
