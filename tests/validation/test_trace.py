@@ -70,6 +70,8 @@ def test_substitutions_are_named_never_silent():
     assert (p.attention, p.loss, p.method, p.eight_bit_states) == ("sdpa", "chunked", "lora", True)
     gemma = plan_trace(get_model("gemma-2-2b"), ONE, Setup(attention="sdpa"))
     assert gemma.attention == "eager" and "refuses SDPA" in gemma.substitutions[0].why
+    fused = plan_trace(m, ONE, Setup(fused_kernels=True))
+    assert "Liger's fused RMSNorm / SwiGLU / RoPE" in [s.wanted for s in fused.substitutions]
 
 
 def test_recipe_dtypes():
