@@ -312,11 +312,40 @@ def add_efficiency_arg(g: Any) -> None:
                         "GPU's default)")
 
 
+def add_host_optimizer_arg(g: Any) -> None:
+    g.add_argument("--host-optimizer-gbs", type=positive_float, metavar="GBS",
+                   help="what one node's CPU optimizer step streams, in GB/s, under CPU offload (eq. S15: DeepSpeed's CPU "
+                        "Adam, torch AdamW for FSDP). It depends on the host's DRAM, cores and software: published runs "
+                        "imply 11-115 GB/s (docs/speed.md S15); default: the corpus fit")
+
+
+def calibration_book_from(args: argparse.Namespace):  # noqa: ANN201
+    """The calibration book, with ``--host-optimizer-gbs`` (when given) in place of the fitted host-optimizer
+    throughput of both implementations; the speed parameters' source line says so."""
+    import dataclasses
+
+    from planner.app.calibration_io import load_calibration_book
+
+    book = load_calibration_book()
+    gbs = getattr(args, "host_optimizer_gbs", None)
+    if gbs is None:
+        return book
+    sp = book.speed
+    speed = sp.model_copy(update={
+        "host_optimizer_bytes_per_s": {k: gbs * 1e9 for k in ("deepspeed", "fsdp")},
+        "fitted": tuple(f for f in sp.fitted if not f.startswith("host_optimizer_bytes_per_s")),
+        "source": f"{sp.source}; host optimizer {gbs:g} GB/s per node given (--host-optimizer-gbs)",
+    })
+    return dataclasses.replace(book, speed=speed)
+
+
 def add_search_args(g: argparse._ArgumentGroup) -> None:
-    """--global-batch and --headroom, shared by ``plan`` and ``plan configs`` (so their rankings agree)."""
+    """--global-batch, --headroom and --host-optimizer-gbs, shared by ``plan`` and ``plan configs`` (so their
+    rankings agree)."""
     g.add_argument("--global-batch", type=positive_int, metavar="N",
                    help="sequences per optimizer step, all GPUs (default: 64, rounded to a multiple of the GPU count)")
     add_headroom_arg(g)
+    add_host_optimizer_arg(g)
 
 
 SEARCHED = ("method", "recipe", "optimizer", "zero", "offload", "checkpointing", "loss", "micro_batch", "grad_accum", "packing",
@@ -358,8 +387,7 @@ def fixed_from_args(args: argparse.Namespace) -> dict:
 def search_request(args: argparse.Namespace, **kw: Any):  # noqa: ANN201
     """The SearchRequest the flags describe, with the calibration book (``plan`` and ``plan configs``, so
     their rankings agree)."""
-    from planner.app.calibration_io import load_calibration_book
     from planner.search.rank import SearchRequest
 
     return SearchRequest(fixed=fixed_from_args(args), global_batch=args.global_batch, headroom=args.headroom,
-                         calibration=load_calibration_book(), explicit=explicit_setup_fields(args), **kw)
+                         calibration=calibration_book_from(args), explicit=explicit_setup_fields(args), **kw)

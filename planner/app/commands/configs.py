@@ -174,8 +174,8 @@ def load_plan_json(args: argparse.Namespace):  # noqa: ANN202
     whose first plan is taken, or ``plan estimate --json`` output, the same forms ``plan validate --plan``
     reads). The setup is taken as written and re-estimated with this tuneplan (the file's numbers may come from
     another version); the search's reasons are kept."""
-    from planner.app.calibration_io import load_calibration_book
     from planner.app.commands.common import (
+        calibration_book_from,
         explicit_setup_fields,
         refuse_given,
         setup_with_overrides,
@@ -206,7 +206,7 @@ def load_plan_json(args: argparse.Namespace):  # noqa: ANN202
 
     data = dataset_from_args(args, model)
     setup = setup_with_overrides(pf.setup, args, cluster, f"--plan {args.plan}: ", model)
-    plan = evaluate(model, cluster, setup, load_calibration_book(), headroom=args.headroom, data=data)
+    plan = evaluate(model, cluster, setup, calibration_book_from(args), headroom=args.headroom, data=data)
     reasons = list(d.get("reasons", []))
     if "headroom_bytes" not in d:
         reasons.append("not ranked by a search (from plan estimate --json)")

@@ -6,9 +6,11 @@ import argparse
 
 from planner.app.commands.common import (
     add_efficiency_arg,
+    add_host_optimizer_arg,
     add_output_args,
     add_setup_args,
     add_target_args,
+    calibration_book_from,
     print_json,
     resolve_target,
     setup_from_args,
@@ -33,6 +35,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_target_args(parser)
     add_setup_args(parser, search=False)
     add_efficiency_arg(parser)
+    add_host_optimizer_arg(parser)
     from planner.app.commands.data import add_dataset_args
 
     add_dataset_args(parser)
@@ -42,7 +45,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from planner.app.calibration_io import load_calibration_book
     from planner.app.render.report import render_estimate
     from planner.engine.evaluate import evaluate
     from planner.plan_file import model_keys
@@ -53,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
     model, cluster = resolve_target(args)
     setup = setup_from_args(args, cluster, model)
     data = dataset_from_args(args, model)
-    plan = evaluate(model, cluster, setup, load_calibration_book(), efficiency=args.efficiency, data=data)
+    plan = evaluate(model, cluster, setup, calibration_book_from(args), efficiency=args.efficiency, data=data)
     epoch = data_train_time(plan.speed, setup, cluster.world_size, data) if data is not None else None
     if args.json:
         out = plan.memory.to_json()

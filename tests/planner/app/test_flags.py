@@ -151,3 +151,23 @@ def test_fsdp1_with_tensor_parallelism_is_refused(capsys):
     code, _, err = run(["estimate", "--model", "llama3-8b", "--gpus", "8xH100", "--fsdp", "full-shard", "--fsdp-version",
                         "1", "--tp", "2", "--framework", "torchtitan", "--recipe", "hf-amp"], capsys)
     assert code == 2 and "--fsdp-version 1" in err and "Traceback" not in err
+
+
+def test_host_optimizer_throughput_replaces_the_fit_for_the_cpu_step_only(capsys):
+    """--host-optimizer-gbs (eq. S15): the CPU optimizer step of an offload plan takes state bytes / the given rate;
+    the rest of the estimate is the same, and the speed parameters' source line names the flag."""
+    base = ["estimate", "--model", "llama3.1-8b", "--gpus", "8xH200", "--recipe", "deepspeed-bf16", "--zero", "3",
+            "--offload", "optimizer", "--checkpointing", "full", "--json"]
+    code, out, _ = run(base, capsys)
+    assert code == 0
+    fit = json.loads(out)["speed"]
+    for gbs in (50, 100):
+        code, out, _ = run([*base, "--host-optimizer-gbs", str(gbs)], capsys)
+        assert code == 0
+        given = json.loads(out)["speed"]
+        assert {k: v for k, v in given["breakdown_s"].items() if k != "offload"} == \
+            {k: v for k, v in fit["breakdown_s"].items() if k != "offload"}
+        assert given["breakdown_s"]["offload"] != fit["breakdown_s"]["offload"]
+        assert any(f"host optimizer {gbs:g} GB/s per node given (--host-optimizer-gbs)" in a for a in given["assumptions"])
+    code, out, err = run([*base, "--host-optimizer-gbs", "0"], capsys)
+    assert code == 2 and "--host-optimizer-gbs: expected a positive number, got '0'" in err and out == ""
