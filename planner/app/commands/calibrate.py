@@ -21,7 +21,7 @@ did not finish and runs on devices that match no GPU profile are skipped (listed
 
 With --corpus (no DIR): fit the speed model's parameters (docs/speed.md, "Parameters") to every
 mappable throughput record of the evidence corpus (profiles/evidence/), refit without each source in turn to
-report the leave-one-source-out error (about 6 min for the 23 sources on 2 cores), and write
+report the leave-one-source-out error (about 6-7 min for the 24 sources on 2 cores), and write
 profiles/calibration/speed.json (or --out/speed.json), which plan then uses.
 
 examples:
