@@ -36,7 +36,7 @@ from planner.engine.dtypes import recipe_bytes
 from planner.engine.facts import model_facts
 from planner.engine.memory import LOSS_CHUNKS, zero_bucket_elements
 from planner.emit.common import MAX_GRAD_NORM
-from planner.engine.setup import Setup
+from planner.engine.setup import FLASH_KERNELS, HF_ATTN_IMPLEMENTATION, Setup
 from validation.spec import RunSpec
 
 SELECTIVE = "tuneplan_selective"
@@ -69,8 +69,8 @@ def not_runnable_reason(spec: RunSpec) -> str | None:
         needs_cuda.append("QLoRA (bitsandbytes NF4 kernels)")
     if s.optimizer in ("adamw-8bit", "paged-adamw", "paged-adamw-8bit"):
         needs_cuda.append(f"--optimizer {s.optimizer} (bitsandbytes)")
-    if s.attention in ("flash", "fa3", "fa4"):
-        needs_cuda.append({"flash": "FlashAttention-2", "fa3": "FlashAttention-3", "fa4": "FlashAttention-4"}[s.attention])
+    if s.attention in FLASH_KERNELS:
+        needs_cuda.append(FLASH_KERNELS[s.attention])
     if s.loss == "liger":
         needs_cuda.append("Liger fused cross-entropy (Triton)")
     if s.offload != "none":
@@ -190,8 +190,7 @@ def hf_config(spec: RunSpec) -> Any:
 
 
 def attn_implementation(setup: Setup) -> str:
-    base = {"sdpa": "sdpa", "eager": "eager", "flash": "flash_attention_2", "fa3": "flash_attention_3",
-            "fa4": "flash_attention_4"}[setup.attention]
+    base = HF_ATTN_IMPLEMENTATION[setup.attention]
     if setup.checkpointing == "selective":
         _register_selective(setup.checkpoint_every)
         if base == "flash_attention_2":

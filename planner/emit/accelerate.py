@@ -30,7 +30,7 @@ from planner.emit.common import (
     hp_comments,
 )
 from planner.emit.yamltext import dump
-from planner.engine.setup import Setup
+from planner.engine.setup import HF_ATTN_IMPLEMENTATION, Setup
 
 Backend = Literal["deepspeed", "fsdp", "ddp"]
 TRAINER_OF: dict[str, Backend] = {"hf-deepspeed": "deepspeed", "hf-fsdp": "fsdp", "hf-ddp": "ddp"}
@@ -58,9 +58,8 @@ GALORE_HF_OPTIM: dict[str, str] = {"adamw": "galore_adamw", "adamw-8bit": "galor
                                     "adafactor": "galore_adafactor"}
 """Setup optimizer -> transformers' GaLore ``optim`` (``OptimizerNames``; ``_layerwise`` appended for layer-wise)."""
 
-HF_ATTENTION: dict[str, str] = {"sdpa": "sdpa", "flash": "flash_attention_2", "fa3": "flash_attention_3",
-                                "fa4": "flash_attention_4", "eager": "eager"}
-"""Setup attention -> ``attn_implementation`` of ``from_pretrained``."""
+HF_ATTENTION: dict[str, str] = HF_ATTN_IMPLEMENTATION
+"""Setup attention -> ``attn_implementation`` of ``from_pretrained`` (the one map, :mod:`planner.engine.setup`)."""
 
 MAIN_PROCESS_PORT = 29500
 """torchrun's default master port; launch.sh passes ``$MASTER_PORT`` on multi-node runs."""

@@ -31,6 +31,7 @@ from typing import Any
 
 from planner.emit.common import ADAM_BETAS, ADAM_EPS, Emitted, Job, NotExpressible, Target, header_lines
 from planner.emit.tomltext import dump
+from planner.engine.setup import FLASH_KERNELS
 
 TORCHTITAN_VERSION = "0.2.2"
 FILENAME = "torchtitan.toml"
@@ -226,9 +227,8 @@ def notes(t: Target) -> list[str]:
     if s.fp8 == "tensorwise" and s.tp > 1:
         out.append("torchtitan 0.2.2 keeps TP collectives in bf16 under float8 (its float8 TP styles look for the old "
                    "converter name 'float8'); the plan counted them in bf16 too")
-    if s.attention in ("flash", "fa3", "fa4"):
-        label = {"flash": "FlashAttention-2", "fa3": "FlashAttention-3", "fa4": "FlashAttention-4"}[s.attention]
-        out.append(f"torchtitan uses PyTorch SDPA (its flash backend); the plan assumed {label}")
+    if s.attention in FLASH_KERNELS:
+        out.append(f"torchtitan uses PyTorch SDPA (its flash backend); the plan assumed {FLASH_KERNELS[s.attention]}")
     return out
 
 

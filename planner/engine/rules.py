@@ -6,7 +6,7 @@ estimate, configs and validation all go through it (via :func:`planner.engine.ev
 from __future__ import annotations
 
 from planner.engine.lora_targets import lora_targets
-from planner.engine.setup import FP8_ARCHS, Setup, SetupError
+from planner.engine.setup import FLASH_KERNEL_ARCH, FLASH_KERNELS, FP8_ARCHS, Setup, SetupError
 from profiles.cluster import Cluster
 from profiles.schema import ModelProfile
 
@@ -34,12 +34,12 @@ def validate_setup(setup: Setup, model: ModelProfile, cluster: Cluster) -> None:
             f"recipe {setup.recipe!r} is not what DeepSpeed runs under ZeRO-{setup.zero} (it keeps an fp32 master); "
             "use --recipe deepspeed-bf16 (or fp16-amp on GPUs without bf16)"
         )
-    for kernel, arch, label in (("fa3", "hopper", "FlashAttention-3"), ("fa4", "blackwell", "FlashAttention-4")):
-        if setup.attention == kernel and gpu.arch != arch:
-            raise SetupError(
-                f"{label} runs on {arch.capitalize()} GPUs only, not on {gpu.name} ({gpu.arch}); "
-                "use --attention flash (FlashAttention-2) or sdpa"
-            )
+    arch = FLASH_KERNEL_ARCH.get(setup.attention)
+    if arch is not None and gpu.arch != arch:
+        raise SetupError(
+            f"{FLASH_KERNELS[setup.attention]} runs on {arch.capitalize()} GPUs only, not on {gpu.name} ({gpu.arch}); "
+            "use --attention flash (FlashAttention-2) or sdpa"
+        )
     if setup.attention == "flash" and not gpu.supports_flash_attention:
         raise SetupError(
             f"FlashAttention-2 does not run on {gpu.name} ({gpu.arch}; it needs Ampere or newer); "

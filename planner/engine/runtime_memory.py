@@ -127,7 +127,7 @@ fit without it (docs/accuracy.md, memory section). ``sharded``: nine verdicts fr
 conflict: out of memory with 3.4 % (LitGPT's 2-GPU LoRA 13B), 12.5 % (Liger-Kernel's FSDP1 Llama-3-8B), 13.1 % (IBM
 fms-acceleration's 2-GPU QLoRA 70B, twice) and 17.3 % (the same with fms-acceleration's fused kernels) of the card left
 beside their tensors; ran with 14.7 % (ml-engineering's H200 ZeRO-3 run at 256K tokens), 18.6 % (LitGPT's 4-GPU LoRA
-13B) and 21.9 % (chenyaofo's ZeRO-3 run). No share gets all nine right: (0.131, 0.147] misses the fused-kernel OOM,
+13B), 21.9 % (chenyaofo's ZeRO-3 run) and 33.2 % (the 256K run on the B200). No share gets all nine right: (0.131, 0.147] misses the fused-kernel OOM,
 (0.173, 0.186] the 256K run; the fit takes the wider range's centre, 0.14 (``validation.corpus_memory.fit_stranded``).
 A share of the card cannot say why a run with few, huge activation tensors strands less than one with many
 mid-sized ones; that is the model's limit, kept in the report (docs/memory.md R3c). ``dynamic``:

@@ -81,6 +81,14 @@ ATTENTION: dict[str, str] = {
     "fa4": "FlashAttention-4 (Blackwell; transformers' flash_attention_4): memory as FlashAttention-2, faster kernels",
     "eager": "eager attention: materialises the a x s x s scores and probabilities",
 }
+FLASH_KERNELS: dict[str, str] = {"flash": "FlashAttention-2", "fa3": "FlashAttention-3", "fa4": "FlashAttention-4"}
+"""The FlashAttention kernels among the attention choices, by name: memory as FlashAttention-2's (no scores)."""
+FLASH_KERNEL_ARCH: dict[str, str] = {"fa3": "hopper", "fa4": "blackwell"}
+"""The one architecture each newer FlashAttention runs on (rules), and whose kernel-class efficiency it takes
+(docs/speed.md S21b)."""
+HF_ATTN_IMPLEMENTATION: dict[str, str] = {"sdpa": "sdpa", "flash": "flash_attention_2", "fa3": "flash_attention_3",
+                                          "fa4": "flash_attention_4", "eager": "eager"}
+"""Attention choice -> transformers' ``attn_implementation`` (configs and ``plan validate``)."""
 Loss = Literal["plain", "chunked", "liger"]
 LOSSES: dict[str, str] = {
     "plain": "HF default: full logits, upcast to fp32, cross-entropy and its gradient",

@@ -23,7 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from planner.engine.setup import Setup
+from planner.engine.setup import FLASH_KERNELS, Setup
 from profiles.cluster import Cluster
 from profiles.schema import ModelProfile
 
@@ -170,7 +170,7 @@ def plan_trace(model: ModelProfile, cluster: Cluster, setup: Setup, adam_impl: A
     notes: list[str] = []
 
     attention: Literal["sdpa", "eager"] = "eager" if setup.attention == "eager" else "sdpa"
-    flash_label = {"flash": "FlashAttention-2", "fa3": "FlashAttention-3", "fa4": "FlashAttention-4"}.get(setup.attention)
+    flash_label = FLASH_KERNELS.get(setup.attention)
     if flash_label and model.attn_logit_softcap is None:
         subs.append(Substitution(
             flash_label, "SDPA (torch's flash kernel on CPU)",

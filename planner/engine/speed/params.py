@@ -12,7 +12,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from planner.engine.setup import FRAMEWORKS, Framework  # noqa: F401  (the choice lives with the Setup)
+from planner.engine.setup import FLASH_KERNEL_ARCH, FRAMEWORKS, Framework  # noqa: F401  (the choice lives with the Setup)
 
 Arch = Literal["volta", "turing", "ampere", "ada", "hopper", "blackwell", "cdna3", "davinci"]
 
@@ -183,7 +183,7 @@ class SpeedParams(BaseModel):
         """The attention kernel's fraction of peak (eq. S21): FlashAttention-2 / SDPA, or the Hopper-and-later class
         of kernels (Transformer Engine's cuDNN fused attention under Megatron where TE prefers it, FlashAttention-3
         on Hopper, FlashAttention-4 on Blackwell: eq. S21b)."""
-        if (framework == "megatron" or kernel in ("fa3", "fa4")) and arch in self.fused_attention_efficiency:
+        if (framework == "megatron" or kernel in FLASH_KERNEL_ARCH) and arch in self.fused_attention_efficiency:
             return self.fused_attention_efficiency[arch]
         return self.attention_efficiency.get(arch, 0.35)
 

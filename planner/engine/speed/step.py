@@ -13,7 +13,7 @@ from planner.engine.activations import effective_attention
 from planner.engine.calibration import Calibration
 from planner.engine.facts import ModelFacts
 from planner.engine.results import SpeedEstimate, unchecked
-from planner.engine.setup import Setup
+from planner.engine.setup import FLASH_KERNEL_ARCH, Setup
 from planner.engine.speed.comm import (
     OVERLAP_FRACTION,
     PARAM_GATHER_BYTES,
@@ -232,7 +232,7 @@ def _assumptions(facts: ModelFacts, cluster: Cluster, setup: Setup, params: Spee
     else:
         eff = params.attention(gpu.arch, setup.framework, setup.attention)
         out.append(f"{setup.attention} attention at {eff:.2f} of peak ({gpu.arch}, "
-                   f"{'S21b' if setup.attention in ('fa3', 'fa4') else 'S21'})")
+                   f"{'S21b' if setup.attention in FLASH_KERNEL_ARCH else 'S21'})")
     fused = setup.compile or setup.fused_kernels
     out.append(
         f"elementwise work: {params.memory_passes:g} HBM passes over each block's activations at "

@@ -161,7 +161,8 @@ def test_host_optimizer_throughput_replaces_the_fit_for_the_cpu_step_only(capsys
     code, out, _ = run(base, capsys)
     assert code == 0
     fit = json.loads(out)["speed"]
-    for gbs in (50, 100):
+    offload = {}
+    for gbs in (25, 50, 100):
         code, out, _ = run([*base, "--host-optimizer-gbs", str(gbs)], capsys)
         assert code == 0
         given = json.loads(out)["speed"]
@@ -169,5 +170,20 @@ def test_host_optimizer_throughput_replaces_the_fit_for_the_cpu_step_only(capsys
             {k: v for k, v in fit["breakdown_s"].items() if k != "offload"}
         assert given["breakdown_s"]["offload"] != fit["breakdown_s"]["offload"]
         assert any(f"host optimizer {gbs:g} GB/s per node given (--host-optimizer-gbs)" in a for a in given["assumptions"])
+        offload[gbs] = given["breakdown_s"]["offload"]
+    # the CPU step is state bytes / rate and the PCIe part does not move: halving the rate twice adds twice as much
+    assert offload[25] - offload[50] == pytest.approx(2 * (offload[50] - offload[100]), rel=1e-9)
+    assert offload[50] > offload[100]
     code, out, err = run([*base, "--host-optimizer-gbs", "0"], capsys)
     assert code == 2 and "--host-optimizer-gbs: expected a positive number, got '0'" in err and out == ""
+
+
+def test_every_attention_choice_maps_to_a_transformers_implementation_and_a_llamafactory_setting():
+    from typing import get_args
+
+    from planner.emit.llamafactory import FLASH_ATTN
+    from planner.engine.setup import ATTENTION, FLASH_KERNEL_ARCH, FLASH_KERNELS, HF_ATTN_IMPLEMENTATION, Attention
+
+    choices = set(get_args(Attention))
+    assert set(HF_ATTN_IMPLEMENTATION) == set(FLASH_ATTN) == set(ATTENTION) == choices
+    assert set(FLASH_KERNEL_ARCH) < set(FLASH_KERNELS) < choices
