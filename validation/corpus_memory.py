@@ -41,6 +41,7 @@ from dataclasses import dataclass, field, replace
 
 from planner.engine.evaluate import evaluate
 from planner.engine.memory import run_fragmentation_class
+import planner.engine.runtime_memory as rm
 from planner.engine.runtime_memory import (
     FRAGMENTATION_CLASSES,
     FRAGMENTATION_PRIOR,
@@ -163,7 +164,7 @@ class MemoryRow:
             room = self.capacity_bytes - self.overhead_bytes - t - self.cublas_bytes
             if room < 0:
                 return None  # out of memory whatever the share
-            if int(f * max(t - self.once_bytes, 0)) > room:
+            if rm.fragmented_bytes(t - self.once_bytes, f) > room:
                 bounds.append(room / self.capacity_bytes)
         return min(bounds) if bounds else None
 

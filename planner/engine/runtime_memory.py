@@ -107,6 +107,16 @@ pair and keeps its prior. The least-sourced term of the engine."""
 
 FRAGMENTATION_CLASSES = ("static", "dynamic", "sharded", "fsdp2")
 
+
+def fragmented_bytes(churn_bytes: int, fraction: float) -> int:
+    """Eq. R3's fragmented bytes: ``fraction`` of the memory freed and re-allocated within a step (``churn_bytes``)
+    that the caching allocator keeps cached in blocks the next requests cannot use. Linear in the churn; the one
+    place eq. R3, R3c and the corpus report compute it. The published gaps grow more slowly than the churn at the
+    largest churns (ml-engineering's 64K-256K ZeRO-3 runs: 5.3-5.7 GiB at 30-117 GiB of churn), so it errs high
+    there; the sub-linear forms that fix those runs lose out-of-memory verdicts (``benchmarks/fragmentation_forms.py``,
+    docs/memory.md R3b)."""
+    return int(fraction * max(churn_bytes, 0))
+
 RESERVED_FITTED = ("fsdp2",)
 """Classes with no published allocated + nvidia-smi pair whose fraction is fitted to their runs' reserved and
 nvidia-smi figures instead (the whole figure, tensors included). Only ``fsdp2``, whose split from ``sharded`` rests on
@@ -228,7 +238,7 @@ def reserved_bytes(allocated_peak: int, churn_bytes: int, fragmentation: float =
     if fragmentation < 0:
         raise ValueError(f"fragmentation must be >= 0, got {fragmentation}")
     rounding = ALLOC_SMALL_SEGMENT + (0 if expandable_segments else ALLOC_LARGE_SEGMENT)
-    out = allocated_peak + int(fragmentation * max(churn_bytes, 0)) + rounding
+    out = allocated_peak + fragmented_bytes(churn_bytes, fragmentation) + rounding
     if limit is not None:
         out = max(allocated_peak, min(out, limit))
     return out
@@ -249,7 +259,7 @@ def retry_floor_bytes(allocated_peak: int, churn_bytes: int, fragmentation: floa
     (the floor is at most the uncapped reserved figure)."""
     if not 0 <= stranded <= 1:
         raise ValueError(f"stranded must be in [0, 1], got {stranded}")
-    return allocated_peak + min(int(fragmentation * max(churn_bytes, 0)), int(stranded * capacity_bytes))
+    return allocated_peak + min(fragmented_bytes(churn_bytes, fragmentation), int(stranded * capacity_bytes))
 
 
 def cuda_context_bytes(lazy_loading: bool = True, loaded_kernels: int = LOADED_KERNELS_DEFAULT) -> int:

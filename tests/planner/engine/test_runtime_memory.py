@@ -18,6 +18,7 @@ from planner.engine.runtime_memory import (
     allocator_segment_bytes,
     cublas_workspace_bytes,
     device_peak_bytes,
+    fragmented_bytes,
     nccl_buffer_bytes,
     paged_resident_bytes,
     reserved_bytes,
@@ -182,6 +183,17 @@ def test_the_retry_floor_lies_between_allocated_and_the_uncapped_reserved(alloc,
     assert alloc <= floor <= reserved_bytes(alloc, churn, frag)
     assert floor <= alloc + stranded * 80 * GiB
     assert retry_floor_bytes(alloc, churn, frag, 0.0, 80 * GiB) == alloc  # the prior: the retry frees every fragment
+
+
+@settings(max_examples=200, deadline=None)
+@given(alloc=st.integers(0, 200 * GiB), churn=st.integers(-GiB, 200 * GiB), frag=st.floats(0, 1))
+def test_r3_and_r3c_add_the_one_fragmented_bytes_law(alloc, churn, frag):
+    """Eq. R3b is computed in one place: uncapped reserved is allocated + fragmented_bytes + the two segment tails
+    (kLargeBuffer 20 MiB + kSmallBuffer 2 MiB), and with a stranded share of 1 the retry floor keeps all of it."""
+    f = fragmented_bytes(churn, frag)
+    assert 0 <= f <= max(churn, 0)
+    assert reserved_bytes(alloc, churn, frag) == alloc + f + 22 * MiB
+    assert retry_floor_bytes(alloc, churn, frag, 1.0, 10**15) == alloc + f
 
 
 def test_retry_floor_rejects_a_share_outside_0_1():
