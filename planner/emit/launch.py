@@ -2,7 +2,8 @@
 
 ``bash launch.sh [MODE]`` runs one of the emitted trainers (the first one by default). It first runs
 ``plan validate --plan plan.json`` (skip with ``SKIP_VALIDATE=1``). On a multi-node cluster it needs the usual
-variables on every node: ``NNODES``, ``NODE_RANK``, ``MASTER_ADDR``, ``MASTER_PORT``.
+variables on every node: ``NNODES``, ``NODE_RANK``, ``MASTER_ADDR``, ``MASTER_PORT``. A plan that steps its
+optimizer on the CPU exports ``OMP_NUM_THREADS`` (:func:`host_threads_lines`).
 """
 
 from __future__ import annotations
@@ -13,6 +14,31 @@ from planner.emit.common import Target, comment_block, header_lines
 
 FILENAME = "launch.sh"
 MASTER_PORT = 29500
+
+
+def host_threads_lines(t: Target, section: int) -> list[str]:
+    """For a plan whose optimizer steps on the CPU (ZeRO-Offload's CPU Adam, FSDP's CPU offload) with several GPUs per
+    node: give each rank its share of the node's CPUs, unless the user set ``OMP_NUM_THREADS``.
+
+    DeepSpeed's CPU Adam is one ``#pragma omp parallel for`` per 128M-element tile (deepspeed v0.19.2
+    ``csrc/includes/cpu_adam.h``), so it runs on as many threads as OpenMP gives the rank. ``torchrun`` sets
+    ``OMP_NUM_THREADS=1`` when it is unset and ``nproc_per_node > 1`` (torch ``distributed/run.py``
+    ``config_from_args``); ``accelerate launch`` exports its ``--num_cpu_threads_per_process``, 1 by default on GPUs
+    (accelerate 1.x ``commands/launch.py``, ``utils/launch.py``); LLaMA-Factory's ``FORCE_TORCHRUN`` and ``tune run``
+    go through torchrun. Only the ``deepspeed`` launcher leaves it unset (all CPUs per rank) or, with
+    ``--bind_cores_to_rank``, sets physical cores // ranks (``launcher/launch.py``, ``utils/numa.py``). So every
+    launcher but DeepSpeed's steps the optimizer on one core per rank by default. The same share for every mode:
+    ``nproc`` (the CPUs this shell may use) // GPUs per node, at least 1. The speed model's host throughput (eq. S15)
+    is fitted to published runs whose launchers are mostly not stated (docs/speed.md S15)."""
+    if t.setup.offload == "none" or t.cluster.gpus_per_node <= 1:
+        return []
+    g = t.cluster.gpus_per_node
+    return [
+        f"# {section}. The optimizer steps on the CPU: torchrun and accelerate launch give each rank 1 OpenMP thread unless",
+        "#    OMP_NUM_THREADS is set; give each rank its share of this node's CPUs (tuneplan docs/speed.md S15).",
+        f'export OMP_NUM_THREADS="${{OMP_NUM_THREADS:-$(( $(nproc) / {g} > 0 ? $(nproc) / {g} : 1 ))}}"',
+        "",
+    ]
 
 
 def launch_script(t: Target, modes: dict[str, list[str]], needs_script: set[str]) -> str:
@@ -45,6 +71,7 @@ def launch_script(t: Target, modes: dict[str, list[str]], needs_script: set[str]
             "fi",
             "",
         ]
+    lines += host_threads_lines(t, 3 if t.multi_node else 2)
     lines.append(f'MODE="${{1:-{default}}}"')
     lines.append('case "$MODE" in')
     for name, cmds in modes.items():

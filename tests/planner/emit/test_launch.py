@@ -55,7 +55,7 @@ def _stub_bin(tmp_path):
         s.write_text(
             "#!/usr/bin/env bash\n"
             f'echo "$(basename "$0") $* | FORCE_TORCHRUN=${{FORCE_TORCHRUN:-}} NPROC_PER_NODE=${{NPROC_PER_NODE:-}} '
-            f'NNODES=${{NNODES:-}} NODE_RANK=${{NODE_RANK:-}}" >> {log}\n'
+            f'NNODES=${{NNODES:-}} NODE_RANK=${{NODE_RANK:-}} OMP_NUM_THREADS=${{OMP_NUM_THREADS:-}}" >> {log}\n'
         )
         s.chmod(0o755)
     return bindir, log
@@ -85,13 +85,13 @@ def test_skip_validate_and_the_deepspeed_launcher(tmp_path):
     r, calls = _run(tmp_path, "llama3-8b-full-zero3-8xA800", "deepspeed", {"SKIP_VALIDATE": "1"})
     assert r.returncode == 0, r.stderr
     assert calls == ["deepspeed --num_gpus 8 train.py --deepspeed_config ds_config.json | FORCE_TORCHRUN= "
-                     "NPROC_PER_NODE= NNODES= NODE_RANK="]
+                     "NPROC_PER_NODE= NNODES= NODE_RANK= OMP_NUM_THREADS="]
 
 
 def test_llamafactory_single_node(tmp_path):
     r, calls = _run(tmp_path, "llama3-8b-full-zero3-8xA800", "llamafactory", {"SKIP_VALIDATE": "1"})
     assert r.returncode == 0, r.stderr
-    assert calls == ["llamafactory-cli train llamafactory.yaml | FORCE_TORCHRUN=1 NPROC_PER_NODE=8 NNODES= NODE_RANK="]
+    assert calls == ["llamafactory-cli train llamafactory.yaml | FORCE_TORCHRUN=1 NPROC_PER_NODE=8 NNODES= NODE_RANK= OMP_NUM_THREADS="]
 
 
 def test_multi_node_needs_node_rank_and_master(tmp_path):
@@ -100,7 +100,27 @@ def test_multi_node_needs_node_rank_and_master(tmp_path):
     env = {"SKIP_VALIDATE": "1", "NODE_RANK": "1", "MASTER_ADDR": "10.0.0.1"}
     r, calls = _run(tmp_path, "llama3-70b-full-zero3-offload-2x8xH100", "llamafactory", env)
     assert r.returncode == 0, r.stderr
-    assert calls == ["llamafactory-cli train llamafactory.yaml | FORCE_TORCHRUN=1 NPROC_PER_NODE=8 NNODES=2 NODE_RANK=1"]
+    threads = max(1, len(os.sched_getaffinity(0)) // 8)  # what `nproc` prints: the CPUs this process may use
+    assert calls == ["llamafactory-cli train llamafactory.yaml | FORCE_TORCHRUN=1 NPROC_PER_NODE=8 NNODES=2 NODE_RANK=1 "
+                     f"OMP_NUM_THREADS={threads}"]
+
+
+@pytest.mark.parametrize("mode", ["hf", "deepspeed", "llamafactory"])
+def test_a_cpu_optimizer_gets_the_nodes_cpus_not_one_thread_per_rank(tmp_path, mode):
+    """torchrun and accelerate launch set OMP_NUM_THREADS=1 per rank when it is unset, which would run DeepSpeed's
+    OpenMP CPU Adam on one core per rank: an offload plan's launch.sh exports CPUs // GPUs per node (at least 1), and a
+    value the user set wins; a plan that keeps its optimizer on the GPU leaves the variable alone."""
+    env = {"SKIP_VALIDATE": "1", "NODE_RANK": "0", "MASTER_ADDR": "10.0.0.1"}
+    threads = max(1, len(os.sched_getaffinity(0)) // 8)
+    r, calls = _run(tmp_path, "llama3-70b-full-zero3-offload-2x8xH100", mode, env)
+    assert r.returncode == 0, r.stderr
+    assert calls[0].endswith(f"OMP_NUM_THREADS={threads}")
+    r, calls = _run(tmp_path, "llama3-70b-full-zero3-offload-2x8xH100", mode, {**env, "OMP_NUM_THREADS": "13"})
+    assert r.returncode == 0, r.stderr
+    assert calls[0].endswith("OMP_NUM_THREADS=13")
+    r, calls = _run(tmp_path, "llama3-8b-full-zero3-8xA800", mode, {"SKIP_VALIDATE": "1"})
+    assert r.returncode == 0, r.stderr
+    assert calls[0].endswith("OMP_NUM_THREADS=")
 
 
 def test_multi_node_accelerate_and_wrong_node_count(tmp_path):

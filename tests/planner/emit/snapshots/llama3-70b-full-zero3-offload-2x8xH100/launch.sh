@@ -21,6 +21,10 @@ if [[ "$NNODES" != 2 ]]; then
   echo "the plan is for 2 nodes, NNODES=$NNODES" >&2; exit 2
 fi
 
+# 3. The optimizer steps on the CPU: torchrun and accelerate launch give each rank 1 OpenMP thread unless
+#    OMP_NUM_THREADS is set; give each rank its share of this node's CPUs (tuneplan docs/speed.md S15).
+export OMP_NUM_THREADS="${OMP_NUM_THREADS:-$(( $(nproc) / 8 > 0 ? $(nproc) / 8 : 1 ))}"
+
 MODE="${1:-hf}"
 case "$MODE" in
   hf)
