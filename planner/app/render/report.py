@@ -122,6 +122,10 @@ def render_estimate(
     console.print("[dim]assumptions:[/]")
     for a in est.assumptions:
         console.print(f"[dim]  - {a}[/]")
+    if speed is not None and speed.assumptions:
+        console.print("[dim]speed assumptions:[/]")
+        for a in speed.assumptions:
+            console.print(f"[dim]  - {a}[/]")
 
 
 def plans_table(plans: list[Plan]) -> Table:

@@ -35,6 +35,7 @@ from planner.engine.speed.kernels import (
     micro_step_work,
 )
 from planner.engine.speed.offload import (
+    HOST_OPTIMIZER_PUBLISHED_GB_S,
     activation_offload_bytes_per_micro_step,
     host_optimizer_seconds,
     offload_pcie_bytes_per_gpu,
@@ -290,7 +291,9 @@ def _assumptions(facts: ModelFacts, cluster: Cluster, setup: Setup, params: Spee
         )
         out.append(
             f"host optimizer step: {optimizer_step_bytes_per_param(setup, on_gpu=False):g} B/param at "
-            f"{params.host_optimizer('fsdp' if setup.fsdp else 'deepspeed') / 1e9:g} GB/s per node, not overlapped (S15)"
+            f"{params.host_optimizer('fsdp' if setup.fsdp else 'deepspeed') / 1e9:g} GB/s per node, not overlapped (S15); "
+            f"published hosts imply {HOST_OPTIMIZER_PUBLISHED_GB_S[0]:g}-{HOST_OPTIMIZER_PUBLISHED_GB_S[1]:g} GB/s, "
+            "--host-optimizer-gbs gives your node's"
         )
     if setup.activation_offload:
         out.append("activation offload: checkpointed block inputs over PCIe, hidden behind compute (S16)")

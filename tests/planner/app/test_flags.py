@@ -178,6 +178,28 @@ def test_host_optimizer_throughput_replaces_the_fit_for_the_cpu_step_only(capsys
     assert code == 2 and "--host-optimizer-gbs: expected a positive number, got '0'" in err and out == ""
 
 
+def test_an_offload_estimate_explains_its_host_rate_in_the_terminal_and_the_json(capsys):
+    """The CPU optimizer step dominates an offload plan's step and published hosts span a ~10x range of rates
+    (docs/speed.md S15): the speed assumptions, printed under the memory ones and in --json, name the rate used, the
+    published range (planner.engine.speed.offload.HOST_OPTIMIZER_PUBLISHED_GB_S) and the flag; a plan that keeps its
+    optimizer on the GPU says nothing of it."""
+    from planner.engine.speed.offload import HOST_OPTIMIZER_PUBLISHED_GB_S
+
+    lo, hi = HOST_OPTIMIZER_PUBLISHED_GB_S
+    base = ["estimate", "--model", "llama3.1-8b", "--gpus", "8xH200", "--recipe", "deepspeed-bf16", "--zero", "3",
+            "--checkpointing", "full"]
+    line = f"published hosts imply {lo:g}-{hi:g} GB/s, --host-optimizer-gbs gives your node's"
+    code, out, _ = run([*base, "--offload", "optimizer"], capsys)
+    assert code == 0
+    text = " ".join(out.split())  # rich wraps long lines
+    assert "speed assumptions:" in text and line in text
+    assert text.index("speed assumptions:") > text.index("assumptions:")
+    code, out, _ = run([*base, "--offload", "optimizer", "--json"], capsys)
+    assert any(line in a for a in json.loads(out)["speed"]["assumptions"])
+    code, out, _ = run(base, capsys)
+    assert code == 0 and "speed assumptions:" in out and "host optimizer step" not in " ".join(out.split())
+
+
 def test_every_attention_choice_maps_to_a_transformers_implementation_and_a_llamafactory_setting():
     from typing import get_args
 
