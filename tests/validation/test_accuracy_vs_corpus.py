@@ -59,3 +59,19 @@ def test_what_if_never_writes_the_shipped_section(extra, capsys):
     assert e.value.code == 2
     assert "what-if run" in capsys.readouterr().err
     assert (ROOT / "benchmarks" / "results" / "speed.md").read_bytes() == shipped
+
+
+def test_family_table_splits_off_the_cpu_optimizer_records_and_keeps_the_target_on_all():
+    """The family medians (the issue's target) count every record; the split column leaves out those whose optimizer
+    steps on the CPU (eq. S15, a host property). Rows here are made up to check the arithmetic, not corpus figures."""
+    def row(i, fam, setup, est):
+        return {"id": f"s/{i}", "source": "s", "gpu_family": fam, "setup": setup, "measured": 100.0,
+                "held_out": est, "in_sample": est}
+    rows = [row(1, "blackwell", "full · ZeRO-3 · offload optimizer · ckpt full", 20.0),
+            row(2, "blackwell", "full · ZeRO-3 · offload optimizer+params · ckpt full", 40.0),
+            row(3, "blackwell", "full · DDP · no ckpt", 110.0),
+            row(4, "hopper", "full · FSDP full-shard · activation offload", 90.0)]
+    s = avc.speed_summary({"rows": rows}, flagged={})
+    assert s["families"]["blackwell"] == (3, pytest.approx(-0.6))
+    assert s["families_without_host_optimizer"]["blackwell"] == (1, pytest.approx(0.1))
+    assert s["families_without_host_optimizer"]["hopper"] == (1, pytest.approx(-0.1))  # activation offload stays
