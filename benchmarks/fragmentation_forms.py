@@ -1,19 +1,22 @@
-"""Which law of fragmentation the published runs support (docs/memory.md R3b): the shipped linear one against
-sub-linear alternatives, each refitted and scored exactly as ``benchmarks/memory_vs_corpus.py`` scores the shipped one.
+"""Which law of fragmentation the published runs support (docs/memory.md R3b): the shipped one against the alternatives,
+each refitted and scored exactly as ``benchmarks/memory_vs_corpus.py`` scores the shipped one.
 
-Eq. R3 keeps a fixed fraction of a step's churn (the memory freed and re-allocated within it) fragmented. The
-published gaps (reserved or nvidia-smi minus allocated) grow more slowly than that at the largest churns:
-ml-engineering's 8xH200 / 8xB200 ZeRO-3 runs hold 5.3-5.7 GiB beside 30-117 GiB of churn, where the linear law with
-the fitted sharded fraction gives 16-62 GiB (their figures +28 to +43 %, the report's worst records). Two sub-linear
-laws are tried, each with the same per-class fractions, refitted on the same rows, each source held out:
+Eq. R3 keeps a fraction of a step's churn (the memory freed and re-allocated within it) fragmented. Linear in the
+churn, it gives ml-engineering's 8xH200 / 8xB200 ZeRO-3 runs at 64K-256K tokens 16-62 GiB of fragments where they
+hold 5.3-5.7 GiB (their reserved figures +28 to +43 %). The laws tried, each with per-class fractions refitted on the
+same rows, each source held out:
 
-* power: ``f x R x (churn / R)^a`` with ``R`` = 16 GiB (the fraction reads as the share of 16 GiB of churn);
-* saturating: ``f x K x (1 - exp(-churn / K))``: linear for small churn, at most ``f x K``.
+* linear: eq. R3 alone (the engine before eq. R3b);
+* residual-size (eq. R3b, shipped at 256 MiB): the activations' and logits' share counts at ``min(1, S0 / residual)``,
+  ``residual`` one bf16 residual-stream tensor of the micro-batch: past ``S0`` the fragments follow the number of
+  activation tensors, not their size. ``S0`` is not fitted: the table tries several;
+* power: ``f x R x (churn / R)^a`` over the whole churn, ``R`` = 16 GiB;
+* saturating: ``f x K x (1 - exp(-churn / K))`` over the whole churn: linear for small churn, at most ``f x K``.
 
 Written: benchmarks/results/fragmentation_forms.md (the table docs/memory.md R3b quotes) and
-fragmentation_forms.json. The engine is not changed; the law it ships is the one this table supports.
+fragmentation_forms.json. The engine is not changed by this script.
 
-    python benchmarks/fragmentation_forms.py     # about 20 s on 2 cores
+    python benchmarks/fragmentation_forms.py     # a few seconds
 """
 
 from __future__ import annotations
@@ -34,24 +37,34 @@ REF_BYTES = 16 * GiB
 
 
 def power_law(a: float):
-    def form(churn_bytes: int, fraction: float) -> int:
+    def form(churn_bytes: int, fraction: float, token_churn_bytes: int = 0, residual_bytes: int = 0) -> int:
         c = max(churn_bytes, 0)
         return 0 if c == 0 else int(fraction * REF_BYTES * (c / REF_BYTES) ** a)
     return form
 
 
 def saturating(k_bytes: int):
-    def form(churn_bytes: int, fraction: float) -> int:
+    def form(churn_bytes: int, fraction: float, token_churn_bytes: int = 0, residual_bytes: int = 0) -> int:
         return int(fraction * k_bytes * -math.expm1(-max(churn_bytes, 0) / k_bytes))
     return form
 
 
-def forms() -> list[tuple[str, object]]:
+MiB = 2**20
+LINEAR_CAP = 2**62
+"""A tensor-size cap no run reaches: eq. R3b off, the linear law."""
+
+
+def forms() -> list[tuple[str, object, int]]:
+    """(name, the law of the fragmented bytes, eq. R3b's tensor-size cap it runs with)."""
     import planner.engine.runtime_memory as rm
 
-    out: list[tuple[str, object]] = [("linear (shipped)", rm.fragmented_bytes)]
-    out += [(f"power a={a}", power_law(a)) for a in (0.8, 0.6, 0.5)]
-    out += [(f"saturating K={k} GiB", saturating(k * GiB)) for k in (16, 32)]
+    shipped = rm.FRAGMENTATION_TENSOR_CAP_BYTES
+    out: list[tuple[str, object, int]] = [("linear (eq. R3 alone)", rm.fragmented_bytes, LINEAR_CAP)]
+    for m in (128, 256, 384, 512):
+        tag = " (shipped)" if m * MiB == shipped else ""
+        out.append((f"residual-size S0={m} MiB{tag}", rm.fragmented_bytes, m * MiB))
+    out += [(f"power a={a}", power_law(a), LINEAR_CAP) for a in (0.8, 0.6, 0.5)]
+    out += [(f"saturating K={k} GiB", saturating(k * GiB), LINEAR_CAP) for k in (16, 32)]
     return out
 
 
@@ -91,15 +104,15 @@ def main() -> int:
     from validation.corpus import load
 
     rows, refused = cm.rows_from(load())
-    shipped, grid = rm.fragmented_bytes, cm.FRACTION_GRID
+    shipped, cap, grid = rm.fragmented_bytes, rm.FRAGMENTATION_TENSOR_CAP_BYTES, cm.FRACTION_GRID
     cm.FRACTION_GRID = tuple(i / 100 for i in range(0, 101))  # the saturating laws fit fractions above 0.6
     results = {}
     try:
-        for name, form in forms():
-            rm.fragmented_bytes = form
+        for name, form, law_cap in forms():
+            rm.fragmented_bytes, rm.FRAGMENTATION_TENSOR_CAP_BYTES = form, law_cap
             results[name] = score(rows, refused)
     finally:
-        rm.fragmented_bytes, cm.FRACTION_GRID = shipped, grid
+        rm.fragmented_bytes, rm.FRAGMENTATION_TENSOR_CAP_BYTES, cm.FRACTION_GRID = shipped, cap, grid
     lines = [
         "# Fragmentation laws against the published runs",
         "",

@@ -89,6 +89,13 @@ class MemoryRow:
     notes: tuple[str, ...] = ()
     error: str | None = None
     """set when the engine refused the setup"""
+    token_churn: dict[str, int] = field(default_factory=dict)
+    """each phase's tensor bytes that grow with the tokens (activations, logits): eq. R3b's share of the churn"""
+    residual_bytes: int = 0
+    """one bf16 residual-stream tensor of a micro-batch on one GPU: eq. R3b's activation size"""
+
+    def _frag(self, phase: str) -> dict[str, int]:
+        return dict(token_churn_bytes=self.token_churn.get(phase, 0), residual_bytes=self.residual_bytes)
 
     @property
     def allocated(self) -> int:
@@ -98,8 +105,8 @@ class MemoryRow:
         """Eq. R3 at each phase, as the engine computes it, with ``fractions`` by fragmentation class."""
         f = fractions[self.frag_class]
         limit = self.capacity_bytes - self.overhead_bytes
-        return max(reserved_bytes(t + self.cublas_bytes, t - self.once_bytes, f, limit=limit)
-                   for t in self.tensors.values())
+        return max(reserved_bytes(t + self.cublas_bytes, t - self.once_bytes, f, limit=limit, **self._frag(ph))
+                   for ph, t in self.tensors.items())
 
     def device(self, fractions: dict[str, float]) -> int:
         return self.reserved(fractions) + self.overhead_bytes
@@ -138,15 +145,16 @@ class MemoryRow:
         """The nvidia-smi figure without eq. R3's cap at the card: as if the fragmented share could not be freed
         and retried (the second verdict rule the report gives beside the engine's)."""
         f = fractions[self.frag_class]
-        return max(reserved_bytes(t + self.cublas_bytes, t - self.once_bytes, f, limit=None)
-                   for t in self.tensors.values()) + self.overhead_bytes
+        return max(reserved_bytes(t + self.cublas_bytes, t - self.once_bytes, f, limit=None, **self._frag(ph))
+                   for ph, t in self.tensors.items()) + self.overhead_bytes
 
     def floor(self, fractions: dict[str, float], stranded: dict[str, float]) -> int:
         """Eq. R3c at each phase, as the engine computes it, + the overhead: what the process holds after the
         allocator's retry."""
         f, s = fractions[self.frag_class], stranded[self.frag_class]
-        return max(retry_floor_bytes(t + self.cublas_bytes, t - self.once_bytes, f, s, self.capacity_bytes)
-                   for t in self.tensors.values()) + self.overhead_bytes
+        return max(retry_floor_bytes(t + self.cublas_bytes, t - self.once_bytes, f, s, self.capacity_bytes,
+                                     **self._frag(ph))
+                   for ph, t in self.tensors.items()) + self.overhead_bytes
 
     def predicted_fits(self, fractions: dict[str, float], stranded: dict[str, float] | None = None) -> bool:
         """The engine's verdict against the whole card (no headroom: the run either went out of memory or not):
@@ -160,11 +168,11 @@ class MemoryRow:
         fragmented churn is too small to reach it)."""
         f = fractions[self.frag_class]
         bounds = []
-        for t in self.tensors.values():
+        for ph, t in self.tensors.items():
             room = self.capacity_bytes - self.overhead_bytes - t - self.cublas_bytes
             if room < 0:
                 return None  # out of memory whatever the share
-            if rm.fragmented_bytes(t - self.once_bytes, f) > room:
+            if rm.fragmented_bytes(t - self.once_bytes, f, **self._frag(ph)) > room:
                 bounds.append(room / self.capacity_bytes)
         return min(bounds) if bounds else None
 
@@ -222,7 +230,8 @@ def _row(case: MemoryCase) -> MemoryRow:
     c = est.categories
     once = c["weights_trainable"] + c["weights_frozen"] + c["optimizer_states"] + c["master_weights"]
     return MemoryRow(**base, tensors=dict(est.phase_tensors), once_bytes=int(once),
-                     cublas_bytes=cublas_workspace_bytes(est.gpu), overhead_bytes=int(c["framework_overhead"]))
+                     cublas_bytes=cublas_workspace_bytes(est.gpu), overhead_bytes=int(c["framework_overhead"]),
+                     token_churn=dict(est.phase_token_churn), residual_bytes=est.residual_tensor_bytes)
 
 
 def _loss(rows: list[MemoryRow], fractions: dict[str, float]) -> float:

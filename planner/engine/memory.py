@@ -366,6 +366,17 @@ def local_tokens(setup: Setup) -> int:
     return setup.micro_batch * setup.seq_len // setup.cp
 
 
+def residual_tensor_bytes(setup: Setup, hidden_size: int) -> int:
+    """One bf16 residual-stream tensor of a micro-batch on one GPU (``local_tokens x hidden x 2 / tp``: tensor
+    parallelism shards it, torchtitan's sequence-parallel norms and residual): the activation size eq. R3b's cap on the
+    fragmented share is measured in (:data:`~planner.engine.runtime_memory.FRAGMENTATION_TENSOR_CAP_BYTES`)."""
+    return local_tokens(setup) * hidden_size * 2 // setup.tp
+
+
+TOKEN_CHURN_CATEGORIES = ("activations", "logits_loss")
+"""The categories of a phase that grow with the micro-batch's tokens: eq. R3b's share of the churn."""
+
+
 def activation_bytes(facts: ModelFacts, setup: Setup, rb: RecipeBytes) -> ActivationBytes:
     """Saved activations of all blocks plus the per-block working sets (eq. A1).
 
@@ -776,21 +787,25 @@ def fragmentation_fraction(cluster: Cluster, setup: Setup) -> float:
 
 
 def allocator_margin_bytes(tensor_bytes: int, churn_bytes: int, cluster: Cluster, setup: Setup, overhead: int,
-                           calibration: Calibration | None = None) -> tuple[int, int]:
+                           calibration: Calibration | None = None, *, token_churn_bytes: int = 0,
+                           residual_bytes: int = 0) -> tuple[int, int]:
     """``(allocated, reserved)`` of one phase from its tensor bytes (eq. R1-R3): allocated adds the cuBLAS
     workspaces; reserved adds the allocator's segment rounding and the fragmented share of ``churn_bytes``
-    (the phase's bytes other than weights and optimizer states, which are allocated once), capped at the card
-    less ``overhead`` (the allocator frees its cache and retries before it reports out of memory). Calibrated:
+    (the phase's bytes other than weights and optimizer states, which are allocated once; of its activations and
+    logits, ``token_churn_bytes``, a share that stops growing beyond eq. R3b's tensor size, ``residual_bytes``),
+    capped at the card less ``overhead`` (the allocator frees its cache and retries before it reports out of
+    memory). Calibrated:
     the measured ``max_memory_reserved / max_memory_allocated`` of validation runs on this GPU and recipe."""
     allocated = rt_allocated_bytes(tensor_bytes, cluster.gpu.name)
     if calibration is not None:
         return allocated, max(allocated, int(calibration.allocator_factor * allocated))
     limit = cluster.gpu.memory_bytes - overhead
-    return allocated, reserved_bytes(allocated, churn_bytes, fragmentation_fraction(cluster, setup), limit=limit)
+    return allocated, reserved_bytes(allocated, churn_bytes, fragmentation_fraction(cluster, setup), limit=limit,
+                                     token_churn_bytes=token_churn_bytes, residual_bytes=residual_bytes)
 
 
 def retry_floor(tensor_bytes: int, churn_bytes: int, cluster: Cluster, setup: Setup,
-                calibration: Calibration | None = None) -> int:
+                calibration: Calibration | None = None, *, token_churn_bytes: int = 0, residual_bytes: int = 0) -> int:
     """Eq. R3c for one phase: what the allocator still holds after it frees its cache and retries a failed
     ``cudaMalloc`` (allocated + the stranded share of the fragmented churn, at most :data:`STRANDED` of the card, by
     fragmentation class). Above the card less the overhead, the run goes out of memory although eq. R3's capped
@@ -799,7 +814,8 @@ def retry_floor(tensor_bytes: int, churn_bytes: int, cluster: Cluster, setup: Se
     if calibration is not None:
         return allocated
     cls = run_fragmentation_class(cluster, setup)
-    return retry_floor_bytes(allocated, churn_bytes, FRAGMENTATION[cls], STRANDED[cls], cluster.gpu.memory_bytes)
+    return retry_floor_bytes(allocated, churn_bytes, FRAGMENTATION[cls], STRANDED[cls], cluster.gpu.memory_bytes,
+                             token_churn_bytes=token_churn_bytes, residual_bytes=residual_bytes)
 
 
 def host_bytes(
@@ -1011,12 +1027,17 @@ def estimate_memory(
     phases: dict[str, dict[str, int]] = {}
     allocated_peak = reserved_peak = floor_peak = 0
     phase_tensors: dict[str, int] = {}
+    phase_token_churn: dict[str, int] = {}
+    residual = residual_tensor_bytes(setup, model.hidden_size)
     for name, cats in phases_alloc.items():
         tensors = phase_tensors[name] = int(sum(cats.values()))
         once = sum(int(cats[k]) for k in ("weights_trainable", "weights_frozen", "optimizer_states", "master_weights"))
-        allocated, reserved = allocator_margin_bytes(tensors, tensors - once, cluster, setup, overhead, calibration)
+        tok = phase_token_churn[name] = int(sum(cats[k] for k in TOKEN_CHURN_CATEGORIES))
+        frag = dict(token_churn_bytes=tok, residual_bytes=residual)
+        allocated, reserved = allocator_margin_bytes(tensors, tensors - once, cluster, setup, overhead, calibration,
+                                                     **frag)
         allocated_peak, reserved_peak = max(allocated_peak, allocated), max(reserved_peak, reserved)
-        floor_peak = max(floor_peak, retry_floor(tensors, tensors - once, cluster, setup, calibration))
+        floor_peak = max(floor_peak, retry_floor(tensors, tensors - once, cluster, setup, calibration, **frag))
         full = dict(cats)
         full["framework_overhead"] = overhead
         full["allocator_margin"] = reserved - tensors
@@ -1045,6 +1066,8 @@ def estimate_memory(
         allocated_peak_bytes=allocated_peak,
         reserved_peak_bytes=min(reserved_peak, totals[peak_phase]),
         phase_tensors=phase_tensors,
+        phase_token_churn=phase_token_churn,
+        residual_tensor_bytes=residual,
         retry_floor_bytes=floor_peak + overhead,
     )
 

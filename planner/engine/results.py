@@ -86,6 +86,10 @@ class MemoryEstimate(BaseModel):
                                      "fragmentation (eq. R3)")
     phase_tensors: dict[str, int] = Field(default_factory=dict, description="tensor bytes at each phase's peak "
                                           "(the phase total less allocator margin and framework overhead)")
+    phase_token_churn: dict[str, int] = Field(default_factory=dict, description="bytes of each phase's tensors that "
+                                              "grow with the micro-batch's tokens (activations, logits; eq. R3b)")
+    residual_tensor_bytes: int = Field(0, description="one bf16 residual-stream tensor of a micro-batch on one GPU, "
+                                       "the activation size of eq. R3b")
     retry_floor_bytes: int = Field(0, description="the least the process holds on the GPU after the allocator frees "
                                    "its cache and retries a failed cudaMalloc (eq. R3c, + CUDA context and NCCL): above "
                                    "the card, out of memory although the capped peak fits; 0 in files written before it")

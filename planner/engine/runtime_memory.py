@@ -108,14 +108,39 @@ pair and keeps its prior. The least-sourced term of the engine."""
 FRAGMENTATION_CLASSES = ("static", "dynamic", "sharded", "fsdp2")
 
 
-def fragmented_bytes(churn_bytes: int, fraction: float) -> int:
-    """Eq. R3's fragmented bytes: ``fraction`` of the memory freed and re-allocated within a step (``churn_bytes``)
-    that the caching allocator keeps cached in blocks the next requests cannot use. Linear in the churn; the one
-    place eq. R3, R3c and the corpus report compute it. The published gaps grow more slowly than the churn at the
-    largest churns (ml-engineering's 64K-256K ZeRO-3 runs: 5.3-5.7 GiB at 30-117 GiB of churn), so it errs high
-    there; the sub-linear forms that fix those runs lose out-of-memory verdicts (``benchmarks/fragmentation_forms.py``,
-    docs/memory.md R3b)."""
-    return int(fraction * max(churn_bytes, 0))
+FRAGMENTATION_TENSOR_CAP_BYTES = 256 * MiB
+"""Eq. R3b: the activation-tensor size beyond which the fragmented share of the activations stops growing with the
+tensors' size (it keeps growing with their number). Measured as one bf16 residual-stream tensor of a micro-batch
+(:func:`planner.engine.memory.residual_tensor_bytes`). Where it comes from (docs/memory.md R3b,
+``benchmarks/fragmentation_forms.py``): IBM fms-acceleration's runs at micro-batch 4 and 8 x 4096 tokens, whose residual
+tensors are 256 MiB, need the linear law up to there (at 128 MiB three of their out-of-memory runs come out as fits);
+ml-engineering's ZeRO-3 runs at 64K-256K tokens (512 MiB-2 GiB) hold a constant 5.3-5.7 GiB of reserved beyond their
+tensors, where the linear law gives 16-62 GiB. So the cap is the largest size at which the corpus sees the linear
+growth, not a fit to the long runs, which are predicted (8.9 % at most with it, 43 % without); 384 MiB predicts them
+within 19 %, 512 MiB does not (29 %). The form was chosen after seeing those runs and rests on them alone above 256 MiB
+(ZeRO-3 runs; the other fragmentation classes get the same cap by the same mechanism, unchecked): it errs low (too
+little reserve) if fragmentation grows with tensor size in patterns they do not show."""
+
+
+def fragmentation_size_scale(residual_bytes: int) -> float:
+    """Eq. R3b's factor on the activations' fragmented share: 1 up to :data:`FRAGMENTATION_TENSOR_CAP_BYTES`, then
+    the cap over the tensor size (so the fragmented bytes follow the count of activation tensors, not their size)."""
+    cap = FRAGMENTATION_TENSOR_CAP_BYTES
+    return 1.0 if residual_bytes <= cap else cap / residual_bytes
+
+
+def fragmented_bytes(churn_bytes: int, fraction: float, token_churn_bytes: int = 0, residual_bytes: int = 0) -> int:
+    """Eq. R3 / R3b, the one place R3, R3c and the corpus report compute them: the bytes the caching allocator keeps
+    cached in blocks the next requests cannot use, ``fraction`` of the memory freed and re-allocated within a step
+    (``churn_bytes``). The part of the churn that grows with the micro-batch's tokens (``token_churn_bytes``:
+    activations and logits) counts at :func:`fragmentation_size_scale` of the micro-batch's residual tensor
+    (``residual_bytes``); the rest (gradients, gathered parameters, buffers) counts in full. With the defaults, the
+    linear law of eq. R3. Errs low (too little reserve) if fragments grow with the tensors' size in patterns
+    ml-engineering's long runs do not show; no run with tensors beyond 2 GiB was measured (docs/memory.md R3b)."""
+    churn = max(churn_bytes, 0)
+    tokens = min(max(token_churn_bytes, 0), churn)
+    return int(fraction * (churn - tokens + tokens * fragmentation_size_scale(residual_bytes)))
+
 
 RESERVED_FITTED = ("fsdp2",)
 """Classes with no published allocated + nvidia-smi pair whose fraction is fitted to their runs' reserved and
@@ -127,20 +152,21 @@ so there the figure errors are the engine's tensors, not the allocator (docs/mem
 STRANDED_PRIOR: dict[str, float] = {"static": 0.0, "dynamic": 0.0, "sharded": 0.0, "fsdp2": 0.0}
 """The assumption before any fit: the allocator's retry frees every cached fragment (eq. R3's cap alone, which
 can never predict an out-of-memory below the card)."""
-STRANDED: dict[str, float] = {"static": 0.0, "dynamic": 0.0, "sharded": 0.14, "fsdp2": 0.0}
+STRANDED: dict[str, float] = {"static": 0.0, "dynamic": 0.0, "sharded": 0.18, "fsdp2": 0.0}
 """Most of the card, as a fraction, that the retry after a failed ``cudaMalloc`` cannot give back (eq. R3c), by
 :func:`fragmentation_class`. Fitted by ``python benchmarks/memory_vs_corpus.py`` (benchmarks/results/memory_fit.json)
-to the published runs whose verdict depends on it: out-of-memory runs whose tensors fit the card and runs that
-fitted although the fragmented share of their churn would not; for each class the centre of the shares that get
-the most of those verdicts right (``validation.corpus_memory.fit_stranded``), each source's verdicts predicted by a
-fit without it (docs/accuracy.md, memory section). ``sharded``: nine verdicts from five sources decide it, and they
-conflict: out of memory with 3.4 % (LitGPT's 2-GPU LoRA 13B), 12.5 % (Liger-Kernel's FSDP1 Llama-3-8B), 13.1 % (IBM
-fms-acceleration's 2-GPU QLoRA 70B, twice) and 17.3 % (the same with fms-acceleration's fused kernels) of the card left
-beside their tensors; ran with 14.7 % (ml-engineering's H200 ZeRO-3 run at 256K tokens), 18.6 % (LitGPT's 4-GPU LoRA
-13B), 21.9 % (chenyaofo's ZeRO-3 run) and 33.2 % (the 256K run on the B200). No share gets all nine right: (0.131, 0.147] misses the fused-kernel OOM,
-(0.173, 0.186] the 256K run; the fit takes the wider range's centre, 0.14 (``validation.corpus_memory.fit_stranded``).
-A share of the card cannot say why a run with few, huge activation tensors strands less than one with many
-mid-sized ones; that is the model's limit, kept in the report (docs/memory.md R3c). ``dynamic``:
+to the published runs whose verdict depends on it:
+out-of-memory runs whose tensors fit the card and runs that fitted although the fragmented share of their churn would
+not; for each class the centre of the shares that get the most of those verdicts right
+(``validation.corpus_memory.fit_stranded``), each source's verdicts predicted by a fit without it (docs/accuracy.md,
+memory section). ``sharded``: seven verdicts from four sources decide it: out of memory with 3.4 % (LitGPT's 2-GPU LoRA
+13B), 12.5 % (Liger-Kernel's FSDP1 Llama-3-8B), 13.1 % (IBM fms-acceleration's 2-GPU QLoRA 70B, twice) and 17.3 % (the
+same with fms-acceleration's fused kernels) of the card left beside their tensors; ran with 18.6 % (LitGPT's 4-GPU LoRA
+13B) and 21.9 % (chenyaofo's ZeRO-3 run). All seven hold in (0.173, 0.186]: the fit takes its centre, 0.18 (0.14 before
+eq. R3b, when ml-engineering's 256K runs, with 14.7 % and 33.2 % left, also decided it: their fragments are now below
+their room). Held out, each of the two sources that bound the range gets one verdict wrong: LitGPT's come from 0.195,
+above its 4-GPU run's 18.6 %; fms-acceleration's from the prior fraction 0.25 (it alone fits the fractions), with which
+its fused-kernel run's fragments stay below its room (docs/memory.md R3c). ``dynamic``:
 its one deciding verdict was LitGPT's 1-GPU LoRA 7B at micro-batch 4, out of memory with 0.7 % of the card left
 (0.13); since eq. A4c (LitGPT's fused qkv storage, +0.64 GiB per 1304-token row) its tensors alone exceed the card,
 so no verdict decides it: the prior, as for ``static`` and ``fsdp2`` (FSDP2's published out-of-memory runs exceed the
@@ -220,13 +246,15 @@ def allocated_bytes(tensor_peak: int, gpu_name: str, live_tensors: int = 0) -> i
 
 
 def reserved_bytes(allocated_peak: int, churn_bytes: int, fragmentation: float = FRAGMENTATION["static"],
-                   expandable_segments: bool = False, limit: int | None = None) -> int:
+                   expandable_segments: bool = False, limit: int | None = None, *, token_churn_bytes: int = 0,
+                   residual_bytes: int = 0) -> int:
     """Eq. R3: ``max_memory_reserved`` from the allocated peak.
 
     ``churn_bytes`` is the memory freed and re-allocated within a step (activations, logits, gradients, gathered
     parameters: everything but weights and optimizer states, which are allocated once and never fragment). A
-    fraction ``fragmentation`` of it stays cached in blocks the next requests cannot use; use
-    :func:`fragmentation_class` picks the fraction. Segment rounding adds at most one 20 MiB
+    fraction ``fragmentation`` of it stays cached in blocks the next requests cannot use (:func:`fragmented_bytes`:
+    of the part that grows with the tokens, ``token_churn_bytes``, a share that stops growing with the tensor size
+    ``residual_bytes``, eq. R3b); :func:`fragmentation_class` picks the fraction. Segment rounding adds at most one 20 MiB
     large segment's tail plus one 2 MiB small segment; ``expandable_segments:True`` maps physical memory in
     2 MiB pages into one growing segment (torch docs, "Optimizing memory usage with PYTORCH_CUDA_ALLOC_CONF"),
     which removes the 20 MiB tail and most of the fragmentation: pass the smaller fraction calibration finds for
@@ -238,16 +266,16 @@ def reserved_bytes(allocated_peak: int, churn_bytes: int, fragmentation: float =
     if fragmentation < 0:
         raise ValueError(f"fragmentation must be >= 0, got {fragmentation}")
     rounding = ALLOC_SMALL_SEGMENT + (0 if expandable_segments else ALLOC_LARGE_SEGMENT)
-    out = allocated_peak + fragmented_bytes(churn_bytes, fragmentation) + rounding
+    out = allocated_peak + fragmented_bytes(churn_bytes, fragmentation, token_churn_bytes, residual_bytes) + rounding
     if limit is not None:
         out = max(allocated_peak, min(out, limit))
     return out
 
 
 def retry_floor_bytes(allocated_peak: int, churn_bytes: int, fragmentation: float, stranded: float,
-                      capacity_bytes: int) -> int:
+                      capacity_bytes: int, *, token_churn_bytes: int = 0, residual_bytes: int = 0) -> int:
     """Eq. R3c: the least the caching allocator holds after a failed ``cudaMalloc`` and its retry: the allocated
-    tensors plus the fragmented share of the churn (eq. R3) that it cannot release, at most ``stranded`` of the card.
+    tensors plus the fragmented share of the churn (eq. R3, R3b) that it cannot release, at most ``stranded`` of the card.
 
     Mechanism (c10/cuda/CUDACachingAllocator.cpp): on a failed ``cudaMalloc`` the allocator calls
     ``release_cached_blocks``, which frees "all non-split blocks", i.e. only cached segments with no live tensor in
@@ -259,7 +287,8 @@ def retry_floor_bytes(allocated_peak: int, churn_bytes: int, fragmentation: floa
     (the floor is at most the uncapped reserved figure)."""
     if not 0 <= stranded <= 1:
         raise ValueError(f"stranded must be in [0, 1], got {stranded}")
-    return allocated_peak + min(fragmented_bytes(churn_bytes, fragmentation), int(stranded * capacity_bytes))
+    frag = fragmented_bytes(churn_bytes, fragmentation, token_churn_bytes, residual_bytes)
+    return allocated_peak + min(frag, int(stranded * capacity_bytes))
 
 
 def cuda_context_bytes(lazy_loading: bool = True, loaded_kernels: int = LOADED_KERNELS_DEFAULT) -> int:

@@ -249,6 +249,20 @@ def test_fused_kernels_match_the_published_per_token_growth_of_a_long_context_sw
     assert per_token(False) > 1.2 * 0.00043
 
 
+def test_reserved_grows_like_the_tensors_in_a_long_context_sweep():
+    """The same source's published peaks are max_memory_reserved, and grow at the tensors' rate (0.00043 GiB/token)
+    from 64K to 256K tokens, about 5.5 GiB above them throughout. Eq. R3b: past 256 MiB residual tensors the
+    activations' fragmented share follows their count, not their size, so the engine's reserved figure grows at the
+    tensors' rate too (eq. R3 alone: + the sharded fraction 0.53 x the activation churn, about 1.5x)."""
+    model = get_model("llama-3.1-8b")
+    kw = dict(method="full", recipe="deepspeed-bf16", zero=3, offload="optimizer", checkpointing="full",
+              attention="flash", loss="liger", fused_kernels=True, allow_long_seq=True)
+    a, b = (_est(model, "8xH200", seq_len=n, **kw) for n in (131072, 262144))
+    tensors = (b.phase_tensors["backward_peak"] - a.phase_tensors["backward_peak"]) / 131072 / GiB
+    reserved = (b.reserved_peak_bytes - a.reserved_peak_bytes) / 131072 / GiB
+    assert reserved == pytest.approx(tensors, rel=0.05)
+
+
 def test_optimizer_in_backward_frees_gradients(llama8b):
     a = _est(llama8b, recipe="bf16", checkpointing="full")
     b = _est(llama8b, recipe="bf16", checkpointing="full", optimizer_in_backward=True)

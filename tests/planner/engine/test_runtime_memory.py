@@ -17,6 +17,7 @@ from planner.engine.runtime_memory import (
     allocator_block_bytes,
     allocator_segment_bytes,
     cublas_workspace_bytes,
+    FRAGMENTATION_TENSOR_CAP_BYTES,
     device_peak_bytes,
     fragmented_bytes,
     nccl_buffer_bytes,
@@ -194,6 +195,26 @@ def test_r3_and_r3c_add_the_one_fragmented_bytes_law(alloc, churn, frag):
     assert 0 <= f <= max(churn, 0)
     assert reserved_bytes(alloc, churn, frag) == alloc + f + 22 * MiB
     assert retry_floor_bytes(alloc, churn, frag, 1.0, 10**15) == alloc + f
+
+
+@settings(max_examples=300, deadline=None)
+@given(churn=st.integers(0, 200 * GiB), tok_frac=st.floats(0, 1), frag=st.floats(0, 1),
+       residual=st.integers(0, 8 * GiB))
+def test_r3b_caps_the_activations_share_by_tensor_size_only(churn, tok_frac, frag, residual):
+    """Eq. R3b: never above eq. R3's linear law; equal to it up to the cap; beyond it the token-scaled part counts at
+    cap / residual (so doubling the tensor size at a fixed count of tensors leaves its fragments unchanged) and the
+    rest in full; monotone in the churn."""
+    tok = int(churn * tok_frac)
+    linear = fragmented_bytes(churn, frag)
+    f = fragmented_bytes(churn, frag, tok, residual)
+    assert f <= linear
+    if residual <= FRAGMENTATION_TENSOR_CAP_BYTES:
+        assert f == linear
+    else:
+        expect = frag * (churn - tok + tok * FRAGMENTATION_TENSOR_CAP_BYTES / residual)
+        assert f == pytest.approx(expect, abs=1)
+        assert fragmented_bytes(churn - tok + 2 * tok, frag, 2 * tok, 2 * residual) == pytest.approx(f, abs=2)
+    assert fragmented_bytes(churn + GiB, frag, tok, residual) >= f
 
 
 def test_retry_floor_rejects_a_share_outside_0_1():

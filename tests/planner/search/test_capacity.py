@@ -23,10 +23,12 @@ GIB = 2**30
 
 @pytest.mark.parametrize("model, method, n", [
     # full fine-tuning of a 14B model on one H100 reaches its max positions since the search tries activation
-    # offload with ZeRO-3 offload (issue 12), so the full case is a 32B on two GPUs; a 70B on eight reaches its
-    # max positions with torchtitan's context parallelism, so the 70B case is on four; LoRA of a 32B on one H100
-    # reaches them with parameter and activation offload since Liger's kernels save less (eq. A10b): a 70B instead
-    ("llama3.1-70b", "lora", 1), ("llama3.1-70b", "qlora", 1), ("qwen2.5-32b", "full", 2), ("llama3.1-70b", "full", 4),
+    # offload with ZeRO-3 offload (issue 12); a 70B on eight reaches its max positions with torchtitan's context
+    # parallelism, so the 70B case is on four; LoRA of a 32B on one H100 reaches them with parameter and activation
+    # offload since Liger's kernels save less (eq. A10b), and so do LoRA of a 70B on one H100 and full fine-tuning of
+    # a 32B on two since long sequences' large activation tensors fragment less (eq. R3b): those cases are now LoRA of
+    # a 405B on two nodes and full fine-tuning of a 72B on four GPUs
+    ("llama3.1-405b", "lora", 16), ("llama3.1-70b", "qlora", 1), ("qwen2.5-72b", "full", 4), ("llama3.1-70b", "full", 4),
 ])
 def test_longest_seq_grows_with_gpu_memory_h100_to_h200(model, method, n):
     m = get_model(model)
@@ -40,7 +42,7 @@ def test_longest_seq_grows_with_gpu_memory_h100_to_h200(model, method, n):
     ("4090", "qwen2.5-32b", "lora"),
     ("4090", "qwen2.5-7b", "qlora"),
     ("4xH100", "llama3.1-70b", "full"),
-    ("h100", "llama3.1-70b", "lora"),
+    ("h100", "llama3.1-70b", "qlora"),  # its LoRA reaches max positions on one H100 since eq. R3b
 ])
 def test_longest_seq_fits_and_one_step_more_does_not(spec, model, method):
     m, cluster = get_model(model), parse_cluster(spec)
