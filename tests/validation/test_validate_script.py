@@ -41,6 +41,33 @@ def test_h100_matrix_is_valid_and_every_run_fits():
     assert [s.model.name for s in specs][-3:] == ["Qwen2.5-7B"] * 3  # the slowest last: the budget cuts them first
 
 
+def test_long_context_probe_straddles_the_r3b_cap_and_tells_the_laws_apart(monkeypatch):
+    """validation/gpu/matrix_long_context.yaml (docs/validation.md): three one-GPU runs that fit an H100, whose residual
+    tensors lie below, at and above eq. R3b's cap, so that the measured reserved - allocated either stays flat past the
+    cap (R3b) or keeps doubling (eq. R3 alone); the two laws agree on the first two runs and differ on the third."""
+    import planner.engine.runtime_memory as rm
+    from planner.engine.evaluate import evaluate
+    from validation.spec import load_matrix
+
+    specs = load_matrix(ROOT / "validation" / "gpu" / "matrix_long_context.yaml")
+    cap = rm.FRAGMENTATION_TENSOR_CAP_BYTES
+
+    def gaps() -> list[int]:
+        out = []
+        for s in specs:
+            m = evaluate(s.model, s.cluster, s.setup).memory
+            assert m.fits and s.device == "cuda" and s.cluster.world_size == 1, s.label
+            out.append(m.reserved_peak_bytes - m.allocated_peak_bytes)
+        return out
+
+    sizes = [evaluate(s.model, s.cluster, s.setup).memory.residual_tensor_bytes for s in specs]
+    assert sizes[0] < cap == sizes[1] < sizes[2]
+    r3b = gaps()
+    monkeypatch.setattr(rm, "FRAGMENTATION_TENSOR_CAP_BYTES", 2**62)
+    r3 = gaps()
+    assert r3b[:2] == r3[:2] and r3[2] > 1.8 * r3b[2]
+
+
 @pytest.mark.slow  # ~27 s on the 2-core CPU (pytest --durations)
 def test_script_dry_run(tmp_path):
     out, work = tmp_path / "out", tmp_path / "work"
