@@ -44,6 +44,7 @@ from planner.engine.rules import fsdp1_hf_lora_checkpointed
 from planner.engine.results import CATEGORIES, MemoryEstimate, unchecked
 from planner.engine.runtime_memory import (
     FRAGMENTATION,
+    FRAGMENTATION_TENSOR_CAP_BYTES,
     STRANDED,
     cuda_context_bytes,
     fragmentation_class,
@@ -1047,7 +1048,7 @@ def estimate_memory(
 
     host = host_bytes(model, cluster, setup, rb, ms)
     calib = calibration.label if calibration is not None else "uncalibrated"
-    assumptions = _assumptions(facts, cluster, setup, rb, acts) if explain else []
+    assumptions = _assumptions(facts, cluster, setup, rb, acts, calibrated=calibration is not None) if explain else []
     make = MemoryEstimate if explain else partial(unchecked, MemoryEstimate)  # the search skips the checks, not the plans it shows
     return make(
         model=model.name,
@@ -1086,7 +1087,7 @@ def allocated_bytes(est: MemoryEstimate) -> int:
 
 
 def _assumptions(
-    facts: ModelFacts, cluster: Cluster, setup: Setup, rb: RecipeBytes, acts: ActivationBytes
+    facts: ModelFacts, cluster: Cluster, setup: Setup, rb: RecipeBytes, acts: ActivationBytes, calibrated: bool = False
 ) -> list[str]:
     from planner.engine.activations import effective_attention
 
@@ -1157,6 +1158,18 @@ def _assumptions(
         out.append("MoE routing buffers modelled coarsely (eq. A7): least accurate term")
     for d in model.defaults_used:
         out.append(f"config.json omits {d.split(' (')[0].split('=')[0]}: transformers' default used, {d}")
+    if calibrated:  # the calibration's measured reserved / allocated ratio replaces eq. R3 (allocator_margin_bytes)
+        out.append("allocator margin: the calibration's measured max_memory_reserved / max_memory_allocated")
+        return out
+    cls = run_fragmentation_class(cluster, setup)
+    frag = (f"allocator margin: {FRAGMENTATION[cls]:.0%} of the memory freed and re-allocated within a step stays "
+            f"fragmented ({cls} class, eq. R3)")
+    residual = residual_tensor_bytes(setup, model.hidden_size)
+    if residual > FRAGMENTATION_TENSOR_CAP_BYTES:
+        frag += (f"; of the activations' share, {FRAGMENTATION_TENSOR_CAP_BYTES / residual:.0%}: residual tensors of "
+                 f"{residual / 2**20:,.0f} MiB, past eq. R3b's {FRAGMENTATION_TENSOR_CAP_BYTES // 2**20} MiB, where "
+                 "one published source (ZeRO-3 runs) is the evidence")
+    out.append(frag)
     out.append(
         "framework overhead and allocator margin are defaults until calibrated (plan calibrate)"
     )

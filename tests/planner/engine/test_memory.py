@@ -614,3 +614,28 @@ def test_torchtitan_reduces_gradients_in_fp32():
             - evaluate(m, cluster, hf.model_copy(update=full)).memory.peak_bytes)
     block = model_facts(m, tt).block_params
     assert 2 * block <= rise <= 2 * block + 2 * block // 8 + 1
+
+
+def test_the_allocator_margin_line_names_its_law_and_where_r3b_acts():
+    """The assumptions say which fragmentation class and fraction the margin uses (eq. R3); past eq. R3b's tensor
+    size they say what share of the activations counts and on what evidence; under a calibration (its measured
+    reserved / allocated ratio replaces eq. R3) they say that instead."""
+    from planner.engine.calibration import Calibration, CalibrationBook
+    from planner.engine.runtime_memory import FRAGMENTATION
+
+    model = get_model("llama-3.1-8b")
+    short = _est(model, "1xH100", method="lora", seq_len=2048)
+    line = [a for a in short.assumptions if a.startswith("allocator margin:")]
+    assert line == [f"allocator margin: {FRAGMENTATION['static']:.0%} of the memory freed and re-allocated within a "
+                    "step stays fragmented (static class, eq. R3)"]
+    long = _est(model, "8xH200", method="full", recipe="deepspeed-bf16", zero=3, offload="optimizer",
+                checkpointing="full", attention="flash", loss="liger", seq_len=262144, allow_long_seq=True)
+    line = next(a for a in long.assumptions if a.startswith("allocator margin:"))
+    assert "(sharded class, eq. R3)" in line and "12%: residual tensors of 2,048 MiB, past eq. R3b's 256 MiB" in line
+    cal = Calibration(gpu="H100 80GB SXM", recipe=Setup().recipe, fixed_overhead_bytes=600 * 2**20, allocator_factor=1.1,
+                      mfu=0.4, n_runs=3, runs=("a#1", "a#2", "a#3"))
+    est = evaluate(model, parse_cluster("1xH100"), Setup(method="lora", seq_len=2048),
+                   CalibrationBook(entries=(cal,))).memory
+    assert est.calibration != "uncalibrated"
+    assert [a for a in est.assumptions if a.startswith("allocator margin:")] == [
+        "allocator margin: the calibration's measured max_memory_reserved / max_memory_allocated"]
