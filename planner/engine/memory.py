@@ -48,6 +48,7 @@ from planner.engine.runtime_memory import (
     STRANDED,
     cuda_context_bytes,
     fragmentation_class,
+    fragmentation_size_scale,
     nccl_buffer_bytes,
     reserved_bytes,
     retry_floor_bytes,
@@ -1161,14 +1162,14 @@ def _assumptions(
     if calibrated:  # the calibration's measured reserved / allocated ratio replaces eq. R3 (allocator_margin_bytes)
         out.append("allocator margin: the calibration's measured max_memory_reserved / max_memory_allocated")
         return out
-    cls = run_fragmentation_class(cluster, setup)
-    frag = (f"allocator margin: {FRAGMENTATION[cls]:.0%} of the memory freed and re-allocated within a step stays "
-            f"fragmented ({cls} class, eq. R3)")
+    frag = (f"allocator margin: {fragmentation_fraction(cluster, setup):.0%} of the memory freed and re-allocated "
+            f"within a step stays fragmented ({run_fragmentation_class(cluster, setup)} class, eq. R3)")
     residual = residual_tensor_bytes(setup, model.hidden_size)
-    if residual > FRAGMENTATION_TENSOR_CAP_BYTES:
-        frag += (f"; of the activations' share, {FRAGMENTATION_TENSOR_CAP_BYTES / residual:.0%}: residual tensors of "
-                 f"{residual / 2**20:,.0f} MiB, past eq. R3b's {FRAGMENTATION_TENSOR_CAP_BYTES // 2**20} MiB, where "
-                 "one published source (ZeRO-3 runs) is the evidence")
+    scale = fragmentation_size_scale(residual)
+    if scale < 1:
+        frag += (f"; of the activations' share, {scale:.0%}: residual tensors of {residual / MiB:,.0f} MiB, past eq. "
+                 f"R3b's {FRAGMENTATION_TENSOR_CAP_BYTES / MiB:,.0f} MiB, where one published source (ZeRO-3 runs) is "
+                 "the evidence")
     out.append(frag)
     out.append(
         "framework overhead and allocator margin are defaults until calibrated (plan calibrate)"

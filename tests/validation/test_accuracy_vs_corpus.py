@@ -63,14 +63,18 @@ def test_what_if_never_writes_the_shipped_section(extra, capsys):
 
 def test_family_table_splits_off_the_cpu_optimizer_records_and_keeps_the_target_on_all():
     """The family medians (the issue's target) count every record; the split column leaves out those whose optimizer
-    steps on the CPU (eq. S15, a host property). Rows here are made up to check the arithmetic, not corpus figures."""
+    steps on the CPU (eq. S15, a host property). The rows carry ``Setup.short()`` as the report writes them
+    (``run_fit`` in benchmarks/accuracy_vs_corpus.py), so a change to that label that hid the offload would fail here.
+    Measured and estimated values are made up to check the arithmetic, not corpus figures."""
+    from planner.engine.setup import Setup
+
     def row(i, fam, setup, est):
-        return {"id": f"s/{i}", "source": "s", "gpu_family": fam, "setup": setup, "measured": 100.0,
+        return {"id": f"s/{i}", "source": "s", "gpu_family": fam, "setup": setup.short(), "measured": 100.0,
                 "held_out": est, "in_sample": est}
-    rows = [row(1, "blackwell", "full · ZeRO-3 · offload optimizer · ckpt full", 20.0),
-            row(2, "blackwell", "full · ZeRO-3 · offload optimizer+params · ckpt full", 40.0),
-            row(3, "blackwell", "full · DDP · no ckpt", 110.0),
-            row(4, "hopper", "full · FSDP full-shard · activation offload", 90.0)]
+    rows = [row(1, "blackwell", Setup(method="full", zero=3, offload="optimizer"), 20.0),
+            row(2, "blackwell", Setup(method="full", zero=3, offload="optimizer+params"), 40.0),
+            row(3, "blackwell", Setup(method="full"), 110.0),
+            row(4, "hopper", Setup(method="full", fsdp="full-shard", checkpointing="full", activation_offload=True), 90.0)]
     s = avc.speed_summary({"rows": rows}, flagged={})
     assert s["families"]["blackwell"] == (3, pytest.approx(-0.6))
     assert s["families_without_host_optimizer"]["blackwell"] == (1, pytest.approx(0.1))

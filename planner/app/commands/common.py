@@ -313,10 +313,13 @@ def add_efficiency_arg(g: Any) -> None:
 
 
 def add_host_optimizer_arg(g: Any) -> None:
+    from planner.engine.speed.offload import HOST_OPTIMIZER_PUBLISHED_GB_S
+
+    lo, hi = HOST_OPTIMIZER_PUBLISHED_GB_S
     g.add_argument("--host-optimizer-gbs", type=positive_float, metavar="GBS",
                    help="what one node's CPU optimizer step streams, in GB/s, under CPU offload (eq. S15: DeepSpeed's CPU "
-                        "Adam, torch AdamW for FSDP). It depends on the host's DRAM, cores and software: published runs "
-                        "imply 11-115 GB/s (docs/speed.md S15); default: the corpus fit")
+                        f"Adam, torch AdamW for FSDP). It depends on the host's DRAM, cores and software: published runs "
+                        f"imply {lo:g}-{hi:g} GB/s (docs/speed.md S15); default: the corpus fit")
 
 
 def calibration_book_from(args: argparse.Namespace):  # noqa: ANN201
