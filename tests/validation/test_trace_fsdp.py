@@ -64,6 +64,50 @@ def _one_thread_gloo(store, rank: int, size: int, timeout):  # type: ignore[no-u
     return ProcessGroupGloo(store, rank, size, opts)
 
 
+def _training_thread_peak(prof) -> int:  # type: ignore[no-untyped-def]
+    """The CPU allocator's peak of the bytes the training step itself allocates, from torch.profiler's [memory]
+    events (the chrome trace: the event API carries no address).
+
+    Counted: allocations on the training thread outside any ``c10d::`` collective, each until its free, on whichever
+    thread that runs (paired by address). Left out, as the tracker (a dispatch mode of the training thread, which
+    sees a collective as one op) leaves them out, and as NCCL does on a GPU, whose buffers live outside torch's
+    allocator: gloo's own transport buffers. Some its worker allocates under the caller's thread-local state (about
+    30 allocations, 12 MB per step here); others the collective's enqueue allocates on the training thread, inside
+    the op: ``c10d::_reduce_scatter_base_`` clones its input there (``aten::clone`` under it in the trace), and the
+    clone lives until the worker is done with it, a time the scheduler decides. CI met one block's 1.5 MiB bf16
+    clone (1,573,888 bytes) alive at the step's peak, above the tracker, and earlier 2 MiB, the embedding's size;
+    locally, with both cores loaded, 2 ranks in 24 showed one. FSDP2's own all-gather outputs and
+    reduce-scatter inputs are allocated before the collective, in Python, and counted."""
+    import json
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "trace.json")
+        prof.export_chrome_trace(path)
+        with open(path) as f:
+            trace = json.load(f)["traceEvents"]
+    events = sorted((e for e in trace if e.get("name") == "[memory]"), key=lambda e: e["ts"])
+    main = collections.Counter(e["tid"] for e in events).most_common(1)[0][0]
+    collectives = [(e["ts"], e["ts"] + e["dur"]) for e in trace
+                   if e.get("ph") == "X" and e.get("tid") == main and str(e.get("name", "")).startswith("c10d::")]
+
+    def ours(e: dict) -> bool:
+        return e["tid"] == main and not any(a <= e["ts"] <= b for a, b in collectives)
+
+    live: dict[int, tuple[int, bool]] = {}
+    current = peak = 0
+    for e in events:
+        addr, nbytes = e["args"]["Addr"], e["args"]["Bytes"]
+        if nbytes > 0:
+            live[addr] = (nbytes, ours(e))
+            current += nbytes if live[addr][1] else 0
+        else:
+            size, counted = live.pop(addr, (0, False))  # a block allocated before the profiler started: not ours
+            current -= size if counted else 0
+        peak = max(peak, current)
+    return peak
+
+
 def _gloo_rank(rank: int, world: int, port: int, queue) -> None:  # type: ignore[no-untyped-def]
     import torch.distributed as dist
     from torch.profiler import ProfilerActivity, profile
@@ -85,17 +129,7 @@ def _gloo_rank(rank: int, world: int, port: int, queue) -> None:  # type: ignore
         cluster = parse_cluster(f"{world}xH100")
         with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
             one = run_trace(tiny(), cluster, amp_fsdp(), steps=1, fake=False)
-        events = [e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"]
-        # the training step's own thread only: gloo's worker thread runs each collective under the caller's
-        # thread-local state, so the profiler also sees its transport temporaries (about 30 allocations, 12 MB
-        # in all per step here), which the tracker (a dispatch mode of the training thread) does not count; CI
-        # once met one 2 MiB temporary alive at the step's peak. NCCL keeps its buffers outside torch's allocator.
-        main = collections.Counter(e.start_thread_id() for e in events).most_common(1)[0][0]
-        events = sorted((e for e in events if e.start_thread_id() == main), key=lambda e: e.start_ns())
-        current = peak = 0
-        for e in events:
-            current += e.nbytes()
-            peak = max(peak, current)
+        peak = _training_thread_peak(prof)
         two = run_trace(tiny(), cluster, amp_fsdp(), steps=2, fake=False)
         queue.put((rank, peak, one.estimate.peak_bytes, records(two)))
     finally:
