@@ -47,11 +47,41 @@ def _fr(f: dict[str, float]) -> str:
     return ", ".join(f"{k} {v:.2f}" for k, v in f.items())
 
 
+HEADROOMS = (0.0, 0.02, 0.05, 0.10, 0.15, 0.20)
+"""The headrooms the report sweeps: 0 is the engine's own verdict, 0.10 ``plan``'s default."""
+
+
+def headroom_lines(rep) -> list[str]:  # noqa: ANN001
+    """The verdicts ``plan`` would give at each headroom (``validation.corpus_memory.headroom_verdicts``)."""
+    from planner.engine.evaluate import DEFAULT_HEADROOM
+    from validation.corpus_memory import headroom_verdicts
+
+    by_id = {r.id: r for r in rep.rows}
+    lines = ["", "### What the headroom buys", "",
+             "`plan` calls a setup a fit when its nvidia-smi figure stays below the card less `--headroom` "
+             f"(default {DEFAULT_HEADROOM * 100:.0f} %), kept for what the engine cannot see. Against the same published "
+             "verdicts, held out as above: the published out-of-memory runs `plan` would still accept, and the "
+             "published runs that fitted which it would refuse. A refused run whose own published peak (of the kind "
+             "it measured; an allocated peak is below its nvidia-smi figure) was above the usable memory used more "
+             "than `plan` promises to leave free; the rest are refused by the engine's error alone.", "",
+             "| headroom | published OOMs accepted | runs that fitted, refused | of which measured above the usable "
+             "memory | OOMs accepted |", "|---|---:|---:|---:|---|"]
+    for v in headroom_verdicts(rep, HEADROOMS):
+        h = v["headroom"]
+        over = sum(1 for i in v["ran_refused"] if by_id[i].measured_bytes > by_id[i].capacity_bytes * (1 - h))
+        label = "0 (the engine's verdict)" if h == 0 else f"{h * 100:.0f} %" + (" (default)" if h == DEFAULT_HEADROOM else "")
+        lines.append(f"| {label} | {len(v['oom_accepted'])} of {v['oom_total']} | {len(v['ran_refused'])} of "
+                     f"{v['ran_total']} | {over} | {', '.join(v['oom_accepted']) or '-'} |")
+    return lines
+
+
 def memory_section(rep, prior: dict[str, float], seconds: float) -> str:  # noqa: ANN001
     from planner.engine.runtime_memory import RESERVED_FITTED
-    from validation.corpus_memory import figure_fit_rows, gap_sources, summary, with_fractions
+    from planner.engine.evaluate import DEFAULT_HEADROOM
+    from validation.corpus_memory import figure_fit_rows, gap_sources, headroom_verdicts, summary, with_fractions
 
     s, s_prior = summary(rep), summary(with_fractions(rep, prior))
+    (dflt,) = headroom_verdicts(rep, (DEFAULT_HEADROOM,))
     n_src = len({r.source for r in rep.rows})
     lines = [
         "## Memory against published runs",
@@ -75,7 +105,9 @@ def memory_section(rep, prior: dict[str, float], seconds: float) -> str:  # noqa
         f"({s['worst']}); {s['within_8']} within 8 %, {s['within_25']} within 25 %. Out of memory: "
         f"{len(s['oom_predicted_to_fit'])} of {s['oom_total']} published OOMs predicted to fit; "
         f"{len(s['ran_predicted_not_to_fit'])} of {s['ran_total']} runs that fitted predicted not to (without the cap "
-        f"at the card, {len(s['uncapped_oom_predicted_to_fit'])} and {len(s['uncapped_ran_predicted_not_to_fit'])}). {TARGET} "
+        f"at the card, {len(s['uncapped_oom_predicted_to_fit'])} and {len(s['uncapped_ran_predicted_not_to_fit'])}); "
+        f"at `plan`'s default {DEFAULT_HEADROOM * 100:.0f} % headroom, {len(dflt['oom_accepted'])} OOMs accepted and "
+        f"{len(dflt['ran_refused'])} runs that fitted refused. {TARGET} "
         f"{'Met.' if s['median_abs'] <= 0.08 and s['max_abs'] <= 0.25 and not s['oom_predicted_to_fit'] and not s['ran_predicted_not_to_fit'] else 'Not met.'}**",
         "",
         "| kind | records | median abs % | max abs % | within 8 % | within 25 % | median abs %, prior fractions |",
@@ -183,13 +215,16 @@ def memory_section(rep, prior: dict[str, float], seconds: float) -> str:  # noqa
         f = rep.held_out.get(r.source, rep.fit)
         st = rep.stranded_held_out.get(r.source, rep.stranded)
         says = "fits" if r.predicted_fits(f, st) else "out of memory"
-        pub = "out of memory" if r.oom else "ran"
+        pub = ("out of memory" if r.oom else "ran") + ("" if r.fit else " (anomaly, not counted)")
         unc = r.device_uncapped(f)
         unc_says = "fits" if unc <= r.capacity_bytes else "out of memory"
         lines.append(f"| {r.id} | {pub} | {_gib(r.device(f))} / {_gib(r.capacity_bytes)} | "
                      f"{_gib(r.floor(f, st))} ({st[r.frag_class]:.3g}) | {says} | "
-                     f"{'yes' if (says == 'fits') == (pub == 'ran') else '**no**'} | {_gib(unc)} | "
-                     f"{unc_says if (unc_says == 'fits') == (pub == 'ran') else f'**{unc_says}**'} |")
+                     f"{'yes' if (says == 'fits') == (not r.oom) else '**no**'} | {_gib(unc)} | "
+                     f"{unc_says if (unc_says == 'fits') == (not r.oom) else f'**{unc_says}**'} |")
+
+    # what the headroom buys
+    lines += headroom_lines(rep)
 
     # per source, every record
     lines += ["", "### Per source", "", "| source | records | median signed % | min % | max % |", "|---|---:|---:|---:|---:|"]

@@ -162,6 +162,14 @@ class MemoryRow:
         return self.device(fractions) <= self.capacity_bytes and (
             stranded is None or self.floor(fractions, stranded) <= self.capacity_bytes)
 
+    def plan_fits(self, fractions: dict[str, float], stranded: dict[str, float], headroom: float) -> bool:
+        """``plan``'s verdict at ``headroom`` (:attr:`planner.engine.results.Plan.fits_gpu`): the nvidia-smi figure
+        within :func:`~planner.engine.evaluate.usable_bytes` (capacity x (1 - headroom)), and the run's own verdict
+        (:meth:`predicted_fits`). At 0 this is the engine's verdict; ``plan`` refuses a headroom of 0
+        (:func:`~planner.engine.evaluate.check_headroom`), so the report gives 0 as the engine's verdict only."""
+        usable = int(self.capacity_bytes * (1 - headroom))
+        return self.device(fractions) <= usable and self.predicted_fits(fractions, stranded)
+
     def stranded_bound(self, fractions: dict[str, float]) -> float | None:
         """The share of the card at which this record's verdict flips (eq. R3c): the run is predicted out of memory
         when the stranded share exceeds it. None when no share flips it (the tensors alone exceed the card, or the
@@ -379,6 +387,25 @@ def summary(report: MemoryReport, kinds: tuple[str, ...] | None = None, held_out
         "uncapped_oom_predicted_to_fit": [r.id for r in ooms if report.fits(r, held_out, capped=False)],
         "uncapped_ran_predicted_not_to_fit": [r.id for r in ran if not report.fits(r, held_out, capped=False)],
     }
+
+
+def headroom_verdicts(report: MemoryReport, headrooms: tuple[float, ...], held_out: bool = True) -> list[dict]:
+    """What ``--headroom`` buys against the published verdicts: at each headroom, the published out-of-memory runs
+    ``plan`` would still accept and the published runs that fitted it would refuse (:meth:`MemoryRow.plan_fits`,
+    each source with the terms fitted without it), over the records the corpus does not flag as anomalous.
+    Accepted OOMs can only fall and refused runs only rise as the headroom grows."""
+    ooms = [r for r in report.rows if r.oom and r.fit]
+    ran = [r for r in report.rows if r.measured_bytes and not r.oom and r.fit]
+    out = []
+    for h in headrooms:
+        def ok(r: MemoryRow) -> bool:
+            f = report.held_out.get(r.source, report.fit) if held_out else report.fit
+            st = report.stranded_held_out.get(r.source, report.stranded) if held_out else report.stranded
+            return r.plan_fits(f, st, h)
+        out.append({"headroom": h, "oom_total": len(ooms), "ran_total": len(ran),
+                    "oom_accepted": [r.id for r in ooms if ok(r)],
+                    "ran_refused": [r.id for r in ran if not ok(r)]})
+    return out
 
 
 def with_fractions(report: MemoryReport, fractions: dict[str, float]) -> MemoryReport:

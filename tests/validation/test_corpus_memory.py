@@ -190,3 +190,42 @@ def test_fsdp2_without_pairs_is_fitted_to_its_reserved_figures_and_dynamic_is_no
     assert rep.held_out["a"]["fsdp2"] == pytest.approx(0.1) and rep.held_out["b"]["fsdp2"] == pytest.approx(0.2)
     assert "c" not in rep.held_out  # a source that fits nothing has no held-out fit
     assert all(abs(rep.error(r)) > 0 for r in rows if r.source in "ab")  # held out, each source misses
+
+
+@pytest.fixture(scope="module")
+def corpus_report():
+    corpus = load()
+    return corpus, evaluate_corpus(corpus)
+
+
+def test_plan_s_verdict_at_a_headroom_is_the_planner_s_own(corpus_report):
+    """MemoryRow.plan_fits at the shipped terms is what ``plan`` decides (Plan.fits_gpu from evaluate() with that
+    headroom), record by record: the report's headroom table speaks for the planner, not for a copy of its rule."""
+    from planner.engine.evaluate import evaluate
+
+    corpus, rep = corpus_report
+    rows = {r.id: r for r in rep.rows}
+    checked = 0
+    for case in corpus.memory:
+        row = rows.get(case.id)
+        if row is None:
+            continue
+        for h in (0.05, 0.10):
+            plan = evaluate(case.model, case.cluster, case.setup, headroom=h, explain=False)
+            assert row.plan_fits(FRAGMENTATION, STRANDED, h) == plan.fits_gpu, (case.id, h)
+        checked += 1
+    assert checked == len(rep.rows)
+
+
+def test_more_headroom_accepts_fewer_ooms_and_refuses_more_runs(corpus_report):
+    from validation.corpus_memory import headroom_verdicts
+
+    _, rep = corpus_report
+    sweep = headroom_verdicts(rep, (0.0, 0.02, 0.05, 0.10, 0.15, 0.20))
+    s = summary(rep)
+    assert sweep[0]["oom_accepted"] == s["oom_predicted_to_fit"]  # at 0: the engine's own verdict
+    assert sweep[0]["ran_refused"] == s["ran_predicted_not_to_fit"]
+    for lo, hi in zip(sweep, sweep[1:]):
+        assert set(hi["oom_accepted"]) <= set(lo["oom_accepted"])
+        assert set(lo["ran_refused"]) <= set(hi["ran_refused"])
+    assert len(sweep[-1]["ran_refused"]) > len(sweep[0]["ran_refused"])  # the sweep is not flat: headroom has a price
