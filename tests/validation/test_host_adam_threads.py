@@ -1,0 +1,53 @@
+"""benchmarks/evidence_scripts/host_adam_threads.py: a group of processes is timed together and its throughput is the
+sum, in S15's 30 B per parameter; bad arguments are refused (the full measurement takes a minute and is evidence,
+not a test: docs/speed.md S15 quotes benchmarks/results/host_adam_threads.json)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+SCRIPT = ROOT / "benchmarks" / "evidence_scripts" / "host_adam_threads.py"
+
+
+def _module():
+    spec = importlib.util.spec_from_file_location("host_adam_threads", SCRIPT)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_processes_step_together_and_their_throughput_adds_up():
+    mod = _module()
+    group = mod.run_group("torch-adamw", 2, 1, 1, 2)  # two one-thread processes of 1M parameters, torch's AdamW
+    assert group["processes"] == 2 and len(group["step_s"]) == 2 and all(t > 0 for t in group["step_s"])
+    # the sum of each process's parameters per second (the step times are rounded to 0.1 ms in the record)
+    assert group["params_per_s"] == pytest.approx(sum(1_000_000 / t for t in group["step_s"]), rel=0.05)
+    assert group["gb_per_s"] == pytest.approx(group["params_per_s"] * mod.BYTES_PER_PARAM / 1e9, abs=0.01)
+
+
+def test_the_unit_is_the_engine_s():
+    """30 B per parameter: fp32 parameter, gradient, two moments read, three written, and the bf16 copy (S8b, S15)."""
+    assert _module().BYTES_PER_PARAM == 4 * 7 + 2
+
+
+@pytest.mark.parametrize("argv, needle", [(["--params", "0"], "--params 0"), (["--steps", "0"], "--steps 0")])
+def test_bad_arguments_are_one_line_exit_2(argv, needle, tmp_path):
+    out = tmp_path / "x.json"
+    p = subprocess.run([sys.executable, str(SCRIPT), *argv, "--out", str(out)], capture_output=True, text=True,
+                       timeout=60)
+    assert p.returncode == 2 and needle in p.stderr and "Traceback" not in p.stderr and not out.exists()
+
+
+def test_the_shipped_measurement_names_its_machine_and_versions():
+    doc = json.loads((ROOT / "benchmarks" / "results" / "host_adam_threads.json").read_text())
+    assert doc["versions"]["deepspeed"] and doc["versions"]["torch"] and "CPUs" in doc["machine"]
+    one = [r for r in doc["runs"] if r["impl"] == "deepspeed-cpu-adam" and r["processes"] == 1
+           and r["threads_per_process"] == 1]
+    assert len(one) == 1 and one[0]["gb_per_s"] > 0
