@@ -11,6 +11,7 @@ from rich.table import Table
 from rich.text import Text
 
 from planner.engine.results import CATEGORIES, PHASES, MemoryEstimate, Plan, SpeedEstimate
+from planner.engine.evaluate import DEFAULT_HEADROOM
 
 from planner.app.render.fit import print_table
 from planner.units import gib_num as gib
@@ -107,6 +108,17 @@ def render_estimate(
             f"  estimated as torch reports it: max_memory_allocated {gib(est.allocated_peak_bytes)} GiB, "
             f"max_memory_reserved {gib(est.reserved_peak_bytes)} GiB; nvidia-smi {gib(est.peak_bytes)} GiB "
             "(reserved + CUDA context + NCCL)"
+        )
+    left = est.capacity_bytes - est.peak_bytes
+    if est.fits and left < est.capacity_bytes * DEFAULT_HEADROOM:
+        capped = " (the reserved figure is capped at the card: it fits only after the allocator frees its cache and " \
+                 f"retries, eq. R3; {gib(est.retry_floor_bytes)} GiB stays held then, eq. R3c)" \
+            if left <= 0 else ""
+        console.print(
+            f"  [yellow]tight[/]: {gib(max(0, left))} GiB ({max(0, left) / est.capacity_bytes:.1%}) of the card left"
+            f"{capped}, less than plan's default {DEFAULT_HEADROOM:.0%} headroom: a margin this small is within the "
+            "engine's error against published runs, which the default headroom covers (docs/accuracy.md, \"What the "
+            "headroom buys\")"
         )
     if est.peak_bytes <= est.capacity_bytes < est.retry_floor_bytes:
         console.print(

@@ -118,6 +118,25 @@ def test_estimate_says_out_of_memory_through_fragmentation(capsys):
     assert code == 1 and "out of memory through fragmentation" in out
 
 
+def test_estimate_calls_a_fit_inside_the_default_headroom_tight(capsys):
+    """fms-acceleration's fused-kernel Llama-2-70B QLoRA at micro-batch 4 on 2xA100 80GB went out of memory
+    (profiles/evidence/fms-acceleration-bench-a100-2025-02.yaml); the engine's peak is capped at the card. A fit
+    with less left than the default headroom says so, and names the cap and the retry floor; a roomy fit does not."""
+    argv = ["estimate", "--model", "llama-2-70b", "--gpus", "2xA100-80G", "--method", "qlora", "--lora-rank", "16",
+            "--lora-targets", "q_proj,k_proj,v_proj,o_proj", "--fsdp", "full-shard", "--fsdp-version", "1",
+            "--checkpointing", "full", "--attention", "flash", "--micro-batch", "4", "--seq", "4096", "--packing",
+            "--fused-kernels", "--double-quant"]
+    code, out, _ = run([*argv, "--json"], capsys)
+    per = json.loads(out)["per_gpu"]
+    assert code == 0 and per["capacity_bytes"] - per["peak_bytes"] < 0.10 * per["capacity_bytes"]
+    code, out, _ = run(argv, capsys)
+    text = " ".join(out.split())
+    assert code == 0 and "tight:" in text and "capped at the card" in text and "eq. R3c" in text
+    code, out, _ = run(["estimate", "--model", "llama-2-70b", "--gpus", "2xA100-80G", "--method", "qlora",
+                        "--fsdp", "full-shard", "--checkpointing", "full", "--micro-batch", "1", "--seq", "2048"], capsys)
+    assert code == 0 and "tight:" not in out
+
+
 def test_nothing_fits_exits_1_with_suggestions(capsys):
     code, out, _ = run(["--model", "llama3.1-405b", "--gpus", "1xL4", "--json"], capsys)
     assert code == 1
