@@ -83,7 +83,10 @@ def assemble(out: Path = OUT) -> str:
         "code traced on fake tensors (docs/trace.md) for the tensor inventory. Fitted parameters are reported "
         "with their leave-one-source-out error; in-sample errors appear only beside them. Records the model "
         "misses stay in the tables. No GPU measurement of tuneplan's own is in this report yet: `plan validate` "
-        "records (validation/data/) join the corpus when a GPU run exists.",
+        "records (validation/data/) join the corpus when a GPU run exists. `plan` and `plan estimate` print a "
+        "one-line track record from these sections beside their figures (the speed error overall and for the "
+        "GPU's family, the memory error, and the out-of-memory verdicts at the plan's headroom): the two "
+        "corpus sections write it to profiles/calibration/accuracy.json.",
         "",
         "| section | summary |",
         "|---|---|",

@@ -156,6 +156,17 @@ def speed_summary(data: dict, flagged: dict[str, str] | None = None) -> dict:
     }
 
 
+def track_record_block(s: dict) -> dict:
+    """The speed figures ``plan`` and ``plan estimate`` print beside an estimate (planner/app/track_record.py), from
+    :func:`speed_summary`: held out, overall and per GPU family (``GpuProfile.family``)."""
+    return {"records": s["n"], "sources": s["sources"], "held_out_median_abs": round(s["held_median_abs"], 6),
+            "held_out_max_abs": round(s["held_max_abs"], 6), "in_sample_median_abs": round(s["in_median_abs"], 6),
+            "families": {k: {"records": n, "held_out_median_signed": round(m, 6)} for k, (n, m) in s["families"].items()},
+            "families_without_host_optimizer": {
+                k: {"records": n, "held_out_median_signed": None if m is None else round(m, 6)}
+                for k, (n, m) in s["families_without_host_optimizer"].items()}}
+
+
 def host_optimizer_row(row: dict) -> bool:
     """Whether the record's optimizer steps on the CPU (ZeRO-Offload / FSDP CPU offload): its step is then mostly the
     host's (eq. S15), whose throughput is the host's property, not the GPU family's (docs/speed.md S15)."""
@@ -311,6 +322,10 @@ def main(argv: list[str] | None = None) -> int:
         atomic_write_text(CALIBRATION_DIR / SPEED_FILE, json.dumps(data["fit"], indent=1) + "\n")
     atomic_write_text(args.out, speed_section(data))
     s = speed_summary(data)
+    if not unweighted and args.out.resolve() == (RESULTS / "speed.md").resolve():  # the shipped fit and section
+        from planner.app.track_record import write_track_record_block
+
+        write_track_record_block("speed", track_record_block(s))
     print(f"speed: {s['n']} records, held-out median |error| {s['held_median_abs'] * 100:.1f} %, in-sample "
           f"{s['in_median_abs'] * 100:.1f} %; wrote {args.out}")
     return 0

@@ -75,6 +75,19 @@ def headroom_lines(rep) -> list[str]:  # noqa: ANN001
     return lines
 
 
+def track_record_block(rep) -> dict:  # noqa: ANN001
+    """The memory figures ``plan`` and ``plan estimate`` print beside an estimate (planner/app/track_record.py):
+    the summary of this section and what each headroom of :data:`HEADROOMS` buys."""
+    from validation.corpus_memory import headroom_verdicts, summary
+
+    s = summary(rep)
+    return {"records": s["n"], "sources": len({r.source for r in rep.rows if r.measured_bytes and r.fit}),
+            "median_abs": round(s["median_abs"], 6), "max_abs": round(s["max_abs"], 6), "worst": s["worst"],
+            "oom_total": s["oom_total"], "ran_total": s["ran_total"],
+            "headroom": [{"headroom": v["headroom"], "oom_accepted": len(v["oom_accepted"]),
+                          "ran_refused": len(v["ran_refused"])} for v in headroom_verdicts(rep, HEADROOMS)]}
+
+
 def memory_section(rep, prior: dict[str, float], seconds: float) -> str:  # noqa: ANN001
     from planner.engine.runtime_memory import RESERVED_FITTED
     from planner.engine.evaluate import DEFAULT_HEADROOM
@@ -283,9 +296,12 @@ def main(argv: list[str] | None = None) -> int:
              "estimated_bytes": r.figure(rep.held_out.get(r.source, rep.fit)), "error": rep.error(r)}
             for r in rep.rows if r.measured_bytes]
     atomic_write_text(ROWS_FILE, json.dumps({"generated": str(_dt.date.today()), "rows": rows}, indent=1) + "\n")
+    from planner.app.track_record import write_track_record_block
     from validation.corpus_memory import summary
 
     s = summary(rep)
+    if args.out.resolve() == (RESULTS / "memory.md").resolve():  # the shipped section: the track record goes with it
+        write_track_record_block("memory", track_record_block(rep))
     print(f"memory: {s['n']} records, median |error| {s['median_abs'] * 100:.1f} %, max {s['max_abs'] * 100:.0f} %; "
           f"OOMs predicted to fit {len(s['oom_predicted_to_fit'])}/{s['oom_total']}; fit {_fr(rep.fit)}; wrote {args.out}")
     if not shipped:

@@ -469,6 +469,13 @@ class GpuProfile(_Frozen):
         return self.fp8_tflops is not None
 
     @property
+    def family(self) -> str:
+        """The family docs/accuracy.md reports speed errors under: the architecture, with RTX-branded parts (GeForce
+        and workstation) apart from the data-centre parts of the same architecture (their clocks and memory
+        differ)."""
+        return f"{self.arch}{'-consumer' if self.name.startswith('RTX') else ''}"
+
+    @property
     def supports_flash_attention(self) -> bool:
         """FlashAttention-2 kernels exist for this generation (:data:`FLASH_ATTENTION_ARCHS`)."""
         return self.arch in FLASH_ATTENTION_ARCHS

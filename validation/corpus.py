@@ -217,7 +217,5 @@ def load(records: list[EvidenceRecord] | None = None) -> Corpus:
 def gpu_family(case: Case) -> str:
     """The GPU family a case is reported under: the architecture, with consumer and data-centre parts of one
     architecture kept apart (their clocks and memory differ)."""
-    g = case.cluster.gpu
-    consumer = g.name.startswith("RTX")
-    return f"{g.arch}{'-consumer' if consumer else ''}"
+    return case.cluster.gpu.family
 

@@ -27,6 +27,10 @@ SPEED_FILE = "speed.json"
 """The speed model's corpus fit in that folder (``plan calibrate --corpus`` and benchmarks/accuracy_vs_corpus.py
 write it): the :class:`~planner.engine.speed.params.SpeedParams` every estimate uses."""
 
+NOT_CALIBRATIONS = (SPEED_FILE, "accuracy.json")
+"""Files of the folder that are not per-GPU calibrations: the speed fit, and the track record docs/accuracy.md's
+reports write (:mod:`planner.app.track_record`)."""
+
 CALIBRATION_DIR_ENV = "TUNEPLAN_CALIBRATION_DIR"
 """Environment variable naming another calibration folder (a user's own runs, a test's temporary folder)."""
 
@@ -58,7 +62,7 @@ def load_calibration_book(directory: str | Path | None = None) -> CalibrationBoo
     """Every ``*.json`` calibration in ``directory`` (default :func:`calibration_dir`) as one book; an absent
     folder is an empty book. Memoised per folder and file modification times."""
     base = Path(directory) if directory is not None else calibration_dir()
-    files = sorted(p for p in base.glob("*.json") if p.name != SPEED_FILE) if base.is_dir() else []
+    files = sorted(p for p in base.glob("*.json") if p.name not in NOT_CALIBRATIONS) if base.is_dir() else []
     speed = base / SPEED_FILE
     if not speed.is_file():
         speed = CALIBRATION_DIR / SPEED_FILE  # a folder of one's own runs still plans with the shipped speed fit

@@ -99,6 +99,9 @@ def run(args: argparse.Namespace) -> int:
             return None
         return train_time(plan.speed, tokens, args.epochs, args.price_per_gpu_hour)
 
+    from planner.app.track_record import read_track_record, track_record_json, track_record_line
+
+    record = read_track_record()
     if args.json:
         out = {
             "schema_version": 1,
@@ -112,6 +115,7 @@ def run(args: argparse.Namespace) -> int:
             "rejected": len(result.rejected),
             "notes": result.notes,
             "suggestions": result.suggestions,
+            "track_record": track_record_json(record, cluster.gpu.family, args.headroom),
         }
         if data is not None:
             out["dataset"] = {"file": args.dataset, "rows": data.rows, "tokens_after_cutoff": data.real_tokens(args.seq)}
@@ -128,5 +132,6 @@ def run(args: argparse.Namespace) -> int:
         print_json(out)
     else:
         render_search(Console(), result, explain=args.explain,
-                      train_time=tt if (tokens or data is not None) else None)
+                      train_time=tt if (tokens or data is not None) else None,
+                      track_record=track_record_line(record, cluster.gpu.family, args.headroom))
     return 0 if result.plans else 1

@@ -85,8 +85,11 @@ def speed_table(sp: SpeedEstimate) -> Table:
 
 
 def render_estimate(
-    console: Console, est: MemoryEstimate, speed: SpeedEstimate | None, host_capacity_bytes: int | None = None
+    console: Console, est: MemoryEstimate, speed: SpeedEstimate | None, host_capacity_bytes: int | None = None,
+    track_record: str | None = None,
 ) -> None:
+    """One setup in full; ``track_record``: the engine's errors against published runs
+    (:func:`planner.app.track_record.track_record_line`), printed under the verdict."""
     s = est.setup
     head = (
         f"[bold]{est.model}[/] on [bold]{est.nodes}x{est.gpus_per_node}x{est.gpu}[/]"
@@ -126,6 +129,8 @@ def render_estimate(
             f"{gib(est.retry_floor_bytes)} GiB stays held (tensors + fragments in segments that still hold live "
             "tensors, eq. R3c), more than the card"
         )
+    if track_record:
+        console.print(f"  [dim]{track_record}[/]")
     if host_capacity_bytes is not None and est.host_bytes > host_capacity_bytes:
         console.print(
             f"[red]host RAM short[/]: needs {gib(est.host_bytes)} GiB per node, the node has "
@@ -172,12 +177,16 @@ def breakdown_row_table(plans: list[Plan]) -> Table:
     return t
 
 
-def render_search(console: Console, result, explain: bool = False, train_time=None) -> None:  # noqa: ANN001
-    """The ranked plans; ``train_time(plan)`` -> TrainTime | None adds the time to train to each panel."""
+def render_search(console: Console, result, explain: bool = False, train_time=None,  # noqa: ANN001
+                  track_record: str | None = None) -> None:
+    """The ranked plans; ``train_time(plan)`` -> TrainTime | None adds the time to train to each panel;
+    ``track_record`` (:func:`planner.app.track_record.track_record_line`) follows the notes."""
     m, c = result.model, result.cluster
     console.print(f"[bold]{m.name}[/] on [bold]{c.label()}[/] ({gib(c.gpu.memory_bytes)} GiB each)")
     for n in result.notes:
         console.print(f"[dim]{n}[/]")
+    if track_record:
+        console.print(f"[dim]{track_record}[/]")
     if not result.plans:
         console.print("\n[red bold]no plan fits[/]")
         for s in result.suggestions:

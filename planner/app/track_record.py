@@ -1,0 +1,105 @@
+"""The engine's track record against published runs, as ``plan`` and ``plan estimate`` print it beside their figures.
+
+docs/accuracy.md holds every record; ``profiles/calibration/accuracy.json`` holds the figures a reader needs next to an
+estimate: the speed model's leave-one-source-out error over the published throughput records (overall and for the
+GPU's family), the memory engine's error over the published memory records, and the out-of-memory verdicts at each
+headroom the report sweeps. The reports write it, each its own block (``benchmarks/accuracy_vs_corpus.py``: speed;
+``benchmarks/memory_vs_corpus.py``: memory), so that it cannot drift from docs/accuracy.md; a test recomputes both.
+
+These are the uncalibrated engine's errors: a calibration from one's own ``plan validate`` runs replaces the memory
+terms and the speed ceiling it covers, and its own hold-out error is in its file. Reading is forgiving (a missing or
+unreadable file prints no track record), writing atomic.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+from pathlib import Path
+
+from planner.app.calibration_io import CALIBRATION_DIR, NOT_CALIBRATIONS
+
+ACCURACY_FILE = NOT_CALIBRATIONS[1]
+"""The track record's file name, in the shipped calibration folder (which the calibration reader skips)."""
+TRACK_RECORD_PATH = CALIBRATION_DIR / ACCURACY_FILE
+REPORT = "docs/accuracy.md"
+
+
+def read_track_record(path: Path | None = None) -> dict | None:
+    """The shipped track record, or None when it is missing or does not read (it is commentary, never an input)."""
+    try:
+        data = json.loads((path or TRACK_RECORD_PATH).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        return None
+    return data if isinstance(data, dict) and data.get("schema_version") == 1 else None
+
+
+def write_track_record_block(key: str, block: dict, path: Path | None = None) -> Path:
+    """Replace the ``key`` block ("speed" or "memory") of the track record, keeping the other; atomic."""
+    from planner.fileio import atomic_write_text
+
+    path = path or TRACK_RECORD_PATH
+    data = read_track_record(path) or {"schema_version": 1, "report": REPORT}
+    data[key] = {**block, "generated": _dt.date.today().isoformat()}
+    atomic_write_text(path, json.dumps(data, indent=1, sort_keys=True) + "\n")
+    return path
+
+
+def _headroom_row(memory: dict, headroom: float | None) -> dict | None:
+    rows = memory.get("headroom") or []
+    want = 0.0 if headroom is None else headroom
+    return next((r for r in rows if abs(r["headroom"] - want) < 1e-9), None)
+
+
+def track_record_json(record: dict | None, family: str, headroom: float | None = None) -> dict | None:
+    """The figures that go with an estimate on a GPU of ``family`` (``GpuProfile.family``) at ``headroom`` (None: the
+    engine's own verdict, against the whole card), for ``--json``."""
+    if not record:
+        return None
+    out: dict = {"report": record.get("report", REPORT)}
+    sp = record.get("speed")
+    if sp:
+        fam = sp.get("families", {}).get(family)
+        out["speed"] = {"records": sp["records"], "sources": sp["sources"],
+                        "held_out_median_abs_error": sp["held_out_median_abs"], "family": family,
+                        "family_records": fam["records"] if fam else 0,
+                        "family_held_out_median_error": fam["held_out_median_signed"] if fam else None}
+    mem = record.get("memory")
+    if mem:
+        out["memory"] = {"records": mem["records"], "median_abs_error": mem["median_abs"],
+                         "max_abs_error": mem["max_abs"], "published_ooms": mem["oom_total"],
+                         "published_fits": mem["ran_total"]}
+        row = _headroom_row(mem, headroom)
+        if row:
+            out["memory"].update(headroom=row["headroom"], ooms_accepted=row["oom_accepted"],
+                                 fits_refused=row["ran_refused"])
+    return out
+
+
+def track_record_line(record: dict | None, family: str, headroom: float | None = None) -> str | None:
+    """One line of text: how far the speed and memory figures were from published runs (each source held out)."""
+    t = track_record_json(record, family, headroom)
+    if not t:
+        return None
+    parts = []
+    sp = t.get("speed")
+    if sp:
+        text = f"tokens/s median error {sp['held_out_median_abs_error'] * 100:.1f} % over {sp['records']} runs"
+        bias = sp["family_held_out_median_error"]
+        if sp["family_records"]:
+            text += (f", on {family} GPUs {sp['family_records']} runs with a median bias of {bias * 100:+.1f} % "
+                     f"(estimates too {'fast' if bias > 0 else 'slow'})")
+        else:
+            text += f", none of them on {family} GPUs"
+        parts.append(text)
+    mem = t.get("memory")
+    if mem:
+        text = (f"peak memory median error {mem['median_abs_error'] * 100:.1f} %, max {mem['max_abs_error'] * 100:.0f} % "
+                f"over {mem['records']} runs")
+        if "headroom" in mem:
+            where = "without headroom" if mem["headroom"] == 0 else f"at {mem['headroom'] * 100:.0f} % headroom"
+            text += (f"; {where} {mem['ooms_accepted']} of {mem['published_ooms']} published OOMs called fits, "
+                     f"{mem['fits_refused']} of {mem['published_fits']} runs that fitted refused")
+        parts.append(text)
+    return (f"track record against published runs ({t['report']}; each source predicted by a fit without it): "
+            + "; ".join(parts))

@@ -1,0 +1,103 @@
+"""The track record ``plan`` and ``plan estimate`` print (planner/app/track_record.py): the shipped file says what
+docs/accuracy.md's reports compute, the calibration reader skips it, and the CLI prints the GPU family's figures or
+nothing when the file is missing."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+from planner.app import track_record as tr
+from planner.app.calibration_io import CALIBRATION_DIR, load_calibration_book
+from profiles.cluster import parse_cluster
+
+ROOT = Path(__file__).resolve().parents[3]
+
+
+def _script(name: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture(scope="module")
+def shipped() -> dict:
+    record = tr.read_track_record()
+    assert record is not None, "profiles/calibration/accuracy.json is missing: python benchmarks/accuracy.py"
+    return record
+
+
+def test_the_memory_block_is_what_the_memory_report_computes(shipped):
+    """Recomputed from the corpus (a few seconds): regenerate with python benchmarks/memory_vs_corpus.py."""
+    from validation.corpus import load
+    from validation.corpus_memory import evaluate_corpus
+
+    block = _script("memory_vs_corpus").track_record_block(evaluate_corpus(load()))
+    assert {k: v for k, v in shipped["memory"].items() if k != "generated"} == block
+
+
+def test_the_speed_block_is_what_the_speed_report_renders(shipped):
+    """From the leave-one-source-out predictions the speed section renders (benchmarks/results/speed_loso.json):
+    regenerate with python benchmarks/accuracy_vs_corpus.py --reuse."""
+    mod = _script("accuracy_vs_corpus")
+    data = json.loads((ROOT / "benchmarks" / "results" / "speed_loso.json").read_text())
+    block = mod.track_record_block(mod.speed_summary(data))
+    assert {k: v for k, v in shipped["speed"].items() if k != "generated"} == block
+    # the families are GpuProfile.family, the key the CLI looks up (over the counted records)
+    flagged = mod.anomalies()
+    assert set(block["families"]) == {r["gpu_family"] for r in data["rows"] if r["id"] not in flagged}
+    assert "ampere" in block["families"] and parse_cluster("8xA800").gpu.family == "ampere"
+
+
+def test_the_calibration_reader_skips_the_track_record():
+    assert (CALIBRATION_DIR / tr.ACCURACY_FILE).is_file()
+    load_calibration_book(CALIBRATION_DIR)  # would raise CalibrationError were it read as a GPU calibration
+
+
+def test_the_line_gives_the_gpu_family_and_the_headroom_s_verdicts(shipped):
+    family = parse_cluster("8xA800").gpu.family
+    fam = shipped["speed"]["families"][family]
+    line = tr.track_record_line(shipped, family, 0.10)
+    assert f"on {family} GPUs {fam['records']} runs" in line
+    assert f"{fam['held_out_median_signed'] * 100:+.1f} %" in line
+    row = next(r for r in shipped["memory"]["headroom"] if r["headroom"] == 0.10)
+    assert f"at 10 % headroom {row['oom_accepted']} of {shipped['memory']['oom_total']} published OOMs" in line
+    # no headroom: the engine's own verdicts; a headroom the report did not sweep: no verdict clause
+    assert "without headroom" in tr.track_record_line(shipped, family, None)
+    assert "OOMs" not in tr.track_record_line(shipped, family, 0.33)
+    assert "none of them on volta-x GPUs" in tr.track_record_line(shipped, "volta-x", 0.10)
+
+
+def test_a_missing_or_foreign_file_prints_nothing(tmp_path):
+    assert tr.read_track_record(tmp_path / "absent.json") is None
+    (tmp_path / "bad.json").write_text("{not json")
+    assert tr.read_track_record(tmp_path / "bad.json") is None
+    (tmp_path / "v2.json").write_text(json.dumps({"schema_version": 2}))
+    assert tr.read_track_record(tmp_path / "v2.json") is None
+    assert tr.track_record_line(None, "ampere") is None and tr.track_record_json(None, "ampere") is None
+
+
+def test_writing_a_block_keeps_the_other(tmp_path):
+    path = tmp_path / "accuracy.json"
+    tr.write_track_record_block("speed", {"records": 3}, path)
+    tr.write_track_record_block("memory", {"records": 5}, path)
+    tr.write_track_record_block("speed", {"records": 4}, path)
+    data = tr.read_track_record(path)
+    assert data["speed"]["records"] == 4 and data["memory"]["records"] == 5 and data["report"] == "docs/accuracy.md"
+
+
+def test_plan_and_estimate_carry_it(capsys):
+    from planner.app.cli import main
+
+    assert main(["--model", "llama3-8b", "--gpus", "8xA800", "--json"]) == 0
+    t = json.loads(capsys.readouterr().out)["track_record"]
+    assert t["speed"]["family"] == "ampere" and t["memory"]["headroom"] == 0.1
+    assert main(["estimate", "--model", "llama3-8b", "--gpus", "h100", "--method", "lora", "--json"]) == 0
+    t = json.loads(capsys.readouterr().out)["track_record"]
+    assert t["speed"]["family"] == "hopper" and t["memory"]["headroom"] == 0.0
+    assert main(["estimate", "--model", "llama3-8b", "--gpus", "h100", "--method", "lora"]) == 0
+    assert "track record against published runs" in " ".join(capsys.readouterr().out.split())
