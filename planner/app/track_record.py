@@ -51,19 +51,20 @@ def _headroom_row(memory: dict, headroom: float | None) -> dict | None:
     return next((r for r in rows if abs(r["headroom"] - want) < 1e-9), None)
 
 
-def track_record_json(record: dict | None, family: str, headroom: float | None = None) -> dict | None:
-    """The figures that go with an estimate on a GPU of ``family`` (``GpuProfile.family``) at ``headroom`` (None: the
-    engine's own verdict, against the whole card), for ``--json``."""
+def track_record_json(record: dict | None, family: str | None, headroom: float | None = None) -> dict | None:
+    """The figures that go with an estimate on a GPU of ``family`` (``GpuProfile.family``; None: several kinds, no
+    family figures) at ``headroom`` (None: the engine's own verdict, against the whole card), for ``--json``."""
     if not record:
         return None
     out: dict = {"report": record.get("report", REPORT)}
     sp = record.get("speed")
     if sp:
-        fam = sp.get("families", {}).get(family)
         out["speed"] = {"records": sp["records"], "sources": sp["sources"],
-                        "held_out_median_abs_error": sp["held_out_median_abs"], "family": family,
-                        "family_records": fam["records"] if fam else 0,
-                        "family_held_out_median_error": fam["held_out_median_signed"] if fam else None}
+                        "held_out_median_abs_error": sp["held_out_median_abs"]}
+        if family is not None:
+            fam = sp.get("families", {}).get(family)
+            out["speed"].update(family=family, family_records=fam["records"] if fam else 0,
+                                family_held_out_median_error=fam["held_out_median_signed"] if fam else None)
     mem = record.get("memory")
     if mem:
         out["memory"] = {"records": mem["records"], "median_abs_error": mem["median_abs"],
@@ -76,7 +77,7 @@ def track_record_json(record: dict | None, family: str, headroom: float | None =
     return out
 
 
-def track_record_line(record: dict | None, family: str, headroom: float | None = None) -> str | None:
+def track_record_line(record: dict | None, family: str | None, headroom: float | None = None) -> str | None:
     """One line of text: how far the speed and memory figures were from published runs (each source held out)."""
     t = track_record_json(record, family, headroom)
     if not t:
@@ -85,8 +86,10 @@ def track_record_line(record: dict | None, family: str, headroom: float | None =
     sp = t.get("speed")
     if sp:
         text = f"tokens/s median error {sp['held_out_median_abs_error'] * 100:.1f} % over {sp['records']} runs"
-        bias = sp["family_held_out_median_error"]
-        if sp["family_records"]:
+        bias = sp.get("family_held_out_median_error")
+        if family is None:
+            text += " (docs/accuracy.md gives each GPU family's)"
+        elif sp["family_records"]:
             text += (f", on {family} GPUs {sp['family_records']} runs with a median bias of {bias * 100:+.1f} % "
                      f"(estimates too {'fast' if bias > 0 else 'slow'})")
         else:

@@ -103,7 +103,11 @@ def _notes(result: Any) -> list[str]:
             f"to {MAX_NODES} (4x8 = 4 nodes of 8); peak GiB and tokens/s (whole cluster) of the fastest plan there",
             "rows of one method: fewest GPUs first, then fastest",
         ]
-    return out
+    from planner.app.track_record import read_track_record, track_record_line
+
+    line = track_record_line(read_track_record(), result.cluster.gpu.family if result.kind == "cluster" else None,
+                             result.headroom)
+    return out + ([line] if line else [])
 
 
 # ---- renderers ---------------------------------------------------------------------------------------------

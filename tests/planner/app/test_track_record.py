@@ -101,3 +101,10 @@ def test_plan_and_estimate_carry_it(capsys):
     assert t["speed"]["family"] == "hopper" and t["memory"]["headroom"] == 0.0
     assert main(["estimate", "--model", "llama3-8b", "--gpus", "h100", "--method", "lora"]) == 0
     assert "track record against published runs" in " ".join(capsys.readouterr().out.split())
+
+
+def test_without_a_family_the_line_points_to_the_report(shipped):
+    """plan capacity --model compares GPU kinds: no family figure, the report's per-family table instead."""
+    line = tr.track_record_line(shipped, None, 0.10)
+    assert "gives each GPU family's" in line and "bias" not in line
+    assert "family" not in tr.track_record_json(shipped, None, 0.10)["speed"]
