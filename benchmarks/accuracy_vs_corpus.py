@@ -86,7 +86,8 @@ def run_fit(evals: int, jobs: int, unweighted: frozenset[str] = frozenset()) -> 
         rows.append({
             "id": c.id, "source": c.source, "model": c.model.name, "cluster": c.cluster.label(),
             "gpu_family": _family(c), "setup": c.setup.short(), "seq_len": c.setup.seq_len,
-            "framework": c.framework, "confidence": c.confidence, "fit": c.fit, "notes": list(c.notes),
+            "framework": c.framework, "parallelism": c.setup.parallelism_class(c.cluster.world_size),
+            "confidence": c.confidence, "fit": c.fit, "notes": list(c.notes),
             "measured": c.tokens_per_s, "in_sample": predict(c, full), "held_out": predict(c, held[c.source]),
         })
     from validation.corpus_fit import SpeedFit
@@ -132,11 +133,31 @@ def anomalies() -> dict[str, str]:
             if rec.record.doubts("speed")}
 
 
+def parallelism(data: dict) -> dict[str, str]:
+    """Each row's ``Setup.parallelism_class``: stored in the rows of fits since 2026-12-02, else read from the corpus
+    (an older speed_loso.json)."""
+    out = {r["id"]: r["parallelism"] for r in data["rows"] if "parallelism" in r}
+    if len(out) < len(data["rows"]):
+        from validation.corpus import load
+
+        out.update({c.id: c.setup.parallelism_class(c.cluster.world_size) for c in load().speed if c.id not in out})
+    return out
+
+
+def _breakdown(rows: list[dict], errors: list[float], key) -> dict[str, tuple[int, float, float]]:  # noqa: ANN001
+    """key(row) -> (records, median signed error, median |error|), over the counted rows."""
+    groups: dict[str, list[float]] = defaultdict(list)
+    for r, e in zip(rows, errors):
+        groups[key(r)].append(e)
+    return {k: (len(v), _med(v), _med([abs(x) for x in v])) for k, v in sorted(groups.items())}
+
+
 def speed_summary(data: dict, flagged: dict[str, str] | None = None) -> dict:
     """The summary, family and count figures of the speed section, without the records of ``flagged``
     (:func:`anomalies`, read from the corpus when not given)."""
     flagged = anomalies() if flagged is None else flagged
     rows = [r for r in data["rows"] if r["id"] not in flagged]
+    par = parallelism(data)
     held = [r["held_out"] / r["measured"] - 1 for r in rows]
     ins = [r["in_sample"] / r["measured"] - 1 for r in rows]
     fam: dict[str, list[float]] = defaultdict(list)
@@ -153,6 +174,8 @@ def speed_summary(data: dict, flagged: dict[str, str] | None = None) -> dict:
         "families": {k: (len(v), _med(v)) for k, v in sorted(fam.items())},
         "families_without_host_optimizer": {k: (len(fam_gpu.get(k, [])), _med(fam_gpu[k]) if fam_gpu.get(k) else None)
                                             for k in sorted(fam)},
+        "parallelism": _breakdown(rows, held, lambda r: par[r["id"]]),
+        "frameworks": _breakdown(rows, held, lambda r: r["framework"]),
     }
 
 
@@ -164,7 +187,9 @@ def track_record_block(s: dict) -> dict:
             "families": {k: {"records": n, "held_out_median_signed": round(m, 6)} for k, (n, m) in s["families"].items()},
             "families_without_host_optimizer": {
                 k: {"records": n, "held_out_median_signed": None if m is None else round(m, 6)}
-                for k, (n, m) in s["families_without_host_optimizer"].items()}}
+                for k, (n, m) in s["families_without_host_optimizer"].items()},
+            "parallelism": {k: {"records": n, "held_out_median_signed": round(m, 6), "held_out_median_abs": round(a, 6)}
+                            for k, (n, m, a) in s["parallelism"].items()}}
 
 
 def host_optimizer_row(row: dict) -> bool:
@@ -229,6 +254,16 @@ def speed_section(data: dict) -> str:
     lines += ["", "The target is on the third column. The last two leave out the records whose optimizer steps on the CPU "
               "(ZeRO-Offload): their step is mostly the host's optimizer (eq. S15), whose throughput is a property of the "
               "host and its launcher, not of the GPU family (docs/speed.md S15)."]
+    lines += ["", "By how the model is spread over the GPUs (`Setup.parallelism_class`) and by trainer, held out: what "
+              "to expect of a plan of each kind. `plan estimate` prints its setup's line.", "",
+              "| parallelism | records | median signed % | median abs error % | sources |", "|---|---:|---:|---:|---|"]
+    par = parallelism(data)
+    for k, (n, m, a) in s["parallelism"].items():
+        srcs = sorted({r["source"] for r in data["rows"] if r["id"] not in flagged and par[r["id"]] == k})
+        lines.append(f"| {k} | {n} | {_pct(m)} | {a * 100:.1f} | {len(srcs)}: {', '.join(srcs)} |")
+    lines += ["", "| trainer (`--framework`) | records | median signed % | median abs error % |", "|---|---:|---:|---:|"]
+    for k, (n, m, a) in s["frameworks"].items():
+        lines.append(f"| {k} | {n} | {_pct(m)} | {a * 100:.1f} |")
     lines += ["", "### The fitted parameters", "", "| parameter | value | fitted |", "|---|---|---|"]
     fitted = set(p.get("fitted", ()))
     for k, v in p.items():

@@ -51,9 +51,11 @@ def _headroom_row(memory: dict, headroom: float | None) -> dict | None:
     return next((r for r in rows if abs(r["headroom"] - want) < 1e-9), None)
 
 
-def track_record_json(record: dict | None, family: str | None, headroom: float | None = None) -> dict | None:
+def track_record_json(record: dict | None, family: str | None, headroom: float | None = None,
+                      parallelism: str | None = None) -> dict | None:
     """The figures that go with an estimate on a GPU of ``family`` (``GpuProfile.family``; None: several kinds, no
-    family figures) at ``headroom`` (None: the engine's own verdict, against the whole card), for ``--json``."""
+    family figures) at ``headroom`` (None: the engine's own verdict, against the whole card), for ``--json``;
+    ``parallelism`` (``Setup.parallelism_class``): one setup's class, whose figures join the speed block."""
     if not record:
         return None
     out: dict = {"report": record.get("report", REPORT)}
@@ -65,6 +67,10 @@ def track_record_json(record: dict | None, family: str | None, headroom: float |
             fam = sp.get("families", {}).get(family)
             out["speed"].update(family=family, family_records=fam["records"] if fam else 0,
                                 family_held_out_median_error=fam["held_out_median_signed"] if fam else None)
+        if parallelism is not None:
+            cls = sp.get("parallelism", {}).get(parallelism)
+            out["speed"].update(parallelism=parallelism, parallelism_records=cls["records"] if cls else 0,
+                                parallelism_held_out_median_error=cls["held_out_median_signed"] if cls else None)
     mem = record.get("memory")
     if mem:
         out["memory"] = {"records": mem["records"], "median_abs_error": mem["median_abs"],
@@ -77,9 +83,10 @@ def track_record_json(record: dict | None, family: str | None, headroom: float |
     return out
 
 
-def track_record_line(record: dict | None, family: str | None, headroom: float | None = None) -> str | None:
+def track_record_line(record: dict | None, family: str | None, headroom: float | None = None,
+                      parallelism: str | None = None) -> str | None:
     """One line of text: how far the speed and memory figures were from published runs (each source held out)."""
-    t = track_record_json(record, family, headroom)
+    t = track_record_json(record, family, headroom, parallelism)
     if not t:
         return None
     parts = []
@@ -94,6 +101,10 @@ def track_record_line(record: dict | None, family: str | None, headroom: float |
                      f"(estimates too {'fast' if bias > 0 else 'slow'})")
         else:
             text += f", none of them on {family} GPUs"
+        if parallelism is not None:
+            n, b = sp["parallelism_records"], sp["parallelism_held_out_median_error"]
+            text += (f", {n} {parallelism} runs with a median bias of {b * 100:+.1f} % (estimates too "
+                     f"{'fast' if b > 0 else 'slow'})" if n else f", none of them {parallelism}")
         parts.append(text)
     mem = t.get("memory")
     if mem:

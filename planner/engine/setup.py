@@ -266,6 +266,22 @@ class Setup(BaseModel):
             return f"FSDP {self.fsdp}"
         return "DDP" if self.zero == 0 else f"ZeRO-{self.zero}"
 
+    def parallelism_class(self, world_size: int) -> str:
+        """The class docs/accuracy.md reports speed errors by, on ``world_size`` GPUs: ``CPU offload`` (the optimizer
+        or parameters on the host decide the step), ``TP / CP``, ``ZeRO-1/2``, ``ZeRO-3``, ``FSDP1``, ``FSDP2``,
+        ``DDP``, ``one GPU``."""
+        if self.offload != "none":
+            return "CPU offload"
+        if self.tp > 1 or self.cp > 1:
+            return "TP / CP"
+        if self.zero in (1, 2):
+            return "ZeRO-1/2"
+        if self.zero == 3:
+            return "ZeRO-3"
+        if self.fsdp:
+            return f"FSDP{self.fsdp_version}"
+        return "DDP" if world_size > 1 else "one GPU"
+
     def compact(self) -> str:
         """A table-width label: ``full ZeRO-3 ckpt 2x8 adamw``."""
         parts = [self.method_label + (f" r{self.lora_rank}" if self.trains_adapters else "")

@@ -70,7 +70,7 @@ def test_family_table_splits_off_the_cpu_optimizer_records_and_keeps_the_target_
 
     def row(i, fam, setup, est):
         return {"id": f"s/{i}", "source": "s", "gpu_family": fam, "setup": setup.short(), "measured": 100.0,
-                "held_out": est, "in_sample": est}
+                "held_out": est, "in_sample": est, "framework": "hf", "parallelism": setup.parallelism_class(8)}
     rows = [row(1, "blackwell", Setup(method="full", zero=3, offload="optimizer"), 20.0),
             row(2, "blackwell", Setup(method="full", zero=3, offload="optimizer+params"), 40.0),
             row(3, "blackwell", Setup(method="full"), 110.0),
@@ -79,3 +79,8 @@ def test_family_table_splits_off_the_cpu_optimizer_records_and_keeps_the_target_
     assert s["families"]["blackwell"] == (3, pytest.approx(-0.6))
     assert s["families_without_host_optimizer"]["blackwell"] == (1, pytest.approx(0.1))
     assert s["families_without_host_optimizer"]["hopper"] == (1, pytest.approx(-0.1))  # activation offload stays
+    # the same records by parallelism class: (records, median signed, median |error|)
+    assert s["parallelism"]["CPU offload"] == (2, pytest.approx(-0.7), pytest.approx(0.7))
+    assert s["parallelism"]["DDP"] == (1, pytest.approx(0.1), pytest.approx(0.1))
+    assert s["parallelism"]["FSDP2"] == (1, pytest.approx(-0.1), pytest.approx(0.1))
+    assert s["frameworks"]["hf"][0] == 4

@@ -69,11 +69,13 @@ def run(args: argparse.Namespace) -> int:
         out["per_host"]["fits"] = plan.fits_host
         out["fits"] = plan.memory.fits and plan.fits_host
         out.update(model_keys(model))  # so that plan configs / validate --plan re-read it anywhere
-        out["track_record"] = track_record_json(record, cluster.gpu.family)  # the verdict: no headroom
+        out["track_record"] = track_record_json(record, cluster.gpu.family,  # the verdict: no headroom
+                                                parallelism=setup.parallelism_class(cluster.world_size))
         print_json(out)
     else:
         render_estimate(Console(), plan.memory, plan.speed, plan.host_capacity_bytes,
-                        track_record=track_record_line(record, cluster.gpu.family))
+                        track_record=track_record_line(record, cluster.gpu.family,
+                                                       parallelism=setup.parallelism_class(cluster.world_size)))
         if epoch is not None:
             print(f"one epoch of {args.dataset} ({data.rows:,} rows): {epoch}")
     return 0 if plan.memory.fits and plan.fits_host else 1

@@ -108,3 +108,17 @@ def test_without_a_family_the_line_points_to_the_report(shipped):
     line = tr.track_record_line(shipped, None, 0.10)
     assert "gives each GPU family's" in line and "bias" not in line
     assert "family" not in tr.track_record_json(shipped, None, 0.10)["speed"]
+
+
+def test_one_setup_gets_its_parallelism_class_figures(shipped, capsys):
+    """plan estimate adds the figures of its setup's class (Setup.parallelism_class), from the speed block."""
+    from planner.app.cli import main
+
+    cls = shipped["speed"]["parallelism"]["ZeRO-3"]
+    line = tr.track_record_line(shipped, "ampere", None, "ZeRO-3")
+    assert f"{cls['records']} ZeRO-3 runs with a median bias of {cls['held_out_median_signed'] * 100:+.1f} %" in line
+    assert "none of them TP / CP" in tr.track_record_line({**shipped, "speed": {**shipped["speed"], "parallelism": {}}},
+                                                          "ampere", None, "TP / CP")
+    assert main(["estimate", "--model", "llama3-8b", "--gpus", "8xa800", "--zero", "3", "--json"]) == 0
+    t = json.loads(capsys.readouterr().out)["track_record"]["speed"]
+    assert t["parallelism"] == "ZeRO-3" and t["parallelism_records"] == cls["records"]
