@@ -89,3 +89,18 @@ def proportioned(name: str, **kw):  # noqa: ANN003, ANN201
                vocab_size=32768)
     upd.update(kw)
     return get_model(name).model_copy(update=upd)
+
+
+def load_script(relpath: str):  # noqa: ANN201
+    """A script of the repository (``benchmarks/...py``) imported as a module named after its file, and registered
+    in ``sys.modules`` (dataclasses and pickling look their module up there)."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / relpath
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod
+    spec.loader.exec_module(mod)  # type: ignore[union-attr]
+    return mod

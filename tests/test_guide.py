@@ -4,24 +4,20 @@ tables agree with it (micro-batches, the communication phrase of sharded adapter
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import run
+from tests.helpers import load_script, run
 
 ROOT = Path(__file__).resolve().parents[1]
 GUIDE = ROOT / "docs" / "guide.md"
 
 
 def _regen():  # noqa: ANN202
-    spec = importlib.util.spec_from_file_location("regen_guide", ROOT / "benchmarks" / "regen_guide.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)  # type: ignore[union-attr]
-    return mod
+    return load_script("benchmarks/regen_guide.py")
 
 
 @pytest.fixture(scope="module")

@@ -3,19 +3,16 @@ sections' own results, and docs/accuracy.md links each one after its section's s
 
 from __future__ import annotations
 
-import importlib.util
 import sys
 from pathlib import Path
+
+from tests.helpers import load_script
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _load(name: str):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[name] = mod
-    spec.loader.exec_module(mod)
-    return mod
+def _load(name: str):  # noqa: ANN202
+    return load_script(f"benchmarks/{name}.py")
 
 
 def test_points_carry_the_results_figures_unchanged():

@@ -6,8 +6,6 @@ The fits themselves take minutes (the report's own run); these tests check the w
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,11 +13,10 @@ import pytest
 from validation.corpus import load
 from validation.corpus_fit import _weights
 
+from tests.helpers import load_script
+
 ROOT = Path(__file__).resolve().parents[2]
-_spec = importlib.util.spec_from_file_location("accuracy_vs_corpus", ROOT / "benchmarks" / "accuracy_vs_corpus.py")
-avc = importlib.util.module_from_spec(_spec)
-sys.modules[_spec.name] = avc
-_spec.loader.exec_module(avc)
+avc = load_script("benchmarks/accuracy_vs_corpus.py")
 
 SOURCE = "zhang2023-dissecting"
 

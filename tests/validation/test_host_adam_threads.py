@@ -4,7 +4,6 @@ not a test: docs/speed.md S15 quotes benchmarks/results/host_adam_threads.json).
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -12,15 +11,14 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import load_script
+
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "benchmarks" / "evidence_scripts" / "host_adam_threads.py"
 
 
-def _module():
-    spec = importlib.util.spec_from_file_location("host_adam_threads", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+def _module():  # noqa: ANN202
+    return load_script("benchmarks/evidence_scripts/host_adam_threads.py")
 
 
 def test_processes_step_together_and_their_throughput_adds_up():

@@ -6,21 +6,17 @@ exercises the layout (the script checks the real tokenizer against Meta's test v
 
 from __future__ import annotations
 
-import importlib.util
 import itertools
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from tests.helpers import load_script
+
 ROOT = Path(__file__).resolve().parents[2]
-_spec = importlib.util.spec_from_file_location(
-    "torchtune_alpaca_padding", ROOT / "benchmarks" / "evidence_scripts" / "torchtune_alpaca_padding.py")
-tap = importlib.util.module_from_spec(_spec)
-sys.modules[_spec.name] = tap  # dataclasses look their module up there
-_spec.loader.exec_module(tap)
+tap = load_script("benchmarks/evidence_scripts/torchtune_alpaca_padding.py")  # registered: dataclasses look it up
 
 
 def chars(text: str) -> list[int]:

@@ -3,22 +3,20 @@ take minutes and are a measurement, not a test; docs/speed.md S23 quotes them)."
 
 from __future__ import annotations
 
-import importlib.util
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from tests.helpers import load_script
+
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "benchmarks" / "evidence_scripts" / "zero3_host_overhead.py"
 
 
-def _module():
-    spec = importlib.util.spec_from_file_location("zero3_host_overhead", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+def _module():  # noqa: ANN202
+    return load_script("benchmarks/evidence_scripts/zero3_host_overhead.py")
 
 
 def test_per_block_time_is_the_slope_between_the_depths():
@@ -42,9 +40,7 @@ FSDP1_SCRIPT = ROOT / "benchmarks" / "evidence_scripts" / "fsdp1_unit_overhead.p
 
 
 def test_fsdp1_unit_time_is_the_difference_over_the_extra_units():
-    spec = importlib.util.spec_from_file_location("fsdp1_unit_overhead", FSDP1_SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = load_script("benchmarks/evidence_scripts/fsdp1_unit_overhead.py")
     runs = [{"mode": "wrap", "units": 193, "mean_s": 0.200}, {"mode": "ignore", "units": 65, "mean_s": 0.040},
             {"mode": "wrap", "units": 193, "mean_s": 0.210}, {"mode": "ignore", "units": 65, "mean_s": 0.044},
             {"mode": "wrap", "units": 193, "mean_s": 0.900}, {"mode": "ignore", "units": 65, "mean_s": 0.042}]

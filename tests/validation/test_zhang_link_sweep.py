@@ -4,18 +4,14 @@ slows, the 7B ZeRO-3 record falls below the ZeRO-2 one."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import pytest
 
+from tests.helpers import load_script
+
 ROOT = Path(__file__).resolve().parents[2]
-_spec = importlib.util.spec_from_file_location(
-    "zhang_link_sweep", ROOT / "benchmarks" / "evidence_scripts" / "zhang_link_sweep.py")
-sweep = importlib.util.module_from_spec(_spec)
-sys.modules[_spec.name] = sweep
-_spec.loader.exec_module(sweep)
+sweep = load_script("benchmarks/evidence_scripts/zhang_link_sweep.py")
 
 
 def _rows(out: str) -> dict[str, list[float]]:

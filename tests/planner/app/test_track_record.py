@@ -4,7 +4,6 @@ nothing when the file is missing."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -13,15 +12,13 @@ import pytest
 from planner.app import track_record as tr
 from planner.app.calibration_io import CALIBRATION_DIR, load_calibration_book
 from profiles.cluster import parse_cluster
+from tests.helpers import load_script
 
 ROOT = Path(__file__).resolve().parents[3]
 
 
-def _script(name: str):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+def _script(name: str):  # noqa: ANN202
+    return load_script(f"benchmarks/{name}.py")
 
 
 @pytest.fixture(scope="module")
