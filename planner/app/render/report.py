@@ -118,8 +118,8 @@ def render_estimate(
                  f"retries, eq. R3; {gib(est.retry_floor_bytes)} GiB stays held then, eq. R3c)" \
             if left <= 0 else ""
         console.print(
-            f"  [yellow]tight[/]: {gib(max(0, left))} GiB ({max(0, left) / est.capacity_bytes:.1%}) of the card left"
-            f"{capped}, less than plan's default {DEFAULT_HEADROOM:.0%} headroom: a margin this small is within the "
+            f"  [yellow]tight[/]: {gib(max(0, left))} GiB ({max(0, left) / est.capacity_bytes * 100:.1f} %) of the card "
+            f"left{capped}, less than plan's default {DEFAULT_HEADROOM * 100:.0f} % headroom: a margin this small is within the "
             "engine's error against published runs, which the default headroom covers (docs/accuracy.md, \"What the "
             "headroom buys\")"
         )
