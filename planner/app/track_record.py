@@ -117,3 +117,21 @@ def track_record_line(record: dict | None, family: str | None, headroom: float |
         parts.append(text)
     return (f"track record against published runs ({t['report']}; each source predicted by a fit without it): "
             + "; ".join(parts))
+
+
+BIAS_NOTE = 0.15
+"""A parallelism class whose held-out median bias exceeds this (issue 10's tolerance for a GPU family's bias) gets a
+line in each plan of that class, from :data:`BIAS_NOTE_RECORDS` records up."""
+BIAS_NOTE_RECORDS = 5
+
+
+def class_bias_note(record: dict | None, parallelism: str) -> str | None:
+    """One plan's caveat: the published runs of its parallelism class (``Setup.parallelism_class``) were estimated
+    far from measured in median, held out; None when the class is within :data:`BIAS_NOTE` or has too few runs."""
+    cls = ((record or {}).get("speed") or {}).get("parallelism", {}).get(parallelism)
+    if not cls or cls["records"] < BIAS_NOTE_RECORDS or abs(cls["held_out_median_signed"]) <= BIAS_NOTE:
+        return None
+    b = cls["held_out_median_signed"]
+    return (f"speed caveat: published {parallelism} runs were estimated {abs(b) * 100:.0f} % too "
+            f"{'fast' if b > 0 else 'slow'} in median ({cls['records']} runs, each source held out; "
+            f"{record.get('report', REPORT)}, by parallelism)")

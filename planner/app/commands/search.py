@@ -99,9 +99,13 @@ def run(args: argparse.Namespace) -> int:
             return None
         return train_time(plan.speed, tokens, args.epochs, args.price_per_gpu_hour)
 
-    from planner.app.track_record import read_track_record, track_record_json, track_record_line
+    from planner.app.track_record import class_bias_note, read_track_record, track_record_json, track_record_line
 
     record = read_track_record()
+
+    def caveat(plan):  # noqa: ANN001, ANN202
+        return class_bias_note(record, plan.setup.parallelism_class(cluster.world_size))
+
     if args.json:
         out = {
             "schema_version": 1,
@@ -124,6 +128,7 @@ def run(args: argparse.Namespace) -> int:
             t = tt(p)
             if t is not None:
                 d["train_time"] = t.to_json()
+            d["speed_caveat"] = caveat(p)
             out["plans"].append(d)
         if args.explain:
             out["rejected_candidates"] = [
@@ -133,5 +138,5 @@ def run(args: argparse.Namespace) -> int:
     else:
         render_search(Console(), result, explain=args.explain,
                       train_time=tt if (tokens or data is not None) else None,
-                      track_record=track_record_line(record, cluster.gpu.family, args.headroom))
+                      track_record=track_record_line(record, cluster.gpu.family, args.headroom), caveat=caveat)
     return 0 if result.plans else 1

@@ -178,9 +178,10 @@ def breakdown_row_table(plans: list[Plan]) -> Table:
 
 
 def render_search(console: Console, result, explain: bool = False, train_time=None,  # noqa: ANN001
-                  track_record: str | None = None) -> None:
+                  track_record: str | None = None, caveat=None) -> None:  # noqa: ANN001
     """The ranked plans; ``train_time(plan)`` -> TrainTime | None adds the time to train to each panel;
-    ``track_record`` (:func:`planner.app.track_record.track_record_line`) follows the notes."""
+    ``track_record`` (:func:`planner.app.track_record.track_record_line`) follows the notes; ``caveat(plan)`` ->
+    str | None (:func:`planner.app.track_record.class_bias_note`) ends a plan's panel."""
     m, c = result.model, result.cluster
     console.print(f"[bold]{m.name}[/] on [bold]{c.label()}[/] ({gib(c.gpu.memory_bytes)} GiB each)")
     for n in result.notes:
@@ -203,6 +204,9 @@ def render_search(console: Console, result, explain: bool = False, train_time=No
                 tt = train_time(p)
                 if tt is not None:
                     body.append(f"• {tt}")
+            note = caveat(p) if caveat is not None else None
+            if note:
+                body.append(f"• [yellow]{note}[/]")
             console.print(Panel("\n".join(body), title=f"plan {p.rank}", title_align="left", expand=False))
     if explain and result.rejected:
         t = Table(title="rejected candidates", title_justify="left", show_edge=False, pad_edge=False)
