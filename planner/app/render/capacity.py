@@ -279,9 +279,13 @@ def write_report(result: Any, folder: Path, fmt: str, force: bool, argv: list[st
 def report_json(result: Any) -> dict:
     from planner.app.version import tuneplan_version
 
+    from planner.app.track_record import read_track_record, track_record_json
+
     d = result.to_json()
     v = tuneplan_version()
     d["tuneplan_version"] = None if v == "unknown" else v
+    d["track_record"] = track_record_json(read_track_record(), result.cluster.gpu.family if result.kind == "cluster"
+                                          else None, result.headroom)
     return d
 
 

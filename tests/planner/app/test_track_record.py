@@ -142,3 +142,11 @@ def test_a_plan_of_a_class_the_model_is_biased_on_carries_a_caveat(shipped, caps
         biased = cls in par and par[cls]["records"] >= 5 and abs(par[cls]["held_out_median_signed"]) > 0.15
         assert (p["speed_caveat"] is not None) == biased, cls
     assert any(p["speed_caveat"] for p in plans) and not all(p["speed_caveat"] for p in plans)
+
+
+def test_capacity_reports_carry_it(capsys):
+    from planner.app.cli import main
+
+    assert main(["capacity", "--gpus", "8xA800", "--models", "llama3-8b", "--format", "json"]) == 0
+    t = json.loads(capsys.readouterr().out)["track_record"]
+    assert t["speed"]["family"] == "ampere" and t["memory"]["headroom"] == 0.1
