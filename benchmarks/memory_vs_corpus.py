@@ -225,8 +225,7 @@ def memory_section(rep, prior: dict[str, float], seconds: float) -> str:  # noqa
     verdicts = [r for r in rep.rows if r.oom] + [r for r in rep.rows if r.measured_bytes and not r.oom and (
         not rep.fits(r) or not rep.fits(r, capped=False))]
     for r in verdicts:
-        f = rep.held_out.get(r.source, rep.fit)
-        st = rep.stranded_held_out.get(r.source, rep.stranded)
+        f, st = rep.terms(r)
         says = "fits" if r.predicted_fits(f, st) else "out of memory"
         pub = ("out of memory" if r.oom else "ran") + ("" if r.fit else " (anomaly, not counted)")
         unc = r.device_uncapped(f)

@@ -39,7 +39,7 @@ from __future__ import annotations
 import statistics
 from dataclasses import dataclass, field, replace
 
-from planner.engine.evaluate import evaluate
+from planner.engine.evaluate import evaluate, usable_bytes
 from planner.engine.memory import run_fragmentation_class
 import planner.engine.runtime_memory as rm
 from planner.engine.runtime_memory import (
@@ -167,7 +167,7 @@ class MemoryRow:
         within :func:`~planner.engine.evaluate.usable_bytes` (capacity x (1 - headroom)), and the run's own verdict
         (:meth:`predicted_fits`). At 0 this is the engine's verdict; ``plan`` refuses a headroom of 0
         (:func:`~planner.engine.evaluate.check_headroom`), so the report gives 0 as the engine's verdict only."""
-        usable = int(self.capacity_bytes * (1 - headroom))
+        usable = self.capacity_bytes if headroom == 0 else usable_bytes(self.capacity_bytes, headroom)
         return self.device(fractions) <= usable and self.predicted_fits(fractions, stranded)
 
     def stranded_bound(self, fractions: dict[str, float]) -> float | None:
@@ -199,16 +199,27 @@ class MemoryReport:
     stranded_held_out: dict[str, dict[str, float]] = field(default_factory=dict)
     """source -> the shares fitted without it"""
 
+    def terms(self, row: MemoryRow, held_out: bool = True) -> tuple[dict[str, float], dict[str, float]]:
+        """The fragmentation fractions and stranded shares ``row`` is computed with: held out, those fitted without
+        its source; else the all-source fit."""
+        if not held_out:
+            return self.fit, self.stranded
+        return self.held_out.get(row.source, self.fit), self.stranded_held_out.get(row.source, self.stranded)
+
     def error(self, row: MemoryRow, held_out: bool = True) -> float | None:
         """The row's signed relative error; held out: with the fractions fitted without its source."""
-        f = self.held_out.get(row.source, self.fit) if held_out else self.fit
-        return row.rel_error(f)
+        return row.rel_error(self.terms(row, held_out)[0])
 
     def fits(self, row: MemoryRow, held_out: bool = True, capped: bool = True) -> bool:
         """The engine's verdict (``capped``: eq. R3 as the engine computes it) or the uncapped one."""
-        f = self.held_out.get(row.source, self.fit) if held_out else self.fit
-        s = self.stranded_held_out.get(row.source, self.stranded) if held_out else self.stranded
+        f, s = self.terms(row, held_out)
         return row.predicted_fits(f, s) if capped else row.device_uncapped(f) <= row.capacity_bytes
+
+    def verdict_rows(self) -> tuple[list[MemoryRow], list[MemoryRow]]:
+        """The counted published verdicts: the out-of-memory runs, and the runs that fitted with a measured peak
+        (records the corpus flags as anomalous are left out)."""
+        return ([r for r in self.rows if r.oom and r.fit],
+                [r for r in self.rows if r.measured_bytes and not r.oom and r.fit])
 
 
 def rows_from(corpus: Corpus) -> tuple[list[MemoryRow], list[MemoryRow]]:
@@ -370,8 +381,7 @@ def summary(report: MemoryReport, kinds: tuple[str, ...] | None = None, held_out
     rows = [r for r in report.rows if r.measured_bytes and r.fit and (kinds is None or r.kind in kinds)]
     errs = [(abs(report.error(r, held_out)), r) for r in rows]
     worst = max(errs, key=lambda x: x[0], default=(0.0, None))
-    ooms = [r for r in report.rows if r.oom and r.fit]
-    ran = [r for r in report.rows if r.measured_bytes and not r.oom and r.fit]
+    ooms, ran = report.verdict_rows()
     return {
         "n": len(rows),
         "anomalies": sum(1 for r in report.rows if not r.fit and (kinds is None or r.kind in kinds)),
@@ -394,14 +404,11 @@ def headroom_verdicts(report: MemoryReport, headrooms: tuple[float, ...], held_o
     ``plan`` would still accept and the published runs that fitted it would refuse (:meth:`MemoryRow.plan_fits`,
     each source with the terms fitted without it), over the records the corpus does not flag as anomalous.
     Accepted OOMs can only fall and refused runs only rise as the headroom grows."""
-    ooms = [r for r in report.rows if r.oom and r.fit]
-    ran = [r for r in report.rows if r.measured_bytes and not r.oom and r.fit]
+    ooms, ran = report.verdict_rows()
     out = []
     for h in headrooms:
         def ok(r: MemoryRow) -> bool:
-            f = report.held_out.get(r.source, report.fit) if held_out else report.fit
-            st = report.stranded_held_out.get(r.source, report.stranded) if held_out else report.stranded
-            return r.plan_fits(f, st, h)
+            return r.plan_fits(*report.terms(r, held_out), h)
         out.append({"headroom": h, "oom_total": len(ooms), "ran_total": len(ran),
                     "oom_accepted": [r.id for r in ooms if ok(r)],
                     "ran_refused": [r.id for r in ran if not ok(r)]})

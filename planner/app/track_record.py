@@ -83,6 +83,11 @@ def track_record_json(record: dict | None, family: str | None, headroom: float |
     return out
 
 
+def _bias(b: float) -> str:
+    """A median signed error as the line says it: ``+7.5 % (estimates too fast)``."""
+    return f"{b * 100:+.1f} % (estimates too {'fast' if b > 0 else 'slow'})"
+
+
 def track_record_line(record: dict | None, family: str | None, headroom: float | None = None,
                       parallelism: str | None = None) -> str | None:
     """One line of text: how far the speed and memory figures were from published runs (each source held out)."""
@@ -97,14 +102,12 @@ def track_record_line(record: dict | None, family: str | None, headroom: float |
         if family is None:
             text += " (docs/accuracy.md gives each GPU family's)"
         elif sp["family_records"]:
-            text += (f", on {family} GPUs {sp['family_records']} runs with a median bias of {bias * 100:+.1f} % "
-                     f"(estimates too {'fast' if bias > 0 else 'slow'})")
+            text += f", on {family} GPUs {sp['family_records']} runs with a median bias of {_bias(bias)}"
         else:
             text += f", none of them on {family} GPUs"
         if parallelism is not None:
             n, b = sp["parallelism_records"], sp["parallelism_held_out_median_error"]
-            text += (f", {n} {parallelism} runs with a median bias of {b * 100:+.1f} % (estimates too "
-                     f"{'fast' if b > 0 else 'slow'})" if n else f", none of them {parallelism}")
+            text += f", {n} {parallelism} runs with a median bias of {_bias(b)}" if n else f", none of them {parallelism}"
         parts.append(text)
     mem = t.get("memory")
     if mem:

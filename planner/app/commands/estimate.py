@@ -59,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
     epoch = data_train_time(plan.speed, setup, cluster.world_size, data) if data is not None else None
     from planner.app.track_record import read_track_record, track_record_json, track_record_line
 
-    record = read_track_record()
+    record, parallelism = read_track_record(), setup.parallelism_class(cluster.world_size)
     if args.json:
         out = plan.memory.to_json()
         out["speed"] = plan.speed.to_json()
@@ -69,13 +69,11 @@ def run(args: argparse.Namespace) -> int:
         out["per_host"]["fits"] = plan.fits_host
         out["fits"] = plan.memory.fits and plan.fits_host
         out.update(model_keys(model))  # so that plan configs / validate --plan re-read it anywhere
-        out["track_record"] = track_record_json(record, cluster.gpu.family,  # the verdict: no headroom
-                                                parallelism=setup.parallelism_class(cluster.world_size))
+        out["track_record"] = track_record_json(record, cluster.gpu.family, parallelism=parallelism)  # no headroom
         print_json(out)
     else:
         render_estimate(Console(), plan.memory, plan.speed, plan.host_capacity_bytes,
-                        track_record=track_record_line(record, cluster.gpu.family,
-                                                       parallelism=setup.parallelism_class(cluster.world_size)))
+                        track_record=track_record_line(record, cluster.gpu.family, parallelism=parallelism))
         if epoch is not None:
             print(f"one epoch of {args.dataset} ({data.rows:,} rows): {epoch}")
     return 0 if plan.memory.fits and plan.fits_host else 1

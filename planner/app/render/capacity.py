@@ -103,11 +103,17 @@ def _notes(result: Any) -> list[str]:
             f"to {MAX_NODES} (4x8 = 4 nodes of 8); peak GiB and tokens/s (whole cluster) of the fastest plan there",
             "rows of one method: fewest GPUs first, then fastest",
         ]
-    from planner.app.track_record import read_track_record, track_record_line
+    from planner.app.track_record import track_record_line
 
-    line = track_record_line(read_track_record(), result.cluster.gpu.family if result.kind == "cluster" else None,
-                             result.headroom)
+    line = track_record_line(*_track_record_args(result))
     return out + ([line] if line else [])
+
+
+def _track_record_args(result: Any) -> tuple:
+    """The track record, the GPU family (one cluster; none when the report compares GPU kinds) and the headroom."""
+    from planner.app.track_record import read_track_record
+
+    return read_track_record(), result.cluster.gpu.family if result.kind == "cluster" else None, result.headroom
 
 
 # ---- renderers ---------------------------------------------------------------------------------------------
@@ -279,13 +285,12 @@ def write_report(result: Any, folder: Path, fmt: str, force: bool, argv: list[st
 def report_json(result: Any) -> dict:
     from planner.app.version import tuneplan_version
 
-    from planner.app.track_record import read_track_record, track_record_json
+    from planner.app.track_record import track_record_json
 
     d = result.to_json()
     v = tuneplan_version()
     d["tuneplan_version"] = None if v == "unknown" else v
-    d["track_record"] = track_record_json(read_track_record(), result.cluster.gpu.family if result.kind == "cluster"
-                                          else None, result.headroom)
+    d["track_record"] = track_record_json(*_track_record_args(result))
     return d
 
 

@@ -11,7 +11,7 @@ from rich.table import Table
 from rich.text import Text
 
 from planner.engine.results import CATEGORIES, PHASES, MemoryEstimate, Plan, SpeedEstimate
-from planner.engine.evaluate import DEFAULT_HEADROOM
+from planner.engine.evaluate import DEFAULT_HEADROOM, usable_bytes
 
 from planner.app.render.fit import print_table
 from planner.units import gib_num as gib
@@ -113,7 +113,7 @@ def render_estimate(
             "(reserved + CUDA context + NCCL)"
         )
     left = est.capacity_bytes - est.peak_bytes
-    if est.fits and left < est.capacity_bytes * DEFAULT_HEADROOM:
+    if est.fits and est.peak_bytes > usable_bytes(est.capacity_bytes, DEFAULT_HEADROOM):
         capped = " (the reserved figure is capped at the card: it fits only after the allocator frees its cache and " \
                  f"retries, eq. R3; {gib(est.retry_floor_bytes)} GiB stays held then, eq. R3c)" \
             if left <= 0 else ""
