@@ -68,6 +68,8 @@ def _versions() -> str:
 
 
 def assemble(out: Path = OUT) -> str:
+    from planner.app.track_record import BIAS_NOTE
+
     present = [(f, what, cmd, (RESULTS / f).read_text(encoding="utf-8")) for f, what, cmd in SECTIONS
                if (RESULTS / f).exists()]
     missing = [(f, what, cmd) for f, what, cmd in SECTIONS if not (RESULTS / f).exists()]
@@ -83,10 +85,12 @@ def assemble(out: Path = OUT) -> str:
         "code traced on fake tensors (docs/trace.md) for the tensor inventory. Fitted parameters are reported "
         "with their leave-one-source-out error; in-sample errors appear only beside them. Records the model "
         "misses stay in the tables. No GPU measurement of tuneplan's own is in this report yet: `plan validate` "
-        "records (validation/data/) join the corpus when a GPU run exists. `plan` and `plan estimate` print a "
-        "one-line track record from these sections beside their figures (the speed error overall and for the "
-        "GPU's family, the memory error, and the out-of-memory verdicts at the plan's headroom): the two "
-        "corpus sections write it to profiles/calibration/accuracy.json.",
+        "records (validation/data/) join the corpus when a GPU run exists. `plan`, `plan estimate` and `plan "
+        "capacity` print a one-line track record from these sections beside their figures (the speed error overall, "
+        "for the GPU's family and, for one setup, its parallelism class; the memory error; the out-of-memory "
+        "verdicts at the plan's headroom), and a plan of a parallelism class the speed model got more than "
+        f"{BIAS_NOTE * 100:.0f} % wrong ends with a speed caveat: the two corpus sections write the figures to "
+        "profiles/calibration/accuracy.json.",
         "",
         "| section | summary |",
         "|---|---|",

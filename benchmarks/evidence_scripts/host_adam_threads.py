@@ -119,15 +119,28 @@ def main(argv: list[str] | None = None) -> int:
     if args.params < 1 or args.steps < 1:
         print(f"error: --params {args.params} and --steps {args.steps} must be at least 1", file=sys.stderr)
         return 2
+    if args.out.is_dir():
+        print(f"error: --out {args.out} is a folder; give the JSON file to write", file=sys.stderr)
+        return 2
+    import importlib.util
+
+    if importlib.util.find_spec("deepspeed") is None:
+        print("error: DeepSpeed is not importable (pip install deepspeed; its CPU Adam builds on first use)",
+              file=sys.stderr)
+        return 2
     cpus = os.cpu_count() or 1
     runs = []
-    for impl in IMPLS:
-        for threads in sorted({1, *range(2, cpus + 1, max(1, cpus // 4))} | {cpus}):
-            runs.append(run_group(impl, 1, threads, args.params, args.steps))
-            print(json.dumps(runs[-1]), flush=True)
-        if cpus > 1:
-            runs.append(run_group(impl, cpus, 1, args.params, args.steps))
-            print(json.dumps(runs[-1]), flush=True)
+    try:
+        for impl in IMPLS:
+            for threads in sorted({1, *range(2, cpus + 1, max(1, cpus // 4))} | {cpus}):
+                runs.append(run_group(impl, 1, threads, args.params, args.steps))
+                print(json.dumps(runs[-1]), flush=True)
+            if cpus > 1:
+                runs.append(run_group(impl, cpus, 1, args.params, args.steps))
+                print(json.dumps(runs[-1]), flush=True)
+    except RuntimeError as e:  # a child failed (e.g. CPU Adam did not build): one line, nothing written
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     import deepspeed
     import torch
 

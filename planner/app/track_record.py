@@ -25,13 +25,43 @@ TRACK_RECORD_PATH = CALIBRATION_DIR / ACCURACY_FILE
 REPORT = "docs/accuracy.md"
 
 
-def read_track_record(path: Path | None = None) -> dict | None:
-    """The shipped track record, or None when it is missing or does not read (it is commentary, never an input)."""
+def _load(path: Path) -> dict | None:
+    """The file as written: a dict of schema 1, or None."""
     try:
-        data = json.loads((path or TRACK_RECORD_PATH).read_text(encoding="utf-8"))
+        data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError, UnicodeDecodeError):
         return None
     return data if isinstance(data, dict) and data.get("schema_version") == 1 else None
+
+
+def _speed_ok(sp: dict) -> None:
+    for key in ("records", "sources", "held_out_median_abs"):
+        float(sp[key])
+    for table in (sp["families"], sp["parallelism"]):
+        for v in table.values():
+            float(v["records"]), float(v["held_out_median_signed"])
+
+
+def _memory_ok(mem: dict) -> None:
+    for key in ("records", "median_abs", "max_abs", "oom_total", "ran_total"):
+        float(mem[key])
+    for v in mem["headroom"]:
+        float(v["headroom"]), float(v["oom_accepted"]), float(v["ran_refused"])
+
+
+def read_track_record(path: Path | None = None) -> dict | None:
+    """The shipped track record, each block kept only if every figure the line and the JSON read is there and a
+    number; None when nothing is left (it is commentary, never an input: a damaged file drops what it damaged, it
+    never stops an estimate)."""
+    data = _load(path or TRACK_RECORD_PATH)
+    if data is None:
+        return None
+    for key, check in (("speed", _speed_ok), ("memory", _memory_ok)):
+        try:
+            check(data[key])
+        except (KeyError, TypeError, ValueError, AttributeError):
+            data.pop(key, None)
+    return data if "speed" in data or "memory" in data else None
 
 
 def write_track_record_block(key: str, block: dict, path: Path | None = None) -> Path:
@@ -39,7 +69,7 @@ def write_track_record_block(key: str, block: dict, path: Path | None = None) ->
     from planner.fileio import atomic_write_text
 
     path = path or TRACK_RECORD_PATH
-    data = read_track_record(path) or {"schema_version": 1, "report": REPORT}
+    data = _load(path) or {"schema_version": 1, "report": REPORT}
     data[key] = {**block, "generated": _dt.date.today().isoformat()}
     atomic_write_text(path, json.dumps(data, indent=1, sort_keys=True) + "\n")
     return path
@@ -126,6 +156,7 @@ BIAS_NOTE = 0.15
 """A parallelism class whose held-out median bias exceeds this (issue 10's tolerance for a GPU family's bias) gets a
 line in each plan of that class, from :data:`BIAS_NOTE_RECORDS` records up."""
 BIAS_NOTE_RECORDS = 5
+"""[assumption] Below this, a class's median is one or two sources' word (the report lists them), not a tendency."""
 
 
 def class_bias_note(record: dict | None, parallelism: str) -> str | None:

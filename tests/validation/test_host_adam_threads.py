@@ -35,12 +35,26 @@ def test_the_unit_is_the_engine_s():
     assert _module().BYTES_PER_PARAM == 4 * 7 + 2
 
 
-@pytest.mark.parametrize("argv, needle", [(["--params", "0"], "--params 0"), (["--steps", "0"], "--steps 0")])
+@pytest.mark.parametrize("argv, needle", [(["--params", "0"], "--params 0"), (["--steps", "0"], "--steps 0"),
+                                           (["--out", "{tmp}"], "is a folder")])
 def test_bad_arguments_are_one_line_exit_2(argv, needle, tmp_path):
     out = tmp_path / "x.json"
-    p = subprocess.run([sys.executable, str(SCRIPT), *argv, "--out", str(out)], capture_output=True, text=True,
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
+    p = subprocess.run([sys.executable, str(SCRIPT), "--out", str(out), *argv], capture_output=True, text=True,
                        timeout=60)
     assert p.returncode == 2 and needle in p.stderr and "Traceback" not in p.stderr and not out.exists()
+    assert len(p.stderr.strip().splitlines()) == 1
+
+
+def test_a_failed_measurement_is_one_line_and_writes_nothing(tmp_path, monkeypatch, capsys):
+    mod = _module()
+
+    def fail(*a):  # noqa: ANN002
+        raise RuntimeError("deepspeed-cpu-adam with 1 x 1 threads failed: CPU Adam did not build")
+    monkeypatch.setattr(mod, "run_group", fail)
+    out = tmp_path / "x.json"
+    assert mod.main(["--out", str(out)]) == 1 and not out.exists()
+    assert capsys.readouterr().err.strip() == "error: deepspeed-cpu-adam with 1 x 1 threads failed: CPU Adam did not build"
 
 
 def test_the_shipped_measurement_names_its_machine_and_versions():

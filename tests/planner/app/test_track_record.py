@@ -75,6 +75,23 @@ def test_a_missing_or_foreign_file_prints_nothing(tmp_path):
     assert tr.read_track_record(tmp_path / "bad.json") is None
     (tmp_path / "v2.json").write_text(json.dumps({"schema_version": 2}))
     assert tr.read_track_record(tmp_path / "v2.json") is None
+    # a damaged block (a figure missing, or of the wrong type) is dropped, never a traceback; the other stays
+    good = tr.read_track_record()
+    for block, damage in (("speed", lambda d: d["speed"].pop("records")),
+                          ("memory", lambda d: d["memory"]["headroom"][0].update(oom_accepted="x")),
+                          ("speed", lambda d: d["speed"]["families"]["ampere"].pop("held_out_median_signed")),
+                          ("memory", lambda d: d.pop("memory"))):
+        d = json.loads(json.dumps(good))
+        damage(d)
+        (tmp_path / "bad.json").write_text(json.dumps(d))
+        kept = tr.read_track_record(tmp_path / "bad.json")
+        assert block not in kept and set(kept) - {block} == set(good) - {block}
+        line = tr.track_record_line(kept, "ampere", 0.10)
+        assert ("tokens/s" in line) == (block != "speed") and ("peak memory" in line) == (block != "memory")
+    d = json.loads(json.dumps(good))
+    d["speed"], d["memory"] = None, []
+    (tmp_path / "bad.json").write_text(json.dumps(d))
+    assert tr.read_track_record(tmp_path / "bad.json") is None
     assert tr.track_record_line(None, "ampere") is None and tr.track_record_json(None, "ampere") is None
 
 
@@ -83,7 +100,7 @@ def test_writing_a_block_keeps_the_other(tmp_path):
     tr.write_track_record_block("speed", {"records": 3}, path)
     tr.write_track_record_block("memory", {"records": 5}, path)
     tr.write_track_record_block("speed", {"records": 4}, path)
-    data = tr.read_track_record(path)
+    data = json.loads(path.read_text())  # as written (these made-up blocks lack the figures the line reads)
     assert data["speed"]["records"] == 4 and data["memory"]["records"] == 5 and data["report"] == "docs/accuracy.md"
 
 
