@@ -63,3 +63,8 @@ def test_the_shipped_measurement_names_its_machine_and_versions():
     one = [r for r in doc["runs"] if r["impl"] == "deepspeed-cpu-adam" and r["processes"] == 1
            and r["threads_per_process"] == 1]
     assert len(one) == 1 and one[0]["gb_per_s"] > 0
+    # docs/speed.md S15 quotes this file: every DeepSpeed and torch figure it gives is one of the runs'
+    speed_md = (ROOT / "docs" / "speed.md").read_text()
+    s15 = speed_md[speed_md.index("host_adam_threads.py"):speed_md.index("### S16")]
+    for r in doc["runs"]:
+        assert f"{r['gb_per_s']:.1f}" in s15, r
