@@ -432,7 +432,10 @@ class GpuProfile(_Frozen):
         gt=0, description="GPU-to-GPU bandwidth per GPU, one direction (NVLink/xGMI/HCCS, or PCIe for PCIe cards)"
     )
     pcie_gen: int = Field(ge=3, le=6)
-    pcie_bandwidth_gb_s: float = Field(gt=0, description="host link, one direction, effective x16")
+    host_link: Literal["pcie", "nvlink-c2c"] = Field(
+        "pcie", description="the GPU's link to its host CPU: PCIe, or NVLink-C2C on Grace superchips (GH200, GB200)"
+    )
+    pcie_bandwidth_gb_s: float = Field(gt=0, description="host link (PCIe x16, or host_link), one direction")
     typical_gpus_per_node: int = Field(8, gt=0)
     inter_node_bandwidth_gb_s: float = Field(
         gt=0, description="default inter-node bandwidth per node, one direction (overridable by a flag)"

@@ -55,7 +55,9 @@ def test_gpu_file_validates(path: Path):
     assert set(g.unverified) <= fields
     numeric = {k for k, v in g.model_dump().items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
     assert numeric <= set(g.sources), f"no source for {numeric - set(g.sources)}"
-    assert g.intra_node_bandwidth_gb_s > 0 and g.pcie_bandwidth_gb_s <= 63, "PCIe figures are one direction"
+    # one direction: PCIe 5.0 x16 moves 63 GB/s, NVLink-C2C 450 (shared/reference/hardware.md)
+    host_link_max = 63 if g.host_link == "pcie" else 450
+    assert g.intra_node_bandwidth_gb_s > 0 and g.pcie_bandwidth_gb_s <= host_link_max, "host links are one direction"
 
 
 def test_big_numbers_are_written_with_separators():
@@ -309,6 +311,7 @@ MAMF_RATIO = {  # MLE "Maximum Achievable Matmul FLOPS", BF16 share of peak (sha
     "H800 80GB SXM": 0.803,
     "H200 141GB SXM": 0.803,
     "B200 180GB": 0.776,
+    "GH200 96GB": 0.838,  # 828.6 of 989, measured on the 900 W HBM3e module
     "MI300X 192GB": 0.514,
 }
 
@@ -322,12 +325,15 @@ def test_default_mfu_follows_the_rule(g: GpuProfile):
 
 @pytest.mark.parametrize("g", all_gpus(), ids=lambda g: g.name)
 def test_gpu_defaults_are_consistent(g: GpuProfile):
-    assert g.pcie_bandwidth_gb_s == {3: 12, 4: 25, 5: 50}[g.pcie_gen]
+    if g.host_link == "pcie":
+        assert g.pcie_bandwidth_gb_s == {3: 12, 4: 25, 5: 50}[g.pcie_gen]
+        assert (g.host_ram_gib_per_node, g.typical_gpus_per_node) in {(1024, 8), (512, 8), (128, 4)}
+    else:  # a Grace superchip: NVLink-C2C per direction, four 120 GB Grace CPUs per node (gh200-96g.yaml's sources)
+        assert (g.pcie_bandwidth_gb_s, g.host_ram_gib_per_node, g.typical_gpus_per_node) == (450, 480, 4)
     if g.interconnect == "pcie":
         assert g.intra_node_bandwidth_gb_s == g.pcie_bandwidth_gb_s
     if g.bf16_tflops is None:
         assert g.name.startswith(("V100", "T4"))
-    assert (g.host_ram_gib_per_node, g.typical_gpus_per_node) in {(1024, 8), (512, 8), (128, 4)}
 
 
 def test_bandwidths_are_one_direction():
