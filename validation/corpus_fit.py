@@ -78,6 +78,7 @@ FREE: tuple[Free, ...] = (
     Free("step_overhead_s", 1e-3, 3.0, "torchtune"),
     Free("step_overhead_s", 1e-3, 3.0, "other"),
     Free("fsdp1_unit_s", 1e-4, 2e-2),
+    Free("zero3_block_host_s", 1e-4, 3e-2),
     Free("link_efficiency", 0.05, 1.0, fraction=True),
     Free("pcie_link_efficiency", 0.02, 1.0, fraction=True),
     Free("host_optimizer_bytes_per_s", 1e9, 400e9, "deepspeed"),
@@ -98,7 +99,8 @@ torchtitan rows and SemiAnalysis' FSDP1 harness, so each is predicted from the o
 collective latency stay at their sourced values; a framework's or architecture's parameter is freed only when the training set has runs of it. The
 per-block host overhead is not fitted: no run in the corpus is launch-bound at the priors (the fit could not
 move it), so it stays at its kernel-count prior. FSDP1's per-unit host time (eq. S26b) is freed when the training set
-has multi-GPU FSDP1 runs, whose short rows are host-bound; the CDNA3 FP8 factor (S28b) when it has MI300X FP8 runs."""
+has multi-GPU FSDP1 runs, whose short rows are host-bound; DeepSpeed ZeRO-3's hook time per block (S26c) when it has
+ZeRO-3 runs; the CDNA3 FP8 factor (S28b) when it has MI300X FP8 runs."""
 
 
 def _relevant(free: Free, cases: Sequence[SpeedCase]) -> bool:
@@ -108,6 +110,8 @@ def _relevant(free: Free, cases: Sequence[SpeedCase]) -> bool:
         return any(c.cluster.gpu.arch == free.dict_key for c in cases)
     if free.name == "fsdp1_unit_s":
         return any(c.setup.fsdp is not None and c.setup.fsdp_version == 1 and c.cluster.world_size > 1 for c in cases)
+    if free.name == "zero3_block_host_s":
+        return any(c.setup.zero == 3 for c in cases)
     if free.name == "fp8_arch_ratio":
         return any(c.cluster.gpu.arch == free.dict_key and c.setup.fp8 != "none" for c in cases)
     if free.name == "fused_memory_factor":

@@ -111,6 +111,17 @@ class SpeedParams(BaseModel):
         "only; errs low for a GPU run, whose unshards launch NCCL collectives and wait on FSDP1's rate limiter); "
         "fitted where the training set has multi-GPU FSDP1 runs",
     )
+    zero3_block_host_s: float = Field(
+        5.4e-3, ge=0,
+        description="eq. S26c: host time of DeepSpeed ZeRO-3's module hooks (parameter fetch and release, the "
+        "per-parameter gradient hooks and their bookkeeping) per decoder block per micro-step, added to the step: "
+        "DeepSpeed waits on its fetch events (at most 2 in flight, partitioned_param_coordinator.py) and reduce "
+        "events, so the hooks do not hide under the GPU's queue as launches do. Prior: 5.4 ms, ZeRO-3 against ZeRO-2 "
+        "with DeepSpeed 0.19.8 on this project's 2-core CPU (benchmarks/evidence_scripts/zero3_host_overhead.py, "
+        "benchmarks/results/zero3_host_overhead.json: Python and bookkeeping only, the CPU accelerator's events are "
+        "no-ops; errs low for a CUDA host); x1.5 under full checkpointing, whose recompute runs the forward hooks "
+        "again [assumption: forward and backward hooks cost alike]. Fitted where the training set has ZeRO-3 runs",
+    )
     link_efficiency: float = Field(
         0.80, gt=0, le=1,
         description="eq. S23: achieved fraction of the link bandwidth in large collectives over NVLink / xGMI / "

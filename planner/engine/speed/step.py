@@ -64,6 +64,18 @@ DEEPSPEED_STAGE0_OVERLAP = 0.0
 finished (``allreduce_gradients`` in deepspeed/runtime/engine.py), so nothing hides it."""
 
 
+def zero3_hook_seconds(facts: ModelFacts, setup: Setup, params: SpeedParams) -> float:
+    """Eq. S26c: host time DeepSpeed ZeRO-3's module hooks add to one micro-step, serialised with the GPU:
+    ``zero3_block_host_s`` per decoder block, x1.5 under full checkpointing (the recompute runs the forward's fetch
+    hooks again; forward and backward hooks assumed to cost alike). 0 for any other strategy. Source: the CPU
+    measurement behind the prior (``benchmarks/results/zero3_host_overhead.json``) and the ZeRO-3 runs of the corpus;
+    a block is priced alike whatever its parameter count (errs low for MoE blocks with one module per expert)."""
+    if setup.zero != 3:
+        return 0.0
+    recompute = 1.5 if setup.checkpointing == "full" else 1.0
+    return facts.model.num_layers * params.zero3_block_host_s * recompute
+
+
 def paging_seconds(paged_bytes: float, pcie_bytes_per_s: float) -> float:
     """Eq. S16b: a paged optimizer (bitsandbytes ``PagedAdamW`` / ``PagedAdamW8bit``: states in CUDA unified
     memory, prefetched for the step) moves the states that do not fit on the GPU over PCIe twice per step:
@@ -182,12 +194,14 @@ def estimate_speed(
     offload_s += paging_seconds(paged_bytes, pcie)
 
     host_wait = max(0.0, ms.host_s - ms.gpu_s)  # the GPU idles while the host launches the rest
+    # eq. S26c: DeepSpeed ZeRO-3's module hooks, serialised with the GPU by its event waits
+    zero3_hooks_s = ga * zero3_hook_seconds(facts, setup, params)
     breakdown = {
         "gemm": ga * ms.gemm_s,
         "attention": ga * ms.attention_s,
         "memory_bound": ga * ms.memory_s,
         "recompute": ga * ms.recompute_s,
-        "host_overhead": ga * host_wait + params.step_overhead(setup.framework),
+        "host_overhead": ga * host_wait + zero3_hooks_s + params.step_overhead(setup.framework),
         "optimizer": t_opt,
         "communication": comm_s,
         "offload": offload_s,
@@ -246,6 +260,10 @@ def _assumptions(facts: ModelFacts, cluster: Cluster, setup: Setup, params: Spee
         f"{BASE_KERNELS_PER_BLOCK} kernels) overlapped with the GPU; {params.step_overhead(setup.framework) * 1e3:.0f} ms "
         "per optimizer step (S26)"
     )
+    if setup.zero == 3:
+        out.append(f"DeepSpeed ZeRO-3's module hooks: {params.zero3_block_host_s * 1e3:.1f} ms per block per micro-step"
+                   + (" (x1.5, recompute)" if setup.checkpointing == "full" else "")
+                   + ", not hidden under the GPU's queue: DeepSpeed waits on its fetch events (S26c)")
     units = fsdp1_units(facts, setup)
     if units:
         out.append(f"FSDP1: {units} units per micro-step (blocks, root"
@@ -287,7 +305,8 @@ def _assumptions(facts: ModelFacts, cluster: Cluster, setup: Setup, params: Spee
         )
     if setup.offload != "none":
         out.append(
-            f"PCIe {gpu.pcie_bandwidth_gb_s:g} GB/s per GPU at {params.pcie_efficiency:.0%}, copies not overlapped (S14)"
+            f"{'NVLink-C2C' if gpu.host_link == 'nvlink-c2c' else 'PCIe'} {gpu.pcie_bandwidth_gb_s:g} GB/s per GPU at "
+            f"{params.pcie_efficiency:.0%}, copies not overlapped (S14)"
         )
         out.append(
             f"host optimizer step: {optimizer_step_bytes_per_param(setup, on_gpu=False):g} B/param at "
