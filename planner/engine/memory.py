@@ -149,6 +149,23 @@ def _shard(n: float, sharded: bool, world: int) -> int:
     return int(n // world) if sharded else int(n)
 
 
+def deepspeed_grads_partitioned(setup: Setup) -> bool:
+    """Eq. M5d: whether DeepSpeed keeps only this rank's partition of the 16-bit gradients through backward.
+
+    ZeRO-2 and ZeRO-3 always do. ZeRO-1 does at ``grad_accum`` 1 with ``overlap_comm`` and ``contiguous_gradients``
+    (the configs ``plan configs`` writes; ``contiguous_gradients`` is DeepSpeed's default): at the accumulation
+    boundary ``process_gradients`` sends every gradient through ``reduce_independent_p_g_buckets_and_remove_grads``
+    as backward makes it, which copies it into the reduce bucket and points ``param.grad`` at the bucket
+    (``grad_reduc.data = new_grad_tensor...``), so the full-size gradient is freed and only the partition's are
+    copied on into ``grads_in_partition`` (deepspeed ``runtime/zero/stage_1_and_2.py``, HEAD edaa722 2026-08,
+    lines 1193-1253 and 1730-1769). Under accumulation the non-boundary micro-steps keep full gradients, and without
+    ``overlap_comm`` stage 1 reduces only after backward (``reduce_gradients``), so both keep them whole. Measured:
+    ETH LSAIE's Llama-3-8B on 4 GH200 at batch 1 x 2048, DeepSpeed 0.18, logged the same per-rank
+    ``max_memory_allocated`` under ZeRO-1 and ZeRO-2 (57.59-61.47 GB; profiles/evidence/lsaie-deepspeed-gh200-2025-12.yaml),
+    where full 16-bit gradients would add 12 GB on three of four ranks."""
+    return setup.zero >= 2 or (setup.zero == 1 and setup.grad_accum == 1)
+
+
 def model_states(facts: ModelFacts, cluster: Cluster, setup: Setup, rb: RecipeBytes) -> ModelStates:
     """Weights, gradients, master weights and optimizer states per GPU under the sharding (eq. M5).
 
@@ -158,8 +175,9 @@ def model_states(facts: ModelFacts, cluster: Cluster, setup: Setup, rb: RecipeBy
     .grad`` is built in ``step()`` and set to None after it), so DeepSpeed's static count equals ours at the
     optimizer peak. ZeRO-3 (``stage3.py``) keeps 16-bit param and gradient partitions, fp32 master and Adam
     (16 B/N) and converts a sub-group's gradients to fp32 at the step (+4 B/N): DeepSpeed's estimator's 18 B/N
-    lies between the two (documented difference, tested). ZeRO-1 keeps the full 16-bit gradients
-    (2 B) and shards the rest; ZeRO-0 with DeepSpeed's bf16 optimizer keeps all 20 B. FSDP (FSDP2, both
+    lies between the two (documented difference, tested). ZeRO-1 keeps the full 16-bit gradients (2 B) under
+    gradient accumulation and only its partition at ``grad_accum`` 1 (:func:`deepspeed_grads_partitioned`, eq. M5d),
+    and shards the rest; ZeRO-0 with DeepSpeed's bf16 optimizer keeps all 20 B. FSDP (FSDP2, both
     strategies) shards weights, gradients and states; shard-grad-op (``reshard_after_forward=False``) keeps
     the gathered compute-dtype copies from forward to backward, counted in comm buffers (eq. C4). DDP replicates everything. Optimizer offload moves fp32 grads,
     master and states to the host; parameter offload also the 16-bit weights (ZeRO-3 only).
@@ -209,7 +227,7 @@ def model_states(facts: ModelFacts, cluster: Cluster, setup: Setup, rb: RecipeBy
     grad32 = rb.grad32 * P_t
     grad16 = rb.grad16 * P_t
     if deepspeed:
-        g_gpu = _shard(grad16, shard_g, N)
+        g_gpu = _shard(grad16, deepspeed_grads_partitioned(setup), N)
         host_opt = 0
         if off_opt:
             host_opt = _shard(opt + master + grad32, True, N)

@@ -91,7 +91,9 @@ def test_recipe_dtypes():
     "kw, sharded",
     [
         (dict(zero=0), set()),
-        (dict(zero=1), {"optimizer_states", "master_weights", "grad_fp32", "optimizer_temp"}),
+        # ZeRO-1 at grad_accum 1 keeps only its gradient partition (eq. M5d); under accumulation the full gradients
+        (dict(zero=1), {"optimizer_states", "master_weights", "grad_fp32", "optimizer_temp", "gradients"}),
+        (dict(zero=1, grad_accum=2), {"optimizer_states", "master_weights", "grad_fp32", "optimizer_temp"}),
         (dict(zero=2), {"optimizer_states", "master_weights", "grad_fp32", "optimizer_temp", "gradients"}),
         (dict(zero=3), {"optimizer_states", "master_weights", "grad_fp32", "optimizer_temp", "ds_grad_partition",
                         "weights_trainable", "weights_frozen"}),

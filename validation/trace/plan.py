@@ -23,6 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from planner.engine.memory import deepspeed_grads_partitioned
 from planner.engine.setup import FLASH_KERNELS, Setup
 from profiles.cluster import Cluster
 from profiles.schema import ModelProfile
@@ -130,7 +131,8 @@ def shard_divisors(setup: Setup, world_size: int) -> tuple[dict[str, int], dict[
 
     Rules (ZeRO paper, Rajbhandari et al. 2020, sec. 5; DeepSpeed ``stage_1_and_2.py`` / ``stage3.py``; PyTorch
     FSDP ``ShardingStrategy``): ZeRO-1 partitions optimizer states, the fp32 master copy and the fp32 gradient
-    partition; ZeRO-2 also the 16-bit gradients; ZeRO-3 also the parameters (frozen ones too) and keeps its
+    partition, and at ``grad_accum`` 1 the 16-bit gradients too (``planner.engine.memory.deepspeed_grads_partitioned``,
+    eq. M5d); ZeRO-2 also the 16-bit gradients; ZeRO-3 also the parameters (frozen ones too) and keeps its
     16-bit gradients in a persistent partition (each full gradient is transient). FSDP is not divided: the
     trace runs it for real (validation/trace/fsdp.py). The optimizer step runs on the shard only, so its
     temporaries divide like its states. ``--offload optimizer`` moves states, master, fp32 gradients and the
@@ -143,8 +145,8 @@ def shard_divisors(setup: Setup, world_size: int) -> tuple[dict[str, int], dict[
     if stage >= 1:
         for k in ("optimizer_states", "master_weights", "grad_fp32", "optimizer_temp"):
             d[k] = n
-    if stage >= 2:
-        d["gradients"] = n
+    if stage >= 2 or (stage == 1 and deepspeed_grads_partitioned(setup)):
+        d["gradients"] = n  # ZeRO-1 at grad_accum 1 frees each full gradient into the reduce bucket (eq. M5d)
     if stage >= 3:
         d["weights_trainable"] = d["weights_frozen"] = n
         # stage3.py reduces each full 16-bit gradient into the persistent partition and frees it at once
