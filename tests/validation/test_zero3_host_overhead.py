@@ -51,3 +51,15 @@ def test_fsdp1_script_refuses_bad_arguments(tmp_path):
     p = subprocess.run([sys.executable, str(FSDP1_SCRIPT), "--blocks", "0"], capture_output=True, text=True,
                        cwd=tmp_path, timeout=60)
     assert p.returncode == 2 and "--blocks 0" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_s26c_prior_is_the_shipped_measurement():
+    """Eq. S26c's prior (params.py) is the ZeRO-3 minus ZeRO-2 host time per block this script measured and shipped,
+    so the two cannot drift apart."""
+    import json
+
+    from planner.engine.speed.params import SpeedParams
+
+    shipped = json.loads((ROOT / "benchmarks" / "results" / "zero3_host_overhead.json").read_text(encoding="utf-8"))
+    prior = SpeedParams.model_fields["zero3_block_host_s"].default
+    assert prior == pytest.approx(shipped["zero3_extra_s_per_block"], rel=0.01)
