@@ -20,11 +20,13 @@ ZeRO-Offload, i.e. ~6.5 s for 6.7B params x 30 B = ~31 GB/s; DeepSpeed issue #66
 offload 1.81 throughput, GA 8) implies ~11 GB/s. 25 GB/s sits between them; thread pinning
 (``--bind_cores_to_rank``, DeepSpeed PR #7474: 1.3x) and NUMA placement move it by 2x either way."""
 
-HOST_OPTIMIZER_PUBLISHED_GB_S = (11.0, 115.0)
+HOST_OPTIMIZER_PUBLISHED_GB_S = (11.0, 570.0)
 """The range of host optimizer throughputs (GB/s of optimizer bytes per node) that published ZeRO-Offload steps imply,
 for the explanation of eq. S15 (docs/speed.md S15): 11-13 GB/s from the 8xA800 runs of Zhang et al. 2023 and the
 chenyaofo gist, about 115 GB/s (at least 80) from ml-engineering's 8xH200 / 8xB200 runs (insights/when-to-upgrade-gpus
-at 2943345: 8.03B parameters x 30 B stepped within a 2.99 s step). The fitted value sits inside it; the host decides
+at 2943345: 8.03B parameters x 30 B stepped within a 2.99 s step), about 570 GB/s from ETH LSAIE's 4x GH200 node
+(four Grace CPUs, one per GPU over NVLink-C2C; profiles/evidence/lsaie-deepspeed-gh200-2025-12.yaml: 8.05B x 30 B in the
+0.42 s the offload added to a 0.56 s step). The fitted value sits inside it; the host decides
 where (threads per rank, DRAM), so a plan that offloads its optimizer names the range and the flag that replaces the
 fit (``--host-optimizer-gbs``)."""
 
