@@ -119,8 +119,8 @@ class SpeedParams(BaseModel):
         "events, so the hooks do not hide under the GPU's queue as launches do. Prior: 5.4 ms, ZeRO-3 against ZeRO-2 "
         "with DeepSpeed 0.19.8 on this project's 2-core CPU (benchmarks/evidence_scripts/zero3_host_overhead.py, "
         "benchmarks/results/zero3_host_overhead.json: Python and bookkeeping only, the CPU accelerator's events are "
-        "no-ops; errs low for a CUDA host); x1.5 under full checkpointing, whose recompute runs the forward hooks "
-        "again [assumption: forward and backward hooks cost alike]. Fitted where the training set has ZeRO-3 runs",
+        "no-ops; errs low for a CUDA host); x step.ZERO3_RECOMPUTE_HOOKS under full checkpointing, whose recompute "
+        "runs the forward hooks again. Fitted where the training set has ZeRO-3 runs",
     )
     link_efficiency: float = Field(
         0.80, gt=0, le=1,

@@ -64,15 +64,20 @@ DEEPSPEED_STAGE0_OVERLAP = 0.0
 finished (``allreduce_gradients`` in deepspeed/runtime/engine.py), so nothing hides it."""
 
 
+ZERO3_RECOMPUTE_HOOKS = 1.5
+"""Eq. S26c under full checkpointing: the recompute runs the forward's fetch hooks again, so a block's hooks cost 1.5x
+[assumption: forward and backward hooks cost alike; no published split]."""
+
+
 def zero3_hook_seconds(facts: ModelFacts, setup: Setup, params: SpeedParams) -> float:
     """Eq. S26c: host time DeepSpeed ZeRO-3's module hooks add to one micro-step, serialised with the GPU:
-    ``zero3_block_host_s`` per decoder block, x1.5 under full checkpointing (the recompute runs the forward's fetch
-    hooks again; forward and backward hooks assumed to cost alike). 0 for any other strategy. Source: the CPU
-    measurement behind the prior (``benchmarks/results/zero3_host_overhead.json``) and the ZeRO-3 runs of the corpus;
-    a block is priced alike whatever its parameter count (errs low for MoE blocks with one module per expert)."""
+    ``zero3_block_host_s`` per decoder block, x :data:`ZERO3_RECOMPUTE_HOOKS` under full checkpointing; 0 for any
+    other strategy. Source: the CPU measurement behind the prior (``benchmarks/results/zero3_host_overhead.json``)
+    and the ZeRO-3 runs of the corpus; a block is priced alike whatever its parameter count (errs low for MoE blocks
+    with one module per expert)."""
     if setup.zero != 3:
         return 0.0
-    recompute = 1.5 if setup.checkpointing == "full" else 1.0
+    recompute = ZERO3_RECOMPUTE_HOOKS if setup.checkpointing == "full" else 1.0
     return facts.model.num_layers * params.zero3_block_host_s * recompute
 
 
@@ -262,7 +267,7 @@ def _assumptions(facts: ModelFacts, cluster: Cluster, setup: Setup, params: Spee
     )
     if setup.zero == 3:
         out.append(f"DeepSpeed ZeRO-3's module hooks: {params.zero3_block_host_s * 1e3:.1f} ms per block per micro-step"
-                   + (" (x1.5, recompute)" if setup.checkpointing == "full" else "")
+                   + (f" (x{ZERO3_RECOMPUTE_HOOKS:g}, recompute)" if setup.checkpointing == "full" else "")
                    + ", not hidden under the GPU's queue: DeepSpeed waits on its fetch events (S26c)")
     units = fsdp1_units(facts, setup)
     if units:
