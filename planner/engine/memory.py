@@ -161,8 +161,8 @@ def deepspeed_grads_partitioned(setup: Setup) -> bool:
     lines 1193-1253 and 1730-1769). Under accumulation the non-boundary micro-steps keep full gradients, and without
     ``overlap_comm`` stage 1 reduces only after backward (``reduce_gradients``), so both keep them whole. Measured:
     ETH LSAIE's Llama-3-8B on 4 GH200 at batch 1 x 2048, DeepSpeed 0.18, logged the same per-rank
-    ``max_memory_allocated`` under ZeRO-1 and ZeRO-2 (57.59-61.47 GB; profiles/evidence/lsaie-deepspeed-gh200-2025-12.yaml),
-    where full 16-bit gradients would add 12 GB on three of four ranks."""
+    ``max_memory_allocated`` under ZeRO-1 and ZeRO-2 (57.59-61.47 GB;
+    profiles/evidence/lsaie-deepspeed-gh200-2025-12.yaml), where full 16-bit gradients would add 12 GB."""
     return setup.zero >= 2 or (setup.zero == 1 and setup.grad_accum == 1)
 
 
