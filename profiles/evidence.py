@@ -150,6 +150,9 @@ class Source(_Frozen):
     framework: Framework
     framework_version: str | None = None
     notes: str = Field(min_length=10, description="how the table was made and what it reports, from the source")
+    setup_defaults: dict[str, Any] = Field(
+        default_factory=dict, description="setup keys every record of the source shares unless it sets its own: what "
+        "the source's software does, such as loss_shift_copy for transformers before 4.49 (say why in notes)")
 
     @model_validator(mode="after")
     def _check(self) -> "Source":
@@ -275,6 +278,11 @@ class EvidenceRecord(_Frozen):
     @property
     def framework(self) -> str:
         return self.record.framework or self.source.framework
+
+    @property
+    def setup(self) -> dict[str, Any]:
+        """The record's setup keys over its source's ``setup_defaults``."""
+        return {**self.source.setup_defaults, **self.record.setup}
 
 
 def _first_error(e: ValidationError) -> str:

@@ -116,7 +116,7 @@ class Corpus:
 def _fields(rec: EvidenceRecord) -> tuple[dict[str, Any], list[str]]:
     """The Setup fields a record describes, and notes on the mapping. Raises ValueError (with the reason)
     when the record uses a technique the engine cannot model yet."""
-    raw: dict[str, Any] = dict(rec.record.setup)
+    raw: dict[str, Any] = rec.setup
     for key, what in NOT_MODELLED.items():
         if key in raw and raw[key] not in (None, NEUTRAL.get(key, None)):
             raise ValueError(f"uses {what} ({key}: {raw[key]}), not modelled yet")

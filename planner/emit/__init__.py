@@ -33,14 +33,24 @@ __all__ = ["TRAINERS", "Bundle", "Candidate", "NotExpressible", "Target", "build
            "emit_trainer", "refusal", "trainers_for"]
 
 
+def _refuse_unwritten(trainer: str, setup: Setup) -> None:
+    """The setups tuneplan models for estimates but writes for no trainer."""
+    if setup.fsdp is not None and setup.fsdp_version == 1:
+        raise NotExpressible(trainer, "tuneplan writes FSDP2 configs only (accelerate fsdp_version 2, torchtune, "
+                             "torchtitan); --fsdp-version 1 is modelled for estimates of FSDP1 runs: drop it to get configs")
+    if setup.fused_kernels and setup.kernel_library == "unsloth":
+        raise NotExpressible(trainer, "--fused-kernels unsloth models Unsloth's kernels as fms-acceleration's FOAK "
+                             "plugin installs them, and tuneplan writes no fms-hf-tuning config: re-plan with "
+                             "--fused-kernels liger to get configs")
+
+
 def check_trainer(trainer: str, job: Job) -> None:
     """Raise :class:`NotExpressible` unless ``trainer`` runs ``job``'s setup as planned: each trainer's own
     ``check`` (the emitter calls the same function before it writes anything). ``--fsdp-version 1`` (FSDP1, which
     tuneplan models to explain runs of older accelerate and Lightning) is written by none: every trainer's config
-    here is FSDP2's."""
-    if job.setup.fsdp is not None and job.setup.fsdp_version == 1:
-        raise NotExpressible(trainer, "tuneplan writes FSDP2 configs only (accelerate fsdp_version 2, torchtune, "
-                             "torchtitan); --fsdp-version 1 is modelled for estimates of FSDP1 runs: drop it to get configs")
+    here is FSDP2's; Unsloth's kernels (``--fused-kernels unsloth``) are modelled for fms-acceleration's runs, whose
+    trainer tuneplan does not write."""
+    _refuse_unwritten(trainer, job.setup)
     if trainer in accelerate.TRAINER_OF:
         accelerate.check(job, trainer)
     elif trainer == "llamafactory":
@@ -72,6 +82,7 @@ def refusal(choice: str, model: ModelProfile, cluster: Cluster, setup: Setup) ->
 
 def emit_trainer(t: Target, trainer: str) -> Emitted:
     """One trainer's files; :class:`NotExpressible` when it cannot run the plan."""
+    _refuse_unwritten(trainer, t.setup)
     if trainer in accelerate.TRAINER_OF:
         return accelerate.emit(t, trainer)
     if trainer == "llamafactory":

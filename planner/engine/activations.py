@@ -102,8 +102,36 @@ def sdpa_window_mask(model: ModelProfile, setup: Setup) -> bool:
 def _liger_norm_saved(h: int, rb: RecipeBytes) -> dict[str, int]:
     """Eq. A10b: what Liger's fused RMSNorm saves: its input in the residual stream's dtype and one fp32 reciprocal
     RMS per row (``LigerRMSNormFunction.forward``: ``ctx.save_for_backward(X, W, RSTD)``, linkedin/Liger-Kernel
-    ``src/liger_kernel/ops/rms_norm.py``); the output is computed in one kernel and not saved."""
+    ``src/liger_kernel/ops/rms_norm.py``); the output is computed in one kernel and not saved. Unsloth's
+    ``Fast_RMS_Layernorm`` (eq. A10c; fms-acceleration at 24bdadb, ``kernels/unsloth/rms_layernorm.py``:
+    ``ctx.save_for_backward(X, W, r)``, ``r`` fp32 per row) saves the same."""
     return {"norm_input": rb.residual * h, "norm_rsqrt": 4}
+
+
+FUSED_LORA_MLP = frozenset({"gate_proj", "up_proj", "down_proj"})
+"""The projections Unsloth's ``LoRA_MLP`` needs LoRA on, all three, before fms-acceleration's ``llama-mlp`` /
+``mistral-mlp`` rule swaps the MLP for it (``trigger_fused_ops``: every submodule must be a LoRA layer)."""
+
+
+def fused_swiglu(setup: Setup, lora_targets: frozenset[str] | set[str]) -> bool:
+    """Eq. A10c: whether the MLP's SwiGLU runs as one fused kernel that saves only the gate and up outputs (no SiLU
+    output; one MLP-width gradient at a time in backward, eq. A10b).
+
+    Liger (``--fused-kernels liger``): always, with ``LigerSwiGLUMLP``. Unsloth's kernels as fms-acceleration's FOAK
+    plugin installs them (``--fused-kernels unsloth``; foundation-model-stack/fms-acceleration at 24bdadb,
+    ``plugins/fused-ops-and-kernels/src/fms_acceleration_foak/framework_plugin_fast_kernels.py`` and
+    ``models/llama.py``): only inside the fused LoRA MLP (``fused_ops/unsloth_lora/bnb/fast_lora.py``
+    ``LoRA_MLP``, which saves ``X``, ``e`` and ``g`` and recomputes ``silu(e) * g`` in backward), and the plugin
+    installs fused LoRA only on a quantised base (``omitted.add("fused_lora")`` when the model has no
+    ``quantization_method``) and only when gate, up and down all carry LoRA. Elsewhere the MLP is transformers'
+    eager one. Measured: the plugin's FOAK rows save what the loss and norms explain and no SwiGLU share
+    (docs/memory.md eq. A10c). Unsloth's own trainer also fuses the MLP of 16-bit LoRA, which this does not
+    model (errs high there)."""
+    if not setup.fused_kernels:
+        return False
+    if setup.kernel_library == "liger":
+        return True
+    return setup.method == "qlora" and FUSED_LORA_MLP <= set(lora_targets)
 
 
 def _norm_saved(h: int, rb: RecipeBytes, weight_trains: bool, fp32_output: bool = False) -> dict[str, int]:
@@ -140,6 +168,7 @@ def _layer_inventory(facts: ModelFacts, setup: Setup, rb: RecipeBytes, trains_la
     lora = setup.trains_adapters
     lt = facts.lora
     targets, experts_lora = set(lt.modules), lt.experts
+    swiglu_fused = fused_swiglu(setup, targets)
     items: dict[str, int] = {}
     per_seq = 0
     mask_seq = 0
@@ -237,7 +266,7 @@ def _layer_inventory(facts: ModelFacts, setup: Setup, rb: RecipeBytes, trains_la
             linear_input(nm, h, prefix + "mlp_in")
         if model.gated:
             add(prefix + "gate_out", int(c * width * copies))
-            if not setup.fused_kernels:  # Liger's fused SwiGLU / GeGLU saves the gate and up outputs only (A10b)
+            if not swiglu_fused:  # a fused SwiGLU / GeGLU saves the gate and up outputs only (A10b, A10c)
                 add(prefix + "act_out", int(c * width * copies))
             add(prefix + "up_out", int(c * width * copies))
         else:
@@ -304,7 +333,7 @@ def _layer_inventory(facts: ModelFacts, setup: Setup, rb: RecipeBytes, trains_la
     eager_scores = per_seq - mask_seq  # the eager score terms; SDPA's window mask (eq. A4b) has no transients
     bwd_seq = 5 * model.num_heads if eager_scores else 0
     fwd_seq = 3 * model.num_heads if eager_scores else 0
-    fused_mlp = setup.fused_kernels and model.gated and model.moe is None
+    fused_mlp = swiglu_fused and model.gated and model.moe is None
     return LayerInventory(
         per_token, per_seq, transient, items, forward_per_token_per_seq=fwd_seq, backward_per_token_per_seq=bwd_seq,
         per_layer=per_layer, backward_per_layer=backward_per_layer, mlp_grad_copies=1 if fused_mlp else 3,

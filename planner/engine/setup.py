@@ -89,6 +89,12 @@ FLASH_KERNEL_ARCH: dict[str, str] = {"fa3": "hopper", "fa4": "blackwell"}
 HF_ATTN_IMPLEMENTATION: dict[str, str] = {"sdpa": "sdpa", "flash": "flash_attention_2", "fa3": "flash_attention_3",
                                           "fa4": "flash_attention_4", "eager": "eager"}
 """Attention choice -> transformers' ``attn_implementation`` (configs and ``plan validate``)."""
+KernelLibrary = Literal["liger", "unsloth"]
+KERNEL_LIBRARIES: dict[str, str] = {
+    "liger": "Liger Kernel: fused RMSNorm, SwiGLU and RoPE (LLaMA-Factory enable_liger_kernel, HF use_liger_kernel)",
+    "unsloth": "Unsloth's kernels as fms-acceleration's FOAK plugin installs them: RMSNorm, RoPE, a cross-entropy "
+    "whose backward runs in place, and on a quantised base fused LoRA (SwiGLU fused when gate, up and down carry LoRA)",
+}
 Loss = Literal["plain", "chunked", "liger"]
 LOSSES: dict[str, str] = {
     "plain": "HF default: full logits, upcast to fp32, cross-entropy and its gradient",
@@ -194,7 +200,17 @@ class Setup(BaseModel):
     async_tp: bool = Field(False, description="torchtitan asynchronous TP: collectives overlapped with the matmuls (needs compile)")
     fused_kernels: bool = Field(
         False, description="fused Triton kernels for RMSNorm, SwiGLU and RoPE (Liger Kernel; LLaMA-Factory "
-        "enable_liger_kernel patches these together with the fused linear cross-entropy)"
+        "enable_liger_kernel patches these together with the fused linear cross-entropy); kernel_library says whose"
+    )
+    loss_shift_copy: bool = Field(
+        False, description="the plain loss of transformers before 4.49: ForCausalLMLoss (or the model's own forward) "
+        "makes a contiguous fp32 copy of the shifted logits, 4 B per logit more at the loss's forward (docs/memory.md "
+        "eq. L1b); for estimates of runs on those versions (the evidence corpus), no flag"
+    )
+    kernel_library: KernelLibrary = Field(
+        "liger", description="whose fused kernels fused_kernels turns on: liger (RMSNorm, SwiGLU, RoPE) or unsloth "
+        "(Unsloth's RMSNorm, RoPE and cross-entropy kernels as fms-acceleration's FOAK plugin installs them; SwiGLU "
+        "only inside its fused LoRA MLP on a quantised base): docs/memory.md eq. A10c"
     )
     framework: Framework = Field("hf", description="the software that runs the plan (speed: per-step and per-layer overhead)")
     padding_efficiency: float = Field(
@@ -314,7 +330,15 @@ class Setup(BaseModel):
             out.append(f"{self.lisa_layers} layers")
         if self.activation_offload:
             out.append("activation offload" if short else "act-off")
+        if short and self.fused_kernels and not self._liger_patch:
+            out.append(f"{self.kernel_library.capitalize()} kernels")
         return out
+
+    @property
+    def _liger_patch(self) -> bool:
+        """Liger's kernels with its fused linear cross-entropy: what LLaMA-Factory's ``enable_liger_kernel`` patches
+        together (one label)."""
+        return self.fused_kernels and self.kernel_library == "liger" and self.loss == "liger"
 
     @property
     def torch_adamw_on_gpu(self) -> bool:
@@ -338,7 +362,9 @@ class Setup(BaseModel):
         parts.append(f"mb {self.micro_batch} x ga {self.grad_accum}")
         parts.append(self.optimizer + (" foreach" if self.foreach_adamw else ""))
         parts += self._extra_parts(short=True)
-        if self.loss != "plain":
+        if self._liger_patch:
+            parts.append("Liger kernels + loss")
+        elif self.loss != "plain":
             parts.append(f"{self.loss} loss")
         return " · ".join(parts)
 

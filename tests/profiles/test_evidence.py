@@ -111,7 +111,7 @@ def test_mappable_record_resolves_and_validates(rec: ev.EvidenceRecord):
     r = rec.record
     model = get_model(r.model)
     cluster = parse_cluster(r.gpus)
-    plain = {k: v for k, v in r.setup.items() if k in SETUP_FIELDS}
+    plain = {k: v for k, v in rec.setup.items() if k in SETUP_FIELDS}
     reserved_values = {
         k for k, v in plain.items() if isinstance(v, str) and v in ev.RESERVED_SETUP_VALUES.get(k, {})
     }
@@ -200,6 +200,19 @@ def test_ooms_and_speedups_the_issues_name_are_present():
     seed = [r for r in RECORDS if r.source.id == "zhang2023-dissecting"]
     assert {r.record.setup.get("zero") for r in seed} >= {0, 2, 3}
     assert any(i.startswith("torchtune-readme-2024-11/") for i in ids)
+
+
+def test_source_setup_defaults_are_setup_fields_that_records_can_override():
+    sources = {r.source.id: r.source for r in RECORDS}
+    with_defaults = [s for s in sources.values() if s.setup_defaults]
+    assert with_defaults, "the transformers < 4.49 sources carry loss_shift_copy (docs/memory.md eq. L1b)"
+    for s in with_defaults:
+        assert set(s.setup_defaults) <= SETUP_FIELDS, s.id
+    rec = next(r for r in RECORDS if r.source.setup_defaults)
+    assert rec.setup == {**rec.source.setup_defaults, **rec.record.setup}
+    key = next(iter(rec.source.setup_defaults))
+    own = rec.model_copy(update={"record": rec.record.model_copy(update={"setup": {**rec.record.setup, key: "x"}})})
+    assert own.setup[key] == "x"  # the record's own value wins
 
 
 def test_loader_errors_are_one_line(tmp_path: Path):

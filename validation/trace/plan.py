@@ -204,11 +204,22 @@ def plan_trace(model: ModelProfile, cluster: Cluster, setup: Setup, adam_impl: A
             "Liger fused linear cross-entropy", "chunked cross-entropy (8 chunks, torchtune style)",
             "Triton kernels; Liger also never keeps a logits chunk for backward, so this errs high"))
 
-    if setup.fused_kernels:
+    if setup.fused_kernels and setup.kernel_library == "liger":
         subs.append(Substitution(
             "Liger's fused RMSNorm / SwiGLU / RoPE", "transformers' eager RMSNorm, SwiGLU and RoPE",
             "Triton kernels; they save less (the norm input and one fp32 value per row, no SiLU output: docs/memory.md "
             "eq. A10b), so the trace errs high against the engine here"))
+    elif setup.fused_kernels:
+        subs.append(Substitution(
+            "Unsloth's RMSNorm / RoPE / cross-entropy (fms-acceleration FOAK)", "transformers' eager ops and loss",
+            "Triton kernels; the norms save less and the loss's backward runs in place (docs/memory.md eq. A10c, L5), "
+            "so the trace errs high against the engine here"))
+    if setup.loss_shift_copy:
+        subs.append(Substitution(
+            "transformers before 4.49 (a contiguous fp32 copy of the shifted logits)",
+            "the installed transformers' loss",
+            "the installed version shifts the labels instead; the trace errs low by 4 B per logit at the loss's "
+            "forward (docs/memory.md eq. L1b)"))
 
     method = setup.method
     qlora = method == "qlora"

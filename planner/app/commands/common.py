@@ -17,7 +17,8 @@ from planner.engine.evaluate import DEFAULT_HEADROOM, check_efficiency, check_he
 from planner.engine.rules import check_used, validate_setup
 from planner.engine.speed.compute import FOREACH_ADAMW_PASSES, FUSED_ADAMW_PASSES
 from planner.engine.setup import (
-    Attention, Checkpointing, Fp8, Framework, Loss, Method, Optimizer, OptimizerKernel, Recipe, Setup, default_recipe,
+    Attention, Checkpointing, Fp8, Framework, KernelLibrary, Loss, Method, Optimizer, OptimizerKernel, Recipe, Setup,
+    default_recipe,
 )
 from profiles.errors import InputError
 from profiles.cluster import Cluster, parse_cluster
@@ -139,8 +140,10 @@ def add_setup_args(parser: argparse.ArgumentParser, search: bool = False) -> Non
     g.add_argument("--activation-offload", action="store_true",
                    help="offload checkpointed block inputs to CPU (needs --checkpointing full)")
     g.add_argument("--compile", action="store_true", help="torch.compile the model (fused elementwise kernels)")
-    g.add_argument("--fused-kernels", action="store_true",
-                   help="Liger / Triton fused RMSNorm, SwiGLU and RoPE (LLaMA-Factory enable_liger_kernel)")
+    g.add_argument("--fused-kernels", nargs="?", const="liger", default=None, choices=get_args(KernelLibrary),
+                   metavar="LIB", help="fused Triton kernels: liger (the default; RMSNorm, SwiGLU and RoPE, "
+                   "LLaMA-Factory enable_liger_kernel) or unsloth (RMSNorm, RoPE and an in-place cross-entropy, "
+                   "fms-acceleration's FOAK; SwiGLU only in its fused QLoRA MLP)")
     g.add_argument("--framework", choices=get_args(Framework), default=default(d.framework),
                    help="the trainer that runs the plan (its per-step overhead; megatron: Transformer Engine's fused "
                    "attention on Hopper+)" + dflt(d.framework))
@@ -232,7 +235,8 @@ def setup_from_args(args: argparse.Namespace, cluster: Cluster, model: ModelProf
         lora_train_lm_head=args.lora_train_lm_head, freeze_layers=args.freeze_layers,
         double_quant=args.double_quant, optimizer_in_backward=args.optimizer_in_backward,
         activation_offload=args.activation_offload, compile=args.compile, allow_long_seq=args.allow_long_seq,
-        fused_kernels=args.fused_kernels, framework=args.framework, padding_efficiency=args.padding_efficiency,
+        fused_kernels=bool(args.fused_kernels), kernel_library=args.fused_kernels or "liger", framework=args.framework,
+        padding_efficiency=args.padding_efficiency,
         galore_rank=args.galore_rank, galore_layerwise=args.galore_layerwise, badam=args.badam,
         lisa_layers=args.lisa_layers, fp8=args.fp8, tp=args.tp, cp=args.cp, async_tp=args.async_tp,
     )
@@ -373,10 +377,12 @@ def fixed_from_args(args: argparse.Namespace) -> dict:
         if v is not None:
             fixed[name] = v
     for flag in ("dora", "lora_train_embeddings", "lora_train_lm_head", "optimizer_in_backward",
-                 "activation_offload", "compile", "fused_kernels", "allow_long_seq", "galore_layerwise", "badam",
-                 "async_tp"):
+                 "activation_offload", "compile", "allow_long_seq", "galore_layerwise", "badam", "async_tp"):
         if getattr(args, flag, False):
             fixed[flag] = True
+    if getattr(args, "fused_kernels", None):
+        fixed["fused_kernels"] = True
+        fixed["kernel_library"] = args.fused_kernels
     if args.activation_offload:
         fixed.setdefault("checkpointing", "full")
     if args.optimizer_in_backward or getattr(args, "galore_layerwise", False):
