@@ -60,7 +60,8 @@ def not_runnable_reason(spec: RunSpec) -> str | None:
     s, dev = spec.setup, spec.device
     unbuilt = [name for name, on in (("GaLore", s.galore_rank is not None), ("BAdam", s.badam),
                                      ("LISA", s.lisa_layers is not None), (f"FP8 {s.fp8}", s.fp8 != "none"),
-                                     ("tensor parallelism", s.tp > 1), ("context parallelism", s.cp > 1)) if on]
+                                     ("tensor parallelism", s.tp > 1), ("context parallelism", s.cp > 1),
+                                     ("Unsloth's kernels", s.fused_kernels and s.kernel_library == "unsloth")) if on]
     if unbuilt:
         return (f"plan validate does not build {', '.join(unbuilt)} runs yet (the engine models them; measure with "
                 "the trainer the configs target)")
@@ -73,6 +74,8 @@ def not_runnable_reason(spec: RunSpec) -> str | None:
         needs_cuda.append(FLASH_KERNELS[s.attention])
     if s.loss == "liger":
         needs_cuda.append("Liger fused cross-entropy (Triton)")
+    if s.fused_kernels:
+        needs_cuda.append("Liger's fused RMSNorm / SwiGLU / RoPE (Triton)")
     if s.offload != "none":
         needs_cuda.append(f"--offload {s.offload} (DeepSpeed CPU offload of GPU memory)")
     if s.activation_offload:
@@ -88,7 +91,7 @@ def not_runnable_reason(spec: RunSpec) -> str | None:
         missing.append("flash-attn 3 (flash_attn_interface, built from flash-attention's hopper/)")
     if s.attention == "fa4" and not _has("flash_attn.cute"):
         missing.append("flash-attn 4 (flash_attn.cute)")
-    if s.loss == "liger" and not _has("liger_kernel"):
+    if (s.loss == "liger" or s.fused_kernels) and not _has("liger_kernel"):
         missing.append("liger-kernel")
     if uses_deepspeed(s) and not _has("deepspeed"):
         missing.append("deepspeed")
@@ -396,11 +399,15 @@ def build(spec: RunSpec, device: str, ds_config: dict[str, Any] | None = None) -
     impl["weights"] = f"{'random (from config)' if not spec.weights else spec.weights}, {str(weight_dtype)[6:]}"
     impl["checkpointing"] = apply_checkpointing(net, s)
     net = apply_method(net, spec, dt)
-    if s.loss == "liger":
+    if s.loss == "liger" or s.fused_kernels:
         from liger_kernel.transformers import _apply_liger_kernel_to_instance
 
         base = net.get_base_model() if hasattr(net, "get_base_model") else net
-        _apply_liger_kernel_to_instance(model=base)
+        # exactly the kernels the setup names: the fused norms / SwiGLU / RoPE with --fused-kernels (eq. A10b), the
+        # fused linear cross-entropy with --loss liger (eq. L3); each model type's patch function takes these names
+        fk = s.fused_kernels
+        _apply_liger_kernel_to_instance(model=base, rope=fk, rms_norm=fk, swiglu=fk, cross_entropy=False,
+                                        fused_linear_cross_entropy=s.loss == "liger")
     if s.compile:
         net = torch.compile(net)  # type: ignore[assignment]
         impl["compile"] = "torch.compile (default mode)"

@@ -212,6 +212,9 @@ def test_not_runnable_reasons():
     assert "QLoRA (bitsandbytes NF4 kernels) needs a CUDA device" in reason(method="qlora")
     assert "FlashAttention-2" in reason(attention="flash")
     assert "needs a CUDA device" in reason(loss="liger")
+    assert "Liger's fused RMSNorm / SwiGLU / RoPE (Triton) needs a CUDA device" in reason(fused_kernels=True)
+    # the engine models Unsloth's kernels for fms-acceleration's runs (eq. A10c); validate builds Liger's only
+    assert "does not build Unsloth's kernels" in reason(fused_kernels=True, kernel_library="unsloth")
     assert reason(method="lora", dora=True) is None
 
 
