@@ -320,7 +320,7 @@ def _layer_inventory(facts: ModelFacts, setup: Setup, rb: RecipeBytes, trains_la
         for k in items:
             if k not in before:
                 items[k] = int(items[k] * moe_frac)
-        transient = c * max(model.intermediate_size * dense_frac, e.expert_intermediate_size * e.experts_per_token)
+        transient = c * max(model.intermediate_size * dense_frac, routed_working_width(model, setup))
         if experts_lora:
             merged, merged_grad = expert_lora_merged_bytes(model, lt, c)
             per_layer, backward_per_layer = int(merged * moe_frac), merged_grad
@@ -363,6 +363,22 @@ def compiled_recomputed_items(items: dict[str, int], rb: RecipeBytes) -> list[st
     scores and MoE routing are left as they are (not measured)."""
     del rb  # the norm copies depend on it; kept in the signature for when they are applied
     return [k for k in items if k in COMPILE_RECOMPUTED_ACTIVATIONS]
+
+
+def routed_working_width(model: ModelProfile, setup: Setup) -> float:
+    """Eq. A7c: the expert-MLP width per token of a MoE block's working set (the gate / up outputs in forward, the
+    MLP gradients in backward, eq. A9). transformers 5 runs the routed experts at once (``grouped_mm``: every routed
+    token's ``f``-wide intermediates together, ``f·k`` per token). transformers 4 looped over the experts in Python
+    (``MixtralSparseMoeBlock.forward`` in the 4.48.1 and 4.57.6 wheels: ``for expert_idx in ...``,
+    ``index_add_``), so its forward and backward hold one expert's tokens at a time, ``T·k/E`` on average:
+    ``f·k/E`` per token (``setup.moe_expert_loop``). The saved tensors are the same either way (A7). Errs low by the
+    busiest expert's excess over the mean share. Measured: fms-acceleration's Mixtral-8x7B QLoRA on A100s
+    (transformers 4.48.1): with the grouped working set its eight rows erred +4.6 to +15.7 % (the FOAK run on one GPU
+    at 32,768 tokens 6.5 GiB high), with the loop's -0.9 to +4.5 % (docs/memory.md A7c)."""
+    e = model.moe
+    assert e is not None
+    width = e.expert_intermediate_size * e.experts_per_token
+    return width / e.num_experts if setup.moe_expert_loop else width
 
 
 def expert_compute_bytes(rb: RecipeBytes, trains_layer: bool) -> int:

@@ -207,6 +207,12 @@ class Setup(BaseModel):
         "makes a contiguous fp32 copy of the shifted logits, 4 B per logit more at the loss's forward (docs/memory.md "
         "eq. L1b); for estimates of runs on those versions (the evidence corpus), no flag"
     )
+    moe_expert_loop: bool = Field(
+        False, description="a MoE block's routed experts run one at a time in a Python loop, as transformers before "
+        "5.0 ran them (MixtralSparseMoeBlock, Qwen3MoeSparseMoeBlock): the experts' working set is one expert's share "
+        "of the routed tokens (docs/memory.md eq. A7c); for estimates of runs on those versions (the evidence corpus), "
+        "no flag"
+    )
     kernel_library: KernelLibrary = Field(
         "liger", description="whose fused kernels fused_kernels turns on: liger (RMSNorm, SwiGLU, RoPE) or unsloth "
         "(Unsloth's RMSNorm, RoPE and cross-entropy kernels as fms-acceleration's FOAK plugin installs them; SwiGLU "

@@ -214,6 +214,11 @@ def plan_trace(model: ModelProfile, cluster: Cluster, setup: Setup, adam_impl: A
             "Unsloth's RMSNorm / RoPE / cross-entropy (fms-acceleration FOAK)", "transformers' eager ops and loss",
             "Triton kernels; the norms save less and the loss's backward runs in place (docs/memory.md eq. A10c, L5), "
             "so the trace errs high against the engine here"))
+    if setup.moe_expert_loop and model.moe is not None:
+        subs.append(Substitution(
+            "transformers before 5.0 (a MoE block's experts in a Python loop)", "the installed transformers' experts",
+            "the loop holds one expert's tokens at a time in the block's working set (docs/memory.md eq. A7c); the "
+            "trace runs the installed experts implementation and errs high against the engine here"))
     if setup.loss_shift_copy:
         subs.append(Substitution(
             "transformers before 4.49 (a contiguous fp32 copy of the shifted logits)",
