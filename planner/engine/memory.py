@@ -370,10 +370,10 @@ def unsloth_logits_loss_bytes(vocab: int, compute: int, tokens: int) -> LogitsBy
     fp32 log-sum-exp per row and saves its fp32 input, the shifted copy (4V). Backward writes the gradient into that
     saved tensor in place (``return logits, None, None``) instead of allocating it; the slice's backward then makes
     the full-shape fp32 gradient (4V) beside it, and the upcast's backward casts that to ``c*V``: 8V at the peak
-    against eq. L1's 12V. Per token 4V less at the loss's backward; measured: fms-acceleration's A100 rows, FOAK
-    against the same run without it on one GPU, where the peak is the loss's backward (Mistral-7B LoRA 2.08 GiB at
-    16,384 tokens, 4.15 GiB at 32,768: 4.26V per token, of which the fused norms explain 0.26V). Errs low by the row
-    statistics only."""
+    against eq. L1's 12V. No log-softmax output either: against transformers 4.48's plain loss (L1b, ``(c + 12)V``)
+    4V less at the forward peak too. Measured: fms-acceleration's A100 rows, FOAK against the same run without it on
+    one GPU, where the peak is the loss (Mistral-7B LoRA 2.08 GiB at 16,384 tokens, 4.15 GiB at 32,768: 4.26V per
+    token, of which the fused norms explain 0.26V). Errs low by the row statistics only."""
     V, c, T = vocab, compute, tokens
     return LogitsBytes(T * (c * V + 8 * V), T * 4 * V, T * 8 * V)
 
