@@ -153,3 +153,52 @@ def test_the_expert_loop_matches_fms_accelerations_mixtral_rows():
                           explain=False).memory.allocated_peak_bytes for loop in (False, True)}
     assert est[False] / measured - 1 > 0.12
     assert abs(est[True] / measured - 1) < 0.05
+
+
+# ---- properties over models and setups: each term moves the phases only where and the way it says ---------------
+
+PHASE_CASES = [
+    ("llama3.1-8b", "lora", "hf-amp", None, "full", 1, "1xH100"),
+    ("llama3.1-8b", "full", "deepspeed-bf16", None, "none", 2, "8xH100"),
+    ("qwen2.5-7b", "qlora", "hf-amp", "full-shard", "full", 4, "2xA100-80G"),
+    ("mistral-7b-v0.1", "lora", "bf16", None, "none", 1, "1xA100-80G"),
+    ("mixtral-8x7b", "qlora", "hf-amp", "full-shard", "full", 2, "2xA100-80G"),
+    ("qwen3-30b-a3b", "full", "deepspeed-bf16", None, "full", 1, "8xH100"),
+]
+
+
+def _phases(name, method, recipe, fsdp, ckpt, mb, gpus, **kw):
+    setup = Setup(method=method, recipe=recipe, fsdp=fsdp, zero=3 if recipe.startswith("deepspeed") else 0,
+                  checkpointing=ckpt, micro_batch=mb, seq_len=2048, **kw)
+    return evaluate(get_model(name), parse_cluster(gpus), setup, explain=False).memory.phase_tensors
+
+
+@pytest.mark.parametrize("case", PHASE_CASES, ids=lambda c: f"{c[0]}-{c[1]}-{c[6]}")
+def test_the_shift_copy_grows_the_forward_peak_only(case):
+    a, b = _phases(*case), _phases(*case, loss_shift_copy=True)
+    assert b["forward_peak"] >= a["forward_peak"]
+    assert all(b[p] == a[p] for p in ("after_load", "backward_peak", "optimizer_peak"))
+
+
+@pytest.mark.parametrize("case", PHASE_CASES, ids=lambda c: f"{c[0]}-{c[1]}-{c[6]}")
+def test_the_expert_loop_never_holds_more_and_changes_only_moe_models(case):
+    a, b = _phases(*case), _phases(*case, moe_expert_loop=True)
+    assert all(b[p] <= a[p] for p in a)
+    if get_model(case[0]).moe is None:
+        assert a == b
+
+
+@pytest.mark.parametrize("case", PHASE_CASES, ids=lambda c: f"{c[0]}-{c[1]}-{c[6]}")
+def test_unsloth_kernels_never_hold_more_than_eager_nor_less_than_liger_in_the_blocks(case):
+    """Unsloth's set is Liger's norms with an eager MLP (unless its fused QLoRA MLP runs) and an in-place loss
+    backward: no phase above the eager run's; its block inventory between Liger's and eager's."""
+    eager = _phases(*case)
+    unsloth = _phases(*case, fused_kernels=True, kernel_library="unsloth")
+    assert all(unsloth[p] <= eager[p] for p in eager)
+    assert unsloth["after_load"] == eager["after_load"]
+    name, method, recipe = case[:3]
+    base = Setup(method=method, recipe=recipe)
+    per_token = {lib: _inv(base.model_copy(update={"fused_kernels": lib is not None,
+                                                   "kernel_library": lib or "liger"}), name).per_token
+                 for lib in (None, "liger", "unsloth")}
+    assert per_token["liger"] <= per_token["unsloth"] <= per_token[None]
