@@ -312,6 +312,7 @@ MAMF_RATIO = {  # MLE "Maximum Achievable Matmul FLOPS", BF16 share of peak (sha
     "H200 141GB SXM": 0.803,
     "B200 180GB": 0.776,
     "GH200 96GB": 0.838,  # 828.6 of 989, measured on the 900 W HBM3e module
+    "GB200 186GB": 0.729,  # 1822.0 of 2500 (stas00/ml-engineering compute/accelerator/README.md at 744d01e1)
     "MI300X 192GB": 0.514,
 }
 
@@ -328,8 +329,10 @@ def test_gpu_defaults_are_consistent(g: GpuProfile):
     if g.host_link == "pcie":
         assert g.pcie_bandwidth_gb_s == {3: 12, 4: 25, 5: 50}[g.pcie_gen]
         assert (g.host_ram_gib_per_node, g.typical_gpus_per_node) in {(1024, 8), (512, 8), (128, 4)}
-    else:  # a Grace superchip: NVLink-C2C per direction, four 120 GB Grace CPUs per node (gh200-96g.yaml's sources)
-        assert (g.pcie_bandwidth_gb_s, g.host_ram_gib_per_node, g.typical_gpus_per_node) == (450, 480, 4)
+    else:  # a Grace superchip: NVLink-C2C 450 GB/s per direction, four GPUs per node (gh200-96g.yaml's and
+        # gb200-186g.yaml's sources): GH200 one 120 GB Grace per GPU, GB200 one 480 GB Grace per two GPUs
+        grace_gib = {"GH200 96GB": 480, "GB200 186GB": 960}[g.name]
+        assert (g.pcie_bandwidth_gb_s, g.host_ram_gib_per_node, g.typical_gpus_per_node) == (450, grace_gib, 4)
     if g.interconnect == "pcie":
         assert g.intra_node_bandwidth_gb_s == g.pcie_bandwidth_gb_s
     if g.bf16_tflops is None:
@@ -342,6 +345,7 @@ def test_bandwidths_are_one_direction():
     assert get_gpu("a800").intra_node_bandwidth_gb_s == 200
     assert get_gpu("h800").intra_node_bandwidth_gb_s == 200
     assert get_gpu("b200").intra_node_bandwidth_gb_s == 900
+    assert get_gpu("gb200").intra_node_bandwidth_gb_s == 900
     assert get_gpu("a100").intra_node_bandwidth_gb_s == 300
 
 
