@@ -141,7 +141,7 @@ def memory_section(rep, prior: dict[str, float], seconds: float) -> str:  # noqa
                   "| record (unknown kind) | measured GiB | estimated allocated GiB | error as allocated % | "
                   "estimated reserved GiB | error as reserved % (counted) |", "|---|---:|---:|---:|---:|---:|"]
         for r in unknown:
-            f = rep.held_out.get(r.source, rep.fit)
+            f = rep.terms(r)[0]
             lines.append(f"| {r.id}{'' if r.fit else ' (anomaly)'} | {_gib(r.measured_bytes)} | {_gib(r.allocated)} | "
                          f"{_pct(r.allocated / r.measured_bytes - 1)} | {_gib(r.reserved(f))} | "
                          f"{_pct(r.reserved(f) / r.measured_bytes - 1)} |")
@@ -207,7 +207,7 @@ def memory_section(rep, prior: dict[str, float], seconds: float) -> str:  # noqa
               "|---|---|---|---:|---:|---:|---|---|"]
     for r in bad:
         lines.append(f"| {r.id} | {r.kind} | {'yes' if r.fit else 'no: anomaly'} | {_gib(r.measured_bytes)} | "
-                     f"{_gib(r.figure(rep.held_out.get(r.source, rep.fit)))} | "
+                     f"{_gib(rep.figure(r))} | "
                      f"{_pct(rep.error(r))} | {r.label} | {'; '.join(r.notes).replace('|', '/') or '-'} |")
 
     # OOMs
@@ -251,10 +251,9 @@ def memory_section(rep, prior: dict[str, float], seconds: float) -> str:  # noqa
               "|---|---|---|---:|---:|---:|---|---|"]
     fig_rows = [r for c in RESERVED_FITTED if c not in paired for r in figure_fit_rows(rep.rows, c)]
     for r in sorted((r for r in rep.rows if r.measured_bytes), key=lambda r: rep.error(r)):
-        f = rep.held_out.get(r.source, rep.fit)
         fitted = "fits the term" if (r.measured_gap_bytes is not None and r.fit) else (
             "anomaly: not fitted" if not r.fit else "fits its class (held out)" if r in fig_rows else "-")
-        lines.append(f"| {r.id} | {r.kind} | {r.frag_class} | {_gib(r.measured_bytes)} | {_gib(r.figure(f))} | "
+        lines.append(f"| {r.id} | {r.kind} | {r.frag_class} | {_gib(r.measured_bytes)} | {_gib(rep.figure(r))} | "
                      f"{_pct(rep.error(r))} | {fitted} | {r.label} |")
     if rep.refused:
         lines += ["", f"### Records the engine refuses ({len(rep.refused)})", "", "| record | why |", "|---|---|"]
@@ -292,7 +291,7 @@ def main(argv: list[str] | None = None) -> int:
                                             "generated": str(_dt.date.today())}, indent=1) + "\n")
     # every record's figure, for the report's picture (benchmarks/accuracy_figures.py)
     rows = [{"id": r.id, "source": r.source, "kind": r.kind, "counted": r.fit, "measured_bytes": r.measured_bytes,
-             "estimated_bytes": r.figure(rep.held_out.get(r.source, rep.fit)), "error": rep.error(r)}
+             "estimated_bytes": rep.figure(r), "error": rep.error(r)}
             for r in rep.rows if r.measured_bytes]
     atomic_write_text(ROWS_FILE, json.dumps({"generated": str(_dt.date.today()), "rows": rows}, indent=1) + "\n")
     from planner.app.track_record import write_track_record_block

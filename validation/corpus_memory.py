@@ -206,6 +206,10 @@ class MemoryReport:
             return self.fit, self.stranded
         return self.held_out.get(row.source, self.fit), self.stranded_held_out.get(row.source, self.stranded)
 
+    def figure(self, row: MemoryRow, held_out: bool = True) -> int:
+        """The engine's figure of the kind the row's source measured, with the fractions :meth:`terms` gives."""
+        return row.figure(self.terms(row, held_out)[0])
+
     def error(self, row: MemoryRow, held_out: bool = True) -> float | None:
         """The row's signed relative error; held out: with the fractions fitted without its source."""
         return row.rel_error(self.terms(row, held_out)[0])

@@ -60,6 +60,14 @@ def test_leave_one_source_out_never_sees_the_source(monkeypatch):
     # held-out errors are real errors: source a predicted at b's fraction misses its gaps
     assert all(rep.error(r) == 0 for r in rows)  # allocated figures involve no fitted term
     assert all(abs(r.gap_error(rep.held_out[r.source])) > 0 for r in rows)
+    # a reserved figure is computed with the fraction fitted without its source (b's 0.4 for a's row, a's 0.2 for b's),
+    # in sample with the all-source fit
+    import dataclasses
+
+    for row, other, own in ((rows[0], 0.4, 0.2), (rows[-1], 0.2, 0.4)):  # whichever the all-source fit is
+        res = dataclasses.replace(row, kind="reserved")
+        assert rep.figure(res) == res.reserved({"static": other}) != res.reserved({"static": own})
+        assert rep.figure(res, held_out=False) == res.reserved(rep.fit)
 
 
 def test_every_memory_record_is_evaluated_or_refused_with_a_reason():
