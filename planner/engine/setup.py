@@ -91,10 +91,11 @@ HF_ATTN_IMPLEMENTATION: dict[str, str] = {"sdpa": "sdpa", "flash": "flash_attent
 """Attention choice -> transformers' ``attn_implementation`` (configs and ``plan validate``)."""
 KernelLibrary = Literal["liger", "unsloth"]
 KERNEL_LIBRARIES: dict[str, str] = {
-    "liger": "Liger Kernel: fused RMSNorm, SwiGLU and RoPE (LLaMA-Factory enable_liger_kernel, HF use_liger_kernel)",
-    "unsloth": "Unsloth's kernels as fms-acceleration's FOAK plugin installs them: RMSNorm, RoPE, a cross-entropy "
-    "whose backward runs in place, and on a quantised base fused LoRA (SwiGLU fused when gate, up and down carry LoRA)",
+    "liger": "Liger Kernel's RMSNorm, SwiGLU and RoPE (LLaMA-Factory enable_liger_kernel, HF use_liger_kernel)",
+    "unsloth": "Unsloth's RMSNorm, RoPE and a cross-entropy whose backward runs in place, as fms-acceleration's FOAK "
+    "plugin installs them (SwiGLU fused only in its fused LoRA MLP: a quantised base with LoRA on gate, up and down)",
 }
+"""``--fused-kernels`` library -> what it fuses (the flag's help; docs/memory.md eq. A10b, A10c)."""
 Loss = Literal["plain", "chunked", "liger"]
 LOSSES: dict[str, str] = {
     "plain": "HF default: full logits, upcast to fp32, cross-entropy and its gradient",
@@ -214,9 +215,8 @@ class Setup(BaseModel):
         "no flag"
     )
     kernel_library: KernelLibrary = Field(
-        "liger", description="whose fused kernels fused_kernels turns on: liger (RMSNorm, SwiGLU, RoPE) or unsloth "
-        "(Unsloth's RMSNorm, RoPE and cross-entropy kernels as fms-acceleration's FOAK plugin installs them; SwiGLU "
-        "only inside its fused LoRA MLP on a quantised base): docs/memory.md eq. A10c"
+        "liger", description="whose fused kernels fused_kernels turns on (KERNEL_LIBRARIES says what each fuses; "
+        "docs/memory.md eq. A10b, A10c)"
     )
     framework: Framework = Field("hf", description="the software that runs the plan (speed: per-step and per-layer overhead)")
     padding_efficiency: float = Field(

@@ -17,8 +17,8 @@ from planner.engine.evaluate import DEFAULT_HEADROOM, check_efficiency, check_he
 from planner.engine.rules import check_used, validate_setup
 from planner.engine.speed.compute import FOREACH_ADAMW_PASSES, FUSED_ADAMW_PASSES
 from planner.engine.setup import (
-    Attention, Checkpointing, Fp8, Framework, KernelLibrary, Loss, Method, Optimizer, OptimizerKernel, Recipe, Setup,
-    default_recipe,
+    KERNEL_LIBRARIES, Attention, Checkpointing, Fp8, Framework, KernelLibrary, Loss, Method, Optimizer, OptimizerKernel,
+    Recipe, Setup, default_recipe,
 )
 from profiles.errors import InputError
 from profiles.cluster import Cluster, parse_cluster
@@ -141,9 +141,8 @@ def add_setup_args(parser: argparse.ArgumentParser, search: bool = False) -> Non
                    help="offload checkpointed block inputs to CPU (needs --checkpointing full)")
     g.add_argument("--compile", action="store_true", help="torch.compile the model (fused elementwise kernels)")
     g.add_argument("--fused-kernels", nargs="?", const="liger", default=None, choices=get_args(KernelLibrary),
-                   metavar="LIB", help="fused Triton kernels: liger (the default; RMSNorm, SwiGLU and RoPE, "
-                   "LLaMA-Factory enable_liger_kernel) or unsloth (RMSNorm, RoPE and an in-place cross-entropy, "
-                   "fms-acceleration's FOAK; SwiGLU only in its fused QLoRA MLP)")
+                   metavar="LIB", help="fused Triton kernels, by library (a bare --fused-kernels is liger): "
+                   + "; ".join(f"{k}: {v}" for k, v in KERNEL_LIBRARIES.items()))
     g.add_argument("--framework", choices=get_args(Framework), default=default(d.framework),
                    help="the trainer that runs the plan (its per-step overhead; megatron: Transformer Engine's fused "
                    "attention on Hopper+)" + dflt(d.framework))

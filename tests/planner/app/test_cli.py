@@ -57,6 +57,11 @@ BAD = [
      "plan estimate: error: argument --optimizer-kernel: invalid choice: 'fast'"),
     (["estimate", "--model", "llama3-8b", "--gpus", "H100", "--optimizer", "sgd", "--optimizer-kernel", "foreach"],
      "plan estimate: error: --optimizer-kernel is not used: it applies to torch's AdamW stepping on the GPU"),
+    (["estimate", "--model", "llama3-8b", "--gpus", "H100", "--fused-kernels", "foak"],
+     "plan estimate: error: argument --fused-kernels: invalid choice: 'foak' (choose from 'liger', 'unsloth')"),
+    (["configs", "--model", "llama3-8b", "--gpus", "8xA100", "--fused-kernels", "unsloth", "--out", "/nonexistent/x"],
+     "plan configs: error: no searched setup passes --trainer all on 8xA100 80GB SXM: no trainer can express this "
+     "plan: --fused-kernels unsloth models Unsloth's kernels"),
 ]
 
 
@@ -119,9 +124,10 @@ def test_estimate_says_out_of_memory_through_fragmentation(capsys):
 
 
 def test_estimate_calls_a_fit_inside_the_default_headroom_tight(capsys):
-    """fms-acceleration's fused-kernel Llama-2-70B QLoRA at micro-batch 4 on 2xA100 80GB went out of memory
-    (profiles/evidence/fms-acceleration-bench-a100-2025-02.yaml); the engine's peak is capped at the card. A fit
-    with less left than the default headroom says so, and names the cap and the retry floor; a roomy fit does not."""
+    """fms-acceleration's Llama-2-70B QLoRA at micro-batch 4 on 2xA100 80GB, with Liger's kernels here: the engine's
+    peak is capped at the card (the published run used FOAK's kernels, with which the engine calls it out of memory,
+    as it went: eq. A10c, profiles/evidence/fms-acceleration-bench-a100-2025-02.yaml). A fit with less left than the
+    default headroom says so, and names the cap and the retry floor; a roomy fit does not."""
     argv = ["estimate", "--model", "llama-2-70b", "--gpus", "2xA100-80G", "--method", "qlora", "--lora-rank", "16",
             "--lora-targets", "q_proj,k_proj,v_proj,o_proj", "--fsdp", "full-shard", "--fsdp-version", "1",
             "--checkpointing", "full", "--attention", "flash", "--micro-batch", "4", "--seq", "4096", "--packing",
@@ -135,6 +141,23 @@ def test_estimate_calls_a_fit_inside_the_default_headroom_tight(capsys):
     code, out, _ = run(["estimate", "--model", "llama-2-70b", "--gpus", "2xA100-80G", "--method", "qlora",
                         "--fsdp", "full-shard", "--checkpointing", "full", "--micro-batch", "1", "--seq", "2048"], capsys)
     assert code == 0 and "tight:" not in out
+
+
+@pytest.mark.parametrize("flag, library", [(["--fused-kernels"], "liger"), (["--fused-kernels", "liger"], "liger"),
+                                           (["--fused-kernels", "unsloth"], "unsloth")])
+def test_fused_kernels_names_its_library(flag, library, capsys):
+    """A bare --fused-kernels is Liger's set (LLaMA-Factory's enable_liger_kernel); a value names the library
+    (docs/memory.md eq. A10b, A10c), and plan's search keeps it fixed."""
+    base = ["--model", "llama3-8b", "--gpus", "1xA100-80G", "--method", "lora", "--json"]
+    code, out, _ = run(["estimate", *base, *flag], capsys)
+    setup = json.loads(out)["setup"]
+    assert code == 0 and setup["fused_kernels"] is True and setup["kernel_library"] == library
+    code, out, _ = run([*base, *flag], capsys)
+    plans = json.loads(out)["plans"]
+    assert code == 0 and plans and all(p["setup"]["kernel_library"] == library and p["setup"]["fused_kernels"]
+                                       for p in plans)
+    code, out, _ = run(["estimate", *base], capsys)
+    assert json.loads(out)["setup"]["fused_kernels"] is False
 
 
 def test_nothing_fits_exits_1_with_suggestions(capsys):
