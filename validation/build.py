@@ -61,7 +61,7 @@ def not_runnable_reason(spec: RunSpec) -> str | None:
     unbuilt = [name for name, on in (("GaLore", s.galore_rank is not None), ("BAdam", s.badam),
                                      ("LISA", s.lisa_layers is not None), (f"FP8 {s.fp8}", s.fp8 != "none"),
                                      ("tensor parallelism", s.tp > 1), ("context parallelism", s.cp > 1),
-                                     ("Unsloth's kernels", s.fused_kernels and s.kernel_library == "unsloth")) if on]
+                                     ("Unsloth's kernels", s.fused_library == "unsloth")) if on]
     if unbuilt:
         return (f"plan validate does not build {', '.join(unbuilt)} runs yet (the engine models them; measure with "
                 "the trainer the configs target)")

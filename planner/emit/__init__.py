@@ -38,7 +38,7 @@ def _refuse_unwritten(trainer: str, setup: Setup) -> None:
     if setup.fsdp is not None and setup.fsdp_version == 1:
         raise NotExpressible(trainer, "tuneplan writes FSDP2 configs only (accelerate fsdp_version 2, torchtune, "
                              "torchtitan); --fsdp-version 1 is modelled for estimates of FSDP1 runs: drop it to get configs")
-    if setup.fused_kernels and setup.kernel_library == "unsloth":
+    if setup.fused_library == "unsloth":
         raise NotExpressible(trainer, "--fused-kernels unsloth models Unsloth's kernels as fms-acceleration's FOAK "
                              "plugin installs them, and tuneplan writes no fms-hf-tuning config: re-plan with "
                              "--fused-kernels liger to get configs")

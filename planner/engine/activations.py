@@ -127,11 +127,9 @@ def fused_swiglu(setup: Setup, lora_targets: frozenset[str] | set[str]) -> bool:
     eager one. Measured: the plugin's FOAK rows save what the loss and norms explain and no SwiGLU share
     (docs/memory.md eq. A10c). Unsloth's own trainer also fuses the MLP of 16-bit LoRA, which this does not
     model (errs high there)."""
-    if not setup.fused_kernels:
-        return False
-    if setup.kernel_library == "liger":
+    if setup.fused_library == "liger":
         return True
-    return setup.method == "qlora" and FUSED_LORA_MLP <= set(lora_targets)
+    return setup.fused_library == "unsloth" and setup.method == "qlora" and FUSED_LORA_MLP <= set(lora_targets)
 
 
 def _norm_saved(h: int, rb: RecipeBytes, weight_trains: bool, fp32_output: bool = False) -> dict[str, int]:

@@ -357,7 +357,7 @@ def shift_copy_bytes(vocab: int, tokens: int, setup: Setup) -> int:
 def unsloth_loss(setup: Setup) -> bool:
     """Whether the loss is Unsloth's cross-entropy kernel (eq. L5): ``--fused-kernels unsloth`` with the plain loss,
     eager (fms-acceleration's ``fast_loss: True`` swaps transformers' ``ForCausalLMLoss`` for it)."""
-    return (setup.fused_kernels and setup.kernel_library == "unsloth" and setup.loss == "plain"
+    return (setup.fused_library == "unsloth" and setup.loss == "plain"
             and not (setup.compile and setup.compile_loss))
 
 

@@ -336,15 +336,20 @@ class Setup(BaseModel):
             out.append(f"{self.lisa_layers} layers")
         if self.activation_offload:
             out.append("activation offload" if short else "act-off")
-        if short and self.fused_kernels and not self._liger_patch:
-            out.append(f"{self.kernel_library.capitalize()} kernels")
+        if short and self.fused_library and not self._liger_patch:
+            out.append(f"{self.fused_library.capitalize()} kernels")
         return out
+
+    @property
+    def fused_library(self) -> KernelLibrary | None:
+        """Whose fused kernels run: ``kernel_library`` when ``fused_kernels``, else None (the one reading of the pair)."""
+        return self.kernel_library if self.fused_kernels else None
 
     @property
     def _liger_patch(self) -> bool:
         """Liger's kernels with its fused linear cross-entropy: what LLaMA-Factory's ``enable_liger_kernel`` patches
         together (one label)."""
-        return self.fused_kernels and self.kernel_library == "liger" and self.loss == "liger"
+        return self.fused_library == "liger" and self.loss == "liger"
 
     @property
     def torch_adamw_on_gpu(self) -> bool:

@@ -204,12 +204,12 @@ def plan_trace(model: ModelProfile, cluster: Cluster, setup: Setup, adam_impl: A
             "Liger fused linear cross-entropy", "chunked cross-entropy (8 chunks, torchtune style)",
             "Triton kernels; Liger also never keeps a logits chunk for backward, so this errs high"))
 
-    if setup.fused_kernels and setup.kernel_library == "liger":
+    if setup.fused_library == "liger":
         subs.append(Substitution(
             "Liger's fused RMSNorm / SwiGLU / RoPE", "transformers' eager RMSNorm, SwiGLU and RoPE",
             "Triton kernels; they save less (the norm input and one fp32 value per row, no SiLU output: docs/memory.md "
             "eq. A10b), so the trace errs high against the engine here"))
-    elif setup.fused_kernels:
+    elif setup.fused_library == "unsloth":
         subs.append(Substitution(
             "Unsloth's RMSNorm / RoPE / cross-entropy (fms-acceleration FOAK)", "transformers' eager ops and loss",
             "Triton kernels; the norms save less and the loss's backward runs in place (docs/memory.md eq. A10c, L5), "
