@@ -342,7 +342,7 @@ class Setup(BaseModel):
 
     @property
     def fused_library(self) -> KernelLibrary | None:
-        """Whose fused kernels run: ``kernel_library`` when ``fused_kernels``, else None (the one reading of the pair)."""
+        """Whose fused kernels run: ``kernel_library`` when ``fused_kernels``, else None (the pair's one reading)."""
         return self.kernel_library if self.fused_kernels else None
 
     @property
