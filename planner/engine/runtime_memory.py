@@ -54,8 +54,8 @@ allocator (``getNewWorkspace``), so they are part of ``max_memory_allocated``.""
 
 COMPUTE_CAPABILITY: dict[str, tuple[int, int]] = {
     "A100": (8, 0), "A800": (8, 0), "H100": (9, 0), "H800": (9, 0), "H20": (9, 0), "H200": (9, 0), "GH200": (9, 0),
-    "B200": (10, 0), "GB200": (10, 0), "RTX 3090": (8, 6), "RTX 4090": (8, 9), "RTX 5090": (12, 0), "RTX 6000 Ada": (8, 9),
-    "RTX A6000": (8, 6), "L20": (8, 9), "L40S": (8, 9), "L4": (8, 9), "T4": (7, 5), "V100": (7, 0),
+    "B200": (10, 0), "GB200": (10, 0), "RTX 3090": (8, 6), "RTX 4090": (8, 9), "RTX 5090": (12, 0),
+    "RTX 6000 Ada": (8, 9), "RTX A6000": (8, 6), "L20": (8, 9), "L40S": (8, 9), "L4": (8, 9), "T4": (7, 5), "V100": (7, 0),
 }
 """GPU name prefix -> CUDA compute capability (NVIDIA's CUDA GPUs table, developer.nvidia.com/cuda-gpus)."""
 

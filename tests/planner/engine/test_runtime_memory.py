@@ -279,3 +279,14 @@ def test_fsdp2_fragments_no_more_than_the_record_stream_class():
     from planner.engine.runtime_memory import FRAGMENTATION
 
     assert FRAGMENTATION["fsdp2"] <= FRAGMENTATION["sharded"]
+
+
+def test_every_nvidia_part_of_the_catalogue_has_a_compute_capability():
+    """cuBLAS's workspaces are sized by compute capability (eq. R2): an NVIDIA part the prefix table misses would get
+    none at all, as a non-NVIDIA part does. The Grace superchips match their own prefixes (GB200 is not 'B200')."""
+    from planner.engine.runtime_memory import compute_capability
+    from profiles.registry import all_gpus
+
+    for g in all_gpus():
+        assert (compute_capability(g.name) is not None) == (g.vendor == "nvidia"), g.name
+    assert compute_capability("GB200 186GB") == (10, 0) and compute_capability("GH200 96GB") == (9, 0)
