@@ -19,7 +19,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from profiles.errors import InputError
+from profiles.errors import InputError, validation_message
 from profiles.registry import get_model, local_model_dir
 from profiles.schema import ModelProfile
 
@@ -53,7 +53,7 @@ class PlanFile:
             return ModelProfile.model_validate(self.model_profile)
         except ValidationError as e:
             raise PlanFileError(
-                f"plan file {self.path}: invalid model_profile ({str(e).splitlines()[-1].strip()})"
+                f"plan file {self.path}: invalid model_profile ({validation_message(e)})"
             ) from None
 
 

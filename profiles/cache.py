@@ -28,7 +28,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from profiles.atomic import write_atomic as _write_atomic
-from profiles.errors import ProfileError
+from profiles.errors import ProfileError, validation_message
 from profiles.schema import ModelProfile
 
 # PyYAML is imported where YAML is written or parsed: ``plan`` reads what it parsed before from the JSON cache of
@@ -123,9 +123,7 @@ def load_file(path: Path) -> ModelProfile:
     try:
         return ModelProfile.model_validate(data)
     except ValidationError as e:
-        err = e.errors()[0]
-        where = ".".join(str(x) for x in err.get("loc", ())) or "profile"
-        raise ProfileError(f"{path}: {where}: {err['msg']} (re-derive it with plan profiles add)") from e
+        raise ProfileError(f"{path}: {validation_message(e, 'profile')} (re-derive it with plan profiles add)") from e
 
 
 @functools.cache

@@ -41,6 +41,23 @@ def unknown_choice_message(what: str, value: str, valid: Iterable[str]) -> str:
     return f"unknown {what} {value!r}{hint} (valid: {', '.join(valid)})"
 
 
+def validation_message(e: Exception, default: str = "value") -> str:
+    """A pydantic ``ValidationError`` in one line that names the field, what is wrong and the value given:
+    ``kernel_library: Input should be 'liger' or 'unsloth' (got 'foak')`` (and how many more errors there are).
+    ``str(e)``'s last line is pydantic's documentation link, which names none of them. ``default`` names a
+    location-less error. Any other exception: its first line."""
+    errors = getattr(e, "errors", None)
+    errs = errors() if callable(errors) else []
+    if not errs:
+        return (str(e).strip().splitlines() or [type(e).__name__])[0]
+    first = errs[0]
+    where = ".".join(str(x) for x in first.get("loc", ())) or default
+    value = first.get("input")
+    got = f" (got {value!r})" if isinstance(value, (str, int, float, bool)) and len(repr(value)) <= 60 else ""
+    more = f" (and {len(errs) - 1} more)" if len(errs) > 1 else ""
+    return f"{where}: {first.get('msg', 'invalid')}{got}{more}"
+
+
 def unknown_name_message(kind: str, name: str, candidates: Iterable[str], list_cmd: str) -> str:
     """``unknown model 'x'; did you mean 'a', 'b'? (list all: plan profiles models)``."""
     close = did_you_mean(name, candidates)

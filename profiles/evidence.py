@@ -27,7 +27,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from profiles.errors import ProfileError
+from profiles.errors import ProfileError, validation_message
 
 EVIDENCE_DIR = Path(__file__).resolve().parent / "evidence"
 _Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
@@ -285,12 +285,6 @@ class EvidenceRecord(_Frozen):
         return {**self.source.setup_defaults, **self.record.setup}
 
 
-def _first_error(e: ValidationError) -> str:
-    err = e.errors()[0]
-    loc = ".".join(str(x) for x in err["loc"])
-    return f"{loc}: {err['msg']}" if loc else err["msg"]
-
-
 def load_source_file(path: Path) -> SourceFile:
     """Load and validate one evidence file; :class:`EvidenceError` (one line) if it is malformed."""
     try:
@@ -303,7 +297,7 @@ def load_source_file(path: Path) -> SourceFile:
     try:
         sf = SourceFile.model_validate(data)
     except ValidationError as e:
-        raise EvidenceError(f"evidence file {path.name}: {_first_error(e)}") from e
+        raise EvidenceError(f"evidence file {path.name}: {validation_message(e)}") from e
     if sf.source.id != path.stem:
         raise EvidenceError(f"evidence file {path.name}: source.id {sf.source.id!r} differs from the file stem")
     return sf

@@ -35,7 +35,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from profiles.errors import ProfileError
+from profiles.errors import ProfileError, validation_message
 from profiles.schema import MLA, ModelProfile, MoE
 
 TRANSFORMERS_VERSION_OF_TABLES = "5.24.0"
@@ -599,9 +599,7 @@ def profile_from_hf_config(
     try:
         return ModelProfile(name=name, source=source, hf_id=hf_id, model_type=t, **fields)
     except ValidationError as e:
-        err = e.errors()[0]
-        where = ".".join(str(x) for x in err.get("loc", ())) or "config"
-        raise ProfileError(f"{source}: {where}: {err['msg']}") from e
+        raise ProfileError(f"{source}: {validation_message(e, 'config')}") from e
 
 
 # ----------------------------------------------------------------------------------------------------------------

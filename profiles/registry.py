@@ -19,7 +19,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from profiles.errors import ProfileError, unknown_name_message
+from profiles.errors import ProfileError, unknown_name_message, validation_message
 from profiles.cache import parse_dir, parse_file, read_yaml
 from profiles.schema import GpuProfile, ModelProfile
 
@@ -203,17 +203,6 @@ def local_model_dir(model: ModelProfile) -> str | None:
         return None
     p = Path(model.source)
     return str(p.parent) if p.is_absolute() and p.suffix == ".json" else None
-
-
-def validation_message(e: ValidationError) -> str:
-    """pydantic's first error in one line: ``num_layers: Field required`` (and how many more there are)."""
-    errs = e.errors()
-    if not errs:
-        return str(e).splitlines()[0]
-    first = errs[0]
-    where = ".".join(str(x) for x in first.get("loc", ())) or "value"
-    more = f" (and {len(errs) - 1} more)" if len(errs) > 1 else ""
-    return f"{where}: {first.get('msg', 'invalid')}{more}"
 
 
 def read_model_profile(path: str | Path) -> ModelProfile:

@@ -17,7 +17,7 @@ from typing import Any
 
 from planner.engine.setup import Setup, SetupError
 from profiles.cluster import Cluster, parse_cluster
-from profiles.errors import InputError
+from profiles.errors import InputError, validation_message
 from profiles.evidence import EvidenceRecord, Memory, corpus_records, memory_bytes, throughput_tokens_per_s
 from profiles.registry import get_model
 from profiles.schema import ModelProfile
@@ -140,8 +140,7 @@ def _make(fields: dict[str, Any]) -> Setup:
     try:
         return Setup(**fields)
     except (SetupError, ValueError) as e:
-        msg = str(e).splitlines()[-1].strip() if "\n" in str(e) else str(e)
-        raise ValueError(f"setup does not validate: {msg}") from None
+        raise ValueError(f"setup does not validate: {validation_message(e)}") from None
 
 
 def speed_setup(rec: EvidenceRecord) -> tuple[Setup, tuple[str, ...], bool]:

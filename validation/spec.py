@@ -27,7 +27,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from profiles.errors import InputError
+from profiles.errors import InputError, validation_message
 from planner.engine.rules import validate_setup
 from planner.engine.setup import Setup
 from profiles.cluster import Cluster, make_cluster, parse_cluster
@@ -123,7 +123,7 @@ def make_setup(fields: dict[str, Any], cluster: Cluster, where: str = "") -> Set
     try:
         return Setup(**f)
     except ValidationError as e:
-        raise SpecError(f"{where}invalid setup: {str(e).splitlines()[-1].strip()}") from None
+        raise SpecError(f"{where}invalid setup: {validation_message(e)}") from None
 
 
 def cluster_from(gpus: str, host_ram_gib: float | None = None, inter_node_gb_s: float | None = None) -> Cluster:
@@ -160,7 +160,7 @@ def spec_from_mapping(entry: dict[str, Any], defaults: dict[str, Any], index: in
     try:
         spec = RunSpec(label=str(label), model=model, cluster=cluster, setup=setup, **kw)
     except ValidationError as e:
-        raise SpecError(f"{where}{str(e).splitlines()[-1].strip()}") from None
+        raise SpecError(f"{where}{validation_message(e)}") from None
     try:
         return check(spec)
     except ValueError as e:

@@ -33,7 +33,7 @@ from planner.engine.setup import Setup, SetupError
 from planner.search.recipes import candidate_families as recipe_families
 from planner.units import gib
 from profiles.cluster import Cluster, make_cluster
-from profiles.errors import InputError, unknown_choice_message
+from profiles.errors import InputError, unknown_choice_message, validation_message
 from profiles.schema import ModelProfile
 
 Objective = Literal["throughput", "cost", "memory"]
@@ -243,7 +243,7 @@ def _try_micro_batch(model: ModelProfile, cluster: Cluster, request: SearchReque
     except SetupError as e:
         return _Outcome("error", reason=str(e))
     except ValueError as e:
-        return _Outcome("error", reason=str(e).splitlines()[-1])
+        return _Outcome("error", reason=validation_message(e))
     why = request.admit(setup) if request.admit is not None else None
     if why is not None:  # a possible setup the caller cannot use; the micro-batch does not change that
         return _Outcome("excluded", setup, plan, why)

@@ -20,7 +20,7 @@ from planner.engine.setup import (
     KERNEL_LIBRARIES, Attention, Checkpointing, Fp8, Framework, KernelLibrary, Loss, Method, Optimizer, OptimizerKernel,
     Recipe, Setup, default_recipe,
 )
-from profiles.errors import InputError
+from profiles.errors import InputError, validation_message
 from profiles.cluster import Cluster, parse_cluster
 from profiles.registry import get_model
 from profiles.schema import ModelProfile
@@ -244,7 +244,7 @@ def setup_from_args(args: argparse.Namespace, cluster: Cluster, model: ModelProf
     try:
         setup = Setup(**fields)
     except Exception as e:  # pydantic ValidationError -> one line
-        raise CliError(f"invalid setup: {str(e).splitlines()[-1].strip()}") from None
+        raise CliError(f"invalid setup: {validation_message(e)}") from None
     if model is not None:
         validate_setup(setup, model, cluster)
     check_used([setup], explicit_setup_fields(args))  # the one rule for flags the setup ignores
@@ -276,7 +276,7 @@ def setup_with_overrides(base: dict[str, Any], args: argparse.Namespace, cluster
     try:
         setup = Setup(**fields)
     except Exception as e:  # pydantic ValidationError -> one line
-        raise CliError(f"{where}invalid setup: {str(e).splitlines()[-1].strip()}") from None
+        raise CliError(f"{where}invalid setup: {validation_message(e)}") from None
     validate_setup(setup, model, cluster)
     check_used([setup], given)
     return setup

@@ -163,6 +163,24 @@ def test_plan_file_with_a_broken_cluster(tmp_path, capsys):
         _one_line(code, out, err, f"plan {argv[0]}: error: ", "needs gpu (a name), gpus_per_node and nodes")
 
 
+def test_plan_file_or_matrix_with_a_bad_setup_value_names_it(tmp_path, capsys):
+    """pydantic's last line is a documentation link that names nothing: the message names the field, what is
+    valid and the value given (profiles.errors.validation_message)."""
+    code, out, _ = run(["estimate", "--model", "llama3-8b", "--gpus", "h100", "--method", "lora", "--json"], capsys)
+    assert code == 0
+    plan = json.loads(out)
+    plan["setup"]["kernel_library"] = "foak"
+    f = tmp_path / "p.json"
+    f.write_text(json.dumps(plan))
+    want = "kernel_library: Input should be 'liger' or 'unsloth' (got 'foak')"
+    code, out, err = run(["configs", "--plan", str(f), "--out", str(tmp_path / "o")], capsys)
+    _one_line(code, out, err, "plan configs: error: ", f"--plan {f}: invalid setup: {want}")
+    m = tmp_path / "m.yaml"
+    m.write_text("runs:\n  - model: llama3-8b\n    gpus: H100\n    kernel_library: foak\n")
+    code, out, err = run(["validate", "--matrix", str(m), "--dry-run", "--out", str(tmp_path / "v")], capsys)
+    _one_line(code, out, err, "plan validate: error: ", f"run 1 (llama3-8b): invalid setup: {want}")
+
+
 def test_fixed_grad_accum_keeps_the_global_batch(capsys):
     """--grad-accum alone used to be combined with every micro-batch, so the plans ran global batches of 48 or
     96 under a note that said 64."""
