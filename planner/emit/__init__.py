@@ -126,7 +126,8 @@ def build_files(t: Target, trainers: list[str]) -> Bundle:
     if not emitted:
         if len(refused) == 1:
             raise refused[0]
-        raise NotExpressible(", ".join(r.trainer for r in refused), "; ".join(r.reason for r in refused))
+        # one reason that holds for every trainer (e.g. --fused-kernels unsloth) is said once
+        raise NotExpressible(", ".join(r.trainer for r in refused), "; ".join(dict.fromkeys(r.reason for r in refused)))
     files: dict[str, str] = {}
     for e in emitted:
         for rel, text in e.files.items():

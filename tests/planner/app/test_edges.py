@@ -181,6 +181,18 @@ def test_plan_file_or_matrix_with_a_bad_setup_value_names_it(tmp_path, capsys):
     _one_line(code, out, err, "plan validate: error: ", f"run 1 (llama3-8b): invalid setup: {want}")
 
 
+def test_a_plan_no_trainer_writes_says_why_once(tmp_path, capsys):
+    """A reason that holds for every trainer (Unsloth's kernels, which tuneplan models but writes for none) is said
+    once, not once per trainer."""
+    code, out, _ = run(["estimate", "--model", "llama3-8b", "--gpus", "h100", "--method", "lora", "--fused-kernels",
+                        "unsloth", "--json"], capsys)
+    f = tmp_path / "p.json"
+    f.write_text(out)
+    code, out, err = run(["configs", "--plan", str(f), "--out", str(tmp_path / "o")], capsys)
+    _one_line(code, out, err, "plan configs: error: ", "cannot express this plan: --fused-kernels unsloth")
+    assert err.count("--fused-kernels unsloth models") == 1 and not (tmp_path / "o").exists()
+
+
 def test_fixed_grad_accum_keeps_the_global_batch(capsys):
     """--grad-accum alone used to be combined with every micro-batch, so the plans ran global batches of 48 or
     96 under a note that said 64."""
