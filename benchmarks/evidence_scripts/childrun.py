@@ -11,6 +11,16 @@ import sys
 from pathlib import Path
 
 
+def out_refusal(out: Path) -> str | None:
+    """Why ``--out`` cannot take the result, checked before any run (a measurement takes minutes, and a bad
+    path found at the end would lose it): its folder missing, or the path itself a folder. None when it can."""
+    if out.is_dir():
+        return f"--out {out} is a folder; give the JSON file to write"
+    if not out.parent.is_dir():
+        return f"--out {out}: folder {out.parent} does not exist"
+    return None
+
+
 def run_json_child(script: str | Path, args: list[str], what: str, env: dict[str, str] | None = None) -> dict:
     """Run ``python script --child *args`` and return the JSON object of its last ``{``-line; a failed child is a
     one-line ``RuntimeError`` naming ``what`` and the child's last stderr line."""

@@ -37,7 +37,7 @@ for _p in (str(ROOT), str(Path(__file__).resolve().parent)):
     if _p not in sys.path:
         sys.path.insert(0, _p)
 
-from childrun import run_json_child  # noqa: E402
+from childrun import out_refusal, run_json_child  # noqa: E402
 from profiles.atomic import write_atomic  # noqa: E402
 
 
@@ -126,9 +126,14 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.blocks < 1 or args.repeats < 1:
         ap.error(f"--blocks {args.blocks} and --repeats {args.repeats} must both be at least 1")
-    if not args.out.parent.is_dir():
-        ap.error(f"--out {args.out}: folder {args.out.parent} does not exist")
-    runs = [run_child(mode, args.blocks) for _ in range(args.repeats) for mode in ("wrap", "ignore")]
+    why = out_refusal(args.out)
+    if why:
+        ap.error(why)
+    try:
+        runs = [run_child(mode, args.blocks) for _ in range(args.repeats) for mode in ("wrap", "ignore")]
+    except RuntimeError as e:  # a child failed: one line, nothing written
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     doc = {"measured": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, Python "
            f"{platform.python_version()}", "torch": runs[0]["torch"], "per_unit_s": per_unit_s(runs), "runs": runs}
     write_atomic(args.out, json.dumps(doc, indent=1) + "\n")

@@ -45,6 +45,7 @@ for _p in (str(ROOT), str(Path(__file__).resolve().parent)):
 from planner.engine.setup import Setup  # noqa: E402
 from planner.engine.speed.compute import optimizer_step_bytes_per_param  # noqa: E402
 from profiles.atomic import write_atomic  # noqa: E402
+from childrun import out_refusal  # noqa: E402
 
 IMPLS = ("deepspeed-cpu-adam", "torch-adamw")
 BYTES_PER_PARAM = optimizer_step_bytes_per_param(
@@ -119,8 +120,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.params < 1 or args.steps < 1:
         print(f"error: --params {args.params} and --steps {args.steps} must be at least 1", file=sys.stderr)
         return 2
-    if args.out.is_dir():
-        print(f"error: --out {args.out} is a folder; give the JSON file to write", file=sys.stderr)
+    why = out_refusal(args.out)
+    if why:
+        print(f"error: {why}", file=sys.stderr)
         return 2
     import importlib.util
 

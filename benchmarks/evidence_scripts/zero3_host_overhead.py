@@ -38,7 +38,7 @@ for _p in (str(ROOT), str(Path(__file__).resolve().parent)):
     if _p not in sys.path:
         sys.path.insert(0, _p)
 
-from childrun import run_json_child  # noqa: E402
+from childrun import out_refusal, run_json_child  # noqa: E402
 from profiles.atomic import write_atomic  # noqa: E402
 DEPTHS = (8, 32)
 STAGES = (2, 3)
@@ -133,15 +133,20 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.repeats < 1:
         ap.error(f"--repeats {args.repeats} must be at least 1")
-    if not args.out.parent.is_dir():
-        ap.error(f"--out {args.out}: folder {args.out.parent} does not exist")
+    why = out_refusal(args.out)
+    if why:
+        ap.error(why)
     runs = []
-    for r in range(args.repeats):
-        for stage in STAGES:
-            for layers in DEPTHS:
-                runs.append(run_child(stage, layers))
-                print(f"run {r + 1}/{args.repeats}: ZeRO-{stage}, {layers} blocks: {runs[-1]['median_s'] * 1e3:.1f} ms "
-                      "per step", file=sys.stderr)
+    try:
+        for r in range(args.repeats):
+            for stage in STAGES:
+                for layers in DEPTHS:
+                    runs.append(run_child(stage, layers))
+                    print(f"run {r + 1}/{args.repeats}: ZeRO-{stage}, {layers} blocks: "
+                          f"{runs[-1]['median_s'] * 1e3:.1f} ms per step", file=sys.stderr)
+    except RuntimeError as e:  # a child failed (DeepSpeed missing or broken): one line, nothing written
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     slope = {s: per_block_s(runs, s) for s in STAGES}
     doc = {"measured": time.strftime("%Y-%m-%d"), "machine": f"{platform.processor() or platform.machine()}, "
            f"{os.cpu_count()} CPUs, Python {platform.python_version()}",

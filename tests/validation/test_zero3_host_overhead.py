@@ -30,10 +30,25 @@ def test_per_block_time_is_the_slope_between_the_depths():
 
 
 @pytest.mark.parametrize("argv, needle", [(["--repeats", "0"], "--repeats 0"),
-                                           (["--out", "/nonexistent-dir/x.json"], "does not exist")])
+                                           (["--out", "/nonexistent-dir/x.json"], "does not exist"),
+                                           (["--out", "."], "is a folder")])
 def test_bad_arguments_are_one_line_exit_2(argv, needle, tmp_path):
     p = subprocess.run([sys.executable, str(SCRIPT), *argv], capture_output=True, text=True, cwd=tmp_path, timeout=60)
     assert p.returncode == 2 and needle in p.stderr and "Traceback" not in p.stderr
+
+
+@pytest.mark.parametrize("script", ["zero3_host_overhead", "fsdp1_unit_overhead"])
+def test_a_failed_run_is_one_line_and_writes_nothing(script, tmp_path, monkeypatch, capsys):
+    mod = load_script(f"benchmarks/evidence_scripts/{script}.py")
+
+    def fail(*args, **kw):  # noqa: ANN002, ANN003, ANN202
+        raise RuntimeError("ZeRO-2 at 4 blocks failed: No module named 'deepspeed'")
+
+    monkeypatch.setattr(mod, "run_child", fail)
+    out = tmp_path / "r.json"
+    assert mod.main(["--out", str(out)]) == 1
+    assert capsys.readouterr().err.strip() == "error: ZeRO-2 at 4 blocks failed: No module named 'deepspeed'"
+    assert not out.exists()
 
 
 FSDP1_SCRIPT = ROOT / "benchmarks" / "evidence_scripts" / "fsdp1_unit_overhead.py"
@@ -47,10 +62,11 @@ def test_fsdp1_unit_time_is_the_difference_over_the_extra_units():
     assert mod.per_unit_s(runs) == pytest.approx((0.210 - 0.042) / 128)
 
 
-def test_fsdp1_script_refuses_bad_arguments(tmp_path):
-    p = subprocess.run([sys.executable, str(FSDP1_SCRIPT), "--blocks", "0"], capture_output=True, text=True,
-                       cwd=tmp_path, timeout=60)
-    assert p.returncode == 2 and "--blocks 0" in p.stderr and "Traceback" not in p.stderr
+@pytest.mark.parametrize("argv, needle", [(["--blocks", "0"], "--blocks 0"), (["--out", "."], "is a folder")])
+def test_fsdp1_script_refuses_bad_arguments(argv, needle, tmp_path):
+    p = subprocess.run([sys.executable, str(FSDP1_SCRIPT), *argv], capture_output=True, text=True, cwd=tmp_path,
+                       timeout=60)
+    assert p.returncode == 2 and needle in p.stderr and "Traceback" not in p.stderr
 
 
 def test_s26c_prior_is_the_shipped_measurement():
