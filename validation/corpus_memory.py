@@ -93,6 +93,10 @@ class MemoryRow:
     """each phase's tensor bytes that grow with the tokens (activations, logits): eq. R3b's share of the churn"""
     residual_bytes: int = 0
     """one bf16 residual-stream tensor of a micro-batch on one GPU: eq. R3b's activation size"""
+    measured_allocated_bytes: float | None = None
+    """the allocated peak a source publishes beside a reserved or nvidia-smi figure (``memory_other``): reported
+    against the engine's allocated figure, so that a miss of the primary figure can be told apart from a miss of the
+    tensors; never fitted"""
 
     def _frag(self, phase: str) -> dict[str, int]:
         return dict(token_churn_bytes=self.token_churn.get(phase, 0), residual_bytes=self.residual_bytes)
@@ -238,8 +242,10 @@ def rows_from(corpus: Corpus) -> tuple[list[MemoryRow], list[MemoryRow]]:
 
 def _row(case: MemoryCase) -> MemoryRow:
     device = [memory_bytes(m) for m in case.other if m.kind == "device"]
+    allocated = [memory_bytes(m) for m in case.other if m.kind == "allocated"]
     base = dict(id=case.id, source=case.source, kind=case.kind, measured_bytes=case.measured_bytes, oom=case.oom,
                 measured_device_bytes=device[0] if device else None,
+                measured_allocated_bytes=allocated[0] if allocated else None,
                 capacity_bytes=case.cluster.gpu.memory_bytes,
                 frag_class=run_fragmentation_class(case.cluster, case.setup),
                 fit=case.fit,

@@ -237,3 +237,22 @@ def test_more_headroom_accepts_fewer_ooms_and_refuses_more_runs(corpus_report):
         assert set(hi["oom_accepted"]) <= set(lo["oom_accepted"])
         assert set(lo["ran_refused"]) <= set(hi["ran_refused"])
     assert len(sweep[-1]["ran_refused"]) > len(sweep[0]["ran_refused"])  # the sweep is not flat: headroom has a price
+
+
+def test_an_allocated_peak_published_beside_a_reserved_one_is_carried_and_never_fitted(monkeypatch):
+    """Answer.AI's fsdp_qlora text gives the allocated peaks (8.28 / 9.16 GiB, benchmarks_03_2024.md) of two runs whose
+    table gives reserved ones: the row carries the second figure, and the fit is the same without it."""
+    import dataclasses
+
+    import validation.corpus_memory as cm
+
+    corpus = load()
+    rows, _ = cm.rows_from(corpus)
+    second = {r.id: r.measured_allocated_bytes for r in rows if r.measured_allocated_bytes}
+    assert second == {"fsdp-qlora-benchmarks-2024-03/llama2-7b-lora-fsdp-bs1-ctx512": pytest.approx(8.28 * GiB),
+                      "fsdp-qlora-benchmarks-2024-03/llama2-7b-lora-fsdp-bs1-ctx2048": pytest.approx(9.16 * GiB)}
+    for r in rows:
+        if r.measured_allocated_bytes:
+            assert r.kind == "reserved" and r.measured_bytes != r.measured_allocated_bytes
+    stripped = [dataclasses.replace(r, measured_allocated_bytes=None) for r in rows]
+    assert fit_fractions(stripped) == fit_fractions(rows)
