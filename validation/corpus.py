@@ -147,7 +147,7 @@ def speed_setup(rec: EvidenceRecord) -> tuple[Setup, tuple[str, ...], bool]:
     """The Setup whose step time the record's throughput measures (unpacked rows: processed at their mean
     length), notes, and whether the record may drive a fit. Raises ValueError with the reason."""
     fields, notes = _fields(rec)
-    raw = rec.record.setup
+    raw = rec.setup  # the record over its source's setup_defaults, as _fields reads it
     fit = True
     if raw.get("padding_free") and raw.get("avg_tokens"):
         # rows concatenated without padding, attention within each row: processed = the real tokens
@@ -197,7 +197,7 @@ def load(records: list[EvidenceRecord] | None = None) -> Corpus:
         if m.throughput is not None:
             try:
                 setup, notes, fit = speed_setup(rec)
-                tps = throughput_tokens_per_s(m.throughput, r.setup, cluster.world_size)
+                tps = throughput_tokens_per_s(m.throughput, rec.setup, cluster.world_size)
                 if tps is None:
                     raise ValueError("throughput cannot be converted to tokens/s (row length or batch not stated)")
                 out.speed.append(SpeedCase(**base, setup=setup, notes=notes, fit=fit and not r.doubts("speed"),

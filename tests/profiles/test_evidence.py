@@ -147,7 +147,7 @@ def _flops_per_token(rec: ev.EvidenceRecord) -> float | None:
     except ProfileError:
         return None
     params = param_counts(m).active
-    method = rec.record.setup.get("method", "full")
+    method = rec.setup.get("method", "full")
     return (6.0 if method in ("full",) else 4.0) * params
 
 
@@ -165,10 +165,10 @@ def test_throughput_is_physically_possible(rec: ev.EvidenceRecord):
     fpt = _flops_per_token(rec)
     if world is None or fpt is None:
         pytest.skip("GPU or model not in the catalogue")
-    tps = ev.throughput_tokens_per_s(rec.record.measured.throughput, rec.record.setup, world)
+    tps = ev.throughput_tokens_per_s(rec.record.measured.throughput, rec.setup, world)
     if tps is None:
         pytest.skip("tokens per unit not stated (no seq_len / avg_tokens / run_tokens)")
-    share = fpt * tps / world / (_peak_tflops(gpu, rec.record.setup) * 1e12)
+    share = fpt * tps / world / (_peak_tflops(gpu, rec.setup) * 1e12)
     if share > PEAK_SHARE:
         assert rec.record.anomaly, f"{rec.id}: implies {share:.0%} of the dense peak; wrong reading or an anomaly"
     assert share > 0.002, f"{rec.id}: implies {share:.2%} of peak; a unit or scope is probably wrong"
