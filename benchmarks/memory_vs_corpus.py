@@ -241,16 +241,17 @@ def memory_section(rep, prior: dict[str, float], seconds: float) -> str:  # noqa
     # a second published figure of the same run: the allocated peak beside a reserved / nvidia-smi one
     second = [r for r in rep.rows if r.measured_allocated_bytes and r.measured_bytes]
     if second:
-        lines += ["", "### The allocated peak published beside the reserved one", "",
+        lines += ["", "### The allocated peak published beside the record's figure", "",
                   "Where a source gives both, the allocated figure tests the tensors on their own: a record whose "
-                  "reserved figure the engine misses while it meets the allocated one misses what the allocator keeps "
-                  "(the record's assumptions say what). Reported, never fitted.", "",
-                  "| record | reserved: measured / estimated GiB, error % | allocated: measured / estimated GiB, "
-                  "error % |", "|---|---|---|"]
+                  "reserved or nvidia-smi figure the engine misses while it meets the allocated one misses what the "
+                  "allocator keeps (the record's assumptions say what). Reported, never fitted.", "",
+                  "| record | the record's figure (kind): measured / estimated GiB, error % | allocated: measured / "
+                  "estimated GiB, error % |", "|---|---|---|"]
         for r in sorted(second, key=lambda r: r.id):
             a_err = r.allocated / r.measured_allocated_bytes - 1
-            lines.append(f"| {r.id} | {_gib(r.measured_bytes)} / {_gib(rep.figure(r))}, {_pct(rep.error(r))} | "
-                         f"{_gib(r.measured_allocated_bytes)} / {_gib(r.allocated)}, {_pct(a_err)} |")
+            lines.append(f"| {r.id} | ({r.kind}) {_gib(r.measured_bytes)} / {_gib(rep.figure(r))}, "
+                         f"{_pct(rep.error(r))} | {_gib(r.measured_allocated_bytes)} / {_gib(r.allocated)}, "
+                         f"{_pct(a_err)} |")
 
     # per source, every record
     lines += ["", "### Per source", "", "| source | records | median signed % | min % | max % |", "|---|---:|---:|---:|---:|"]

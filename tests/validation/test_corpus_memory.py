@@ -256,3 +256,19 @@ def test_an_allocated_peak_published_beside_a_reserved_one_is_carried_and_never_
             assert r.kind == "reserved" and r.measured_bytes != r.measured_allocated_bytes
     stripped = [dataclasses.replace(r, measured_allocated_bytes=None) for r in rows]
     assert fit_fractions(stripped) == fit_fractions(rows)
+
+
+def test_the_report_shows_each_pair_with_its_kind_and_the_engines_allocated_figure():
+    """The rendered table: one row per record with a published allocated peak beside its own figure, naming that
+    figure's kind, the measured allocated peak (8.28 / 9.16 GiB, Answer.AI benchmarks_03_2024.md) and the engine's."""
+    from tests.helpers import load_script
+
+    rep = evaluate_corpus(load())
+    text = load_script("benchmarks/memory_vs_corpus.py").memory_section(rep, FRAGMENTATION_PRIOR, 0.0)
+    section = text.split("### The allocated peak published beside the record's figure", 1)[1].split("\n### ", 1)[0]
+    rows = [ln for ln in section.splitlines() if ln.startswith("| fsdp-qlora")]
+    assert len(rows) == 2
+    for ln in rows:
+        row = next(r for r in rep.rows if r.id in ln)
+        assert f"(reserved) {row.measured_bytes / GiB:.2f} / {rep.figure(row) / GiB:.2f}" in ln
+        assert f"{row.measured_allocated_bytes / GiB:.2f} / {row.allocated / GiB:.2f}" in ln
